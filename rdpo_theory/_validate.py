@@ -1,0 +1,104 @@
+"""Argument checks shared by every public function. Each raises :class:`InputError` naming the
+argument and the problem."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+
+WEIGHT_SUM_TOL = 1e-8
+
+
+def as_matrix(X, name: str = "X", *, allow_empty: bool = False) -> np.ndarray:
+    """Return ``X`` as a finite float64 array of shape (n, d), n >= 1 unless ``allow_empty``."""
+    try:
+        A = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric, got {type(X).__name__}: {exc}") from None
+    if A.ndim != 2:
+        raise InputError(f"{name} must have shape (n, d), got shape {A.shape}")
+    if A.shape[0] == 0 and not allow_empty:
+        raise InputError(f"{name} is empty: n = 0 rows")
+    if A.shape[1] == 0:
+        raise InputError(f"{name} has d = 0 columns")
+    if not np.all(np.isfinite(A)):
+        raise InputError(f"{name} contains NaN or inf")
+    return A
+
+
+def as_vector(v, name: str, *, length: int | None = None) -> np.ndarray:
+    """Return ``v`` as a finite float64 vector, optionally of a given length."""
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from None
+    if a.ndim != 1:
+        raise InputError(f"{name} must be 1-d, got shape {a.shape}")
+    if length is not None and a.shape[0] != length:
+        raise InputError(f"{name} must have length {length}, got {a.shape[0]}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name} contains NaN or inf")
+    return a
+
+
+def as_labels(y, n: int, name: str = "y") -> np.ndarray:
+    """Return labels as a float64 vector of 0/1 of length ``n``."""
+    a = as_vector(y, name, length=n)
+    if not np.all((a == 0) | (a == 1)):
+        bad = a[(a != 0) & (a != 1)][:3]
+        raise InputError(f"{name} must contain only labels 0 and 1; found {bad.tolist()}")
+    return a
+
+
+def as_weights(weights, n: int, name: str = "weights") -> np.ndarray:
+    """Return probability weights of length ``n`` (non-negative, summing to 1).
+
+    ``None`` gives uniform weights 1/n.
+    """
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = as_vector(weights, name, length=n)
+    if np.any(w < 0):
+        raise InputError(f"{name} must be non-negative; min is {w.min():.3g}")
+    s = float(w.sum())
+    if abs(s - 1.0) > WEIGHT_SUM_TOL * max(1.0, n**0.5):
+        raise InputError(f"{name} must sum to 1; they sum to {s:.12g}")
+    return w / s
+
+
+def as_theta(theta, d: int, name: str = "theta_ref") -> np.ndarray:
+    """``None`` means the zero vector (uniform reference)."""
+    if theta is None:
+        return np.zeros(d)
+    return as_vector(theta, name, length=d)
+
+
+def positive(x, name: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    """Return ``x`` as float, checking it is > 0 (or >= 0 with ``allow_zero``)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {x!r}") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise InputError(f"{name} must be finite, got {v}")
+    if v < 0 or (v == 0 and not allow_zero):
+        rel = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"{name} must be {rel}, got {v}")
+    return v
+
+
+def radius(r, name: str = "radius") -> float | None:
+    """``None`` (no constraint) or a positive float."""
+    if r is None:
+        return None
+    return positive(r, name, allow_inf=True)
+
+
+def unit_interval(x, name: str, *, open_right: bool = False) -> float:
+    v = positive(x, name, allow_zero=True)
+    if v > 1 or (open_right and v == 1):
+        raise InputError(f"{name} must lie in [0, 1{')' if open_right else ']'}, got {v}")
+    return v

@@ -1,0 +1,1 @@
+"""Subcommands of the ``rdpo`` CLI, one module each."""

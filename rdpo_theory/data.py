@@ -1,0 +1,126 @@
+"""Validated preference data for log-linear policies.
+
+A data set holds, for each pair i, the feature difference ``x_i = psi(s, a1) - psi(s, a2)``,
+the label ``y_i`` (1 when a1 is preferred) and a probability weight ``p_i``. Weights make an
+empirical law and an exact population law (a finite world's Z) the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import _validate as V
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class PreferenceData:
+    """Pairs (x_i, y_i) with probability weights p_i.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+        Pair feature differences ``psi(s, a1) - psi(s, a2)``. Finite, n >= 1.
+    y : array_like, shape (n,)
+        Labels in {0, 1}; 1 means the first response is preferred.
+    weights : array_like, shape (n,), optional
+        Non-negative, summing to 1. Default uniform ``1/n``.
+
+    Raises
+    ------
+    InputError (a ValueError)
+        On wrong shapes, NaN or inf, labels outside {0, 1}, negative weights, weights not
+        summing to 1, or n = 0. The message names the argument.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        X = V.as_matrix(self.X, "X")
+        n = X.shape[0]
+        y = V.as_labels(self.y, n, "y")
+        w = V.as_weights(self.weights, n, "weights")
+        for name, arr in (("X", X), ("y", y), ("weights", w)):
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    # ------------------------------------------------------------------ basic views
+    @property
+    def n(self) -> int:
+        """Number of rows (support points)."""
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Feature dimension."""
+        return int(self.X.shape[1])
+
+    @property
+    def signed_labels(self) -> np.ndarray:
+        """``sy = 2y - 1`` in {-1, +1}, shape (n,)."""
+        return 2.0 * self.y - 1.0
+
+    def second_moment(self) -> np.ndarray:
+        """``Sigma = sum_i p_i x_i x_i^T``, shape (d, d)."""
+        return (self.X * self.weights[:, None]).T @ self.X
+
+    def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.X, self.y, self.weights
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.npz`` or ``.csv`` (columns x0..x{d-1}, y, weight), by suffix."""
+        path = Path(path)
+        if path.suffix == ".npz":
+            np.savez(path, X=self.X, y=self.y, weights=self.weights)
+        elif path.suffix == ".csv":
+            import pandas as pd
+
+            df = pd.DataFrame(self.X, columns=[f"x{j}" for j in range(self.d)])
+            df["y"] = self.y.astype(int)
+            df["weight"] = self.weights
+            df.to_csv(path, index=False, float_format="%.17g")
+        else:
+            raise InputError(f"path must end in .npz or .csv, got {path.name!r}")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreferenceData:
+        """Read a file written by :meth:`save`. A CSV without a ``weight`` column is uniform."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"path {str(path)!r} does not exist")
+        if path.suffix == ".npz":
+            with np.load(path) as f:
+                missing = {"X", "y"} - set(f.files)
+                if missing:
+                    raise InputError(f"path {path.name!r} lacks arrays {sorted(missing)}")
+                w = f["weights"] if "weights" in f.files else None
+                return cls(f["X"], f["y"], w)
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            df = pd.read_csv(path)
+            xcols = [c for c in df.columns if c.startswith("x")]
+            if "y" not in df.columns or not xcols:
+                raise InputError(f"path {path.name!r} needs columns x0.. and y")
+            xcols.sort(key=lambda c: int(c[1:]))
+            w = df["weight"].to_numpy() if "weight" in df.columns else None
+            return cls(df[xcols].to_numpy(), df["y"].to_numpy(), w)
+        raise InputError(f"path must end in .npz or .csv, got {path.name!r}")
+
+
+def as_data(X, y=None, weights=None) -> PreferenceData:
+    """Accept a PreferenceData or raw arrays and return a validated PreferenceData."""
+    if isinstance(X, PreferenceData):
+        if y is not None or weights is not None:
+            raise InputError("pass either a PreferenceData or arrays X, y, weights, not both")
+        return X
+    if y is None:
+        raise InputError("y is required when X is an array")
+    return PreferenceData(X, y, weights)

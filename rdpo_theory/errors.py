@@ -1,0 +1,33 @@
+"""Typed exceptions of rdpo-theory.
+
+``InputError`` subclasses :class:`ValueError`, so ``except ValueError`` keeps working for
+callers that do not know this package.
+"""
+
+from __future__ import annotations
+
+
+class RDPOError(Exception):
+    """Base class of every exception raised on purpose by rdpo-theory."""
+
+
+class InputError(RDPOError, ValueError):
+    """An argument is malformed: wrong shape, NaN/inf, out of range. The message names it."""
+
+
+class SolverError(RDPOError):
+    """A solver ended without a certified-accurate answer.
+
+    Attributes
+    ----------
+    status : str
+        The solver's own status string (e.g. ``"optimal_inaccurate"``, ``"infeasible"``).
+    hint : str
+        What to try next.
+    """
+
+    def __init__(self, message: str, *, status: str = "unknown", hint: str = ""):
+        self.status = status
+        self.hint = hint
+        full = message if not hint else f"{message} Hint: {hint}"
+        super().__init__(full)

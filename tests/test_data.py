@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from rdpo_theory import InputError, PreferenceData
+
+
+def test_defaults_and_views():
+    d = PreferenceData([[1.0, 0.0], [0.0, 2.0]], [1, 0])
+    np.testing.assert_allclose(d.weights, [0.5, 0.5])
+    np.testing.assert_allclose(d.signed_labels, [1, -1])
+    np.testing.assert_allclose(d.second_moment(), [[0.5, 0], [0, 2.0]])
+    assert (d.n, d.d) == (2, 2)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv"])
+def test_roundtrip(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    w = rng.random(7)
+    d = PreferenceData(rng.standard_normal((7, 3)), rng.integers(0, 2, 7), w / w.sum())
+    path = d.save(tmp_path / f"data{suffix}")
+    e = PreferenceData.load(path)
+    np.testing.assert_array_equal(e.X, d.X)
+    np.testing.assert_array_equal(e.y, d.y)
+    np.testing.assert_allclose(e.weights, d.weights, rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(X=np.ones(3), y=[1, 0, 1]), "X must have shape"),
+        (dict(X=np.ones((3, 2)), y=[1, 0]), "y must have length 3"),
+        (dict(X=[[np.nan, 1.0]], y=[1]), "X contains NaN"),
+        (dict(X=[[np.inf, 1.0]], y=[1]), "X contains NaN or inf"),
+        (dict(X=[[1.0, 1.0]], y=[np.nan]), "y contains NaN"),
+        (dict(X=[[1.0], [2.0]], y=[1, 2]), "labels 0 and 1"),
+        (dict(X=[[1.0], [2.0]], y=[1, -1]), "labels 0 and 1"),
+        (dict(X=[[1.0], [2.0]], y=[1, 0], weights=[1.5, -0.5]), "weights must be non-negative"),
+        (dict(X=[[1.0], [2.0]], y=[1, 0], weights=[0.5, 0.6]), "weights must sum to 1"),
+        (dict(X=[[1.0], [2.0]], y=[1, 0], weights=[1.0]), "weights must have length 2"),
+        (dict(X=[[1.0], [2.0]], y=[1, 0], weights=[np.nan, 1]), "weights contains NaN"),
+        (dict(X=np.ones((0, 2)), y=[]), "n = 0"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PreferenceData(**kwargs)
+
+
+def test_bad_file(tmp_path):
+    with pytest.raises(InputError, match="path"):
+        PreferenceData.load(tmp_path / "nope.npz")
+    with pytest.raises(InputError, match="must end in"):
+        PreferenceData([[1.0]], [1]).save(tmp_path / "x.txt")
