@@ -1,0 +1,48 @@
+"""Matplotlib figures drawn from study tables. One module per study (``plots.rates``,
+``plots.approx``, ``plots.shift``, ``plots.llm``); this module holds the shared style."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+#: One colour per method, shared by every figure so a method looks the same everywhere.
+METHOD_COLORS = {
+    "dpo": "#1f77b4",
+    "kldpo": "#d62728",
+    "wdpo": "#2ca02c",
+    "cdpo": "#9467bd",
+    "rdpo": "#8c564b",
+    "ipo": "#e377c2",
+    "drdpo": "#7f7f7f",
+    "gdpo": "#bcbd22",
+    "chi2dpo": "#17becf",
+    "cvardpo": "#ff7f0e",
+}
+
+
+def method_color(method: str) -> str:
+    """Colour of a method; variants like ``kldpo-exact`` share their family's colour."""
+    base = method.split("-")[0].split("(")[0].lower()
+    return METHOD_COLORS.get(base, "#333333")
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.3,
+               **kwargs):
+    """``plt.subplots`` with the project's sizes; returns ``(fig, axes)``."""
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                        **kwargs)
+
+
+def savefig(fig, path: str | Path, *, dpi: int = 130) -> Path:
+    """Save a PNG (creating the folder), close the figure and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
