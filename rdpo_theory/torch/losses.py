@@ -1,7 +1,7 @@
 """Preference losses in torch, on per-sequence log-probabilities (THEORY.md sections 1, 4, 6).
 
 Every loss takes the four per-pair log-prob tensors of TRL's ``DPOTrainer`` convention, each of
-shape (B,):
+shape (B,) and in nats:
 
     policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
 
@@ -9,61 +9,90 @@ and forms the scaled margin ``m = beta * ((pc - rc) - (pr - rr))`` (for log-line
 ``m = sy * beta * (theta - theta_ref) . x``). The DPO per-pair loss is ``softplus(-m)`` in nats.
 Robust methods aggregate the per-pair losses:
 
-* KLDPO ``normalized`` (Algorithm 2): weights ``w_i = softmax_i((l_i - mean l) / tau)`` over the
-  (global) batch, held constant; loss ``sum_i w_i l_i``. Its gradient is that of
-  ``tau * log mean_i exp(l_i / tau)``.
+* KLDPO ``normalized`` (Algorithm 2): weights ``w_i = N softmax_i((l_i - mean l) / tau)`` over
+  the (global) batch of N pairs, held constant; loss ``mean_i w_i l_i``. Its gradient is that of
+  ``tau * log mean_i exp(l_i / tau)``, the KL dual at the fixed multiplier ``lam = tau``.
 * KLDPO ``clipped`` (the paper's code): ``w_i = min(exp((l_i - mean l) / tau), clip)``, held
   constant, loss ``mean_i w_i l_i`` over the local batch; the mean inside is global.
 * WDPO ``sqrt-mean`` (Algorithm 1): ``mean_i l_i + rho0 * sqrt(mean_i ||grad_z l_i||^2)``.
 * WDPO ``per-pair`` (the paper's code): ``mean_i (l_i + rho0 * ||grad_z l_i||^2)``.
 
-Both KLDPO forms take their batch statistics over all workers of a ``torch.distributed`` group,
-so N workers give the same weights as one worker on the concatenated batch. The numpy
-mirror of each formula is in :mod:`rdpo_theory.losses`; tests check they agree.
+Both KLDPO forms take their batch statistics over all workers of a ``torch.distributed`` group
+(all_gather), so N workers give the same weights as one worker on the concatenated batch; with
+equal local batch sizes the data-parallel average of the local gradients is then the one-worker
+gradient. The numpy mirror of each formula is in :mod:`rdpo_theory.losses`; tests check they
+agree.
+
+Diagnostics go in ``LossOutput.stats`` as detached 0-d tensors, so computing a loss never forces
+a host-device synchronisation; call ``float()`` on them when logging.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .. import _validate as V
 from ..errors import InputError
 
 KL_VARIANTS = ("normalized", "clipped")
 WDPO_VARIANTS = ("sqrt-mean", "per-pair")
 
+_LOGP_NAMES = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+)
+
 
 @dataclass
 class LossOutput:
-    """A scalar ``loss`` to backpropagate plus per-pair diagnostics (all shape (B,))."""
+    """What every loss returns.
+
+    Attributes
+    ----------
+    loss : Tensor, shape ()
+        The scalar to backpropagate.
+    per_pair : Tensor, shape (B,)
+        Per-pair DPO losses ``l_i`` (nats), with gradient.
+    margins : Tensor, shape (B,)
+        Scaled margins ``m_i``, with gradient.
+    weights : Tensor, shape (B,), optional
+        KLDPO weights of the local pairs (detached).
+    penalty : Tensor, shape (B,), optional
+        WDPO squared input-gradient norms ``||grad_z l_i||^2`` (with gradient).
+    stats : dict[str, Tensor]
+        Detached 0-d diagnostics (``margin_mean``, ``accuracy``, and per method
+        ``weight_entropy``, ``weight_max``, ``kl_radius``, ``penalty``, ``grad_rms``).
+    """
 
     loss: torch.Tensor
     per_pair: torch.Tensor
     margins: torch.Tensor
     weights: torch.Tensor | None = None
     penalty: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- checks
 def _check_logps(*tensors: torch.Tensor) -> None:
-    names = (
-        "policy_chosen_logps",
-        "policy_rejected_logps",
-        "reference_chosen_logps",
-        "reference_rejected_logps",
-    )
     shape = None
-    for name, t in zip(names, tensors):
+    for name, t in zip(_LOGP_NAMES, tensors):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 1:
             raise InputError(f"{name} must have shape (B,), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise InputError(f"{name} must be a floating tensor, got dtype {t.dtype}")
         if shape is None:
             shape = t.shape
+            if t.numel() == 0:
+                raise InputError(f"{name} is empty: B = 0 pairs")
         elif t.shape != shape:
             raise InputError(
                 f"{name} has shape {tuple(t.shape)}; expected {tuple(shape)} "
@@ -71,14 +100,15 @@ def _check_logps(*tensors: torch.Tensor) -> None:
             )
 
 
-def _positive(x: float, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {x!r}") from None
-    if v != v or v in (float("inf"), float("-inf")) or v < 0 or (v == 0 and not allow_zero):
-        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {x}")
-    return v
+def _check_per_pair(per_pair) -> None:
+    if not isinstance(per_pair, torch.Tensor) or per_pair.ndim != 1 or per_pair.numel() == 0:
+        shape = tuple(per_pair.shape) if isinstance(per_pair, torch.Tensor) else type(per_pair)
+        raise InputError(f"per_pair must be a non-empty tensor of shape (B,), got {shape}")
+
+
+def _positive(x, name: str, *, allow_zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with ``allow_zero``); :class:`InputError` naming ``name``."""
+    return V.positive(x, name, allow_zero=allow_zero)
 
 
 # ---------------------------------------------------------------------------- DPO
@@ -90,7 +120,15 @@ def dpo_margins(
     *,
     beta: float,
 ) -> torch.Tensor:
-    """``m = beta * ((pc - rc) - (pr - rr))``, shape (B,)."""
+    """Scaled implicit-reward margins ``m = beta * ((pc - rc) - (pr - rr))``, shape (B,).
+
+    Parameters
+    ----------
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+        Tensors of shape (B,): summed log-probabilities (nats) of each completion.
+    beta : float > 0
+        DPO temperature.
+    """
     _check_logps(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
@@ -102,8 +140,15 @@ def dpo_margins(
 
 
 def dpo_pair_losses(margins: torch.Tensor) -> torch.Tensor:
-    """DPO per-pair loss ``softplus(-m) = -log sigmoid(m)`` (nats), elementwise."""
+    """DPO per-pair loss ``l = softplus(-m) = -log sigmoid(m)`` (nats), elementwise.
+
+    The numpy mirror is :func:`rdpo_theory.losses.dpo_loss`."""
     return F.softplus(-margins)
+
+
+def _margin_stats(m: torch.Tensor) -> dict[str, torch.Tensor]:
+    m = m.detach()
+    return {"margin_mean": m.mean(), "accuracy": (m > 0).float().mean()}
 
 
 def dpo_loss(
@@ -114,7 +159,7 @@ def dpo_loss(
     *,
     beta: float,
 ) -> LossOutput:
-    """Plain DPO: ``mean_i softplus(-m_i)``."""
+    """Plain DPO: ``mean_i softplus(-m_i)`` (THEORY.md section 1)."""
     m = dpo_margins(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -126,28 +171,42 @@ def dpo_loss(
     return LossOutput(per.mean(), per, m, stats=_margin_stats(m))
 
 
-def _margin_stats(m: torch.Tensor) -> dict[str, float]:
-    m = m.detach()
-    return {"margin_mean": float(m.mean()), "accuracy": float((m > 0).float().mean())}
-
-
 # ---------------------------------------------------------------------------- KLDPO
 def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
-    """Concatenate a detached (B,) tensor over the workers of ``group`` (identity without one)."""
+    """Concatenate a detached (B,) tensor over the workers of ``group`` in rank order
+    (identity outside ``torch.distributed``). Local sizes may differ between workers."""
     x = x.detach()
     if not (dist.is_available() and dist.is_initialized()):
         return x
     world = dist.get_world_size(group)
     if world == 1:
         return x
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.numel()], device=x.device), group=group)
-    n_max = int(max(s.item() for s in sizes))
-    padded = torch.zeros(n_max, dtype=x.dtype, device=x.device)
+    n = torch.tensor([x.numel()], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    counts = [int(s.item()) for s in sizes]
+    padded = x.new_zeros(max(counts))
     padded[: x.numel()] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def _kl_weights_local_global(per_pair, tau, variant, clip, group):
+    tau = _positive(tau, "tau")
+    if variant not in KL_VARIANTS:
+        raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
+    if variant == "clipped":
+        clip = _positive(clip, "clip")
+    _check_per_pair(per_pair)
+    local = per_pair.detach().float()
+    glob = _gather(local, group)
+    centre = glob.mean()
+    z_loc, z_glob = (local - centre) / tau, (glob - centre) / tau
+    if variant == "normalized":
+        log_norm = torch.logsumexp(z_glob, dim=0) - math.log(glob.numel())
+        return torch.exp(z_loc - log_norm), torch.exp(z_glob - log_norm)
+    return torch.exp(z_loc).clamp(max=clip), torch.exp(z_glob).clamp(max=clip)
 
 
 def kl_weights(
@@ -158,25 +217,16 @@ def kl_weights(
     clip: float = 10.0,
     group=None,
 ) -> torch.Tensor:
-    """KLDPO weights for the local pairs, detached, shape (B,), with global-batch statistics.
+    """KLDPO weights of the local pairs, detached float32, shape (B,), from global statistics.
 
-    ``normalized``: ``w_i = N * softmax_i((l_i - mean l) / tau)`` over the global batch of N
-    pairs (so the weights average to 1 globally and ``mean_i w_i l_i`` over all pairs equals
-    ``sum_i softmax_i l_i``). ``clipped``: ``w_i = min(exp((l_i - mean l) / tau), clip)``.
+    ``normalized`` (Algorithm 2): ``w_i = N * softmax_i((l_i - mean l) / tau)`` over the global
+    batch of N pairs, so the weights average to 1 globally and ``mean_i w_i l_i`` over all pairs
+    equals ``sum_i softmax_i l_i``. ``clipped`` (the paper's code):
+    ``w_i = min(exp((l_i - mean l) / tau), clip)``. ``mean l`` and the softmax normaliser are
+    taken over every worker of ``group`` when ``torch.distributed`` is initialised.
+    The numpy mirror is :func:`rdpo_theory.losses.kl_weights`.
     """
-    tau = _positive(tau, "tau")
-    if variant not in KL_VARIANTS:
-        raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
-    local = per_pair.detach()
-    glob = _gather(local, group)
-    centre = glob.mean()
-    if variant == "normalized":
-        log_norm = torch.logsumexp((glob - centre) / tau, dim=0) - torch.log(
-            torch.tensor(float(glob.numel()), dtype=glob.dtype, device=glob.device)
-        )
-        return torch.exp((local - centre) / tau - log_norm)
-    clip = _positive(clip, "clip")
-    return torch.clamp(torch.exp((local - centre) / tau), max=clip)
+    return _kl_weights_local_global(per_pair, tau, variant, clip, group)[0]
 
 
 def kldpo_objective(
@@ -190,7 +240,19 @@ def kldpo_objective(
     """``(loss, weights)`` with ``loss = mean_i w_i l_i`` over the local batch and ``w`` from
     :func:`kl_weights` (no gradient through ``w``)."""
     w = kl_weights(per_pair, tau=tau, variant=variant, clip=clip, group=group)
-    return (w * per_pair).mean(), w
+    return (w.to(per_pair.dtype) * per_pair).mean(), w
+
+
+def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Entropy (nats), largest mass and ``KL(q || uniform) = log N - H(q)`` of the normalised
+    weights ``q = w / sum w`` (THEORY.md section 4: the radius ``rho(tau)`` of a batch)."""
+    q = global_weights / global_weights.sum()
+    ent = -(q * torch.log(q.clamp_min(1e-30))).sum()
+    return {
+        "weight_entropy": ent,
+        "weight_max": q.max(),
+        "kl_radius": math.log(q.numel()) - ent,
+    }
 
 
 def kldpo_loss(
@@ -205,7 +267,11 @@ def kldpo_loss(
     clip: float = 10.0,
     group=None,
 ) -> LossOutput:
-    """KLDPO (Algorithm 2 or the paper's clipped code) on DPO per-pair losses."""
+    """KLDPO (Algorithm 2, or the paper's clipped code) on DPO per-pair losses.
+
+    ``stats`` holds the global batch's ``weight_entropy``, ``weight_max`` and ``kl_radius``
+    (of the normalised weights), identical on every worker.
+    """
     m = dpo_margins(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -214,12 +280,10 @@ def kldpo_loss(
         beta=beta,
     )
     per = dpo_pair_losses(m)
-    loss, w = kldpo_objective(per, tau=tau, variant=variant, clip=clip, group=group)
-    q = w / w.sum()
+    w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group)
+    loss = (w.to(per.dtype) * per).mean()
     stats = _margin_stats(m)
-    stats.update(
-        weight_entropy=float(-(q * torch.log(q.clamp_min(1e-30))).sum()), weight_max=float(q.max())
-    )
+    stats.update(weight_stats(w_glob))
     return LossOutput(loss, per, m, weights=w, stats=stats)
 
 
@@ -227,12 +291,12 @@ def kldpo_loss(
 def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
     if inputs is None:
         raise InputError(
-            "WDPO needs inputs (the input embeddings, or x for log-linear data) "
+            "inputs is required for WDPO: the input embeddings (or x for log-linear data) "
             "with requires_grad=True; got None"
         )
     tup = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     if not tup:
-        raise InputError("inputs is empty")
+        raise InputError("inputs is empty: WDPO needs at least one input tensor")
     for t in tup:
         if not isinstance(t, torch.Tensor) or not t.requires_grad:
             raise InputError(
@@ -246,37 +310,51 @@ def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
     """``||grad_z l_i||_2^2`` for each pair, shape (B,), differentiable (double backward).
 
     ``inputs`` is a tensor or tuple of tensors whose leading dimension is the batch; pair i's
-    loss must depend only on row i of each (true for per-sequence language-model losses). The
-    squared norms of all tensors in ``inputs`` are added (e.g. chosen and rejected embeddings).
+    loss must depend only on row i of each (true for per-sequence language-model losses when
+    chosen and rejected embeddings are passed as two tensors). The squared norms over all
+    tensors in ``inputs`` are added. Cost: one extra backward with ``create_graph=True``.
     """
+    _check_per_pair(per_pair)
     tup = _as_inputs(inputs)
     B = per_pair.shape[0]
     for t in tup:
-        if t.shape[0] != B:
+        if t.ndim == 0 or t.shape[0] != B:
             raise InputError(f"inputs must have leading dimension B = {B}, got {tuple(t.shape)}")
     grads = torch.autograd.grad(per_pair.sum(), tup, create_graph=True, allow_unused=True)
+    if all(g is None for g in grads):
+        raise InputError("per_pair does not depend on inputs: pass the tensors the loss used")
     sq = per_pair.new_zeros(B)
     for g in grads:
         if g is not None:
-            sq = sq + g.pow(2).reshape(B, -1).sum(dim=1)
+            sq = sq + g.float().pow(2).reshape(B, -1).sum(dim=1).to(sq.dtype)
     return sq
+
+
+def _wdpo_combine(per_pair, sq, rho0, variant):
+    if variant == "sqrt-mean":
+        # sqrt has an infinite slope at 0; the clamp only matters when every gradient vanishes
+        pen = rho0 * torch.sqrt(sq.mean().clamp_min(1e-30))
+        return per_pair.mean() + pen, pen
+    pen = rho0 * sq.mean()
+    return per_pair.mean() + pen, pen
+
+
+def _check_wdpo_args(rho0, variant) -> float:
+    rho0 = _positive(rho0, "rho0", allow_zero=True)
+    if variant not in WDPO_VARIANTS:
+        raise InputError(f"variant must be one of {WDPO_VARIANTS}, got {variant!r}")
+    return rho0
 
 
 def wdpo_objective(
     per_pair: torch.Tensor, inputs, *, rho0: float, variant: str = "sqrt-mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, sq_norms)``: ``sqrt-mean``: ``mean l + rho0 sqrt(mean ||g_i||^2)``;
-    ``per-pair``: ``mean (l_i + rho0 ||g_i||^2)``. Differentiable through the penalty."""
-    rho0 = _positive(rho0, "rho0", allow_zero=True)
-    if variant not in WDPO_VARIANTS:
-        raise InputError(f"variant must be one of {WDPO_VARIANTS}, got {variant!r}")
+    """``(loss, sq_norms)``. ``sqrt-mean``: ``mean l + rho0 sqrt(mean ||g_i||^2)``;
+    ``per-pair``: ``mean (l_i + rho0 ||g_i||^2)``, with ``g_i = grad_z l_i``. Differentiable
+    through the penalty. The numpy mirror is :func:`rdpo_theory.losses.wdpo_objective`."""
+    rho0 = _check_wdpo_args(rho0, variant)
     sq = input_grad_sq_norms(per_pair, inputs)
-    if variant == "sqrt-mean":
-        # sqrt has an infinite slope at 0; the clamp only matters when every gradient vanishes
-        loss = per_pair.mean() + rho0 * torch.sqrt(sq.mean().clamp_min(1e-30))
-    else:
-        loss = (per_pair + rho0 * sq).mean()
-    return loss, sq
+    return _wdpo_combine(per_pair, sq, rho0, variant)[0], sq
 
 
 def wdpo_loss(
@@ -290,12 +368,15 @@ def wdpo_loss(
     inputs,
     variant: str = "sqrt-mean",
 ) -> LossOutput:
-    """WDPO gradient-regularised DPO (Algorithm 1 or the paper's per-pair code).
+    """WDPO gradient-regularised DPO (Algorithm 1, or the paper's per-pair code).
 
     ``inputs``: the policy's input-embedding tensors (requires_grad) that produced the chosen
-    and rejected log-probs, each with leading dimension B.
+    and rejected log-probs, each with leading dimension B (e.g. ``(emb_chosen, emb_rejected)``,
+    each (B, T, H)). ``stats["penalty"]`` is the penalty term added to the mean loss and
+    ``stats["grad_rms"] = sqrt(mean ||g_i||^2)``.
     """
     _as_inputs(inputs)
+    rho0 = _check_wdpo_args(rho0, variant)
     m = dpo_margins(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -304,7 +385,8 @@ def wdpo_loss(
         beta=beta,
     )
     per = dpo_pair_losses(m)
-    loss, sq = wdpo_objective(per, inputs, rho0=rho0, variant=variant)
+    sq = input_grad_sq_norms(per, inputs)
+    loss, pen = _wdpo_combine(per, sq, rho0, variant)
     stats = _margin_stats(m)
-    stats.update(penalty=float(sq.detach().mean().sqrt()), variant_per_pair=variant == "per-pair")
+    stats.update(penalty=pen.detach(), grad_rms=sq.detach().mean().sqrt())
     return LossOutput(loss, per, m, penalty=sq, stats=stats)
