@@ -106,6 +106,11 @@ def _check_per_pair(per_pair) -> None:
         raise InputError(f"per_pair must be a non-empty tensor of shape (B,), got {shape}")
 
 
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float32 for half precisions, the tensor's own dtype otherwise."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def _positive(x, name: str, *, allow_zero: bool = False) -> float:
     """A finite number > 0 (>= 0 with ``allow_zero``); :class:`InputError` naming ``name``."""
     return V.positive(x, name, allow_zero=allow_zero)
@@ -192,17 +197,27 @@ def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
-def _kl_weights_local_global(per_pair, tau, variant, clip, group):
+def _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights=None):
     tau = _positive(tau, "tau")
     if variant not in KL_VARIANTS:
         raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
     if variant == "clipped":
         clip = _positive(clip, "clip")
     _check_per_pair(per_pair)
-    local = per_pair.detach().float()
+    local = per_pair.detach().to(_acc_dtype(per_pair))  # float64 stays exact
     glob = _gather(local, group)
-    centre = glob.mean()
+    if base_weights is not None:
+        if not isinstance(base_weights, torch.Tensor) or base_weights.shape != per_pair.shape:
+            raise InputError(f"base_weights must be a tensor of shape {tuple(per_pair.shape)}")
+        log_p = torch.log(_gather(base_weights, group).to(glob.dtype))
+        centre = (torch.exp(log_p) * glob).sum()
+    else:
+        log_p = None
+        centre = glob.mean()
     z_loc, z_glob = (local - centre) / tau, (glob - centre) / tau
+    if variant == "normalized" and log_p is not None:  # w_i = q_i / p_i, q ∝ p exp(l / tau)
+        log_norm = torch.logsumexp(log_p + z_glob, dim=0)
+        return torch.exp(z_loc - log_norm), torch.exp(z_glob - log_norm)
     if variant == "normalized":
         log_norm = torch.logsumexp(z_glob, dim=0) - math.log(glob.numel())
         return torch.exp(z_loc - log_norm), torch.exp(z_glob - log_norm)
@@ -216,8 +231,11 @@ def kl_weights(
     variant: str = "normalized",
     clip: float = 10.0,
     group=None,
+    base_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KLDPO weights of the local pairs, detached float32, shape (B,), from global statistics.
+    """KLDPO weights of the local pairs, detached, shape (B,), from global-batch statistics.
+
+    The weights are float32, or float64 for float64 losses.
 
     ``normalized`` (Algorithm 2): ``w_i = N * softmax_i((l_i - mean l) / tau)`` over the global
     batch of N pairs, so the weights average to 1 globally and ``mean_i w_i l_i`` over all pairs
@@ -225,8 +243,14 @@ def kl_weights(
     ``w_i = min(exp((l_i - mean l) / tau), clip)``. ``mean l`` and the softmax normaliser are
     taken over every worker of ``group`` when ``torch.distributed`` is initialised.
     The numpy mirror is :func:`rdpo_theory.losses.kl_weights`.
+
+    ``base_weights`` (B,), optional: a base measure p (summing to 1 over the global batch), for
+    weighted data such as an aggregated empirical law. The weights are then likelihood ratios
+    ``w_i = q_i / p_i`` with ``q_i ∝ p_i exp(l_i / tau)`` (``normalized``), the centre is
+    ``sum_i p_i l_i``, and the loss is ``sum_i p_i w_i l_i``; uniform p gives the case above.
+    Float64 losses give float64 weights.
     """
-    return _kl_weights_local_global(per_pair, tau, variant, clip, group)[0]
+    return _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights)[0]
 
 
 def kldpo_objective(
@@ -236,10 +260,16 @@ def kldpo_objective(
     variant: str = "normalized",
     clip: float = 10.0,
     group=None,
+    base_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, weights)`` with ``loss = mean_i w_i l_i`` over the local batch and ``w`` from
-    :func:`kl_weights` (no gradient through ``w``)."""
-    w = kl_weights(per_pair, tau=tau, variant=variant, clip=clip, group=group)
+    :func:`kl_weights` (no gradient through ``w``); with ``base_weights`` p,
+    ``loss = sum_i p_i w_i l_i``."""
+    w = kl_weights(
+        per_pair, tau=tau, variant=variant, clip=clip, group=group, base_weights=base_weights
+    )
+    if base_weights is not None:
+        return (base_weights * w.to(per_pair.dtype) * per_pair).sum(), w
     return (w.to(per_pair.dtype) * per_pair).mean(), w
 
 
@@ -326,17 +356,20 @@ def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
     sq = per_pair.new_zeros(B)
     for g in grads:
         if g is not None:
-            sq = sq + g.float().pow(2).reshape(B, -1).sum(dim=1).to(sq.dtype)
+            sq = sq + g.to(_acc_dtype(g)).pow(2).reshape(B, -1).sum(dim=1).to(sq.dtype)
     return sq
 
 
-def _wdpo_combine(per_pair, sq, rho0, variant):
+def _wdpo_combine(per_pair, sq, rho0, variant, weights=None):
+    def avg(t):  # mean_i, or sum_i p_i t_i for weighted data
+        return t.mean() if weights is None else (weights * t).sum()
+
     if variant == "sqrt-mean":
         # sqrt has an infinite slope at 0; the clamp only matters when every gradient vanishes
-        pen = rho0 * torch.sqrt(sq.mean().clamp_min(1e-30))
-        return per_pair.mean() + pen, pen
-    pen = rho0 * sq.mean()
-    return per_pair.mean() + pen, pen
+        pen = rho0 * torch.sqrt(avg(sq).clamp_min(1e-30))
+        return avg(per_pair) + pen, pen
+    pen = rho0 * avg(sq)
+    return avg(per_pair) + pen, pen
 
 
 def _check_wdpo_args(rho0, variant) -> float:
@@ -347,14 +380,24 @@ def _check_wdpo_args(rho0, variant) -> float:
 
 
 def wdpo_objective(
-    per_pair: torch.Tensor, inputs, *, rho0: float, variant: str = "sqrt-mean"
+    per_pair: torch.Tensor,
+    inputs,
+    *,
+    rho0: float,
+    variant: str = "sqrt-mean",
+    weights: torch.Tensor | None = None,
+    sq_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, sq_norms)``. ``sqrt-mean``: ``mean l + rho0 sqrt(mean ||g_i||^2)``;
     ``per-pair``: ``mean (l_i + rho0 ||g_i||^2)``, with ``g_i = grad_z l_i``. Differentiable
-    through the penalty. The numpy mirror is :func:`rdpo_theory.losses.wdpo_objective`."""
+    through the penalty. The numpy mirror is :func:`rdpo_theory.losses.wdpo_objective`.
+
+    ``weights`` (B,), optional: probability weights p_i; every ``mean_i`` becomes
+    ``sum_i p_i`` (weighted data). ``sq_norms`` (B,), optional: precomputed differentiable
+    ``||g_i||^2`` (e.g. the log-linear closed form); ``inputs`` is then not used."""
     rho0 = _check_wdpo_args(rho0, variant)
-    sq = input_grad_sq_norms(per_pair, inputs)
-    return _wdpo_combine(per_pair, sq, rho0, variant)[0], sq
+    sq = input_grad_sq_norms(per_pair, inputs) if sq_norms is None else sq_norms
+    return _wdpo_combine(per_pair, sq, rho0, variant, weights)[0], sq
 
 
 def wdpo_loss(
