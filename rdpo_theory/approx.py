@@ -1,0 +1,530 @@
+"""The paper's scalable algorithms on log-linear data (THEORY.md section 4).
+
+Log-linear pairs have the oriented scaled margin ``m_i = sy_i * beta * (theta - theta_ref) . x_i``
+and the DPO per-pair loss ``l_i = softplus(-m_i)`` (nats). The robust algorithms only change
+how per-pair losses are aggregated, and they do it with the same torch functions that serve
+language models (:mod:`rdpo_theory.torch.losses`, one implementation):
+
+* :func:`wdpo` -- Algorithm 1, the WDPO gradient regulariser. ``variant="sqrt-mean"``:
+  ``sum_i p_i l_i + rho0 * sqrt(sum_i p_i ||grad_x l_i||^2)``; ``variant="per-pair"`` (the
+  paper's LLM code): ``sum_i p_i (l_i + rho0 ||grad_x l_i||^2)``. The penalty's gradient needs
+  a double backward (``penalty="autograd"``); for log-linear data the closed form
+  ``||grad_x l_i|| = beta * sigmoid(-m_i) * ||theta - theta_ref||`` gives the same objective
+  with one backward (``penalty="closed-form"``, tested equal).
+* :func:`kldpo` -- Algorithm 2, KL reweighting. ``variant="normalized"``:
+  ``q_i ∝ p_i exp(l_i / tau)`` held constant, loss ``sum_i q_i l_i``, whose gradient is that of
+  ``tau * log sum_i p_i exp(l_i / tau)``: the KL dual at the fixed multiplier ``lam = tau``.
+  ``variant="clipped"`` (the paper's code): ``w_i = min(exp((l_i - mean l) / tau), 10)``.
+* :func:`dpo` -- plain DPO with the same trainer (the baseline of every comparison).
+
+All run through :func:`fit`: full-batch or minibatch training in float64 with Adam or SGD, a
+step-size schedule, a stopping rule on the gradient norm and a seeded sampler. Data weights p
+(e.g. an empirical law aggregated over a finite world's Z) are honoured: full-batch objectives
+are weighted and minibatches draw rows with probability ``p_i``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import _validate as V
+from .data import PreferenceData, as_data
+from .errors import InputError, SolverError
+from .losses import check_beta
+from .rng import make_rng
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "linear", "inverse-sqrt")
+PENALTIES = ("autograd", "closed-form")
+
+
+@dataclass
+class ApproxResult:
+    """Outcome of a training run.
+
+    Attributes
+    ----------
+    theta : ndarray, shape (d,)
+        Final parameter.
+    trace : pandas.DataFrame
+        One row per recorded step: ``step``, ``lr``, ``loss`` (the training objective on the
+        step's batch, nats), ``grad_norm`` (its gradient norm in theta), ``full_grad_norm``
+        (full-batch gradient norm; NaN at steps where it was not computed), ``theta_norm``,
+        and ``theta0..theta{d-1}`` when ``record_theta`` was set.
+    converged : bool
+        True when the stopping rule (full-batch gradient norm <= gtol) fired.
+    steps : int
+        Optimiser steps taken.
+    method : str
+        ``"dpo"``, ``"wdpo"``, ``"kldpo"`` or ``"custom"``.
+    variant : str or None
+    hyper : dict
+        The method's hyperparameters (``rho0``, ``tau``, ``beta``...).
+    implied_rho : float or None
+        KLDPO only: ``KL(q || p)`` (nats) of the final full-batch worst-case weights q from the
+        data weights p, i.e. the radius whose exact KLDPO optimum the normalized variant targets.
+    weights : ndarray or None
+        KLDPO only: the final full-batch distribution q (n,), summing to 1.
+    extras : dict
+        ``seconds``, ``final_grad_norm``, ``optimizer``, ``schedule``, ``batch_size``, ...
+    """
+
+    theta: np.ndarray
+    trace: pd.DataFrame
+    converged: bool
+    steps: int
+    method: str = "custom"
+    variant: str | None = None
+    hyper: dict[str, Any] = field(default_factory=dict)
+    implied_rho: float | None = None
+    weights: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _data(X, y, weights) -> PreferenceData:
+    if isinstance(X, PreferenceData) and y is None and weights is None:
+        return X
+    return as_data(X, y, weights)
+
+
+def _schedule_factor(schedule: str, t: int, T: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, T) / T))
+    if schedule == "linear":
+        return max(0.0, 1.0 - t / T)
+    return 1.0 / math.sqrt(1.0 + t)  # inverse-sqrt
+
+
+def _check_int(v, name: str, *, allow_none: bool = False) -> int | None:
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """Yield index batches: reshuffled epochs without replacement for uniform p, otherwise
+    i.i.d. draws with probability p (inverse-CDF sampling)."""
+    n = p.shape[0]
+    if np.allclose(p, 1.0 / n, rtol=0, atol=1e-15):
+        while True:
+            perm = rng.permutation(n)
+            for lo in range(0, n - batch_size + 1, batch_size):
+                yield perm[lo : lo + batch_size]
+            if n < batch_size:
+                yield rng.integers(0, n, size=batch_size)
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    while True:
+        yield np.minimum(np.searchsorted(cdf, rng.random(batch_size), side="right"), n - 1)
+
+
+# ---------------------------------------------------------------------------- the trainer
+def fit(
+    X,
+    y=None,
+    *,
+    beta: float,
+    objective: Callable,
+    weights=None,
+    theta_ref=None,
+    optimizer: str = "adam",
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    batch_size: int | None = None,
+    max_steps: int = 2000,
+    gtol: float = 1e-6,
+    check_every: int | None = None,
+    seed=0,
+    theta0=None,
+    input_grad: bool = True,
+    pass_delta: bool = False,
+    record_every: int = 1,
+    record_theta: bool = False,
+    progress: bool = False,
+    method: str = "custom",
+    variant: str | None = None,
+    hyper: dict | None = None,
+) -> ApproxResult:
+    """Train a log-linear policy on ``objective(per_pair_losses, x, batch_weights)``.
+
+    Each step forms the batch's margins ``m_i = sy_i beta (theta - theta_ref) . x_i`` and
+    per-pair DPO losses ``l_i = softplus(-m_i)`` (torch :func:`~rdpo_theory.torch.losses.
+    dpo_pair_losses`), calls ``objective`` and takes an optimiser step on its gradient.
+
+    Parameters
+    ----------
+    X : array_like (n, d) or PreferenceData
+        Pair feature differences; with a PreferenceData, ``y`` and ``weights`` come with it.
+    y : array_like (n,), labels in {0, 1}
+    beta : float > 0
+    objective : callable
+        ``objective(per_pair (B,), x (B, d), batch_weights (B,)) -> scalar tensor``. ``x``
+        requires grad when ``input_grad`` (WDPO's penalty differentiates through it);
+        ``batch_weights`` sum to 1: the data weights p on the full batch, ``1/B`` on a
+        minibatch drawn with probability p. With ``pass_delta`` it is also called with the
+        keyword ``delta = theta - theta_ref`` (d,) (closed-form penalties).
+    weights : array_like (n,), optional
+        Data weights p (default uniform).
+    theta_ref : array_like (d,), optional (default 0)
+    optimizer : {"adam", "sgd"}
+    lr : float > 0
+        Peak step size.
+    momentum : float in [0, 1)
+        Heavy-ball momentum for ``sgd``.
+    schedule : {"constant", "cosine", "linear", "inverse-sqrt"}
+        Step size ``lr * f(t)``; cosine and linear decay to 0 at ``max_steps``.
+    batch_size : int, optional
+        Minibatch size; ``None`` trains full batch.
+    max_steps : int
+    gtol : float >= 0
+        Stop when the full-batch gradient norm of the objective in theta is <= gtol. Checked
+        every step in full batch, every ``check_every`` steps (default: one pass over n rows)
+        with minibatches.
+    seed : int or SeedSequence
+        Minibatch sampler seed.
+    theta0 : array_like (d,), optional
+        Start (default ``theta_ref``, the reference policy).
+    input_grad, pass_delta, record_every, record_theta, progress, method, variant, hyper
+        Expert options: see above; ``record_every`` thins the trace, ``record_theta`` adds
+        the iterates to it, ``progress`` shows a tqdm bar; the last three label the result.
+
+    Returns
+    -------
+    ApproxResult
+
+    Raises
+    ------
+    InputError
+        Malformed arguments.
+    SolverError
+        The objective became NaN or infinite (status ``"diverged"``): lower ``lr``.
+    """
+    import torch
+
+    from .torch.losses import dpo_pair_losses
+
+    data = _data(X, y, weights)
+    beta = check_beta(beta)
+    if not callable(objective):
+        raise InputError(f"objective must be callable, got {type(objective).__name__}")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    lr = V.positive(lr, "lr")
+    momentum = V.positive(momentum, "momentum", allow_zero=True)
+    if momentum >= 1:
+        raise InputError(f"momentum must lie in [0, 1), got {momentum}")
+    max_steps = _check_int(max_steps, "max_steps")
+    batch_size = _check_int(batch_size, "batch_size", allow_none=True)
+    record_every = _check_int(record_every, "record_every")
+    gtol = V.positive(gtol, "gtol", allow_zero=True)
+    n, d = data.n, data.d
+    check_every = _check_int(check_every, "check_every", allow_none=True)
+    if check_every is None:
+        check_every = 1 if batch_size is None else max(1, math.ceil(n / batch_size))
+    tref_np = V.as_theta(theta_ref, d)
+    th0 = tref_np.copy() if theta0 is None else V.as_vector(theta0, "theta0", length=d)
+
+    dt = torch.float64
+    Xt = torch.tensor(data.X, dtype=dt)
+    syt = torch.tensor(data.signed_labels, dtype=dt)
+    pt = torch.tensor(data.weights, dtype=dt)
+    tref = torch.tensor(tref_np, dtype=dt)
+    theta = torch.tensor(th0, dtype=dt, requires_grad=True)
+    if optimizer == "adam":
+        opt = torch.optim.Adam([theta], lr=lr)
+    else:
+        opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
+
+    def evaluate(idx):
+        xb = Xt if idx is None else Xt[idx]
+        if input_grad:
+            xb = xb.detach().clone().requires_grad_(True)
+        syb = syt if idx is None else syt[idx]
+        wb = pt if idx is None else torch.full((len(idx),), 1.0 / len(idx), dtype=dt)
+        delta = theta - tref
+        per = dpo_pair_losses(syb * beta * (xb @ delta))
+        loss = objective(per, xb, wb, delta=delta) if pass_delta else objective(per, xb, wb)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise InputError("objective must return a scalar tensor")
+        return loss
+
+    def full_grad_norm() -> float:
+        (g,) = torch.autograd.grad(evaluate(None), theta)
+        return float(g.norm())
+
+    sampler = None if batch_size is None else _sampler(data.weights, batch_size, make_rng(seed))
+    rows: dict[str, list] = {k: [] for k in ("step", "lr", "loss", "grad_norm", "full_grad_norm")}
+    rows["theta_norm"] = []
+    thetas: list[np.ndarray] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, desc=f"{method}{'-' + variant if variant else ''}")
+    t0 = time.perf_counter()
+    converged = False
+    step = 0
+    fg = float("nan")
+    while True:
+        factor = _schedule_factor(schedule, step, max_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+        opt.zero_grad(set_to_none=True)
+        loss = evaluate(None if sampler is None else next(sampler))
+        loss.backward()
+        gnorm = float(theta.grad.norm())
+        lval = float(loss.detach())
+        if not (math.isfinite(lval) and math.isfinite(gnorm)):
+            raise SolverError(
+                f"{method} training diverged at step {step} (objective {lval}).",
+                status="diverged",
+                hint="lower lr or use schedule='cosine'.",
+            )
+        if sampler is None:
+            fg = gnorm
+        elif step % check_every == 0 or step == max_steps:
+            fg = full_grad_norm()
+        else:
+            fg = float("nan")
+        if step % record_every == 0 or step == max_steps or (fg <= gtol):
+            rows["step"].append(step)
+            rows["lr"].append(lr * factor)
+            rows["loss"].append(lval)
+            rows["grad_norm"].append(gnorm)
+            rows["full_grad_norm"].append(fg)
+            rows["theta_norm"].append(float(theta.detach().norm()))
+            if record_theta:
+                thetas.append(theta.detach().numpy().copy())
+        if fg <= gtol:
+            converged = True
+            break
+        if step >= max_steps:
+            break
+        opt.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    final_fg = fg if math.isfinite(fg) else full_grad_norm()
+    trace = pd.DataFrame(rows)
+    if record_theta:
+        T = np.array(thetas)
+        for j in range(d):
+            trace[f"theta{j}"] = T[:, j]
+    return ApproxResult(
+        theta=theta.detach().numpy().copy(),
+        trace=trace,
+        converged=converged,
+        steps=step,
+        method=method,
+        variant=variant,
+        hyper=dict(hyper or {}, beta=beta),
+        extras={
+            "seconds": seconds,
+            "final_grad_norm": final_fg,
+            "optimizer": optimizer,
+            "schedule": schedule,
+            "lr": lr,
+            "batch_size": batch_size,
+            "n": n,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- front ends
+def dpo(X, y=None, *, beta: float, weights=None, theta_ref=None, **fit_kwargs) -> ApproxResult:
+    """Plain DPO, ``sum_i p_i l_i``, with the same trainer as the robust variants.
+
+    ``fit_kwargs`` are :func:`fit`'s training options (optimizer, lr, schedule, batch_size,
+    max_steps, gtol, seed, theta0, ...)."""
+
+    def objective(per, x, w):
+        return (w * per).sum()
+
+    return fit(
+        X,
+        y,
+        beta=beta,
+        objective=objective,
+        weights=weights,
+        theta_ref=theta_ref,
+        input_grad=False,
+        method="dpo",
+        **fit_kwargs,
+    )
+
+
+def wdpo(
+    X,
+    y=None,
+    *,
+    rho0: float,
+    beta: float,
+    variant: str = "sqrt-mean",
+    penalty: str = "autograd",
+    weights=None,
+    theta_ref=None,
+    **fit_kwargs,
+) -> ApproxResult:
+    """WDPO by the gradient regulariser (Algorithm 1 and the paper's per-pair code).
+
+    ``sqrt-mean``: ``L = sum_i p_i l_i + rho0 sqrt(sum_i p_i ||grad_x l_i||^2)``;
+    ``per-pair``: ``L = sum_i p_i (l_i + rho0 ||grad_x l_i||^2)``, with the batch weights in
+    place of p on minibatches (:func:`rdpo_theory.torch.losses.wdpo_objective`).
+
+    Parameters
+    ----------
+    X, y, weights, theta_ref, beta
+        As in :func:`fit`.
+    rho0 : float >= 0
+        Penalty strength (for ``sqrt-mean`` the first-order W_2 radius).
+    variant : {"sqrt-mean", "per-pair"}
+    penalty : {"autograd", "closed-form"}
+        ``autograd`` differentiates ``l_i`` in x (double backward, what language models need);
+        ``closed-form`` uses ``||grad_x l_i||^2 = beta^2 sigmoid(-m_i)^2 ||theta - theta_ref||^2``
+        (log-linear only; identical objective, one backward).
+    fit_kwargs
+        Training options of :func:`fit`.
+    """
+    from .torch.losses import WDPO_VARIANTS, wdpo_objective
+
+    rho0 = V.positive(rho0, "rho0", allow_zero=True)
+    if variant not in WDPO_VARIANTS:
+        raise InputError(f"variant must be one of {WDPO_VARIANTS}, got {variant!r}")
+    if penalty not in PENALTIES:
+        raise InputError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+    beta_v = check_beta(beta)
+
+    if penalty == "autograd":
+
+        def objective(per, x, w):
+            return wdpo_objective(per, x, rho0=rho0, variant=variant, weights=w)[0]
+
+    else:
+
+        def objective(per, x, w, *, delta):
+            import torch
+
+            # sigmoid(-m) = 1 - exp(-l) since l = -log sigmoid(m)
+            sq = (beta_v * (-torch.expm1(-per))) ** 2 * (delta @ delta)
+            return wdpo_objective(per, None, rho0=rho0, variant=variant, weights=w, sq_norms=sq)[0]
+
+    return fit(
+        X,
+        y,
+        beta=beta,
+        objective=objective,
+        weights=weights,
+        theta_ref=theta_ref,
+        input_grad=penalty == "autograd",
+        pass_delta=penalty == "closed-form",
+        method="wdpo",
+        variant=variant,
+        hyper={"rho0": rho0, "penalty": penalty},
+        **fit_kwargs,
+    )
+
+
+def kldpo(
+    X,
+    y=None,
+    *,
+    tau: float,
+    beta: float,
+    variant: str = "normalized",
+    clip: float = 10.0,
+    weights=None,
+    theta_ref=None,
+    **fit_kwargs,
+) -> ApproxResult:
+    """KLDPO by reweighting (Algorithm 2 and the paper's clipped code).
+
+    ``normalized``: weights ``q_i ∝ p_i exp(l_i / tau)`` over the batch, held constant; loss
+    ``sum_i q_i l_i`` (gradient of ``tau log sum_i p_i exp(l_i / tau)``). ``clipped``:
+    ``w_i = min(exp((l_i - sum_j p_j l_j) / tau), clip)``, loss ``sum_i p_i w_i l_i``. Both are
+    :func:`rdpo_theory.torch.losses.kldpo_objective` with ``base_weights`` = batch weights.
+
+    Parameters
+    ----------
+    tau : float > 0
+        Temperature (the fixed KL multiplier ``lam``).
+    variant : {"normalized", "clipped"}
+    clip : float > 0
+        Weight cap of ``clipped``.
+    X, y, weights, theta_ref, beta, fit_kwargs
+        As in :func:`fit`.
+
+    Returns
+    -------
+    ApproxResult
+        With ``implied_rho = KL(q || p)`` (nats) and ``weights = q`` (n,), the normalised final
+        full-batch weights (``q ∝ p_i w_i``).
+    """
+    import torch
+
+    from .torch.losses import KL_VARIANTS, kl_weights, kldpo_objective
+
+    tau = V.positive(tau, "tau")
+    clip = V.positive(clip, "clip")
+    if variant not in KL_VARIANTS:
+        raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
+
+    def objective(per, x, w):
+        return kldpo_objective(per, tau=tau, variant=variant, clip=clip, base_weights=w)[0]
+
+    res = fit(
+        X,
+        y,
+        beta=beta,
+        objective=objective,
+        weights=weights,
+        theta_ref=theta_ref,
+        input_grad=False,
+        method="kldpo",
+        variant=variant,
+        hyper={"tau": tau, "clip": clip},
+        **fit_kwargs,
+    )
+    data = _data(X, y, weights)
+    from .losses import dpo_losses
+
+    l = dpo_losses(res.theta, data, beta=beta, theta_ref=theta_ref)
+    p = torch.tensor(data.weights, dtype=torch.float64)
+    w = kl_weights(
+        torch.as_tensor(l, dtype=torch.float64),
+        tau=tau,
+        variant=variant,
+        clip=clip,
+        base_weights=p,
+    ).numpy()
+    q = data.weights * w
+    q = q / q.sum()
+    res.weights = q
+    res.implied_rho = kl_divergence(q, data.weights)
+    return res
+
+
+def kl_divergence(q, p) -> float:
+    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges p = 0)."""
+    from scipy.special import rel_entr
+
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.sum(rel_entr(q, p)))
