@@ -15,7 +15,7 @@ models, where ``beta * h`` comes from log-probabilities. The torch mirror is
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, logsumexp
 
 from . import _validate as V
 from .data import PreferenceData, as_data
@@ -144,3 +144,267 @@ def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean") -> f
     if variant == "per-pair":
         return float(np.mean(l + rho0 * sq))
     raise InputError(f"variant must be 'sqrt-mean' or 'per-pair', got {variant!r}")
+
+
+# ============================================================================ baselines
+# THEORY.md section 6. Per-pair baselines are functions of the oriented scaled margin m;
+# aggregate ones (Dr. DPO, group-robust, chi-square, CVaR) act on a vector of per-pair losses
+# with probability weights p. The torch mirrors are in ``rdpo_theory.torch.baselines`` and the
+# exact programs in ``rdpo_theory.exact.baselines``.
+def check_eps(eps, *, method: str = "rdpo") -> float:
+    """Validate a label-noise rate.
+
+    ``method="cdpo"``: label smoothing ``eps in [0, 1/2]``. ``method="rdpo"``: known flip rate
+    ``eps in [0, 1/2)``; at ``eps = 1/2`` labels carry no information and rDPO's ``1/(1-2 eps)``
+    correction is undefined, beyond it the labels are inverted.
+    """
+    if method not in ("cdpo", "rdpo"):
+        raise ValueError(f"method must be 'cdpo' or 'rdpo', got {method!r}")
+    v = V.positive(eps, "eps", allow_zero=True)
+    if method == "rdpo" and v >= 0.5:
+        raise InputError(
+            f"eps must lie in [0, 1/2) for rDPO (a flip rate >= 1/2 makes "
+            f"labels uninformative or inverted), got {v}"
+        )
+    if method == "cdpo" and v > 0.5:
+        raise InputError(f"eps must lie in [0, 1/2] for cDPO label smoothing, got {v}")
+    return v
+
+
+def cdpo_loss(m, *, eps: float) -> np.ndarray:
+    """Conservative DPO (label smoothing ``eps``):
+    ``l(m) = (1 - eps) softplus(-m) + eps softplus(m)`` (nats), elementwise. Convex in m."""
+    eps = check_eps(eps, method="cdpo")
+    m = np.asarray(m, dtype=np.float64)
+    return -(1.0 - eps) * log_expit(m) - eps * log_expit(-m)
+
+
+def cdpo_loss_grad(m, *, eps: float) -> np.ndarray:
+    """``dl/dm = -(1 - eps) sigmoid(-m) + eps sigmoid(m)``, elementwise."""
+    eps = check_eps(eps, method="cdpo")
+    m = np.asarray(m, dtype=np.float64)
+    return -(1.0 - eps) * expit(-m) + eps * expit(m)
+
+
+def rdpo_loss(m, *, eps: float) -> np.ndarray:
+    """Robust DPO for a known flip rate ``eps < 1/2`` (Chowdhury et al. 2024):
+    ``l(m) = ((1 - eps) softplus(-m) - eps softplus(m)) / (1 - 2 eps)`` (nats), elementwise.
+
+    Since ``softplus(m) = softplus(-m) + m`` this equals ``softplus(-m) - eps m / (1 - 2 eps)``:
+    the DPO loss minus a linear term. So rDPO is convex in m (and in theta for log-linear
+    policies), with the same curvature as DPO, but it is unbounded below along directions of
+    large margins; its minimiser may lie at infinity unless the parameter set is bounded.
+    Its expectation over flipped labels is the clean DPO loss (unbiasedness).
+    """
+    eps = check_eps(eps, method="rdpo")
+    m = np.asarray(m, dtype=np.float64)
+    return -log_expit(m) - eps * m / (1.0 - 2.0 * eps)
+
+
+def rdpo_loss_grad(m, *, eps: float) -> np.ndarray:
+    """``dl/dm = -sigmoid(-m) - eps / (1 - 2 eps)``, elementwise."""
+    eps = check_eps(eps, method="rdpo")
+    m = np.asarray(m, dtype=np.float64)
+    return -expit(-m) - eps / (1.0 - 2.0 * eps)
+
+
+def ipo_loss(m, *, beta: float) -> np.ndarray:
+    """IPO (Azar et al. 2024) on the oriented margin ``h = m / beta``:
+    ``l = (h - 1 / (2 beta))^2``, elementwise (TRL's ``loss_type="ipo"``). Convex (a square)."""
+    beta = check_beta(beta)
+    m = np.asarray(m, dtype=np.float64)
+    return (m / beta - 0.5 / beta) ** 2
+
+
+def ipo_loss_grad(m, *, beta: float) -> np.ndarray:
+    """``dl/dm = 2 (m / beta - 1 / (2 beta)) / beta``, elementwise."""
+    beta = check_beta(beta)
+    m = np.asarray(m, dtype=np.float64)
+    return 2.0 * (m / beta - 0.5 / beta) / beta
+
+
+def _losses_and_weights(losses, weights) -> tuple[np.ndarray, np.ndarray]:
+    lo = V.as_vector(losses, "losses")
+    if lo.shape[0] == 0:
+        raise InputError("losses is empty")
+    return lo, V.as_weights(weights, lo.shape[0], "weights")
+
+
+def drdpo_objective(losses, *, beta_prime: float, weights=None) -> float:
+    """Dr. DPO (Wu et al. 2025): ``-beta' log sum_i p_i exp(-l_i / beta')`` (nats).
+
+    A soft minimum of the losses: it down-weights high-loss (likely mislabelled) pairs, the
+    opposite of KLDPO's soft maximum. It is not convex in theta. As ``beta' -> inf`` it tends
+    to the mean loss.
+
+    Parameters
+    ----------
+    losses : array_like, shape (n,)
+        Per-pair losses ``l_i`` (DPO losses in Dr. DPO).
+    beta_prime : float > 0
+    weights : array_like, shape (n,), optional
+        Probability weights ``p_i`` (default uniform).
+    """
+    lo, p = _losses_and_weights(losses, weights)
+    bp = V.positive(beta_prime, "beta_prime")
+    z = -lo / bp
+    keep = p > 0
+    return float(-bp * logsumexp(z[keep], b=p[keep]))
+
+
+def drdpo_weights(losses, *, beta_prime: float, weights=None) -> np.ndarray:
+    """Gradient weights of :func:`drdpo_objective`:
+    ``w_i = p_i exp(-l_i / beta') / sum_j p_j exp(-l_j / beta')``, shape (n,), summing to 1."""
+    lo, p = _losses_and_weights(losses, weights)
+    bp = V.positive(beta_prime, "beta_prime")
+    with np.errstate(divide="ignore"):
+        z = np.log(p) - lo / bp
+    return np.exp(z - logsumexp(z))
+
+
+def group_indices(groups, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, index)``: the distinct group labels (G,) and each pair's group index (n,)."""
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise InputError(f"groups must have shape ({n},), one label per pair, got {g.shape}")
+    if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
+        raise InputError("groups contains NaN or inf")
+    labels, index = np.unique(g, return_inverse=True)
+    return labels, index
+
+
+def group_losses(losses, groups, *, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group mean losses ``L_g = sum_{i in g} p_i l_i / P_g`` with ``P_g = sum_{i in g} p_i``.
+
+    Returns ``(labels (G,), L (G,))``. Every group must carry positive mass.
+    """
+    lo, p = _losses_and_weights(losses, weights)
+    labels, idx = group_indices(groups, lo.shape[0])
+    mass = np.bincount(idx, weights=p, minlength=labels.shape[0])
+    if np.any(mass <= 0):
+        raise InputError(f"groups {labels[mass <= 0].tolist()} have zero weight")
+    return labels, np.bincount(idx, weights=p * lo, minlength=labels.shape[0]) / mass
+
+
+def group_robust_objective(losses, groups, *, weights=None) -> float:
+    """Group-robust DPO (Ramesh et al. 2024): ``max_g L_g = max over group weights alpha in the
+    simplex of sum_g alpha_g L_g`` (nats), with ``L_g`` from :func:`group_losses`."""
+    return float(np.max(group_losses(losses, groups, weights=weights)[1]))
+
+
+def group_robust_weights(losses, groups, *, weights=None) -> np.ndarray:
+    """Best-response pair weights: ``q_i = p_i / P_g*`` on the worst group ``g*`` (the first one
+    on ties), 0 elsewhere; shape (n,), summing to 1. ``q . l`` is the group-robust objective."""
+    lo, p = _losses_and_weights(losses, weights)
+    _, L = group_losses(lo, groups, weights=p)
+    _, idx = group_indices(groups, lo.shape[0])
+    sel = idx == int(np.argmax(L))
+    q = np.where(sel, p, 0.0)
+    return q / q.sum()
+
+
+def chi2_weights(losses, *, rho: float, weights=None) -> np.ndarray:
+    """Worst-case distribution of the chi-square ball, exactly.
+
+    ``argmax_q sum_i q_i l_i`` over the simplex subject to
+    ``D(q || p) = 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho``. By the Cressie-Read dual
+    (Duchi and Namkoong 2021) the answer is ``q_i = p_i (l_i - eta*)_+ / sum_j p_j (l_j - eta*)_+``
+    where ``eta*`` minimises ``eta + sqrt(1 + 2 rho) sqrt(sum_i p_i (l_i - eta)_+^2)``; it is
+    found by bracketed root finding on the stationarity condition. When
+    ``sqrt((1 + 2 rho) P(argmax l)) >= 1`` the ball contains the point mass on the argmax set
+    and ``q`` is ``p`` restricted to it.
+
+    Returns
+    -------
+    ndarray, shape (n,), summing to 1.
+    """
+    lo, p = _losses_and_weights(losses, weights)
+    eta = _chi2_eta(lo, p, V.positive(rho, "rho", allow_zero=True))
+    if eta is None:
+        return p.copy()
+    top = lo >= np.max(lo[p > 0])
+    if eta == np.inf:  # point mass on the argmax set
+        q = np.where(top, p, 0.0)
+        return q / q.sum()
+    q = p * np.maximum(lo - eta, 0.0)
+    return q / q.sum()
+
+
+def _chi2_eta(lo: np.ndarray, p: np.ndarray, rho: float):
+    """``eta*`` of :func:`chi2_weights`; None when q = p (rho = 0 or constant losses); inf
+    for the argmax regime."""
+    from scipy.optimize import brentq
+
+    keep = p > 0
+    l, w = lo[keep], p[keep]
+    lmax = l.max()
+    top = l >= lmax
+    if rho == 0 or np.all(top):
+        return None
+    c = np.sqrt(1.0 + 2.0 * rho)
+    if c * np.sqrt(w[top].sum()) >= 1.0:
+        return np.inf
+    mean = w @ l
+    var = max(float(w @ (l - mean) ** 2), 0.0)
+    lo_b = min(l.min(), mean - np.sqrt(var / (2.0 * rho)))
+    hi_b = 0.5 * (lmax + l[~top].max())  # on the top segment the condition is negative
+
+    def g(eta):
+        r = np.maximum(l - eta, 0.0)
+        return c * (w @ r) - np.sqrt(w @ r**2)
+
+    if g(lo_b) <= 0:
+        return lo_b
+    return brentq(g, lo_b, hi_b, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+
+
+def chi2_objective(losses, *, rho: float, weights=None) -> float:
+    """``sup { E_q l : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho }`` (nats), via
+    :func:`chi2_weights`. For small rho with every ``q_i > 0`` it equals
+    ``E_p l + sqrt(2 rho Var_p(l))``."""
+    lo, p = _losses_and_weights(losses, weights)
+    return float(chi2_weights(lo, rho=rho, weights=p) @ lo)
+
+
+def chi2_divergence(q, p) -> float:
+    """``D(q || p) = 1/2 sum_i p_i (q_i / p_i - 1)^2`` (inf if q charges a point with p = 0)."""
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if np.any((p == 0) & (q > 0)):
+        return float("inf")
+    k = p > 0
+    return float(0.5 * np.sum((q[k] - p[k]) ** 2 / p[k]))
+
+
+def cvar_weights(losses, *, level: float, weights=None) -> np.ndarray:
+    """Worst case of the CVaR ball ``{q : q_i <= p_i / level}``: the top ``level`` fraction of
+    the loss distribution, reweighted by ``1 / level`` (partial weight at the boundary).
+
+    Parameters
+    ----------
+    losses : array_like, shape (n,)
+    level : float in (0, 1]
+        Tail fraction; ``level = 1`` gives ``q = p`` (the mean), ``level -> 0`` the max.
+    weights : array_like, shape (n,), optional
+
+    Returns
+    -------
+    ndarray, shape (n,), summing to 1.
+    """
+    lo, p = _losses_and_weights(losses, weights)
+    level = V.positive(level, "level")
+    if level > 1:
+        raise InputError(f"level must lie in (0, 1], got {level}")
+    order = np.argsort(-lo, kind="stable")
+    cap = p[order] / level
+    before = np.concatenate([[0.0], np.cumsum(cap)[:-1]])
+    q_sorted = np.clip(1.0 - before, 0.0, cap)
+    q = np.empty_like(lo)
+    q[order] = q_sorted
+    return q / q.sum()
+
+
+def cvar_objective(losses, *, level: float, weights=None) -> float:
+    """``CVaR_level(l) = min_eta eta + E_p (l - eta)_+ / level = sup_{q <= p/level} E_q l``."""
+    lo, p = _losses_and_weights(losses, weights)
+    return float(cvar_weights(lo, level=level, weights=p) @ lo)

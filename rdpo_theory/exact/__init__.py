@@ -1,6 +1,7 @@
 """Exact solvers (cvxpy programs and fast exact paths) with certificates."""
 
+from .baselines import cdpo, chi2dpo, cvardpo, group_dpo, ipo, rdpo
 from .dpo import dpo
 from .result import ExactResult
 
-__all__ = ["ExactResult", "dpo"]
+__all__ = ["cdpo", "chi2dpo", "cvardpo", "group_dpo", "ipo", "rdpo", "ExactResult", "dpo"]

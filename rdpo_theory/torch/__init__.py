@@ -1,6 +1,23 @@
 """Thin torch backend: the preference losses on log-prob tensors, and (in submodules) a trainer
 for Hugging Face causal LMs. Importing this package imports torch but not transformers."""
 
+from .baselines import (
+    cdpo_loss,
+    cdpo_pair_losses,
+    chi2_objective,
+    chi2dpo_loss,
+    cvar_objective,
+    cvardpo_loss,
+    drdpo_loss,
+    drdpo_objective,
+    group_dpo_loss,
+    group_robust_objective,
+    ipo_loss,
+    ipo_pair_losses,
+    rdpo_loss,
+    rdpo_pair_losses,
+    update_group_weights,
+)
 from .losses import (
     LossOutput,
     dpo_loss,
@@ -25,4 +42,19 @@ __all__ = [
     "kldpo_objective",
     "wdpo_loss",
     "wdpo_objective",
+    "cdpo_loss",
+    "cdpo_pair_losses",
+    "chi2_objective",
+    "chi2dpo_loss",
+    "cvar_objective",
+    "cvardpo_loss",
+    "drdpo_loss",
+    "drdpo_objective",
+    "group_dpo_loss",
+    "group_robust_objective",
+    "ipo_loss",
+    "ipo_pair_losses",
+    "rdpo_loss",
+    "rdpo_pair_losses",
+    "update_group_weights",
 ]
