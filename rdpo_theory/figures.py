@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Modules imported by :func:`load_all`; each registers its figures at import time.
-FIGURE_MODULES: list[str] = []
+FIGURE_MODULES: list[str] = ["rdpo_theory.studies.rates"]
 
 
 @dataclass(frozen=True)

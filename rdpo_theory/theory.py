@@ -376,29 +376,13 @@ def coverage_kl(data, rho: float, *, restarts: int = 8, iters: int = 50, seed=0)
 
 
 def _min_transport(f, p, C, budget):
-    """``min sum_ik pi_ik f_k`` over plans with row sums p and ``sum pi_ik C_ik <= budget``
-    (an LP, HiGHS). Returns the target weights ``sum_i pi_ik``."""
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix, vstack
+    """``min sum_ik pi_ik f_k`` over plans with row sums p and ``sum pi_ik C_ik <= budget``:
+    the exact solvers' transport LP (HiGHS) with losses ``-f``. Returns the target weights
+    ``sum_i pi_ik`` (K,)."""
+    from .exact.certificates import transport_primal_sup
 
-    m, k = C.shape
-    allowed = np.isfinite(C).ravel()  # infinite cost (a forbidden label flip): pi_ik = 0
-    rows = np.repeat(np.arange(m), k)
-    A_eq = coo_matrix((np.ones(m * k), (rows, np.arange(m * k))), shape=(m, m * k))
-    A_ub = coo_matrix(np.where(allowed, C.ravel(), 0.0).reshape(1, -1))
-    bounds = np.column_stack([np.zeros(m * k), np.where(allowed, np.inf, 0.0)])
-    res = linprog(
-        np.tile(f, m),
-        A_ub=vstack([A_ub]).tocsr(),
-        b_ub=[budget],
-        A_eq=A_eq.tocsr(),
-        b_eq=p,
-        bounds=bounds,
-        method="highs",
-    )
-    if res.status != 0:  # pragma: no cover - always feasible (pi = diag(p) when C_ii = 0)
-        raise InputError(f"the transport LP failed: {res.message}")
-    return res.x.reshape(m, k).sum(axis=0)
+    plan = transport_primal_sup(-np.asarray(f, float), p, C, budget)[1]
+    return plan.sum(axis=0)
 
 
 def coverage_wasserstein(
