@@ -1,0 +1,221 @@
+"""Sequence log-probabilities of Hugging Face causal LMs for preference losses.
+
+A preference batch stacks the chosen and rejected sequences of B pairs as 2B rows
+``[chosen_0 .. chosen_{B-1}, rejected_0 .. rejected_{B-1}]``, each row ``prompt + completion``,
+right-padded:
+
+* ``input_ids`` (2B, T) int64, ``attention_mask`` (2B, T) in {0, 1} (0 on padding),
+* ``completion_mask`` (2B, T) in {0, 1}: 1 on completion tokens only (prompt masking).
+
+The sequence log-prob of row r is ``sum_t completion_mask[r, t] * log p(ids[r, t] | ids[r, <t])``
+in nats. Position ids are computed from the attention mask, so left padding works too.
+When WDPO needs the gradient with respect to the input embeddings, the forward pass goes through
+``inputs_embeds`` with the chosen and rejected embeddings as two separate tensors (pair i's loss
+depends on row i of each), as :func:`rdpo_theory.torch.losses.input_grad_sq_norms` requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..errors import InputError
+
+BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
+
+
+def _unwrap(model):
+    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped model."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _pad_id(tokenizer) -> int:
+    pid = tokenizer.pad_token_id
+    if pid is None:
+        pid = tokenizer.eos_token_id
+    if pid is None:
+        raise InputError("tokenizer has neither a pad token nor an eos token to pad with")
+    return int(pid)
+
+
+def encode_pairs(
+    tokenizer,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    *,
+    max_length: int | None = None,
+    add_eos: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tokenize B preference pairs into a right-padded batch of 2B rows (see module docstring).
+
+    Prompt and completion are tokenized separately (so the prompt/completion boundary is exact)
+    and concatenated; ``add_eos`` appends the tokenizer's eos token to each completion. Rows
+    longer than ``max_length`` lose prompt tokens from the left first, then completion tokens
+    from the right.
+    """
+    B = len(prompts)
+    if B == 0:
+        raise InputError("prompts is empty: need at least one pair")
+    if len(chosen) != B or len(rejected) != B:
+        raise InputError(
+            f"prompts, chosen and rejected must have equal lengths, got {B}, {len(chosen)}, "
+            f"{len(rejected)}"
+        )
+    if max_length is not None and max_length < 2:
+        raise InputError(f"max_length must be >= 2, got {max_length}")
+    eos = tokenizer.eos_token_id if add_eos else None
+    rows, comp = [], []
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    for completions in (chosen, rejected):
+        for p, c in zip(p_ids, completions):
+            c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+            if eos is not None:
+                c_ids = c_ids + [eos]
+            if not c_ids:
+                raise InputError("a completion tokenizes to zero tokens; nothing to score")
+            p_cur = list(p)
+            if max_length is not None and len(p_cur) + len(c_ids) > max_length:
+                keep_p = max(1, max_length - len(c_ids))
+                p_cur = p_cur[-keep_p:] if p_cur else []
+                c_ids = c_ids[: max_length - len(p_cur)]
+            rows.append(p_cur + c_ids)
+            comp.append([0] * len(p_cur) + [1] * len(c_ids))
+    T = max(len(r) for r in rows)
+    pad = _pad_id(tokenizer)
+    ids = torch.full((2 * B, T), pad, dtype=torch.long)
+    att = torch.zeros((2 * B, T), dtype=torch.long)
+    cm = torch.zeros((2 * B, T), dtype=torch.long)
+    for r, (row, cmask) in enumerate(zip(rows, comp)):
+        ids[r, : len(row)] = torch.tensor(row)
+        att[r, : len(row)] = 1
+        cm[r, : len(row)] = torch.tensor(cmask)
+    return {"input_ids": ids, "attention_mask": att, "completion_mask": cm}
+
+
+def check_batch(batch) -> int:
+    """Validate a preference batch; return the number of pairs B."""
+    for k in BATCH_KEYS:
+        if k not in batch:
+            raise InputError(f"batch is missing {k!r}; it needs {BATCH_KEYS}")
+    shape = batch["input_ids"].shape
+    if len(shape) != 2 or shape[0] % 2:
+        raise InputError(f"input_ids must have shape (2B, T), got {tuple(shape)}")
+    for k in BATCH_KEYS[1:]:
+        if batch[k].shape != shape:
+            raise InputError(f"{k} has shape {tuple(batch[k].shape)}; expected {tuple(shape)}")
+    return shape[0] // 2
+
+
+def embed_tokens(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Token-embedding output ``E[input_ids]`` (N, T, H) of ``model``, with requires_grad."""
+    emb = _unwrap(model).get_input_embeddings()(input_ids)
+    if not emb.requires_grad:  # frozen embedding table: still differentiate w.r.t. its output
+        emb = emb.detach().requires_grad_(True)
+    return emb
+
+
+def sequence_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed completion log-probs (nats) of each row, shape (N,), float32 or wider.
+
+    ``log p(row) = sum_{t >= 1} m_t log softmax(logits_{t-1})[ids_t]`` with
+    ``m_t = completion_mask_t * attention_mask_t``. Padding and prompt tokens contribute 0.
+    With ``inputs_embeds`` (N, T, H) the model is called on embeddings instead of ids.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    if inputs_embeds is None:
+        out = model(input_ids=input_ids, **kwargs)
+    else:
+        out = model(inputs_embeds=inputs_embeds, **kwargs)
+    logits = out.logits[:, :-1]
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.to(acc)
+    target = input_ids[:, 1:].unsqueeze(-1)
+    tok = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(acc)
+    return (tok * mask).sum(-1)
+
+
+def pair_logps(
+    model, batch: dict[str, torch.Tensor], *, with_embeddings: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(chosen_logps (B,), rejected_logps (B,), embeddings)`` of a preference batch.
+
+    With ``with_embeddings`` the forward goes through ``inputs_embeds`` and ``embeddings`` is
+    ``(emb_chosen, emb_rejected)``, each (B, T, H) with requires_grad, for WDPO; else None.
+    That forward runs scaled-dot-product attention on its math backend, the only one with a
+    double backward (WDPO differentiates the embedding gradient).
+    """
+    B = check_batch(batch)
+    ids, att, cm = (batch[k] for k in BATCH_KEYS)
+    if with_embeddings:
+        emb_c, emb_r = embed_tokens(model, ids[:B]), embed_tokens(model, ids[B:])
+        # fused SDPA kernels (flash, memory-efficient) have no double backward: use the math one
+        with sdpa_kernel(SDPBackend.MATH):
+            lp = sequence_logps(model, ids, att, cm, inputs_embeds=torch.cat([emb_c, emb_r]))
+        return lp[:B], lp[B:], (emb_c, emb_r)
+    lp = sequence_logps(model, ids, att, cm)
+    return lp[:B], lp[B:], None
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    batch_size: int = 256,
+) -> list[str]:
+    """Sample one completion per prompt (text after the prompt), reproducibly from ``seed``.
+
+    Prompts are left-padded for generation; the completion stops at eos or ``max_new_tokens``.
+    """
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    m = _unwrap(model)
+    was_training = m.training
+    m.eval()
+    device = next(m.parameters()).device
+    pad = _pad_id(tokenizer)
+    out: list[str] = []
+    torch.manual_seed(int(seed))
+    for lo in range(0, len(prompts), batch_size):
+        enc = [
+            tokenizer(p, add_special_tokens=False)["input_ids"]
+            for p in prompts[lo : lo + batch_size]
+        ]
+        T = max(len(e) for e in enc)
+        ids = torch.full((len(enc), T), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for r, e in enumerate(enc):
+            ids[r, T - len(e) :] = torch.tensor(e, dtype=torch.long)
+            att[r, T - len(e) :] = 1
+        gen = m.generate(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k if top_k is not None else 0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        out.extend(tokenizer.batch_decode(gen[:, T:], skip_special_tokens=True))
+    m.train(was_training)
+    return out

@@ -1,0 +1,438 @@
+"""Preference training of Hugging Face causal LMs with DPO, KLDPO, WDPO (and the baselines),
+built on ``accelerate`` (THEORY.md section 4).
+
+:func:`train_preference` trains a policy against a frozen reference on rows
+``{"prompt", "chosen", "rejected"}``:
+
+* sequence log-probs with prompt masking and padding awareness (:mod:`rdpo_theory.torch.lm`);
+  WDPO forwards through ``inputs_embeds`` to penalise the embedding gradient (double backward);
+* ``accelerate`` places the model, runs bf16 autocast when a bf16-capable GPU is present
+  (``mixed_precision="auto"``), accumulates gradients and, under ``accelerate launch``, runs
+  data-parallel (DDP, FSDP or DeepSpeed from the user's accelerate config). Each process takes
+  its own slice of every global micro-batch; KLDPO's weights use the global batch (all_gather);
+* AdamW, grad-norm clipping, linear warmup then constant or linear decay;
+* checkpoints (``accelerator.save_state`` plus ``trainer_state.json``) every ``save_every`` steps
+  and at the end, and exact resume (data order is a pure function of seed and step);
+* a tqdm bar and a JSON-lines metrics log (``metrics.jsonl``): loss, reward margins and
+  accuracy, KLDPO weight entropy / max weight / batch radius, WDPO penalty and gradient RMS,
+  grad norm, learning rate, seconds per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import _validate as V
+from ..errors import InputError
+from ..rng import make_rng, stream_seed
+from . import losses as TL
+from .lm import encode_pairs, pair_logps
+
+CORE_METHODS = ("dpo", "kldpo", "wdpo")
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def resolve_loss(method: str):
+    """The loss function of ``method``: ``dpo``, ``kldpo``, ``wdpo`` from
+    :mod:`rdpo_theory.torch.losses`, or ``NAME`` with ``NAME_loss`` in
+    :mod:`rdpo_theory.torch.baselines` (``cdpo``, ``rdpo``, ``ipo``, ...)."""
+    if method in CORE_METHODS:
+        return getattr(TL, f"{method}_loss")
+    try:
+        from . import baselines
+    except ImportError:  # pragma: no cover - baselines ship with the package
+        baselines = None
+    fn = getattr(baselines, f"{method}_loss", None) if baselines is not None else None
+    if fn is None:
+        known = list(CORE_METHODS)
+        if baselines is not None:
+            known += sorted(n[:-5] for n in dir(baselines) if n.endswith("_loss"))
+        raise InputError(f"method must be one of {known}, got {method!r}")
+    return fn
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train_preference`.
+
+    Parameters
+    ----------
+    method : str
+        ``dpo``, ``kldpo``, ``wdpo`` or a baseline name (see :func:`resolve_loss`).
+    beta : float > 0
+        DPO temperature.
+    loss_kwargs : dict
+        The method's parameters, passed to its loss: KLDPO ``tau``, ``variant``
+        (``normalized``/``clipped``), ``clip``; WDPO ``rho0``, ``variant``
+        (``sqrt-mean``/``per-pair``); baselines e.g. ``eps``.
+    learning_rate, weight_decay : float
+        AdamW settings.
+    batch_size : int
+        Pairs per micro-batch per process.
+    grad_accum : int
+        Micro-batches per optimizer step.
+    max_steps : int
+        Optimizer steps.
+    warmup_steps : int
+        Linear warmup length; then ``schedule`` (``constant`` or ``linear`` decay to 0).
+    max_grad_norm : float or None
+        Global grad-norm clip (None: no clipping).
+    mixed_precision : str
+        ``auto`` (bf16 on a bf16-capable GPU, else fp32), ``no``, ``bf16`` or ``fp16``.
+    max_length : int or None
+        Token budget per row (prompt is left-truncated first).
+    add_eos : bool
+        Append the eos token to every completion before scoring it.
+    output_dir : str or Path or None
+        Where ``metrics.jsonl``, checkpoints and the final model go (None: nothing written).
+    save_every : int
+        Checkpoint every this many steps (0: only at the end).
+    resume : bool
+        Continue from the latest checkpoint in ``output_dir`` if there is one.
+    """
+
+    method: str = "dpo"
+    beta: float = 0.1
+    loss_kwargs: dict = field(default_factory=dict)
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 100
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    mixed_precision: str = "auto"
+    max_length: int | None = None
+    add_eos: bool = True
+    disable_dropout: bool = True
+    log_every: int = 1
+    save_every: int = 0
+    output_dir: str | Path | None = None
+    resume: bool = False
+    save_final_model: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        resolve_loss(self.method)
+        V.positive(self.beta, "beta")
+        V.positive(self.learning_rate, "learning_rate")
+        V.positive(self.weight_decay, "weight_decay", allow_zero=True)
+        for name in ("batch_size", "grad_accum", "max_steps", "log_every"):
+            _positive_int(getattr(self, name), name)
+        for name in ("warmup_steps", "save_every"):
+            _positive_int(getattr(self, name), name, allow_zero=True)
+        if self.max_grad_norm is not None:
+            V.positive(self.max_grad_norm, "max_grad_norm")
+        if self.schedule not in ("constant", "linear"):
+            raise InputError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise InputError(
+                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}"
+            )
+        if self.method == "wdpo" and "rho0" not in self.loss_kwargs:
+            raise InputError("loss_kwargs must give rho0 for method 'wdpo'")
+        if self.method == "kldpo" and "tau" not in self.loss_kwargs:
+            raise InputError("loss_kwargs must give tau for method 'kldpo'")
+        params = inspect.signature(resolve_loss(self.method)).parameters
+        for k in self.loss_kwargs:
+            if k not in params or k in ("beta", "inputs") or k.endswith("_logps"):
+                raise InputError(f"loss_kwargs has {k!r}, which {self.method}_loss does not take")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["output_dir"] = None if self.output_dir is None else str(self.output_dir)
+        return d
+
+
+def _positive_int(v, name, *, allow_zero=False):
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < (0 if allow_zero else 1):
+        raise InputError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {v!r}")
+
+
+@dataclass
+class TrainResult:
+    """``model`` (the unwrapped trained policy), ``metrics`` (one dict per logged step),
+    ``output_dir`` and ``steps`` (optimizer steps done, including resumed ones)."""
+
+    model: torch.nn.Module
+    metrics: list[dict]
+    output_dir: Path | None
+    steps: int
+
+
+def check_rows(rows) -> list[dict]:
+    """Validate preference rows ``{"prompt", "chosen", "rejected"}`` (strings)."""
+    rows = list(rows)
+    if not rows:
+        raise InputError("dataset is empty: need preference rows")
+    for i, r in enumerate(rows):
+        for k in ("prompt", "chosen", "rejected"):
+            if not isinstance(r.get(k), str):
+                raise InputError(f"dataset row {i} needs a string {k!r}; got keys {sorted(r)}")
+    return rows
+
+
+def micro_batch_indices(n_rows: int, global_batch: int, index: int, seed: int) -> np.ndarray:
+    """Row indices of global micro-batch ``index``: epochs are seeded permutations (drop-last),
+    so the data order is a pure function of (seed, index) and resume is exact."""
+    per_epoch = n_rows // global_batch
+    if per_epoch == 0:
+        raise InputError(
+            f"dataset has {n_rows} rows, fewer than one global micro-batch of {global_batch} "
+            "(batch_size x processes)"
+        )
+    epoch, pos = divmod(index, per_epoch)
+    perm = make_rng(stream_seed(seed, epoch)).permutation(n_rows)
+    return perm[pos * global_batch : (pos + 1) * global_batch]
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "linear":
+            span = max(1, cfg.max_steps - cfg.warmup_steps)
+            return max(0.0, 1.0 - (step - cfg.warmup_steps) / span)
+        return 1.0
+
+    return f
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An ``accelerate.Accelerator`` for ``cfg`` (bf16 on a bf16-capable GPU under ``auto``)."""
+    from accelerate import Accelerator
+
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mp)
+
+
+def _disable_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The checkpoint folder with the highest step under ``output_dir/checkpoints``."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir()]
+    steps = [(s, p) for s, p in steps if (p / STATE_FILE).exists()]
+    return max(steps)[1] if steps else None
+
+
+def compute_loss(
+    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None
+) -> TL.LossOutput:
+    """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them."""
+    wdpo = cfg.method == "wdpo"
+    pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+    ctx = accelerator.autocast() if accelerator is not None else _null()
+    with torch.no_grad(), ctx:
+        rc, rr, _ = pair_logps(ref_model, batch)
+    kw = dict(cfg.loss_kwargs)
+    if wdpo:
+        kw["inputs"] = emb
+    out = resolve_loss(cfg.method)(pc, pr, rc, rr, beta=cfg.beta, **kw)
+    out.stats["reward_chosen"] = cfg.beta * (pc - rc).detach().mean()
+    out.stats["reward_rejected"] = cfg.beta * (pr - rr).detach().mean()
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train_preference(
+    model,
+    tokenizer,
+    rows,
+    config: TrainConfig,
+    *,
+    ref_model=None,
+    accelerator=None,
+) -> TrainResult:
+    """Train ``model`` on preference ``rows`` with ``config.method``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The policy (a causal LM); trained in place.
+    tokenizer : transformers.PreTrainedTokenizerBase
+    rows : iterable of dict
+        ``{"prompt": str, "chosen": str, "rejected": str}``.
+    config : TrainConfig
+    ref_model : PreTrainedModel, optional
+        The frozen reference; default a copy of ``model`` taken before training.
+    accelerator : accelerate.Accelerator, optional
+        Default :func:`make_accelerator`.
+
+    Returns
+    -------
+    TrainResult
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config
+    rows = check_rows(rows)
+    acc = accelerator if accelerator is not None else make_accelerator(cfg)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    if ref_model is None:
+        ref_model = copy.deepcopy(model)
+    if cfg.disable_dropout:
+        _disable_dropout(model)
+    ref_model.eval().requires_grad_(False).to(acc.device)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
+    model, opt = acc.prepare(model, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    acc.register_for_checkpointing(sched)
+    model.train()
+
+    out_dir = Path(cfg.output_dir) if cfg.output_dir is not None else None
+    start, metrics = 0, []
+    if out_dir is not None and cfg.resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is not None:
+            acc.load_state(str(ckpt))
+            start = json.loads((ckpt / STATE_FILE).read_text())["step"]
+            metrics = [m for m in _read_metrics(out_dir) if m["step"] <= start]
+    if out_dir is not None and acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out_dir, metrics)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    world, rank = acc.num_processes, acc.process_index
+    gbatch = cfg.batch_size * world
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=start,
+        desc=f"{cfg.method}",
+        disable=not (cfg.progress and acc.is_local_main_process),
+        leave=False,
+    )
+    for step in range(start, cfg.max_steps):
+        t0 = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        for a in range(cfg.grad_accum):
+            idx = micro_batch_indices(len(rows), gbatch, step * cfg.grad_accum + a, cfg.seed)
+            mine = [rows[i] for i in idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]]
+            batch = encode_pairs(
+                tokenizer,
+                [r["prompt"] for r in mine],
+                [r["chosen"] for r in mine],
+                [r["rejected"] for r in mine],
+                max_length=cfg.max_length,
+                add_eos=cfg.add_eos,
+            )
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(model):
+                out = compute_loss(cfg, model, ref_model, batch, accelerator=acc)
+                acc.backward(out.loss)
+                if acc.sync_gradients and cfg.max_grad_norm is not None:
+                    gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    sums["grad_norm"] = torch.as_tensor(gn, dtype=torch.float32).detach()
+                opt.step()
+                opt.zero_grad()
+            stats = {"loss": out.loss.detach(), **out.stats}
+            for k, v in stats.items():
+                v = torch.as_tensor(v, dtype=torch.float32, device=acc.device)
+                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        sched.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            row = {"step": done, "method": cfg.method}
+            for k, v in sums.items():
+                v = torch.as_tensor(v, dtype=torch.float32, device=acc.device)
+                row[k] = float(acc.reduce(v, reduction="mean")) if world > 1 else float(v)
+            row["reward_margin"] = row["reward_chosen"] - row["reward_rejected"]
+            row["lr"] = float(sched.get_last_lr()[0])
+            row["step_seconds"] = time.perf_counter() - t0
+            metrics.append(row)
+            if out_dir is not None and acc.is_main_process:
+                with open(out_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}")
+        bar.update(1)
+        if out_dir is not None and (
+            (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps
+        ):
+            save_checkpoint(acc, out_dir, done)
+    bar.close()
+    unwrapped = acc.unwrap_model(model)
+    if out_dir is not None and cfg.save_final_model:
+        acc.wait_for_everyone()
+        unwrapped.save_pretrained(
+            out_dir / "final", is_main_process=acc.is_main_process, save_function=acc.save
+        )
+        if acc.is_main_process:
+            tokenizer.save_pretrained(out_dir / "final")
+    return TrainResult(unwrapped, metrics, out_dir, max(start, cfg.max_steps))
+
+
+def save_checkpoint(acc, out_dir: Path, step: int) -> Path:
+    """``accelerator.save_state`` to ``out_dir/checkpoints/step-{step}`` plus the step count."""
+    path = Path(out_dir) / "checkpoints" / f"step-{step}"
+    acc.save_state(str(path))
+    if acc.is_main_process:
+        (path / STATE_FILE).write_text(json.dumps({"step": step}))
+    acc.wait_for_everyone()
+    return path
+
+
+def _read_metrics(out_dir: Path) -> list[dict]:
+    p = Path(out_dir) / METRICS_FILE
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
+    with open(Path(out_dir) / METRICS_FILE, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def read_metrics(out_dir) -> list[dict]:
+    """The metrics log ``out_dir/metrics.jsonl`` as a list of dicts."""
+    return _read_metrics(Path(out_dir))
+
+
+__all__ = [
+    "CORE_METHODS",
+    "TrainConfig",
+    "TrainResult",
+    "check_rows",
+    "compute_loss",
+    "latest_checkpoint",
+    "make_accelerator",
+    "micro_batch_indices",
+    "read_metrics",
+    "resolve_loss",
+    "save_checkpoint",
+    "train_preference",
+]
