@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Modules imported by :func:`load_all`; each registers its figures at import time.
-FIGURE_MODULES: list[str] = ["rdpo_theory.studies.rates"]
+FIGURE_MODULES: list[str] = [
+    "rdpo_theory.studies.rates",
+    "rdpo_theory.studies.shift",
+    "rdpo_theory.torch.emotion",
+]
 
 
 @dataclass(frozen=True)

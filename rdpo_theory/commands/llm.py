@@ -1,0 +1,196 @@
+"""``rdpo llm``: the miniature emotion experiment, or preference training of a local HF model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "llm",
+        help="robust DPO on language models: --tiny emotion experiment or --model/--dataset",
+        description="Either run the emotion experiment in miniature on a tiny GPT-2 (--tiny), or "
+        "train a local Hugging Face causal LM on a local JSON-lines preference file "
+        "(--model PATH --dataset FILE with rows {prompt, chosen, rejected}). Multi-GPU: "
+        "`accelerate launch -m rdpo_theory.cli llm --model ...`.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tiny", action="store_true", help="the miniature emotion experiment")
+    src.add_argument("--model", help="local folder (or hub name if online) of a causal LM")
+    p.add_argument("--dataset", type=Path, help="JSON-lines file: prompt, chosen, rejected")
+    p.add_argument("--out", type=Path, default=Path("llm_out"), help="output folder")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="--tiny at figure-quick sizes")
+    size.add_argument("--smoke", action="store_true", help="--tiny at test sizes (seconds)")
+    p.add_argument("--seeds", type=int, default=3, help="--tiny: number of seeds (default 3)")
+    p.add_argument("--jobs", type=int, default=-1, help="--tiny: parallel jobs (-1 = all cores)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["dpo", "kldpo", "wdpo"],
+        help="--model: methods to train, each into OUT/METHOD (dpo kldpo wdpo or a baseline)",
+    )
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--tau", type=float, default=1.0, help="KLDPO temperature")
+    p.add_argument("--kl-variant", default="normalized", choices=["normalized", "clipped"])
+    p.add_argument("--rho0", type=float, default=0.01, help="WDPO radius coefficient")
+    p.add_argument("--wdpo-variant", default="sqrt-mean", choices=["sqrt-mean", "per-pair"])
+    p.add_argument("--eps", type=float, default=0.1, help="baselines' flip/smoothing rate")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per device micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share of pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.tiny:
+        return _run_tiny(args)
+    return _run_model(args)
+
+
+def _run_tiny(args) -> int:
+    from ..torch.emotion import EmotionConfig, run_emotion, write_outputs
+
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    cfg = (
+        EmotionConfig.smoke()
+        if args.smoke
+        else EmotionConfig.quick()
+        if args.quick
+        else EmotionConfig()
+    )
+    table, metrics, pairs = run_emotion(cfg, seeds=range(args.seeds), jobs=args.jobs)
+    paths = write_outputs(args.out, table, metrics, pairs, cfg)
+    _print_summary(table)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _print_summary(table) -> None:
+    sub = table[table["train_mixture"] == table["eval_mixture"]]
+    piv = sub.pivot_table(
+        index=["train_mixture", "alpha"], columns="method", values="reward", aggfunc="mean"
+    )
+    print(piv.round(3).to_string())
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines preference file (each needs string prompt, chosen, rejected)."""
+    from ..torch.train import check_rows
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--dataset {path} does not exist")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"--dataset line {i + 1} is not JSON: {exc}") from None
+    return check_rows(rows)
+
+
+def _loss_kwargs(args, method: str) -> dict:
+    if method == "kldpo":
+        return {"tau": args.tau, "variant": args.kl_variant}
+    if method == "wdpo":
+        return {"rho0": args.rho0, "variant": args.wdpo_variant}
+    if method in ("cdpo", "rdpo"):
+        return {"eps": args.eps}
+    return {}
+
+
+def _run_model(args) -> int:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..rng import make_rng
+    from ..torch.lm import encode_pairs, pair_logps
+    from ..torch.losses import dpo_margins
+    from ..torch.train import TrainConfig, make_accelerator, train_preference
+
+    if args.dataset is None:
+        raise InputError("--model needs --dataset FILE (JSON lines: prompt, chosen, rejected)")
+    if not 0 <= args.eval_fraction < 1:
+        raise InputError(f"--eval-fraction must lie in [0, 1), got {args.eval_fraction}")
+    rows = load_jsonl(args.dataset)
+    perm = make_rng(args.seed).permutation(len(rows))
+    n_eval = int(round(args.eval_fraction * len(rows)))
+    held = [rows[i] for i in perm[:n_eval]]
+    train_rows = [rows[i] for i in perm[n_eval:]]
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model)
+    except OSError as exc:
+        raise InputError(f"--model {args.model!r}: cannot load a tokenizer: {exc}") from None
+    summary = {}
+    for method in args.methods:
+        cfg = TrainConfig(
+            method=method,
+            beta=args.beta,
+            loss_kwargs=_loss_kwargs(args, method),
+            learning_rate=args.lr,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            max_steps=args.steps,
+            warmup_steps=args.warmup,
+            max_length=args.max_length,
+            seed=args.seed,
+            output_dir=args.out / method,
+            save_every=args.save_every,
+            resume=args.resume,
+        )
+        acc = make_accelerator(cfg)
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+        ref = AutoModelForCausalLM.from_pretrained(args.model)
+        res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
+        ev = {"train_last": res.metrics[-1] if res.metrics else {}}
+        if held:
+            with torch.no_grad():
+                m_all = []
+                pol = res.model.eval()
+                ref = ref.to(acc.device)
+                for lo in range(0, len(held), args.batch_size):
+                    part = held[lo : lo + args.batch_size]
+                    b = encode_pairs(
+                        tok,
+                        [r["prompt"] for r in part],
+                        [r["chosen"] for r in part],
+                        [r["rejected"] for r in part],
+                        max_length=args.max_length,
+                    )
+                    b = {k: v.to(acc.device) for k, v in b.items()}
+                    pc, pr, _ = pair_logps(pol, b)
+                    rc, rr, _ = pair_logps(ref, b)
+                    m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
+                m = torch.cat(m_all).numpy()
+            ev.update(
+                heldout_pairs=len(held),
+                heldout_accuracy=float(np.mean(m > 0)),
+                heldout_margin=float(np.mean(m)),
+            )
+        summary[method] = ev
+        if acc.is_main_process:
+            (args.out / method / "eval.json").write_text(json.dumps(ev, indent=2))
+        del model, ref, res
+    if args.out.exists():
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for method, ev in summary.items():
+        acc_s = ev.get("heldout_accuracy")
+        print(
+            f"{method:8s} held-out reward accuracy: {acc_s if acc_s is None else round(acc_s, 3)}"
+        )
+    return 0
