@@ -302,3 +302,22 @@ def test_bad_arguments():
         L.drdpo_objective([1.0], beta_prime=0)
     with pytest.raises(InputError, match="group_weights"):
         TB.group_robust_objective(torch.ones(4), [0, 0, 1, 1], group_weights=[1.0])
+
+
+# ---------------------------------------------------------------------------- approximate
+def test_reweighting_reaches_exact_chi2_and_drdpo_limits(sample):
+    from rdpo_theory import approx_reweight as AR
+
+    w, d = sample
+    ex = E.chi2dpo(d, rho=0.02, beta=w.beta)
+    ap = AR.chi2dpo(d, rho=0.02, beta=w.beta, max_steps=3000, lr=0.05, gtol=1e-8)
+    np.testing.assert_allclose(ap.theta, ex.theta, atol=1e-4)
+    # Dr. DPO with a huge beta' is DPO (soft-min -> mean)
+    dr = AR.drdpo(d, beta_prime=1e5, beta=w.beta, max_steps=3000, lr=0.05, gtol=1e-8)
+    np.testing.assert_allclose(dr.theta, E.dpo(d, beta=w.beta).theta, atol=1e-3)
+    cv = AR.cvardpo(d, level=0.95, beta=w.beta, max_steps=1500, lr=0.02)
+    exc = E.cvardpo(d, level=0.95, beta=w.beta)
+    per = L.dpo_loss(L.margins(cv.theta, d.X, d.y, beta=w.beta))
+    assert L.cvar_objective(per, level=0.95, weights=d.weights) == pytest.approx(
+        exc.value, abs=2e-3
+    )

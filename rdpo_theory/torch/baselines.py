@@ -49,12 +49,24 @@ def ipo_pair_losses(margins: torch.Tensor, *, beta: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- aggregates
-def drdpo_objective(per_pair: torch.Tensor, *, beta_prime: float) -> torch.Tensor:
-    """Dr. DPO ``-beta' log mean_i exp(-l_i / beta')``; differentiable (its gradient weights
-    are ``softmax_i(-l_i / beta')``)."""
+def drdpo_objective(
+    per_pair: torch.Tensor, *, beta_prime: float, base_weights=None
+) -> torch.Tensor:
+    """Dr. DPO ``-beta' log sum_i p_i exp(-l_i / beta')`` with ``p = base_weights`` (default
+    ``1/B``); differentiable (its gradient weights are ``softmax_i(log p_i - l_i / beta')``)."""
     bp = _positive(beta_prime, "beta_prime")
-    n = torch.tensor(float(per_pair.numel()), dtype=per_pair.dtype, device=per_pair.device)
-    return -bp * (torch.logsumexp(-per_pair / bp, dim=0) - torch.log(n))
+    logp = _log_base(per_pair, base_weights)
+    return -bp * torch.logsumexp(logp - per_pair / bp, dim=0)
+
+
+def _log_base(per_pair: torch.Tensor, base_weights) -> torch.Tensor:
+    B = per_pair.shape[0]
+    if base_weights is None:
+        return per_pair.new_full((B,), -float(np.log(B)))
+    w = torch.as_tensor(base_weights, dtype=per_pair.dtype, device=per_pair.device).detach()
+    if w.shape != (B,) or torch.any(w < 0) or abs(float(w.sum()) - 1.0) > 1e-6:
+        raise InputError(f"base_weights must be non-negative, shape ({B},), summing to 1")
+    return torch.log(w)
 
 
 def _group_index(groups, B: int, device) -> tuple[torch.Tensor, int]:
@@ -96,22 +108,33 @@ def update_group_weights(group_weights, group_losses, *, step: float) -> torch.T
     return torch.softmax(z, dim=0)
 
 
-def _np_weights(per_pair: torch.Tensor, fn, **kw) -> torch.Tensor:
-    q = fn(per_pair.detach().to(torch.float64).cpu().numpy(), **kw)
+def _np_weights(per_pair: torch.Tensor, fn, base_weights, **kw) -> torch.Tensor:
+    p = None if base_weights is None else torch.exp(_log_base(per_pair, base_weights))
+    q = fn(
+        per_pair.detach().to(torch.float64).cpu().numpy(),
+        weights=None if p is None else p.detach().to(torch.float64).cpu().numpy(),
+        **kw,
+    )
     return torch.as_tensor(q, dtype=per_pair.dtype, device=per_pair.device)
 
 
-def chi2_objective(per_pair: torch.Tensor, *, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+def chi2_objective(
+    per_pair: torch.Tensor, *, rho: float, base_weights=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, q)``: chi-square DRO best response on the batch, ``loss = sum_i q_i l_i`` with
-    ``q`` the worst case of ``{q : 1/2 sum_i (1/B) (B q_i - 1)^2 <= rho}`` (held constant)."""
-    q = _np_weights(per_pair, npl.chi2_weights, rho=rho)
+    ``q`` the worst case of ``{q : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho}`` (held constant),
+    ``p = base_weights`` (default ``1/B``)."""
+    q = _np_weights(per_pair, npl.chi2_weights, base_weights, rho=rho)
     return (q * per_pair).sum(), q
 
 
-def cvar_objective(per_pair: torch.Tensor, *, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+def cvar_objective(
+    per_pair: torch.Tensor, *, level: float, base_weights=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, q)``: CVaR at tail fraction ``level`` on the batch, ``loss = sum_i q_i l_i`` with
-    ``q_i <= 1 / (B level)`` on the largest losses (held constant)."""
-    q = _np_weights(per_pair, npl.cvar_weights, level=level)
+    ``q_i <= p_i / level`` on the largest losses (held constant), ``p = base_weights``
+    (default ``1/B``)."""
+    q = _np_weights(per_pair, npl.cvar_weights, base_weights, level=level)
     return (q * per_pair).sum(), q
 
 
