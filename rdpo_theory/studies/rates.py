@@ -47,7 +47,7 @@ from ..worlds import World
 from .sweep import Task, fingerprint, run_sweep
 
 #: Bump when a change alters per-run results, so old cache entries are not reused.
-CACHE_VERSION = "rates-1"
+CACHE_VERSION = "rates-2"
 
 QUICK_NS = (50, 110, 240, 530, 1200, 2600, 5800, 12800, 20000)
 FULL_NS = (50, 120, 300, 700, 1700, 4000, 10000, 24000, 56000, 130000, 320000, 1000000)
@@ -61,6 +61,7 @@ class Fit:
     theta: np.ndarray
     status: str
     dual: float | None = None
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,44 +105,60 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+def _with_fallback(ctx, fast_call, cvxpy_call) -> tuple[Any, str]:
+    """Run the fast exact path; if it cannot certify its answer (SolverError), the cvxpy path.
+
+    Both are exact solvers that raise unless optimal, so a fallback never lowers the standard;
+    the returned path name is recorded in the run's ``path`` column."""
+    if ctx.solver == "fast":
+        try:
+            return fast_call(), "fast"
+        except SolverError:
+            return cvxpy_call(), "cvxpy (fast path failed)"
+    return cvxpy_call(), "cvxpy"
+
+
 def _fit_dpo(data, ctx, rho) -> Fit:
     """Exact DPO on ``||theta|| <= B``: ``exact.dpo`` (cvxpy) with ``solver="cvxpy"``; with
     ``solver="fast"`` the fast exact Newton path of ``exact.wdpo`` at ``rho = 0``, whose
     objective ``E l + 0 * beta ||theta||`` is exactly the DPO risk."""
     from ..exact import dpo, wdpo
 
-    if ctx.solver == "fast":
-        r = wdpo(data, rho=0.0, beta=ctx.beta, theta_ref=ctx.tref, radius=ctx.B, solver="fast")
-    else:
-        r = dpo(data, beta=ctx.beta, theta_ref=ctx.tref, radius=ctx.B)
-    return Fit(r.theta, r.status)
+    kw = {"beta": ctx.beta, "theta_ref": ctx.tref, "radius": ctx.B}
+    r, path = _with_fallback(
+        ctx, lambda: wdpo(data, rho=0.0, solver="fast", **kw), lambda: dpo(data, **kw)
+    )
+    return Fit(r.theta, r.status, path=path)
 
 
 def _fit_kldpo(data, ctx, rho) -> Fit:
     from ..exact import kldpo
 
+    kw = {"rho": rho, "beta": ctx.beta, "theta_ref": ctx.tref, "radius": ctx.B}
     # the fast path certifies its value with the exact tilted worst case (scalar root find)
-    cert = {"certificate": "root"} if ctx.solver == "fast" else {}
-    r = kldpo(
-        data, rho=rho, beta=ctx.beta, theta_ref=ctx.tref, radius=ctx.B, solver=ctx.solver, **cert
+    r, path = _with_fallback(
+        ctx,
+        lambda: kldpo(data, solver="fast", certificate="root", **kw),
+        lambda: kldpo(data, solver="cvxpy", **kw),
     )
-    return Fit(r.theta, r.status, r.dual)
+    return Fit(r.theta, r.status, r.dual, path)
 
 
 def _fit_wdpo(data, ctx, rho) -> Fit:
     from ..exact import wdpo
 
-    r = wdpo(
-        data,
-        rho=rho,
-        beta=ctx.beta,
-        p=1,
-        kappa=math.inf,
-        theta_ref=ctx.tref,
-        radius=ctx.B,
-        solver=ctx.solver,
+    kw = {
+        "rho": rho,
+        "beta": ctx.beta,
+        "p": 1,
+        "kappa": math.inf,
+        "theta_ref": ctx.tref,
+        "radius": ctx.B,
+    }
+    r, path = _with_fallback(
+        ctx, lambda: wdpo(data, solver="fast", **kw), lambda: wdpo(data, solver="cvxpy", **kw)
     )
-    return Fit(r.theta, r.status, r.dual)
+    return Fit(r.theta, r.status, r.dual, path)
 
 
 def _fit_wdpo_finite(data, ctx, rho) -> Fit:
@@ -159,7 +176,7 @@ def _fit_wdpo_finite(data, ctx, rho) -> Fit:
         candidates=(ctx.candidates.X, ctx.candidates.y),
         solver="cvxpy",
     )
-    return Fit(r.theta, r.status, r.dual)
+    return Fit(r.theta, r.status, r.dual, "cvxpy")
 
 
 def _approx_status(res) -> str:
@@ -178,7 +195,7 @@ def _fit_alg1(data, ctx, rho, *, variant: str) -> Fit:
         theta_ref=ctx.tref,
         **ctx.approx_options,
     )
-    return Fit(r.theta, _approx_status(r))
+    return Fit(r.theta, _approx_status(r), path="approx (torch, full batch)")
 
 
 def _fit_alg2(data, ctx, rho, *, variant: str) -> Fit:
@@ -192,7 +209,7 @@ def _fit_alg2(data, ctx, rho, *, variant: str) -> Fit:
         theta_ref=ctx.tref,
         **ctx.approx_options,
     )
-    return Fit(r.theta, _approx_status(r), ctx.tau[rho])
+    return Fit(r.theta, _approx_status(r), ctx.tau[rho], "approx (torch, full batch)")
 
 
 # Workers look methods up by name in this registry (the spec itself is never pickled), so a
@@ -441,6 +458,7 @@ def run_one(params: dict, seed, ctx: RatesContext) -> dict:
     Sigma = data.second_moment() + ctx.lam0 * np.eye(data.d)
     row.update(
         status=fit.status,
+        path=fit.path,
         ok=True,
         error=float(np.linalg.norm(v)),
         error_family=float(np.linalg.norm(fit.theta - ftheta)),
