@@ -2,6 +2,19 @@
 
 from .baselines import cdpo, chi2dpo, cvardpo, group_dpo, ipo, rdpo
 from .dpo import dpo
+from .kl import kldpo
 from .result import ExactResult
+from .wasserstein import wdpo
 
-__all__ = ["cdpo", "chi2dpo", "cvardpo", "group_dpo", "ipo", "rdpo", "ExactResult", "dpo"]
+__all__ = [
+    "cdpo",
+    "chi2dpo",
+    "cvardpo",
+    "group_dpo",
+    "ipo",
+    "rdpo",
+    "ExactResult",
+    "dpo",
+    "kldpo",
+    "wdpo",
+]

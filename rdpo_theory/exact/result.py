@@ -37,6 +37,12 @@ class ExactResult:
         Certificate: dual value minus an independently computed primal value.
     info : dict
         Solver name, timings and method-specific extras.
+    transport_plan : ndarray or None
+        WDPO with finite candidates: the optimal transport plan (n, K) at ``theta``; its column
+        sums are ``worst_case``.
+    regime : str or None
+        Robust solvers: ``"dpo"`` (rho = 0), ``"interior"`` (lam* > 0) or ``"max-loss limit"``
+        (KL, lam* = 0), ``"collapse"``/``"penalty"``/``"finite"`` for WDPO.
     """
 
     theta: np.ndarray
@@ -47,6 +53,8 @@ class ExactResult:
     worst_case: np.ndarray | None = None
     gap: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    transport_plan: np.ndarray | None = None
+    regime: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly dict of the scalar fields and theta."""
@@ -58,6 +66,8 @@ class ExactResult:
             "dual": self.dual,
             "gap": self.gap,
         }
+        if self.regime is not None:
+            out["regime"] = self.regime
         for k, v in self.info.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 out[k] = v

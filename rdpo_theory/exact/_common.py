@@ -1,0 +1,113 @@
+"""Argument handling shared by the robust exact solvers (KLDPO, WDPO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _validate as V
+from ..data import PreferenceData, as_data
+from ..errors import InputError, SolverError
+from ..losses import check_beta
+from .dpo import recession_direction
+from .result import solve_problem
+
+SOLVERS = ("cvxpy", "fast")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Validated common inputs of a robust solve.
+
+    ``c = sy * beta`` (n,) multiplies ``x_i . (theta - theta_ref)`` into the margin
+    ``m_i = c_i x_i . (theta - theta_ref)``; ``radius`` is None when unconstrained.
+    """
+
+    data: PreferenceData
+    beta: float
+    tref: np.ndarray
+    radius: float | None
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.data.signed_labels * self.beta
+
+    def margins(self, theta) -> np.ndarray:
+        return self.c * (self.data.X @ (np.asarray(theta, dtype=float) - self.tref))
+
+    def feasible_ref(self) -> np.ndarray:
+        """``theta_ref`` projected onto the parameter ball."""
+        return project_ball(self.tref, self.radius)
+
+
+def prepare(X, y, weights, *, beta, theta_ref, radius) -> Problem:
+    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
+    r = V.radius(radius)
+    if r is not None and not np.isfinite(r):
+        r = None
+    return Problem(data, check_beta(beta), V.as_theta(theta_ref, data.d), r)
+
+
+def check_rho(rho) -> float:
+    """The uncertainty radius ``rho >= 0`` (finite)."""
+    return V.positive(rho, "rho", allow_zero=True)
+
+
+def check_solver(solver) -> str:
+    if solver not in SOLVERS:
+        raise InputError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return solver
+
+
+def project_ball(theta, radius) -> np.ndarray:
+    theta = np.asarray(theta, dtype=float)
+    if radius is None:
+        return theta.copy()
+    nrm = float(np.linalg.norm(theta))
+    return theta.copy() if nrm <= radius else theta * (radius / nrm)
+
+
+def on_boundary(theta, radius) -> bool:
+    return radius is not None and float(np.linalg.norm(theta)) >= radius * (1 - 1e-6)
+
+
+def raise_if_separable(A: np.ndarray, what: str) -> None:
+    """Raise SolverError when rows ``A`` (``sy_i beta x_i``) are (quasi-)separable: the robust
+    objective then decreases along a ray and its infimum is not attained."""
+    if recession_direction(A) is not None:
+        raise SolverError(
+            f"{what}: the data are separable, so the objective keeps decreasing along a ray and "
+            "its infimum is not attained.",
+            status="unbounded",
+            hint="pass a finite radius= (the parameter bound B).",
+        )
+
+
+#: Clarabel settings tried in turn when a program stalls (degenerate ties are common in
+#: transport programs; these variants break the stall without loosening any tolerance).
+CLARABEL_RETRIES = (
+    {},
+    {"max_step_fraction": 0.9},
+    {"static_regularization_enable": False},
+    {"equilibrate_enable": False},
+    {"iterative_refinement_reltol": 1e-16, "iterative_refinement_abstol": 1e-16},
+)
+
+
+def solve_with_retries(problem, *, what: str, solver: str = "CLARABEL") -> str:
+    """:func:`solve_problem`, retrying Clarabel with the settings in ``CLARABEL_RETRIES``.
+
+    Only an ``optimal`` status is accepted; the last failure is raised."""
+    import warnings
+
+    attempts = CLARABEL_RETRIES if solver.upper() == "CLARABEL" else ({},)
+    last = None
+    for kw in attempts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return solve_problem(problem, what=what, solver=solver, **kw)
+        except SolverError as exc:
+            last = exc
+    raise last

@@ -1,0 +1,218 @@
+"""Independent inner suprema: the certificates behind ``ExactResult.gap`` (THEORY.md 3.1, 3.2).
+
+Every robust solver returns a dual value ``D(theta)`` (an upper bound of the adversary's
+supremum at the returned theta). The functions here compute the adversary's *primal* value
+``P(theta)`` from scratch, by a different formulation, so ``gap = D - P`` certifies the value
+(weak duality gives ``gap >= 0`` up to solver tolerance):
+
+* KL: ``max_q sum_i q_i l_i`` s.t. ``sum_i q_i log(q_i / p_i) <= rho``, ``q`` in the simplex,
+  either as a cvxpy program with ``cp.rel_entr`` (Clarabel) or, for large n, through the exact
+  tilted distribution ``q ∝ p exp(l / lam)`` whose KL equals rho (a scalar root find): a
+  feasible point, hence a lower bound, that is optimal.
+* Wasserstein, finite candidates: the optimal-transport LP
+  ``max sum_ik pi_ik L_k`` s.t. ``sum_k pi_ik = p_i``, ``sum_ik pi_ik C_ik <= rho^p``,
+  ``pi >= 0``, solved by HiGHS (scipy), with ``C_ik = d(z_i, z'_k)^p``.
+* Wasserstein-1, continuous x with label flips at cost kappa: the primal is a fractional
+  knapsack. Moving x by t raises a loss by at most ``L t`` with ``L = beta ||theta - theta_ref||``
+  (rate attained only at infinity, so the supremum is not attained), flipping pair i costs
+  ``kappa`` per unit mass and gains ``softplus(m_i) - softplus(-m_i)``; spend the budget rho on
+  the best ratios first.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+from ..errors import SolverError
+from .fast import LOG2, kl_lambda_for_theta, kl_tilt
+from .result import solve_problem
+
+#: Above this many rows the KL certificate uses the scalar root find instead of cvxpy.
+KL_CVXPY_MAX_ROWS = 20_000
+#: Clarabel tolerances for certificates (tighter than the defaults, 1e-8).
+TIGHT = {"tol_gap_abs": 1e-11, "tol_gap_rel": 1e-11, "tol_feas": 1e-11}
+
+
+# ---------------------------------------------------------------------------- KL
+def kl_primal_sup(l, p, rho: float, *, p0: float = 0.0, method: str = "auto") -> float:
+    """``sup { E_q l : KL(q || p) <= rho }`` for losses ``l`` (n,) and weights ``p`` (n,).
+
+    ``p0`` is the mass of an extra atom with loss log 2 (aggregated x = 0 rows). ``method`` is
+    ``"cvxpy"`` (the primal program with ``cp.rel_entr``, Clarabel), ``"root"`` (the feasible
+    tilted distribution with KL = rho) or ``"auto"`` (cvxpy up to ``KL_CVXPY_MAX_ROWS`` rows).
+    Returns the value in nats.
+    """
+    l = np.asarray(l, dtype=float)
+    p = np.asarray(p, dtype=float)
+    pos = p > 0
+    ll = np.concatenate([l[pos], [LOG2]]) if p0 > 0 else l[pos]
+    pp = np.concatenate([p[pos], [p0]]) if p0 > 0 else p[pos]
+    if method == "auto":
+        method = "cvxpy" if ll.shape[0] <= KL_CVXPY_MAX_ROWS else "root"
+    if rho == 0:
+        return float(pp @ ll)
+    if method == "root":
+        lam = kl_lambda_for_theta(l, p, rho, p0=p0)
+        if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
+            return float(ll.max())
+        return kl_tilt(ll, pp, lam)[2]
+    if method != "cvxpy":
+        raise ValueError(f"unknown method {method!r}")
+    # shift the losses so the program is scaled around 0 (the value shifts by the same amount)
+    shift = float(ll.max())
+    q = cp.Variable(ll.shape[0], nonneg=True)
+    prob = cp.Problem(
+        cp.Maximize((ll - shift) @ q), [cp.sum(q) == 1, cp.sum(cp.rel_entr(q, pp)) <= rho]
+    )
+    solve_problem(prob, what="KL certificate (primal sup over the KL ball)", **TIGHT)
+    qv = np.clip(np.asarray(q.value, dtype=float), 0.0, None)
+    return float(prob.value) + shift if qv.sum() > 0 else shift
+
+
+# ---------------------------------------------------------------------------- transport LP
+def transport_primal_sup(L, p, C, budget: float) -> tuple[float, np.ndarray, float]:
+    """The optimal-transport LP ``max sum_ik pi_ik L_k`` over plans with row sums ``p`` and
+    cost ``sum_ik pi_ik C_ik <= budget``; entries with ``C_ik = inf`` are forbidden.
+
+    Parameters
+    ----------
+    L : (K,) candidate losses; p : (n,) weights; C : (n, K) costs ``d^p``; budget : ``rho^p``.
+
+    Returns
+    -------
+    value : float
+    plan : ndarray (n, K)
+        Optimal plan ``pi``; its column sums are the worst-case distribution over candidates.
+    eta : float
+        The LP multiplier of the budget constraint (an optimal Wasserstein dual eta).
+    """
+    L = np.asarray(L, dtype=float)
+    n, K = C.shape
+    rows = np.flatnonzero(p > 0)
+    allowed = np.isfinite(C[rows])
+    ii, kk = np.nonzero(allowed)
+    nv = ii.shape[0]
+    A_eq = sp.csr_matrix((np.ones(nv), (ii, np.arange(nv))), shape=(rows.shape[0], nv))
+    costs = C[rows][ii, kk]
+    shift = float(L[kk].max())
+    res = linprog(
+        -(L[kk] - shift),
+        A_ub=sp.csr_matrix(costs[None, :]),
+        b_ub=[budget],
+        A_eq=A_eq,
+        b_eq=p[rows],
+        bounds=(0, None),
+        method="highs",
+    )
+    if res.status != 0:
+        raise SolverError(
+            f"transport LP (Wasserstein certificate): HiGHS ended with {res.message!r}.",
+            status=f"highs_{res.status}",
+            hint="check that every row can reach a candidate within the budget rho^p.",
+        )
+    plan = np.zeros((n, K))
+    plan[rows[ii], kk] = np.clip(res.x, 0.0, None)
+    eta = float(-res.ineqlin.marginals[0])
+    return float(-res.fun) + shift * float(p[rows].sum()), plan, max(eta, 0.0)
+
+
+def transport_dual_value(L, p, C, budget: float, eta: float) -> float:
+    """``eta * budget + sum_i p_i max_k (L_k - eta C_ik)`` (THEORY.md 3.2), inf entries skipped."""
+    rows = p > 0
+    with np.errstate(invalid="ignore"):
+        inner = np.where(np.isfinite(C[rows]), L[None, :] - eta * C[rows], -np.inf)
+    return float(eta * budget + p[rows] @ inner.max(axis=1))
+
+
+# ---------------------------------------------------------------------------- Wasserstein-1
+def w1_primal_sup(l, l_flip, p, lip: float, rho: float, kappa: float) -> tuple[float, np.ndarray]:
+    """Primal supremum for continuous x, p = 1, cost ``||x - x'|| + kappa |y - y'|``.
+
+    A fractional knapsack: flipping pair i gains ``l_flip_i - l_i`` per unit mass at cost kappa;
+    moving x gains ``lip`` per unit of cost without limit. Returns ``(value, flip_fraction)``,
+    ``flip_fraction`` (n,) the share of each pair's mass the adversary flips.
+    """
+    l, l_flip, p = (np.asarray(a, dtype=float) for a in (l, l_flip, p))
+    value = float(p @ l)
+    frac = np.zeros_like(p)
+    budget = float(rho)
+    if np.isfinite(kappa):
+        ratio = (l_flip - l) / kappa
+        order = np.argsort(-ratio, kind="stable")
+        for i in order:
+            if ratio[i] <= lip or budget <= 0:
+                break
+            if p[i] == 0:
+                continue
+            take = min(p[i], budget / kappa)
+            frac[i] = take / p[i]
+            value += take * (l_flip[i] - l[i])
+            budget -= take * kappa
+    return value + budget * lip, frac
+
+
+def w1_dual_min(l, l_flip, p, lip: float, rho: float, kappa: float) -> tuple[float, float]:
+    """``min_{lam >= lip} lam rho + sum_i p_i max(l_i, l_flip_i - lam kappa)`` exactly.
+
+    The objective is piecewise linear and convex in lam with breakpoints
+    ``(l_flip_i - l_i) / kappa``. Returns ``(value, lam*)`` with the smallest minimiser.
+    """
+    l, l_flip, p = (np.asarray(a, dtype=float) for a in (l, l_flip, p))
+
+    def obj(lam):
+        if not np.isfinite(kappa):
+            return lam * rho + float(p @ l)
+        return lam * rho + float(p @ np.maximum(l, l_flip - lam * kappa))
+
+    if not np.isfinite(kappa):
+        return obj(lip), lip
+    brk = (l_flip - l) / kappa
+    pts = np.unique(np.concatenate([[lip], brk[(brk > lip) & (p > 0)]]))
+    # slope right of lam: rho - kappa * P(brk > lam); first point with slope >= 0 is optimal
+    order = np.argsort(brk)
+    bs, ps = brk[order], p[order]
+    tail = np.concatenate([np.cumsum(ps[::-1])[::-1], [0.0]])
+    for lam in pts:
+        j = np.searchsorted(bs, lam, side="right")
+        if rho - kappa * tail[j] >= 0:
+            return obj(lam), float(lam)
+    lam = float(pts[-1])  # pragma: no cover - the last breakpoint always has slope rho >= 0
+    return obj(lam), lam
+
+
+def collapse_plan(Ac, p, C, budget: float) -> np.ndarray | None:
+    """A plan certifying that ``theta = theta_ref`` is optimal for finite-candidate WDPO, or None.
+
+    At theta_ref every candidate loss is log 2, so every feasible plan is a worst case and the
+    subdifferential of the robust objective there is ``{-1/2 sum_ik pi_ik A_k}`` over feasible
+    plans (``A_k = sy'_k beta x'_k``). theta_ref (inside the ball) is optimal exactly when some
+    feasible plan makes this zero: an LP feasibility problem, solved by HiGHS.
+    """
+    n, K = C.shape
+    rows = np.flatnonzero(p > 0)
+    ii, kk = np.nonzero(np.isfinite(C[rows]))
+    nv = ii.shape[0]
+    A_eq = sp.vstack(
+        [
+            sp.csr_matrix((np.ones(nv), (ii, np.arange(nv))), shape=(rows.shape[0], nv)),
+            sp.csr_matrix(Ac[kk].T),
+        ]
+    )
+    b_eq = np.concatenate([p[rows], np.zeros(Ac.shape[1])])
+    res = linprog(
+        np.zeros(nv),
+        A_ub=sp.csr_matrix(C[rows][ii, kk][None, :]),
+        b_ub=[budget],
+        A_eq=A_eq,
+        b_eq=b_eq,
+        bounds=(0, None),
+        method="highs",
+    )
+    if res.status != 0:
+        return None
+    plan = np.zeros((n, K))
+    plan[rows[ii], kk] = np.clip(res.x, 0.0, None)
+    return plan

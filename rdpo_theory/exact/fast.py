@@ -1,0 +1,338 @@
+"""Fast exact paths for large n: damped (projected) Newton on smooth convex duals.
+
+Two objectives, both over log-linear DPO margins ``m_i = c_i x_i . (theta - theta_ref)`` with
+``c_i = sy_i beta`` and losses ``l_i = softplus(-m_i)`` (THEORY.md 3.1, 3.2):
+
+* KL dual, jointly convex in ``(theta, lam)``, lam > 0::
+
+      F(theta, lam) = lam rho + lam log( sum_i p_i exp(l_i / lam) + p0 exp(log 2 / lam) )
+
+  (``p0`` is the mass of rows with x = 0 that a caller aggregated out of ``X``).
+* Wasserstein-1 with labels fixed (kappa = inf)::
+
+      W(theta) = sum_i p_i l_i + rho beta ||theta - theta_ref||_2
+
+Newton directions use the exact Hessian; the only n x d work per iteration is one ``X @ v``,
+one ``X.T @ V`` (V with two columns) and ``X^T diag(w) X`` accumulated in float64 row blocks,
+so the memory beyond ``X`` is a few length-n vectors. A ball ``||theta|| <= radius`` is handled
+by solving the Newton model exactly over the ball (a trust-region subproblem in theta after
+eliminating the other variables), followed by an Armijo line search along the segment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from ..errors import SolverError
+from ..losses import dpo_loss
+
+BLOCK = 1 << 15
+LOG2 = float(np.log(2.0))
+
+
+# ---------------------------------------------------------------------------- blocked algebra
+def gram(X: np.ndarray, w: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """``X^T diag(w) X`` (d, d), accumulated over row blocks (no n x d temporary)."""
+    n, d = X.shape
+    G = np.zeros((d, d))
+    for lo in range(0, n, block):
+        Xb = X[lo : lo + block]
+        G += Xb.T @ (Xb * w[lo : lo + block, None])
+    return 0.5 * (G + G.T)
+
+
+# ---------------------------------------------------------------------------- Newton direction
+def _trs(Hr: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
+    """Minimise ``b.z + z^T Hr z / 2`` over ``||z|| <= radius`` (Hr symmetric PSD)."""
+    e, V = np.linalg.eigh(Hr)
+    floor = 1e-13 * max(1.0, float(np.abs(e).max()))
+    e = np.maximum(e, floor)
+    bt = V.T @ b
+    z_norm = lambda nu: float(np.sqrt(np.sum((bt / (e + nu)) ** 2)))  # noqa: E731
+    if z_norm(0.0) <= radius:
+        return -V @ (bt / e)
+    lo, hi = 0.0, max(1.0, float(np.linalg.norm(b)) / radius)
+    while z_norm(hi) > radius:
+        hi *= 2.0
+    for _ in range(200):  # bisection on the monotone secular equation, then clip to the sphere
+        mid = 0.5 * (lo + hi)
+        if z_norm(mid) > radius:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15 * hi:
+            break
+    z = -V @ (bt / (e + hi))
+    nz = np.linalg.norm(z)
+    return z * (radius / nz) if nz > radius else z
+
+
+def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
+    """Direction of the Newton model ``g.d + d^T H d / 2`` over ``(theta, extra)``.
+
+    ``theta`` is the first ``len(theta)`` coordinates, ``k`` extra unconstrained coordinates
+    follow. With a radius the model is minimised over ``||theta + d_theta|| <= radius``.
+    """
+    d = theta.shape[0]
+    if radius is None:
+        try:
+            step = -np.linalg.solve(H, g)
+            if np.all(np.isfinite(step)):
+                return step
+        except np.linalg.LinAlgError:
+            pass
+        e, V = np.linalg.eigh(H)
+        e = np.maximum(e, 1e-13 * max(1.0, float(np.abs(e).max())))
+        return -V @ ((V.T @ g) / e)
+    Htt, Hte, Hee = H[:d, :d], H[:d, d:], H[d:, d:]
+    gt, ge = g[:d], g[d:]
+    if k:
+        Hee_inv = np.linalg.inv(Hee + 1e-300 * np.eye(k))
+        Hr = Htt - Hte @ Hee_inv @ Hte.T
+        gr = gt - Hte @ Hee_inv @ ge
+    else:
+        Hr, gr = Htt, gt
+    Hr = 0.5 * (Hr + Hr.T)
+    z = _trs(Hr, gr - Hr @ theta, radius)
+    dt = z - theta
+    if not k:
+        return dt
+    de = -Hee_inv @ (ge + Hte.T @ dt)
+    return np.concatenate([dt, de])
+
+
+def damped_newton(obj, theta0, extra0, *, radius, max_iter: int = 100, tol: float = 1e-20):
+    """Minimise a smooth convex ``obj`` over ``(theta, extra)`` with ``||theta|| <= radius``.
+
+    ``obj`` provides ``state(theta, extra)``, ``derivs(state) -> (g, H)``,
+    ``direction_margins(d_theta)``, ``value_along(state, dm, theta, extra)`` and
+    ``max_step(extra, d_extra)``. Stops when the Newton decrement ``-g.d`` is below
+    ``tol * max(1, |f|)``. Returns ``(theta, extra, state, info)``.
+    """
+    theta = np.array(theta0, dtype=float)
+    extra = np.array(extra0, dtype=float)
+    k = extra.shape[0]
+    d = theta.shape[0]
+    st = obj.state(theta, extra)
+    dec = np.inf
+    converged = False
+    it = 0
+    while it < max_iter:
+        it += 1
+        g, H = obj.derivs(st)
+        step = newton_direction(H, g, theta, radius, k)
+        dec = float(-(g @ step))
+        scale = max(1.0, abs(st.f))
+        if dec <= tol * scale:
+            converged = True
+            break
+        dth, dex = step[:d], step[d:]
+        dm = obj.direction_margins(dth)
+        t = min(1.0, obj.max_step(extra, dex))
+        accepted = False
+        while t > 1e-12:
+            cand = obj.value_along(st, t * dm, theta + t * dth, extra + t * dex)
+            if cand.f <= st.f - 1e-4 * t * dec:
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            # numerical floor: the decrease is below what float64 can resolve in f
+            converged = dec <= 1e-13 * scale
+            break
+        theta, extra, st = theta + t * dth, extra + t * dex, cand
+        if radius is not None:
+            nrm = np.linalg.norm(theta)
+            if nrm > radius:
+                theta *= radius / nrm
+        if obj.stop(extra):
+            break
+    return theta, extra, st, {"iterations": it, "newton_decrement": dec, "converged": converged}
+
+
+# ---------------------------------------------------------------------------- KL dual
+class _KLState:
+    __slots__ = ("m", "lam", "l", "logZ", "q", "q0", "lbar", "f")
+
+
+class KLDual:
+    """The KL dual ``F(theta, lam)`` on data ``X`` (n, d), ``c`` (n,), weights ``p`` (n,)."""
+
+    def __init__(self, X, c, p, rho, tref, *, p0: float = 0.0, lam_floor: float = 0.0):
+        self.X, self.c, self.p, self.rho, self.tref = X, c, p, float(rho), tref
+        self.p0 = float(p0)
+        self.lam_floor = lam_floor
+        self.logp = np.log(np.where(p > 0, p, 1.0))
+        self.pos = p > 0
+
+    def margins(self, theta):
+        return self.c * (self.X @ (theta - self.tref))
+
+    def state(self, theta, extra, m=None):
+        return self._eval(self.margins(theta) if m is None else m, float(extra[0]))
+
+    def _eval(self, m, lam):
+        s = _KLState()
+        s.m, s.lam = m, lam
+        if not lam > 0:
+            s.f = np.inf
+            return s
+        s.l = dpo_loss(m)
+        a = np.where(self.pos, s.l / lam + self.logp, -np.inf)
+        a0 = LOG2 / lam + np.log(self.p0) if self.p0 > 0 else -np.inf
+        M = max(float(a.max()), a0)
+        e = np.exp(a - M)
+        e0 = np.exp(a0 - M) if self.p0 > 0 else 0.0
+        Z = float(e.sum()) + e0
+        s.logZ = M + np.log(Z)
+        s.q, s.q0 = e / Z, e0 / Z
+        s.lbar = float(s.q @ s.l) + s.q0 * LOG2
+        s.f = lam * self.rho + lam * s.logZ
+        return s
+
+    def derivs(self, s):
+        lam, q, l = s.lam, s.q, s.l
+        sig_neg = expit(-s.m)
+        g = -sig_neg  # dl/dm
+        dev = l - s.lbar
+        cols = np.stack([q * g * self.c, q * dev * g * self.c], axis=1)
+        XtC = self.X.T @ cols
+        u, cov = XtC[:, 0], XtC[:, 1]
+        w = q * self.c**2 * (sig_neg * (1.0 - sig_neg) + g * g / lam)
+        Htt = gram(self.X, w) - np.outer(u, u) / lam
+        var = float(q @ dev**2) + s.q0 * (LOG2 - s.lbar) ** 2
+        d = u.shape[0]
+        H = np.empty((d + 1, d + 1))
+        H[:d, :d] = Htt
+        H[:d, d] = H[d, :d] = -cov / lam**2
+        H[d, d] = var / lam**3
+        grad = np.concatenate([u, [self.rho + s.logZ - s.lbar / lam]])
+        return grad, H
+
+    def direction_margins(self, dth):
+        return self.c * (self.X @ dth)
+
+    def value_along(self, s, dm, theta, extra):
+        return self._eval(s.m + dm, float(extra[0]))
+
+    def max_step(self, extra, dex):
+        # keep lam > 0: at most 3/4 of the way to zero
+        return 0.75 * extra[0] / -dex[0] if dex[0] < 0 else 1.0
+
+    def stop(self, extra):
+        return extra[0] <= self.lam_floor
+
+
+def kl_lambda_for_theta(l, p, rho, *, p0: float = 0.0, lam_max: float | None = None) -> float:
+    """The optimal multiplier at fixed losses: the root of ``KL(q_lam || p) = rho``, where
+    ``q_lam ∝ p exp(l / lam)``; 0 when ``rho >= -log P(argmax l)`` (the max-loss regime)."""
+    pos = p > 0
+    ll = np.concatenate([l[pos], [LOG2]]) if p0 > 0 else l[pos]
+    pp = np.concatenate([p[pos], [p0]]) if p0 > 0 else p[pos]
+    spread = float(ll.max() - ll.min())
+    if spread <= 1e-15 * max(1.0, abs(float(ll.max()))):
+        return 0.0
+    top = ll >= ll.max() - 1e-14 * max(1.0, abs(float(ll.max())))
+    if rho >= -np.log(pp[top].sum()):
+        return 0.0
+    return _kl_root(ll, pp, rho, spread)
+
+
+def kl_tilt(ll, pp, lam):
+    """``(q, KL(q || p), E_q l)`` for ``q ∝ pp exp(ll / lam)``."""
+    a = ll / lam + np.log(pp)
+    a = a - a.max()
+    e = np.exp(a)
+    q = e / e.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = float(np.sum(np.where(q > 0, q * (np.log(q) - np.log(pp)), 0.0)))
+    return q, kl, float(q @ ll)
+
+
+def _kl_root(ll, pp, rho, spread) -> float:
+    """Solve ``KL(q_lam || p) = rho`` in log lam (KL decreases in lam) by bisection + secant."""
+    lo, hi = np.log(spread) - 5.0, np.log(spread) + 5.0
+    while kl_tilt(ll, pp, np.exp(lo))[1] < rho:
+        lo -= 5.0
+        if lo < -700:
+            return 0.0
+    while kl_tilt(ll, pp, np.exp(hi))[1] > rho:
+        hi += 5.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if kl_tilt(ll, pp, np.exp(mid))[1] > rho:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-14:
+            break
+    return float(np.exp(0.5 * (lo + hi)))
+
+
+# ---------------------------------------------------------------------------- Wasserstein-1
+class _WState:
+    __slots__ = ("m", "theta", "f")
+
+
+class W1Penalty:
+    """``W(theta) = sum_i p_i l_i + rho beta ||theta - theta_ref||`` (no extra variables)."""
+
+    def __init__(self, X, c, p, rho, beta, tref):
+        self.X, self.c, self.p, self.rho, self.beta, self.tref = X, c, p, rho, beta, tref
+
+    def margins(self, theta):
+        return self.c * (self.X @ (theta - self.tref))
+
+    def state(self, theta, extra, m=None):
+        return self._eval(self.margins(theta) if m is None else m, theta)
+
+    def _eval(self, m, theta):
+        s = _WState()
+        s.m, s.theta = m, theta
+        s.f = float(self.p @ dpo_loss(m)) + self.rho * self.beta * float(
+            np.linalg.norm(theta - self.tref)
+        )
+        return s
+
+    def derivs(self, s):
+        sig_neg = expit(-s.m)
+        grad = self.X.T @ (self.p * -sig_neg * self.c)
+        H = gram(self.X, self.p * self.c**2 * sig_neg * (1.0 - sig_neg))
+        delta = s.theta - self.tref
+        nd = float(np.linalg.norm(delta))
+        if nd > 0:
+            u = delta / nd
+            grad = grad + self.rho * self.beta * u
+            H = H + (self.rho * self.beta / nd) * (np.eye(len(u)) - np.outer(u, u))
+        return grad, H
+
+    def direction_margins(self, dth):
+        return self.c * (self.X @ dth)
+
+    def value_along(self, s, dm, theta, extra):
+        return self._eval(s.m + dm, theta)
+
+    def max_step(self, extra, dex):
+        return 1.0
+
+    def stop(self, extra):
+        return False
+
+
+def subsample(n: int, size: int, seed: int = 0) -> np.ndarray | None:
+    """Sorted row indices of a fixed random subsample (for warm starts), or None if n <= size."""
+    if n <= size:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, n, size]))
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def require_converged(info, what: str) -> None:
+    if not info["converged"]:
+        raise SolverError(
+            f"{what}: Newton did not converge in {info['iterations']} iterations "
+            f"(decrement {info['newton_decrement']:.3g}).",
+            status="not_converged",
+            hint="pass a finite radius= (the data may be separable), or use solver='cvxpy'.",
+        )

@@ -1,0 +1,421 @@
+"""Exact KLDPO for log-linear policies (THEORY.md 3.1).
+
+    min_{||theta|| <= B}  sup_{KL(q || p) <= rho}  sum_i q_i l_i(theta)
+  = min_{theta, lam >= 0}  lam rho + lam log sum_i p_i exp(l_i(theta) / lam),
+
+with ``l_i = softplus(-sy_i beta (theta - theta_ref) . x_i)``. Two paths solve it:
+
+* ``solver="cvxpy"``: the exponential-cone program with the support weights ``p_i``
+  (``sum_i p_i v_i <= lam``; the count form ``sum_i v_i <= n lam`` makes Clarabel fail), rows with
+  x = 0 aggregated into one atom of loss log 2 (they stay in the log-sum-exp), then Newton-polished
+  on the smooth dual (:mod:`.fast`);
+* ``solver="fast"``: damped Newton on the dual in ``(theta, lam)`` directly, warm-started on a
+  subsample when n is large.
+
+Regimes. When ``rho >= -log P(argmax loss)`` at the optimum, lam* = 0 and the objective is the
+maximal loss; interior-point solvers then end inaccurate. Both paths detect this, solve the
+limiting problem ``min_theta max_{i: p_i > 0} l_i`` explicitly (a max-margin SOCP, since
+``l = softplus(-m)`` is decreasing in the margin), and certify it with a saddle point: the
+minimum-KL distribution ``mu`` supported on the argmax set that makes theta stationary; the
+regime holds exactly when ``KL(mu || p) <= rho``. With non-separable data this limit is
+theta = theta_ref, where every loss is log 2: the collapse of KL-DRO at large rho. It is reported
+in ``info["collapsed_to_theta_ref"]`` and is correct behaviour, not an error.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import cvxpy as cp
+import numpy as np
+
+from ..errors import SolverError
+from ..losses import dpo_loss
+from . import certificates as cert
+from . import fast
+from ._common import Problem, check_rho, check_solver, on_boundary, prepare, raise_if_separable
+from .dpo import dpo, informative_rows
+from .result import ExactResult, solve_problem
+
+LIMIT_STATUS = "optimal (max-loss limit)"
+#: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
+SMALL_LAM = 1e-6
+
+
+def kldpo(
+    X,
+    y=None,
+    *,
+    rho: float,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    radius=None,
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
+    certificate: str = "auto",
+) -> ExactResult:
+    """Solve KLDPO exactly: ``min_theta max_{KL(q||p) <= rho} sum_i q_i l_i(theta)``.
+
+    Parameters
+    ----------
+    X : array_like (n, d) or PreferenceData
+        Pair feature differences (then ``y`` and ``weights`` come with it).
+    y : array_like (n,), labels in {0, 1}
+    rho : float >= 0
+        KL radius (nats). ``rho = 0`` is DPO.
+    beta : float > 0
+    weights : array_like (n,), optional
+        The nominal law p (probabilities; default uniform). A world's population weights give
+        the population robust optimum.
+    theta_ref : array_like (d,), optional (default 0)
+    radius : float > 0, optional
+        Parameter bound ``||theta||_2 <= radius``. Needed when the data are separable.
+    solver : {"cvxpy", "fast"}
+    cvxpy_solver : str
+        Conic solver for the cvxpy path (default Clarabel).
+    certificate : {"auto", "cvxpy", "root"}
+        How the independent primal supremum is computed (see :func:`certificates.kl_primal_sup`).
+
+    Returns
+    -------
+    ExactResult
+        ``theta`` (d,); ``value`` = the dual objective ``lam* rho + lam* log E_p exp(l / lam*)``
+        at theta (max loss when lam* = 0), nats; ``dual`` = lam* (inf at rho = 0, 0 in the
+        max-loss regime); ``worst_case`` = q (n,) summing to 1; ``gap`` = value minus the
+        independent primal supremum at theta; ``regime`` in {"dpo", "interior",
+        "max-loss limit"}; ``info`` holds timings, iterations, ``collapsed_to_theta_ref`` and,
+        in the limit regime, ``rho_threshold`` (the KL of the saddle distribution).
+
+    Raises
+    ------
+    InputError
+        Malformed input (also rho < 0, unknown solver).
+    SolverError
+        The data are separable and no radius is given, or no certified optimum was found.
+    """
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    rho = check_rho(rho)
+    solver = check_solver(solver)
+    t0 = time.perf_counter()
+    if rho == 0:
+        return _rho_zero(prob, solver, cvxpy_solver, t0)
+    if solver == "cvxpy":
+        theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver)
+    else:
+        theta, lam, mu, info = _solve_fast(prob, rho)
+    return _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _split(prob: Problem):
+    """Informative rows ``(X_k, c_k, p_k)`` and the mass ``p0`` of rows with x = 0."""
+    data = prob.data
+    keep = informative_rows(data.X, data.weights)
+    p0 = float(data.weights[(data.weights > 0) & ~keep].sum())
+    return keep, data.X[keep], prob.c[keep], data.weights[keep], p0
+
+
+def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
+    if solver == "cvxpy":
+        res = dpo(
+            prob.data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+        )
+        theta, info = res.theta, dict(res.info)
+    else:
+        from .wasserstein import _w1_newton
+
+        theta, info = _w1_newton(prob, 0.0)
+    l = dpo_loss(prob.margins(theta))
+    value = float(prob.data.weights @ l)
+    info.update(seconds=time.perf_counter() - t0, solver=solver)
+    return ExactResult(
+        theta=theta,
+        value=value,
+        status="optimal",
+        method="kldpo",
+        dual=float("inf"),
+        worst_case=prob.data.weights.copy(),
+        gap=0.0,  # the KL ball of radius 0 is {p}: the primal value is E_p l = value
+        info=info,
+        regime="dpo",
+    )
+
+
+def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10):
+    scale = 1.0 + float(np.max(dpo_loss(ck * (Xk @ (theta0 - prob.tref)))))
+    obj = fast.KLDual(Xk, ck, pk, rho, prob.tref, p0=p0, lam_floor=floor_rel * scale)
+    th, ex, st, info = fast.damped_newton(obj, theta0, [lam0], radius=prob.radius)
+    info["hit_lam_floor"] = bool(ex[0] <= obj.lam_floor)
+    info["scale"] = scale
+    return th, float(ex[0]), info
+
+
+def _start_lambda(prob, Xk, ck, pk, p0, rho, theta) -> float:
+    l = dpo_loss(ck * (Xk @ (theta - prob.tref)))
+    lam = fast.kl_lambda_for_theta(l, pk, rho, p0=p0)
+    return lam if lam > 0 else max(1e-3, float(np.ptp(l)) + 1e-3)
+
+
+def _descent_start(prob, Xk, ck, pk) -> np.ndarray:
+    """A point near theta_ref along the DPO descent direction with margins of order one."""
+    g = Xk.T @ (pk * ck * -0.5)  # DPO gradient at theta_ref
+    ng = float(np.linalg.norm(g))
+    th = prob.feasible_ref()
+    if ng == 0:
+        return th
+    u = -g / ng
+    s = float(np.sqrt(pk @ (ck * (Xk @ u)) ** 2))
+    th = th + (1.0 / s if s > 0 else 1.0) * u
+    return _proj(th, prob.radius)
+
+
+def _proj(th, radius):
+    if radius is None:
+        return th
+    n = np.linalg.norm(th)
+    return th if n <= radius else th * (radius / n)
+
+
+# ---------------------------------------------------------------------------- cvxpy path
+def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str):
+    keep, Xk, ck, pk, p0 = _split(prob)
+    info: dict = {"solver": "cvxpy", "cvxpy_solver": cvxpy_solver}
+    if not keep.any():
+        return _all_constant(prob, info)
+    A = ck[:, None] * Xk
+    if prob.radius is None:
+        raise_if_separable(A, "exact KLDPO")
+    d = prob.data.d
+    theta = cp.Variable(d, name="theta")
+    lam = cp.Variable(nonneg=True, name="lam")
+    t = cp.Variable(name="t")
+    u = cp.Variable(Xk.shape[0], name="u")
+    v = cp.Variable(Xk.shape[0], name="v")
+    m = A @ theta - A @ prob.tref
+    cons = [u >= cp.logistic(-m), cp.constraints.ExpCone(u - t, lam * np.ones(Xk.shape[0]), v)]
+    budget = pk @ v
+    if p0 > 0:
+        v0 = cp.Variable(name="v0")
+        cons.append(cp.constraints.ExpCone(np.log(2.0) - t, lam, v0))
+        budget = budget + p0 * v0
+    cons.append(budget <= lam)
+    if prob.radius is not None:
+        cons.append(cp.norm(theta, 2) <= prob.radius)
+    conic_error = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # 'inaccurate' is handled below
+            status = solve_problem(
+                cp.Problem(cp.Minimize(t + rho * lam), cons),
+                what="exact KLDPO (exponential cone)",
+                solver=cvxpy_solver,
+            )
+        info["conic_status"] = status
+    except SolverError as exc:
+        conic_error = exc
+        info["conic_status"] = exc.status
+    scale = (
+        1.0
+        + float(np.log(2.0))
+        + float(np.abs(A).sum(axis=1).max()) * (2 * (prob.radius or 0) + np.linalg.norm(prob.tref))
+    )
+    if conic_error is None and lam.value is not None and float(lam.value) > 1e-6 * scale:
+        th0 = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+        th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, float(lam.value))
+        info["newton"] = ninfo
+        if ninfo["converged"] and lm > SMALL_LAM * scale:
+            return th, lm, None, info
+    limit = _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver)
+    info.update(limit["info"])
+    if limit["holds"]:
+        return limit["theta"], 0.0, limit["mu"], info
+    # lam* is small but positive: Newton from the best available point
+    th0 = (
+        _proj(np.asarray(theta.value, dtype=float), prob.radius)
+        if theta.value is not None
+        else _descent_start(prob, Xk, ck, pk)
+    )
+    lam0 = _start_lambda(prob, Xk, ck, pk, p0, rho, th0)
+    th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, lam0, floor_rel=0.0)
+    info["newton"] = ninfo
+    if ninfo["converged"] and lm > 0:
+        return th, lm, None, info
+    raise SolverError(
+        "exact KLDPO: neither the conic program nor Newton certified an optimum.",
+        status=str(info.get("conic_status")),
+        hint="pass a finite radius=, rescale beta, or try solver='fast'.",
+    )
+
+
+def _all_constant(prob, info):
+    """Every loss is log 2 whatever theta: theta_ref (projected) is optimal, value log 2."""
+    th = prob.feasible_ref()
+    mu = prob.data.weights.copy()
+    info.update(all_losses_constant=True, rho_threshold=0.0)
+    return th, 0.0, mu, info
+
+
+# ---------------------------------------------------------------------------- fast path
+def _solve_fast(prob: Problem, rho: float):
+    data = prob.data
+    X, c, p = data.X, prob.c, data.weights
+    info: dict = {"solver": "fast"}
+    if not np.any(p[np.flatnonzero(p > 0)] > 0):  # pragma: no cover - weights sum to 1
+        raise SolverError("no positive weights", status="invalid")
+    sub = fast.subsample(data.n, 50_000)
+    if sub is not None:
+        ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)
+        Xs, cs = X[sub], c[sub]
+        th0 = _descent_start(prob, Xs, cs, ps)
+        lam0 = _start_lambda(prob, Xs, cs, ps, 0.0, rho, th0)
+        th0, lam0, winfo = _newton(prob, Xs, cs, ps, 0.0, rho, th0, lam0)
+        info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
+        if not lam0 > 0 or winfo["hit_lam_floor"]:
+            lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
+    else:
+        th0 = _descent_start(prob, X, c, p)
+        lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
+    th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0)
+    info["newton"] = ninfo
+    if ninfo["converged"] and lm > SMALL_LAM * ninfo["scale"]:
+        return th, lm, None, info
+    keep, Xk, ck, pk, p0 = _split(prob)
+    if not keep.any():
+        return _all_constant(prob, info)
+    if prob.radius is None:
+        raise_if_separable(ck[:, None] * Xk, "exact KLDPO (fast)")
+    limit = _max_loss_limit(prob, Xk, ck, pk, p0, rho, "CLARABEL")
+    info.update(limit["info"])
+    if limit["holds"]:
+        return limit["theta"], 0.0, limit["mu"], info
+    if ninfo["converged"] and lm > 0:
+        return th, lm, None, info
+    fast.require_converged(ninfo, "exact KLDPO (fast)")
+    raise SolverError(
+        "exact KLDPO (fast): the multiplier went to 0 but the max-loss limit does not hold.",
+        status="lam_to_zero",
+        hint="use solver='cvxpy'.",
+    )
+
+
+# ---------------------------------------------------------------------------- lam* = 0
+def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
+    """Solve ``min_theta max_i l_i`` and test the saddle condition ``KL(mu || p) <= rho``.
+
+    ``max_i l_i = softplus(-min_i m_i)``, so the limit is the max-margin program
+    ``max t`` s.t. ``m_i(theta) >= t`` (and ``t <= 0`` when x = 0 rows carry mass). The saddle
+    distribution minimises ``KL(mu || p)`` over distributions on the argmax set with
+    ``sum_i mu_i c_i x_i = nu theta`` (nu >= 0 only when the ball constraint is active): the
+    stationarity of ``theta`` for ``E_mu l``.
+    """
+    A = ck[:, None] * Xk
+    d = prob.data.d
+    tref = prob.tref
+    ref_ok = prob.radius is None or np.linalg.norm(tref) <= prob.radius
+    theta = cp.Variable(d)
+    t = cp.Variable()
+    cons = [A @ theta - A @ tref >= t]
+    if p0 > 0:
+        cons.append(t <= 0)
+    if prob.radius is not None:
+        cons.append(cp.norm(theta, 2) <= prob.radius)
+    solve_problem(
+        cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", solver=cvxpy_solver
+    )
+    th = np.asarray(theta.value, dtype=float)
+    tstar = float(t.value)
+    if ref_ok and tstar <= 1e-8:
+        th, tstar = tref.copy(), 0.0  # theta_ref attains margin 0 for every row
+    th = _proj(th, prob.radius)
+    m = A @ (th - tref)
+    tstar = min(float(m.min()), 0.0) if p0 > 0 else float(m.min())
+    tol = 1e-7 * (1.0 + abs(tstar))
+    S = m <= tstar + tol
+    use0 = p0 > 0 and tstar >= -tol
+    mu = cp.Variable(int(S.sum()), nonneg=True)
+    kl = cp.sum(cp.rel_entr(mu, pk[S]))
+    total = cp.sum(mu)
+    if use0:
+        mu0 = cp.Variable(nonneg=True)
+        kl = kl + cp.rel_entr(mu0, p0)
+        total = total + mu0
+    stat = A[S].T @ mu
+    mcons = [total == 1]
+    if on_boundary(th, prob.radius):
+        nu = cp.Variable(nonneg=True)
+        mcons.append(stat == nu * th)
+    else:
+        mcons.append(stat == 0)
+    kp = cp.Problem(cp.Minimize(kl), mcons)
+    info = {"max_margin": tstar, "argmax_rows": int(S.sum()) + int(use0)}
+    try:
+        solve_problem(kp, what="KLDPO saddle distribution", solver=cvxpy_solver)
+    except SolverError as exc:
+        info["saddle_status"] = exc.status
+        return {"holds": False, "info": info}
+    kl_min = float(kp.value)
+    info["rho_threshold"] = kl_min
+    if kl_min > rho * (1 + 1e-9) + 1e-12:
+        return {"holds": False, "info": info}
+    full = np.zeros(prob.data.n)
+    keep = informative_rows(prob.data.X, prob.data.weights)
+    mk = np.zeros(Xk.shape[0])
+    mk[S] = np.clip(np.asarray(mu.value, dtype=float), 0.0, None)
+    full[keep] = mk
+    if use0:
+        zero = (prob.data.weights > 0) & ~keep
+        full[zero] = float(mu0.value) * prob.data.weights[zero] / p0
+    full /= full.sum()
+    return {"holds": True, "theta": th, "mu": full, "info": info}
+
+
+# ---------------------------------------------------------------------------- result
+def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactResult:
+    data = prob.data
+    p = data.weights
+    l = dpo_loss(prob.margins(theta))
+    pos = p > 0
+    if lam > 0:
+        obj = fast.KLDual(data.X, prob.c, p, rho, prob.tref)
+        st = obj.state(theta, [lam])
+        value = float(st.f)
+        q = np.where(pos, st.q, 0.0)
+        regime, status = "interior", "optimal"
+    else:
+        value = float(l[pos].max())
+        q = mu
+        regime, status = "max-loss limit", LIMIT_STATUS
+    keep, _, _, pk, p0 = _split(prob)
+    primal = cert.kl_primal_sup(l[keep], pk, rho, p0=p0, method=certificate)
+    collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
+    info.update(
+        seconds=time.perf_counter() - t0,
+        primal_value=primal,
+        collapsed_to_theta_ref=collapsed,
+        on_boundary=on_boundary(theta, prob.radius),
+        kl_worst_case=_kl(q / q.sum(), p),
+    )
+    if collapsed:
+        info["note"] = (
+            "theta = theta_ref: every loss is log 2 there, so the adversary gains nothing "
+            "(the KL-DRO collapse at large rho; correct, not a failure)."
+        )
+    return ExactResult(
+        theta=theta,
+        value=value,
+        status=status,
+        method="kldpo",
+        dual=float(lam),
+        worst_case=q / q.sum(),
+        gap=value - primal,
+        info=info,
+        regime=regime,
+    )
+
+
+def _kl(q, p) -> float:
+    """``KL(q || p)`` in nats (0 log 0 = 0)."""
+    m = q > 0
+    return float(np.sum(q[m] * (np.log(q[m]) - np.log(p[m]))))

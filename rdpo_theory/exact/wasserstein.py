@@ -1,0 +1,492 @@
+"""Exact WDPO for log-linear policies (THEORY.md 3.2).
+
+    min_{||theta|| <= B}  sup_{W_p(P, P0) <= rho}  E_P l(z; theta)
+
+Three cases, one model each:
+
+* **Continuous x, p = 1** (``candidates=None``), cost ``||x - x'||_2 + kappa |y - y'|``: the
+  Shafieezadeh-Abadeh, Mohajerin Esfahani and Kuhn (2015) program
+
+      min lam rho + sum_i p_i s_i  s.t.  s_i >= l(x_i, y_i),  s_i >= l(x_i, 1 - y_i) - lam kappa,
+                                        beta ||theta - theta_ref||_2 <= lam.
+
+  The loss depends on x only through ``(theta - theta_ref) . x``, so its Lipschitz constant in
+  x is ``beta ||theta - theta_ref||`` (THEORY.md writes ``||theta||``, i.e. theta_ref = 0). With
+  kappa = inf the program is exactly ``E_p l + rho beta ||theta - theta_ref||_2``: the supremum
+  moves a vanishing share of mass to infinity and is not attained, so ``worst_case`` is None
+  there. ``solver="fast"`` solves this kappa = inf case by Newton (:mod:`.fast`).
+* **Continuous x, p > 1**: delegated to :func:`.wasserstein_p.wdpo_continuous_p`.
+* **Finite candidates** ``{z'_k}`` (a world's Z): the exact convex program
+
+      min_{theta, eta >= 0, s}  eta rho^p + sum_i p_i s_i
+      s.t.  s_i >= l(z'_k; theta) - eta C_ik   for every allowed (i, k),  C = d^p,
+
+  whose worst case is the optimal plan of the transport LP (:mod:`.certificates`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import cvxpy as cp
+import numpy as np
+
+from .. import _validate as V
+from ..data import PreferenceData
+from ..errors import InputError, SolverError
+from ..losses import dpo_loss
+from . import certificates as cert
+from . import fast
+from ._common import (
+    Problem,
+    check_rho,
+    check_solver,
+    on_boundary,
+    prepare,
+    raise_if_separable,
+    solve_with_retries,
+)
+from .dpo import dpo, informative_rows
+from .result import ExactResult
+
+
+def wdpo(
+    X,
+    y=None,
+    *,
+    rho: float,
+    beta: float,
+    p: float = 1,
+    kappa: float = np.inf,
+    weights=None,
+    theta_ref=None,
+    radius=None,
+    candidates=None,
+    cost=None,
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
+) -> ExactResult:
+    """Solve WDPO exactly: ``min_theta sup_{W_p(P, P0) <= rho} E_P l``.
+
+    Parameters
+    ----------
+    X : array_like (n, d) or PreferenceData
+    y : array_like (n,), labels in {0, 1}
+    rho : float >= 0
+        Wasserstein radius, in the units of the cost d (feature-norm units by default).
+    beta : float > 0
+    p : float >= 1
+        Order of the Wasserstein distance; the programs use ``d**p`` and ``rho**p``.
+    kappa : float > 0 or inf
+        Cost of flipping a label in the default cost; inf forbids flips.
+    weights : array_like (n,), optional
+        The nominal law P0 (default uniform).
+    theta_ref : array_like (d,), optional (default 0)
+    radius : float > 0, optional
+        Parameter bound ``||theta|| <= radius``.
+    candidates : (Xc, yc) or PreferenceData, optional
+        Support the adversary may move mass to (K points); for a world, ``world.candidates()``
+        (all of Z). Include the data points to let mass stay where it is.
+    cost : array_like (n, K), optional
+        Distances ``d(z_i, z'_k) >= 0``; ``inf`` forbids a move. Default
+        ``||x_i - x'_k||_2 + kappa [y_i != y'_k]``.
+    solver : {"cvxpy", "fast"}
+        ``"fast"`` only for ``candidates=None, p=1, kappa=inf``.
+    cvxpy_solver : str
+
+    Returns
+    -------
+    ExactResult
+        ``theta``; ``value`` = dual objective at theta (nats); ``dual`` = eta* (lam* in the
+        continuous p = 1 case, equal to ``beta ||theta - theta_ref||`` when kappa = inf);
+        ``worst_case`` = adversarial distribution over the candidates (K,) (finite case; None in
+        the continuous case, where ``info["flip_fraction"]`` (n,) says which labels flip);
+        ``transport_plan`` (n, K) (finite case); ``gap`` = value minus the independent primal
+        supremum at theta.
+
+    Raises
+    ------
+    InputError
+        rho < 0, p < 1, kappa <= 0, a cost of the wrong shape or with negative/NaN entries, an
+        empty candidate set, a budget too small to reach the candidates, malformed data.
+    SolverError
+        Separable data without a radius, or no certified optimum.
+    """
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    rho = check_rho(rho)
+    p = V.positive(p, "p")
+    if p < 1:
+        raise InputError(f"p must be >= 1, got {p}")
+    kappa = V.positive(kappa, "kappa", allow_inf=True)
+    solver = check_solver(solver)
+    t0 = time.perf_counter()
+    if candidates is None:
+        if cost is not None:
+            raise InputError("cost needs candidates: pass candidates=(Xc, yc) with cost (n, K)")
+        if p > 1:
+            if np.isfinite(kappa):
+                raise InputError(
+                    "kappa must be inf for continuous WDPO with p > 1 (labels are fixed there); "
+                    "use candidates= for label flips"
+                )
+            if solver == "fast":
+                raise InputError("solver='fast' supports WDPO only with candidates=None and p=1")
+            from .wasserstein_p import wdpo_continuous_p
+
+            return wdpo_continuous_p(
+                prob.data, rho=rho, p=p, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius
+            )
+        if solver == "fast" and np.isfinite(kappa):
+            raise InputError("solver='fast' supports continuous WDPO only with kappa=inf")
+        return _continuous_p1(prob, rho, kappa, solver, cvxpy_solver, t0)
+    if solver == "fast":
+        raise InputError("solver='fast' supports WDPO only with candidates=None (continuous x)")
+    Xc, yc = _check_candidates(candidates, prob.data.d)
+    C = _check_cost(cost, prob.data, Xc, yc, kappa)
+    return _finite(prob, rho, p, Xc, yc, C, cvxpy_solver, t0)
+
+
+# ---------------------------------------------------------------------------- inputs
+def _check_candidates(candidates, d: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(candidates, PreferenceData):
+        Xc, yc = candidates.X, candidates.y
+    else:
+        try:
+            Xc, yc = candidates
+        except (TypeError, ValueError):
+            raise InputError("candidates must be a pair (Xc, yc) or a PreferenceData") from None
+        Xc = V.as_matrix(Xc, "candidates", allow_empty=True)
+        if Xc.shape[0] == 0:
+            raise InputError("candidates is empty: the adversary needs at least one point")
+        yc = V.as_labels(yc, Xc.shape[0], "candidates labels")
+    if Xc.shape[1] != d:
+        raise InputError(f"candidates must have d = {d} columns, got {Xc.shape[1]}")
+    return Xc, yc
+
+
+def default_cost(X, y, Xc, yc, kappa: float) -> np.ndarray:
+    """``d(z_i, z'_k) = ||x_i - x'_k||_2 + kappa [y_i != y'_k]`` (n, K); inf when kappa = inf
+    and the labels differ."""
+    n, K = X.shape[0], Xc.shape[0]
+    D = np.empty((n, K))
+    step = max(1, 4_000_000 // max(1, K * X.shape[1]))
+    for lo in range(0, n, step):  # exact differences (no cancellation: d(z, z) = 0 exactly)
+        D[lo : lo + step] = np.linalg.norm(X[lo : lo + step, None, :] - Xc[None], axis=2)
+    flip = y[:, None] != yc[None, :]
+    return np.where(flip, D + kappa, D) if np.isfinite(kappa) else np.where(flip, np.inf, D)
+
+
+def _check_cost(cost, data: PreferenceData, Xc, yc, kappa) -> np.ndarray:
+    if cost is None:
+        return default_cost(data.X, data.y, Xc, yc, kappa)
+    try:
+        C = np.asarray(cost, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("cost must be a numeric (n, K) matrix") from None
+    if C.shape != (data.n, Xc.shape[0]):
+        raise InputError(f"cost must have shape (n, K) = {(data.n, Xc.shape[0])}, got {C.shape}")
+    if np.isnan(C).any():
+        raise InputError("cost contains NaN (use inf to forbid a move)")
+    if (C < 0).any():
+        raise InputError(f"cost must be non-negative; min is {C.min():.3g}")
+    return C
+
+
+# ---------------------------------------------------------------------------- continuous, p = 1
+def _w1_newton(prob: Problem, rho: float):
+    """Fast path for ``E_p l + rho beta ||theta - theta_ref||`` (rho = 0: plain DPO)."""
+    data = prob.data
+    X, c, p = data.X, prob.c, data.weights
+    info: dict = {"solver": "fast"}
+    ref = prob.feasible_ref()
+    g_ref = X.T @ (p * c * -0.5)  # gradient of E_p l at theta_ref
+    ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
+    if rho > 0 and ref_inside and np.linalg.norm(g_ref) <= rho * prob.beta:
+        info["newton"] = {"iterations": 0, "converged": True, "newton_decrement": 0.0}
+        return prob.tref.copy(), info
+    ng = float(np.linalg.norm(g_ref))
+    th0 = ref
+    if ng > 0:
+        u = -g_ref / ng
+        s = float(np.sqrt(p @ (c * (X @ u)) ** 2))
+        th0 = _proj(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
+    sub = fast.subsample(data.n, 50_000)
+    if sub is not None:
+        ps = p[sub] / p[sub].sum()
+        obj = fast.W1Penalty(X[sub], c[sub], ps, rho, prob.beta, prob.tref)
+        th0, _, _, winfo = fast.damped_newton(obj, th0, [], radius=prob.radius)
+        info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
+    obj = fast.W1Penalty(X, c, p, rho, prob.beta, prob.tref)
+    th, _, _, ninfo = fast.damped_newton(obj, th0, [], radius=prob.radius)
+    info["newton"] = ninfo
+    if not ninfo["converged"]:
+        keep = informative_rows(X, p)
+        if prob.radius is None and rho == 0:
+            raise_if_separable(c[keep, None] * X[keep], "DPO (fast)")
+        fast.require_converged(ninfo, "exact WDPO (fast)")
+    return th, info
+
+
+def _proj(th, radius):
+    if radius is None:
+        return th
+    n = np.linalg.norm(th)
+    return th if n <= radius else th * (radius / n)
+
+
+def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> ExactResult:
+    data = prob.data
+    info: dict = {"solver": solver}
+    if rho == 0:
+        if solver == "cvxpy":
+            res = dpo(
+                data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+            )
+            theta = res.theta
+            info.update(res.info)
+        else:
+            theta, ninfo = _w1_newton(prob, 0.0)
+            info.update(ninfo)
+    elif solver == "fast":
+        theta, ninfo = _w1_newton(prob, rho)
+        info.update(ninfo)
+    else:
+        theta = _sa_program(prob, rho, kappa, cvxpy_solver, info)
+    return _finish_continuous(prob, rho, kappa, theta, info, t0)
+
+
+def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
+    data = prob.data
+    keep = informative_rows(data.X, data.weights)
+    pk = data.weights[keep]
+    p0 = float(data.weights[(data.weights > 0) & ~keep].sum())
+    if not keep.any():
+        info["all_losses_constant"] = True
+        return prob.feasible_ref()
+    A = prob.c[keep, None] * data.X[keep]
+    ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
+    if np.isfinite(kappa) and ref_inside and _sa_collapse(A, pk, prob.beta, rho, kappa):
+        info["collapse_certified"] = True
+        return prob.tref.copy()
+    theta = cp.Variable(data.d, name="theta")
+    m = A @ theta - A @ prob.tref
+    norm = prob.beta * cp.norm(theta - prob.tref, 2)
+    cons = [cp.norm(theta, 2) <= prob.radius] if prob.radius is not None else []
+    if np.isfinite(kappa):
+        lam = cp.Variable(nonneg=True, name="lam")
+        s = cp.Variable(A.shape[0], name="s")
+        cons += [s >= cp.logistic(-m), s >= cp.logistic(m) - lam * kappa, norm <= lam]
+        objective = lam * rho + pk @ s + p0 * np.log(2.0)
+    else:
+        objective = pk @ cp.logistic(-m) + p0 * np.log(2.0) + rho * norm
+    status = solve_with_retries(
+        cp.Problem(cp.Minimize(objective), cons),
+        what="exact WDPO (Wasserstein-1 program)",
+        solver=cvxpy_solver,
+    )
+    info["conic_status"] = status
+    th = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+    if not np.isfinite(kappa):  # smooth away from theta_ref: polish with Newton
+        g_ref = data.X.T @ (data.weights * prob.c * -0.5)
+        ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
+        if ref_inside and np.linalg.norm(g_ref) <= rho * prob.beta:
+            return prob.tref.copy()  # the subgradient condition certifies theta_ref
+        obj = fast.W1Penalty(data.X[keep], prob.c[keep], pk, rho, prob.beta, prob.tref)
+        f0 = obj.state(th, []).f
+        th1, _, st, ninfo = fast.damped_newton(obj, th, [], radius=prob.radius)
+        info["newton"] = ninfo
+        if ninfo["converged"] and st.f <= f0 + 1e-12:
+            th = th1
+    return th
+
+
+def _sa_collapse(A, pk, beta, rho, kappa) -> bool:
+    """Is ``theta = theta_ref`` optimal for the Wasserstein-1 program with label flips?
+
+    At theta_ref every loss is log 2. The one-sided derivative of the robust objective along a
+    unit direction u is ``max_f [beta ||u|| (rho - kappa sum_i p_i f_i) + u . g(f)]`` over flip
+    fractions ``f in [0, 1]^n`` with ``kappa sum_i p_i f_i <= rho``, where
+    ``g(f) = sum_i p_i (f_i - 1/2) sy_i beta x_i``. By minimax it is >= 0 for every u exactly
+    when some feasible f has ``||g(f)|| <= beta (rho - kappa sum_i p_i f_i)``: an SOCP.
+    """
+    f = cp.Variable(A.shape[0])
+    g = A.T @ cp.multiply(pk, f - 0.5)
+    slack = cp.norm(g, 2) - beta * (rho - kappa * (pk @ f))
+    prob = cp.Problem(cp.Minimize(slack), [f >= 0, f <= 1, kappa * (pk @ f) <= rho])
+    solve_with_retries(prob, what="WDPO collapse test")
+    return float(prob.value) <= 1e-9
+
+
+def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
+    data = prob.data
+    m = prob.margins(theta)
+    l, lf = dpo_loss(m), dpo_loss(-m)
+    lip = prob.beta * float(np.linalg.norm(theta - prob.tref))
+    value, lam = cert.w1_dual_min(l, lf, data.weights, lip, rho, kappa)
+    primal, frac = cert.w1_primal_sup(l, lf, data.weights, lip, rho, kappa)
+    collapsed = bool(lip <= 1e-12 * prob.beta * (1 + np.linalg.norm(prob.tref)))
+    info.update(
+        seconds=time.perf_counter() - t0,
+        primal_value=primal,
+        lipschitz=lip,
+        flip_fraction=frac,
+        collapsed_to_theta_ref=collapsed,
+        on_boundary=on_boundary(theta, prob.radius),
+        worst_case_note="not attained: a vanishing share of mass moves to infinity at rate "
+        "beta ||theta - theta_ref|| per unit of transport",
+    )
+    return ExactResult(
+        theta=theta,
+        value=value,
+        status="optimal",
+        method="wdpo",
+        dual=lam,
+        worst_case=None,
+        gap=value - primal,
+        info=info,
+        regime="dpo" if rho == 0 else ("collapse" if collapsed else "penalty"),
+    )
+
+
+# ---------------------------------------------------------------------------- finite candidates
+def _finite(prob: Problem, rho, p, Xc, yc, C, cvxpy_solver, t0) -> ExactResult:
+    data = prob.data
+    w = data.weights
+    rows = np.flatnonzero(w > 0)
+    with np.errstate(over="ignore"):
+        Cp = C**p
+    budget = rho**p
+    Cr = Cp[rows]
+    reach = np.isfinite(Cr)
+    if not reach.any(axis=1).all():
+        bad = rows[~reach.any(axis=1)][0]
+        raise InputError(f"cost: row {bad} cannot move to any candidate (all costs are inf)")
+    need = float(w[rows] @ np.where(reach, Cr, np.inf).min(axis=1))
+    if need > budget * (1 + 1e-12) + 1e-15:
+        raise InputError(
+            f"rho = {rho:g} is too small: moving every point to its nearest candidate already "
+            f"costs {need:.6g} > rho^p = {budget:.6g}; include the data points among the "
+            "candidates or raise rho"
+        )
+    allowed = reach & (Cr <= 0) if rho == 0 else reach
+    ii, kk = np.nonzero(allowed)
+    used = np.unique(kk)
+    cc = 2.0 * yc - 1.0
+    Ac = (cc * prob.beta)[:, None] * Xc
+    info: dict = {"solver": "cvxpy", "cvxpy_solver": cvxpy_solver, "candidates": int(Xc.shape[0])}
+    if prob.radius is None:
+        keep = informative_rows(data.X, w)
+        A = np.vstack([prob.c[keep, None] * data.X[keep], Ac[used][np.any(Xc[used] != 0, 1)]])
+        raise_if_separable(A, "exact WDPO")
+    Cm = np.where(_allowed_full(Cp, rows, allowed), Cp, np.inf)
+    ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
+    if ref_inside and rho > 0 and cert.collapse_plan(Ac, w, Cm, budget) is not None:
+        info["collapse_certified_by_lp"] = True
+        return _finite_result(prob, rho, Xc, yc, Cm, budget, prob.tref.copy(), None, info, t0)
+    th, eta_val, status, iters = _cutting_planes(
+        prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver
+    )
+    info.update(conic_status=status, cutting_plane_rounds=iters)
+    return _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_val, info, t0)
+
+
+def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, *, per_row=3):
+    """Solve the finite-candidate program by constraint generation.
+
+    The full program has one constraint ``s_i >= L_k - eta C_ik`` per allowed pair (i, k); most
+    are slack and many are tied, which makes interior-point solvers stall. The master keeps an
+    active set (each row's zero-cost moves, each row's cheapest move, and each candidate's
+    cheapest source, so every candidate loss is present), is solved exactly, and every pair is
+    then checked at the master's solution; the ``per_row`` most violated pairs of each row join
+    the set. The master is a relaxation, so when nothing is violated (to 1e-10) its solution is
+    optimal for the full program.
+    """
+    w = prob.weights if hasattr(prob, "weights") else prob.data.weights
+    d = prob.data.d
+    nr, K = Cr.shape
+    Cfin = np.where(allowed, Cr, np.inf)
+    act = allowed & (Cfin <= 0)
+    act[np.arange(nr), Cfin.argmin(axis=1)] = True
+    reach = allowed.any(axis=0)
+    act[Cfin.argmin(axis=0)[reach], np.flatnonzero(reach)] = True
+    cc = Ac  # rows sy'_k beta x'_k
+    informative = np.any(Xc != 0, axis=1)
+    tol = 1e-10
+    for it in range(1, 101):
+        ii, kk = np.nonzero(act)
+        theta = cp.Variable(d, name="theta")
+        s = cp.Variable(nr, name="s")
+        eta = cp.Variable(nonneg=True, name="eta") if rho > 0 else None
+        lhs = s[ii] + cp.multiply(Cr[ii, kk], eta) if rho > 0 else s[ii]
+        inf_k = informative[kk]
+        cons = []
+        if inf_k.any():
+            Ak = cc[kk[inf_k]]
+            j = np.flatnonzero(inf_k)
+            cons.append(lhs[j] >= cp.logistic(-(Ak @ theta - Ak @ prob.tref)))
+        if (~inf_k).any():
+            cons.append(lhs[np.flatnonzero(~inf_k)] >= np.log(2.0))
+        objective = w[rows] @ s + (eta * budget if rho > 0 else 0.0)
+        if prob.radius is not None:
+            cons.append(cp.norm(theta, 2) <= prob.radius)
+        status = solve_with_retries(
+            cp.Problem(cp.Minimize(objective), cons),
+            what="exact WDPO (finite candidates)",
+            solver=cvxpy_solver,
+        )
+        th = np.asarray(theta.value, dtype=float)
+        ev = float(eta.value) if eta is not None else 0.0
+        L = dpo_loss(cc @ (th - prob.tref))
+        with np.errstate(invalid="ignore"):
+            viol = np.where(allowed, L[None, :] - ev * Cfin, -np.inf) - np.asarray(s.value)[:, None]
+        new = (viol > tol * (1.0 + np.abs(L).max())) & ~act
+        if not new.any():
+            return _proj(th, prob.radius), (ev if eta is not None else None), status, it
+        vv = np.where(new, viol, -np.inf)
+        top = np.argsort(-vv, axis=1)[:, :per_row]
+        r_idx = np.repeat(np.arange(nr), top.shape[1])
+        k_idx = top.ravel()
+        ok = new[r_idx, k_idx]
+        act[r_idx[ok], k_idx[ok]] = True
+    raise SolverError(  # pragma: no cover - each round adds a pair, finitely many pairs
+        "exact WDPO (finite candidates): constraint generation did not terminate.",
+        status="not_converged",
+        hint="reduce the candidate set.",
+    )
+
+
+def _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_solver, info, t0) -> ExactResult:
+    w = prob.data.weights
+    Lc = dpo_loss(((2.0 * yc - 1.0) * prob.beta) * (Xc @ (th - prob.tref)))
+    primal, plan, eta_lp = cert.transport_primal_sup(Lc, w, Cm, budget)
+    eta_val = eta_solver if eta_solver is not None else eta_lp
+    value = cert.transport_dual_value(Lc, w, Cm, budget, eta_val)
+    info.update(
+        seconds=time.perf_counter() - t0,
+        primal_value=primal,
+        eta_lp=eta_lp,
+        on_boundary=on_boundary(th, prob.radius),
+        transport_cost=float(np.sum(plan * np.where(np.isfinite(Cm), Cm, 0.0))),
+        collapsed_to_theta_ref=bool(
+            np.linalg.norm(th - prob.tref) <= 1e-7 * (1 + np.linalg.norm(prob.tref))
+        ),
+    )
+    return ExactResult(
+        theta=th,
+        value=value,
+        status="optimal",
+        method="wdpo",
+        dual=eta_val,
+        worst_case=plan.sum(axis=0),
+        gap=value - primal,
+        info=info,
+        transport_plan=plan,
+        regime="dpo" if rho == 0 else ("collapse" if info["collapsed_to_theta_ref"] else "finite"),
+    )
+
+
+def _allowed_full(Cp, rows, allowed) -> np.ndarray:
+    """Boolean (n, K) mask of the moves the program allows (rows with p_i = 0: none)."""
+    out = np.zeros(Cp.shape, dtype=bool)
+    out[rows] = allowed
+    return out
