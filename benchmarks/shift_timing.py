@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
 
 def per_method(repeats: int) -> list[dict]:
     from rdpo_theory.studies.shift import (
