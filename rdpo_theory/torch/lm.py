@@ -19,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def _math_attention():
+        return sdpa_kernel(SDPBackend.MATH)
+
+except ImportError:  # pragma: no cover - older torch: the CPU/GPU default may lack 2nd order
+    from contextlib import nullcontext as _math_attention
 
 from ..errors import InputError
 
@@ -163,7 +171,7 @@ def pair_logps(
     if with_embeddings:
         emb_c, emb_r = embed_tokens(model, ids[:B]), embed_tokens(model, ids[B:])
         # fused SDPA kernels (flash, memory-efficient) have no double backward: use the math one
-        with sdpa_kernel(SDPBackend.MATH):
+        with _math_attention():
             lp = sequence_logps(model, ids, att, cm, inputs_embeds=torch.cat([emb_c, emb_r]))
         return lp[:B], lp[B:], (emb_c, emb_r)
     lp = sequence_logps(model, ids, att, cm)
