@@ -17,6 +17,7 @@ FIGURE_MODULES: list[str] = [
     "rdpo_theory.studies.rates",
     "rdpo_theory.studies.shift",
     "rdpo_theory.torch.emotion",
+    "rdpo_theory.studies.approx_vs_exact",
 ]
 
 
