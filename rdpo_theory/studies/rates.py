@@ -419,7 +419,15 @@ def build_context(
         for rho in rhos if spec.robust else [0.0]:
             fk = (spec.family, rho)
             if fk not in ctx.family_targets:
-                f = _family_fit(spec.family)(pop, ctx, rho)
+                try:
+                    f = _family_fit(spec.family)(pop, ctx, rho)
+                except SolverError as exc:
+                    raise SolverError(
+                        f"the population target of {name!r} at rho = {rho} could not be "
+                        f"certified: {exc}",
+                        status=exc.status,
+                        hint="leave this method out (--methods) or change rho",
+                    ) from exc
                 ctx.family_targets[fk] = (f.theta, ctx.family_risk(spec.family, f.theta, rho))
                 if spec.family == "kl":
                     if not f.dual or f.dual <= 0:
