@@ -92,17 +92,30 @@ def check_beta(beta) -> float:
 
 # ---------------------------------------------------------------------------- KLDPO / WDPO
 # numpy mirrors of rdpo_theory.torch.losses (THEORY.md section 4); tests check they agree.
-def kl_weights(l, *, tau: float, variant: str = "normalized", clip: float = 10.0) -> np.ndarray:
+def kl_weights(
+    l, *, tau: float, variant: str = "normalized", clip: float = 10.0, base_weights=None
+) -> np.ndarray:
     """KLDPO weights of per-pair losses ``l`` (n,), no gradient through them.
 
     ``normalized`` (Algorithm 2): ``w_i = n softmax_i((l_i - mean l) / tau)`` (mean 1);
     ``clipped`` (the paper's code): ``w_i = min(exp((l_i - mean l) / tau), clip)``.
-    The KLDPO loss is ``mean_i w_i l_i``.
+    The KLDPO loss is ``mean_i w_i l_i``. With ``base_weights`` p (n,) (weighted data): the
+    centre is ``sum_i p_i l_i``, ``normalized`` gives ``w_i = q_i / p_i`` with
+    ``q_i ∝ p_i exp(l_i / tau)``, and the loss is ``sum_i p_i w_i l_i``.
     """
-    from scipy.special import softmax
+    from scipy.special import logsumexp, softmax
 
     tau = V.positive(tau, "tau")
     l = V.as_vector(l, "l")
+    if base_weights is not None:
+        p = V.as_weights(base_weights, l.shape[0], "base_weights")
+        z = (l - p @ l) / tau
+        if variant == "normalized":
+            with np.errstate(divide="ignore"):
+                return np.exp(z - logsumexp(z, b=p))
+        if variant == "clipped":
+            return np.minimum(np.exp(z), V.positive(clip, "clip"))
+        raise InputError(f"variant must be 'normalized' or 'clipped', got {variant!r}")
     z = (l - l.mean()) / tau
     if variant == "normalized":
         return l.shape[0] * softmax(z)
@@ -130,19 +143,21 @@ def wdpo_input_grad_sq_norms(theta, X, y, *, beta: float, theta_ref=None) -> np.
     return beta**2 * float(delta @ delta) * expit(-m) ** 2
 
 
-def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean") -> float:
+def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean", weights=None) -> float:
     """WDPO objective from per-pair losses and squared input-gradient norms, both (n,).
 
     ``sqrt-mean`` (Algorithm 1): ``mean l + rho0 sqrt(mean sq)``;
-    ``per-pair`` (the paper's code): ``mean (l + rho0 sq)``.
+    ``per-pair`` (the paper's code): ``mean (l + rho0 sq)``. With probability ``weights`` p
+    every ``mean_i`` becomes ``sum_i p_i``.
     """
     rho0 = V.positive(rho0, "rho0", allow_zero=True)
     l = V.as_vector(l, "l")
     sq = V.as_vector(sq_norms, "sq_norms", length=l.shape[0])
+    p = V.as_weights(weights, l.shape[0], "weights")
     if variant == "sqrt-mean":
-        return float(l.mean() + rho0 * np.sqrt(sq.mean()))
+        return float(p @ l + rho0 * np.sqrt(p @ sq))
     if variant == "per-pair":
-        return float(np.mean(l + rho0 * sq))
+        return float(p @ (l + rho0 * sq))
     raise InputError(f"variant must be 'sqrt-mean' or 'per-pair', got {variant!r}")
 
 
