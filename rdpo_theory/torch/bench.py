@@ -1,0 +1,163 @@
+"""Step-time and peak-memory measurement of DPO, KLDPO and WDPO training steps on GPT-2-style
+models built from a config (no downloads). Used by ``benchmarks/torch_losses.py`` and
+``experiments/gpu/run_gpu.py``; every method runs the trainer's own step
+(:func:`rdpo_theory.torch.train.compute_loss`, ``accelerator.backward``, AdamW)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .train import TrainConfig, compute_loss, make_accelerator
+
+METHODS = (
+    ("dpo", {}),
+    ("kldpo", {"tau": 1.0}),
+    ("wdpo", {"rho0": 0.01}),
+)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A GPT-2 configuration and a batch shape (pairs; prompt and max completion tokens)."""
+
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab: int
+    pairs: int
+    prompt_len: int
+    completion_len: int
+
+
+TINY = ModelSize("tiny-cpu", 2, 64, 4, 80, 32, 4, 13)
+SMALL_CPU = ModelSize("gpt2-4L-256-cpu", 4, 256, 4, 8192, 8, 32, 96)
+GPT2_SMALL = ModelSize("gpt2-124M", 12, 768, 12, 50257, 8, 128, 384)
+GPT2_MEDIUM = ModelSize("gpt2-355M", 24, 1024, 16, 50257, 8, 128, 384)
+
+
+def build(size: ModelSize, seed: int = 0):
+    """A seeded random GPT-2 of ``size`` (dropout off)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    conf = GPT2Config(
+        vocab_size=size.vocab,
+        n_positions=size.prompt_len + size.completion_len + 8,
+        n_embd=size.n_embd,
+        n_layer=size.n_layer,
+        n_head=size.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=size.vocab - 1,
+        eos_token_id=size.vocab - 1,
+    )
+    return GPT2LMHeadModel(conf)
+
+
+def synthetic_batch(size: ModelSize, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token pairs (2B rows, chosen first) with random completion lengths in
+    [completion_len / 2, completion_len], right-padded, prompt-masked."""
+    g = np.random.default_rng(seed)
+    B, P, C = size.pairs, size.prompt_len, size.completion_len
+    T = P + C
+    ids = torch.tensor(g.integers(3, size.vocab, size=(2 * B, T)), dtype=torch.long)
+    lens = g.integers(max(1, C // 2), C + 1, size=2 * B)
+    att = torch.zeros(2 * B, T, dtype=torch.long)
+    cm = torch.zeros_like(att)
+    for r, n in enumerate(lens):
+        att[r, : P + n] = 1
+        cm[r, P : P + n] = 1
+    ids = ids * att  # pad id 0
+    return {"input_ids": ids, "attention_mask": att, "completion_mask": cm}
+
+
+def _rss_kib() -> tuple[int, int]:
+    """(current RSS, peak RSS) of this process in KiB (Linux /proc)."""
+    cur = peak = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+    return cur, peak
+
+
+def time_method(
+    size: ModelSize,
+    method: str,
+    loss_kwargs: dict,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    mixed_precision: str = "auto",
+    seed: int = 0,
+) -> dict:
+    """Median seconds per optimizer step and peak memory of one method (fresh model).
+
+    Peak memory: on CUDA ``max_memory_allocated`` (bytes allocated by tensors) over the timed
+    steps; on CPU the growth of the process's peak RSS over the steps (run each method in its
+    own process for a clean figure, as the benchmark does).
+    """
+    cfg = TrainConfig(
+        method=method,
+        beta=0.1,
+        loss_kwargs=dict(loss_kwargs),
+        learning_rate=1e-5,
+        batch_size=size.pairs,
+        max_steps=1,
+        mixed_precision=mixed_precision,
+        progress=False,
+    )
+    acc = make_accelerator(cfg)
+    model, ref = build(size, seed), build(size, seed)
+    ref.eval().requires_grad_(False).to(acc.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    model, opt = acc.prepare(model, opt)
+    batch = {k: v.to(acc.device) for k, v in synthetic_batch(size, seed).items()}
+    cuda = acc.device.type == "cuda"
+
+    def step():
+        out = compute_loss(cfg, model, ref, batch, accelerator=acc)
+        acc.backward(out.loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        return out
+
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib()[0] * 1024
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        out = step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib()[1] * 1024
+    return dict(
+        size=size.name,
+        device=str(acc.device),
+        precision=acc.mixed_precision,
+        method=method,
+        params=str(loss_kwargs),
+        pairs=size.pairs,
+        tokens_per_row=size.prompt_len + size.completion_len,
+        sec_per_step=float(np.median(times)),
+        sec_p90=float(np.quantile(times, 0.9)),
+        peak_bytes=int(peak),
+        peak_over_start_bytes=int(max(0, peak - base)),
+        final_loss=float(out.loss.detach()),
+    )
