@@ -192,7 +192,8 @@ def fit(
     gtol : float >= 0
         Stop when the full-batch gradient norm of the objective in theta is <= gtol. Checked
         every step in full batch, every ``check_every`` steps (default: one pass over n rows)
-        with minibatches.
+        with minibatches; ``gtol=0`` disables the minibatch check (pure training, e.g. for
+        timing).
     seed : int or SeedSequence
         Minibatch sampler seed.
     theta0 : array_like (d,), optional
@@ -245,17 +246,25 @@ def fit(
     pt = torch.tensor(data.weights, dtype=dt)
     tref = torch.tensor(tref_np, dtype=dt)
     theta = torch.tensor(th0, dtype=dt, requires_grad=True)
+    # full-batch input leaf for penalties in x; its own gradient is never formed (the update
+    # differentiates in theta only)
+    Xg = Xt.detach().requires_grad_(True) if input_grad else Xt
     if optimizer == "adam":
         opt = torch.optim.Adam([theta], lr=lr)
     else:
         opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
 
+    w_batch = None if batch_size is None else torch.full((batch_size,), 1.0 / batch_size, dtype=dt)
+
     def evaluate(idx):
-        xb = Xt if idx is None else Xt[idx]
-        if input_grad:
-            xb = xb.detach().clone().requires_grad_(True)
-        syb = syt if idx is None else syt[idx]
-        wb = pt if idx is None else torch.full((len(idx),), 1.0 / len(idx), dtype=dt)
+        if idx is None:
+            xb = Xg if input_grad else Xt
+        else:
+            xb = Xt[torch.from_numpy(idx)]  # a fresh tensor: safe to mark as requiring grad
+            if input_grad:
+                xb.requires_grad_(True)
+        syb = syt if idx is None else syt[torch.from_numpy(idx)]
+        wb = pt if idx is None else w_batch
         delta = theta - tref
         per = dpo_pair_losses(syb * beta * (xb @ delta))
         loss = objective(per, xb, wb, delta=delta) if pass_delta else objective(per, xb, wb)
@@ -286,7 +295,7 @@ def fit(
             group["lr"] = lr * factor
         opt.zero_grad(set_to_none=True)
         loss = evaluate(None if sampler is None else next(sampler))
-        loss.backward()
+        (theta.grad,) = torch.autograd.grad(loss, theta)  # only d/dtheta, never d/dx
         gnorm = float(theta.grad.norm())
         lval = float(loss.detach())
         if not (math.isfinite(lval) and math.isfinite(gnorm)):
@@ -297,7 +306,7 @@ def fit(
             )
         if sampler is None:
             fg = gnorm
-        elif step % check_every == 0 or step == max_steps:
+        elif gtol > 0 and (step % check_every == 0 or step == max_steps):
             fg = full_grad_norm()
         else:
             fg = float("nan")
