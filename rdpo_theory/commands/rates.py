@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
-        "--quick", action="store_true", help="9 n in [50, 2e4], 20 seeds, 4 exact methods (default)"
+        "--quick",
+        action="store_true",
+        help="9 n in [50, 2e4], 20 seeds, 5 methods, rho 0.005 (default)",
     )
     size.add_argument(
         "--full", action="store_true", help="12 n in [50, 1e6], 20 seeds, every method, two radii"
@@ -37,7 +39,7 @@ def add_parser(sub) -> None:
         nargs="+",
         default=None,
         metavar="RHO",
-        help="radii of the robust methods (default 0.1; --full: 0.05 0.2)",
+        help="radii of the robust methods (default 0.005; --full: 0.003 0.01)",
     )
     p.add_argument(
         "--methods",
