@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
 def _child(size_name, method, kw, steps, q):

@@ -17,6 +17,17 @@ from rdpo_theory.torch import emotion as E  # noqa: E402
 from rdpo_theory.worlds import mixture_reward  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: extra intra-op threads only add contention on a shared machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def test_rewards_closed_form():
     r = E.emotion_rewards(["rage the mad afraid", "", "hide hide hide"], 4)
     np.testing.assert_allclose(r, np.array([[3, 2], [1, 1], [1, 4]]) / 6.0)

@@ -25,6 +25,19 @@ from rdpo_theory.torch.train import (  # noqa: E402
 )
 
 CFG = EmotionConfig.smoke()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: extra intra-op threads only add contention on a shared machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
     {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},

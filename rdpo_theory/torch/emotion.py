@@ -374,14 +374,18 @@ def run_emotion(
     if not seeds:
         raise InputError("seeds is empty")
     n_jobs = _n_jobs(jobs)
-    threads = max(1, (torch.get_num_threads() if n_jobs == 1 else 1))
+    threads = 1  # the model is tiny: intra-op threads only add contention; parallelise runs
+    old_threads = torch.get_num_threads()
     par = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential")
-    prep = par(delayed(_prepare_seed)(cfg, s, threads) for s in seeds)
-    tasks = [(p, mix, spec) for p in prep for mix in cfg.mixtures for spec in cfg.methods]
-    it = par(
-        delayed(_train_one)(cfg, p[0], p[1], p[2][mix], p[3], mix, spec, threads, None)
-        for p, mix, spec in tqdm(tasks, desc="llm-tiny runs", disable=not progress)
-    )
+    try:
+        prep = par(delayed(_prepare_seed)(cfg, s, threads) for s in seeds)
+        tasks = [(p, mix, spec) for p in prep for mix in cfg.mixtures for spec in cfg.methods]
+        it = par(
+            delayed(_train_one)(cfg, p[0], p[1], p[2][mix], p[3], mix, spec, threads, None)
+            for p, mix, spec in tqdm(tasks, desc="llm-tiny runs", disable=not progress)
+        )
+    finally:
+        torch.set_num_threads(old_threads)
     evals, mets = [], []
     for ev, met in it:
         evals.append(ev)
