@@ -102,13 +102,20 @@ def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
     return np.concatenate([dt, de])
 
 
-def damped_newton(obj, theta0, extra0, *, radius, max_iter: int = 100, tol: float = 1e-20):
+def damped_newton(
+    obj, theta0, extra0, *, radius, max_iter: int = 100, tol: float = 1e-20, hessian=None
+):
     """Minimise a smooth convex ``obj`` over ``(theta, extra)`` with ``||theta|| <= radius``.
 
     ``obj`` provides ``state(theta, extra)``, ``derivs(state) -> (g, H)``,
-    ``direction_margins(d_theta)``, ``value_along(state, dm, theta, extra)`` and
-    ``max_step(extra, d_extra)``. Stops when the Newton decrement ``-g.d`` is below
-    ``tol * max(1, |f|)``. Returns ``(theta, extra, state, info)``.
+    ``gradient(state)``, ``direction_margins(d_theta)``,
+    ``value_along(state, dm, theta, extra)`` and ``max_step(extra, d_extra)``. Stops when the
+    Newton decrement ``-g.d`` is below ``tol * max(1, |f|)``.
+
+    ``hessian``: an approximation of the Hessian at the solution (e.g. from a subsample's
+    solve). It is reused (chord steps: one gradient pass per iteration, no ``X^T W X``) until a
+    step is shortened by the line search, then replaced by exact Hessians.
+    Returns ``(theta, extra, state, info)``.
     """
     theta = np.array(theta0, dtype=float)
     extra = np.array(extra0, dtype=float)
@@ -118,9 +125,15 @@ def damped_newton(obj, theta0, extra0, *, radius, max_iter: int = 100, tol: floa
     dec = np.inf
     converged = False
     it = 0
+    H_fixed = None if hessian is None else np.asarray(hessian, dtype=float)
+    exact_hessians = 0
     while it < max_iter:
         it += 1
-        g, H = obj.derivs(st)
+        if H_fixed is not None:
+            g, H = obj.gradient(st), H_fixed
+        else:
+            g, H = obj.derivs(st)
+            exact_hessians += 1
         step = newton_direction(H, g, theta, radius, k)
         dec = float(-(g @ step))
         scale = max(1.0, abs(st.f))
@@ -131,16 +144,27 @@ def damped_newton(obj, theta0, extra0, *, radius, max_iter: int = 100, tol: floa
         dm = obj.direction_margins(dth)
         t = min(1.0, obj.max_step(extra, dex))
         accepted = False
-        while t > 1e-12:
+        if dec <= 1e-12 * scale:
+            # quadratic-convergence region: f cannot resolve the decrease, take the full step
+            # unless it visibly increases f
             cand = obj.value_along(st, t * dm, theta + t * dth, extra + t * dex)
-            if cand.f <= st.f - 1e-4 * t * dec:
-                accepted = True
-                break
-            t *= 0.5
+            accepted = cand.f <= st.f + 1e-14 * scale
+        else:
+            for _ in range(40):
+                cand = obj.value_along(st, t * dm, theta + t * dth, extra + t * dex)
+                if cand.f <= st.f - 1e-4 * t * dec:
+                    accepted = True
+                    break
+                t *= 0.5
         if not accepted:
+            if H_fixed is not None:  # the approximate Hessian is not good enough here
+                H_fixed = None
+                continue
             # numerical floor: the decrease is below what float64 can resolve in f
             converged = dec <= 1e-13 * scale
             break
+        if t < 1.0:
+            H_fixed = None
         theta, extra, st = theta + t * dth, extra + t * dex, cand
         if radius is not None:
             nrm = np.linalg.norm(theta)
@@ -148,7 +172,17 @@ def damped_newton(obj, theta0, extra0, *, radius, max_iter: int = 100, tol: floa
                 theta *= radius / nrm
         if obj.stop(extra):
             break
-    return theta, extra, st, {"iterations": it, "newton_decrement": dec, "converged": converged}
+    return (
+        theta,
+        extra,
+        st,
+        {
+            "iterations": it,
+            "exact_hessians": exact_hessians,
+            "newton_decrement": dec,
+            "converged": converged,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- KL dual
@@ -210,6 +244,11 @@ class KLDual:
         grad = np.concatenate([u, [self.rho + s.logZ - s.lbar / lam]])
         return grad, H
 
+    def gradient(self, s):
+        g = -expit(-s.m)
+        u = self.X.T @ (s.q * g * self.c)
+        return np.concatenate([u, [self.rho + s.logZ - s.lbar / s.lam]])
+
     def direction_margins(self, dth):
         return self.c * (self.X @ dth)
 
@@ -251,23 +290,18 @@ def kl_tilt(ll, pp, lam):
 
 
 def _kl_root(ll, pp, rho, spread) -> float:
-    """Solve ``KL(q_lam || p) = rho`` in log lam (KL decreases in lam) by bisection + secant."""
-    lo, hi = np.log(spread) - 5.0, np.log(spread) + 5.0
-    while kl_tilt(ll, pp, np.exp(lo))[1] < rho:
+    """Solve ``KL(q_lam || p) = rho`` in log lam (KL decreases in lam): bracket, then Brent."""
+    from scipy.optimize import brentq
+
+    f = lambda s: kl_tilt(ll, pp, np.exp(s))[1] - rho  # noqa: E731
+    lo, hi = np.log(spread) - 3.0, np.log(spread) + 3.0
+    while f(lo) < 0:
         lo -= 5.0
         if lo < -700:
             return 0.0
-    while kl_tilt(ll, pp, np.exp(hi))[1] > rho:
+    while f(hi) > 0:
         hi += 5.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if kl_tilt(ll, pp, np.exp(mid))[1] > rho:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    return float(np.exp(0.5 * (lo + hi)))
+    return float(np.exp(brentq(f, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=200)))
 
 
 # ---------------------------------------------------------------------------- Wasserstein-1
@@ -307,6 +341,12 @@ class W1Penalty:
             H = H + (self.rho * self.beta / nd) * (np.eye(len(u)) - np.outer(u, u))
         return grad, H
 
+    def gradient(self, s):
+        grad = self.X.T @ (self.p * -expit(-s.m) * self.c)
+        delta = s.theta - self.tref
+        nd = float(np.linalg.norm(delta))
+        return grad + (self.rho * self.beta / nd) * delta if nd > 0 else grad
+
     def direction_margins(self, dth):
         return self.c * (self.X @ dth)
 
@@ -336,3 +376,59 @@ def require_converged(info, what: str) -> None:
             status="not_converged",
             hint="pass a finite radius= (the data may be separable), or use solver='cvxpy'.",
         )
+
+
+# ---------------------------------------------------------------------------- KL collapse test
+def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100):
+    """Test whether ``theta = theta_ref`` is KL-robust optimal (the collapse), for interior
+    theta_ref.
+
+    At theta_ref every loss is log 2, so every q in the KL ball is a worst case and theta_ref is
+    optimal iff some q with ``KL(q || p) <= rho`` makes it stationary: ``sum_i q_i a_i = 0`` with
+    ``a_i = c_i x_i``. The least such KL is, by convex duality,
+
+        KL_min = max_w  -log sum_i p_i exp(w . a_i),   attained by q ∝ p exp(w . a),
+
+    a smooth concave problem solved by Newton. Every iterate gives a lower bound, so the search
+    stops as soon as the bound exceeds rho. Returns ``(collapsed, bound, q)``; ``q`` (n,) is the
+    saddle distribution when ``collapsed``.
+    """
+    d = X.shape[1]
+    w = np.zeros(d)
+    pos = p > 0
+    logp = np.log(np.where(pos, p, 1.0))
+
+    def lse(s):
+        a = np.where(pos, s + logp, -np.inf)
+        M = float(a.max())
+        e = np.exp(a - M)
+        Z = float(e.sum())
+        return M + np.log(Z), e / Z
+
+    s = np.zeros(X.shape[0])
+    g_val, q = lse(s)
+    for _ in range(max_iter):
+        if -g_val > rho * (1 + 1e-12):
+            return False, -g_val, None
+        grad = X.T @ (q * c)
+        H = gram(X, q * c * c) - np.outer(grad, grad)
+        try:
+            step = -np.linalg.solve(H + 1e-14 * np.trace(H) / d * np.eye(d), grad)
+        except np.linalg.LinAlgError:
+            return False, -g_val, None
+        dec = float(-(grad @ step))
+        if dec <= 1e-22:
+            break
+        ds = c * (X @ step)
+        t = 1.0
+        while t > 1e-12:
+            g_new, q_new = lse(s + t * ds)
+            if g_new <= g_val - 1e-4 * t * dec:
+                break
+            t *= 0.5
+        else:
+            break
+        w, s, g_val, q = w + t * step, s + t * ds, g_new, q_new
+    resid = float(np.linalg.norm(X.T @ (q * c)))
+    ok = -g_val <= rho * (1 + 1e-9) + 1e-15 and resid <= 1e-9 * (1 + float(np.abs(c).max()))
+    return ok, -g_val, (q if ok else None)

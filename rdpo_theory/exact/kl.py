@@ -101,6 +101,9 @@ def kldpo(
     t0 = time.perf_counter()
     if rho == 0:
         return _rho_zero(prob, solver, cvxpy_solver, t0)
+    collapsed = _collapse(prob, rho)
+    if collapsed is not None:
+        return _finish(prob, rho, *collapsed, solver, certificate, t0)
     if solver == "cvxpy":
         theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver)
     else:
@@ -143,10 +146,10 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
     )
 
 
-def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10):
+def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian=None):
     scale = 1.0 + float(np.max(dpo_loss(ck * (Xk @ (theta0 - prob.tref)))))
     obj = fast.KLDual(Xk, ck, pk, rho, prob.tref, p0=p0, lam_floor=floor_rel * scale)
-    th, ex, st, info = fast.damped_newton(obj, theta0, [lam0], radius=prob.radius)
+    th, ex, st, info = fast.damped_newton(obj, theta0, [lam0], radius=prob.radius, hessian=hessian)
     info["hit_lam_floor"] = bool(ex[0] <= obj.lam_floor)
     info["scale"] = scale
     return th, float(ex[0]), info
@@ -176,6 +179,19 @@ def _proj(th, radius):
         return th
     n = np.linalg.norm(th)
     return th if n <= radius else th * (radius / n)
+
+
+def _collapse(prob: Problem, rho: float):
+    """``(theta_ref, 0, q, info)`` when theta_ref is certified optimal, else None."""
+    inside = prob.radius is None or np.linalg.norm(prob.tref) < prob.radius * (1 - 1e-9)
+    if not inside:
+        return None
+    data = prob.data
+    ok, bound, q = fast.kl_collapse_threshold(data.X, prob.c, data.weights, rho=rho)
+    if not ok:
+        return None
+    info = {"collapse_certified": True, "rho_threshold": bound, "solver": "collapse test"}
+    return prob.tref.copy(), 0.0, q, info
 
 
 # ---------------------------------------------------------------------------- cvxpy path
@@ -265,6 +281,7 @@ def _solve_fast(prob: Problem, rho: float):
     if not np.any(p[np.flatnonzero(p > 0)] > 0):  # pragma: no cover - weights sum to 1
         raise SolverError("no positive weights", status="invalid")
     sub = fast.subsample(data.n, 50_000)
+    H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)
         Xs, cs = X[sub], c[sub]
@@ -274,10 +291,13 @@ def _solve_fast(prob: Problem, rho: float):
         info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
         if not lam0 > 0 or winfo["hit_lam_floor"]:
             lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
+        else:  # the subsample's Hessian at its optimum drives chord steps on the full data
+            sobj = fast.KLDual(Xs, cs, ps, rho, prob.tref)
+            H0 = sobj.derivs(sobj.state(th0, [lam0]))[1]
     else:
         th0 = _descent_start(prob, X, c, p)
         lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
-    th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0)
+    th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0, hessian=H0)
     info["newton"] = ninfo
     if ninfo["converged"] and lm > SMALL_LAM * ninfo["scale"]:
         return th, lm, None, info

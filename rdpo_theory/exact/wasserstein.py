@@ -211,13 +211,15 @@ def _w1_newton(prob: Problem, rho: float):
         s = float(np.sqrt(p @ (c * (X @ u)) ** 2))
         th0 = _proj(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
     sub = fast.subsample(data.n, 50_000)
+    H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum()
-        obj = fast.W1Penalty(X[sub], c[sub], ps, rho, prob.beta, prob.tref)
-        th0, _, _, winfo = fast.damped_newton(obj, th0, [], radius=prob.radius)
+        sobj = fast.W1Penalty(X[sub], c[sub], ps, rho, prob.beta, prob.tref)
+        th0, _, sst, winfo = fast.damped_newton(sobj, th0, [], radius=prob.radius)
         info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
+        H0 = sobj.derivs(sst)[1]
     obj = fast.W1Penalty(X, c, p, rho, prob.beta, prob.tref)
-    th, _, _, ninfo = fast.damped_newton(obj, th0, [], radius=prob.radius)
+    th, _, _, ninfo = fast.damped_newton(obj, th0, [], radius=prob.radius, hessian=H0)
     info["newton"] = ninfo
     if not ninfo["converged"]:
         keep = informative_rows(X, p)
