@@ -178,6 +178,29 @@ class World:
         pop = self.population.data
         return pop.X, pop.y
 
+    def robust_optimum(self, method: str, rho: float = 0.0, **kwargs):
+        """The exact population optimum of ``method`` over Theta (an ``ExactResult``).
+
+        ``method`` is ``"dpo"``, ``"kldpo"`` (theta^KL(rho)) or ``"wdpo"`` (theta^W(rho)), solved
+        on the exact P0 over Z with this world's ``beta``, ``theta_ref`` and radius ``B``
+        (override any of them, e.g. ``radius=None``, through ``kwargs``). WDPO's adversary moves
+        mass over all of Z (``candidates=self.candidates()``) unless ``candidates`` is given.
+        """
+        from .exact import dpo, kldpo, wdpo
+
+        kwargs.setdefault("beta", self.beta)
+        kwargs.setdefault("theta_ref", self.theta_ref)
+        kwargs.setdefault("radius", self.B)
+        data = self.population.data
+        if method == "dpo":
+            return dpo(data, **kwargs)
+        if method == "kldpo":
+            return kldpo(data, rho=rho, **kwargs)
+        if method == "wdpo":
+            kwargs.setdefault("candidates", self.candidates())
+            return wdpo(data, rho=rho, **kwargs)
+        raise InputError(f"method must be 'dpo', 'kldpo' or 'wdpo', got {method!r}")
+
     def coverage(self) -> float:
         """``lambda_min(Sigma_P0)`` with ``Sigma_P0 = E_P0[x x^T]`` (Assumption 2's lam0 at P0)."""
         return float(np.linalg.eigvalsh(self.population.data.second_moment())[0])

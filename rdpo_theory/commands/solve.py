@@ -1,4 +1,5 @@
-"""``rdpo solve``: solve DPO (and, as solvers land, its robust versions) exactly."""
+"""``rdpo solve``: solve DPO, KLDPO or WDPO exactly and print the dual, the worst case and the
+certificate gap."""
 
 from __future__ import annotations
 
@@ -42,6 +43,32 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="world and sample seed")
     p.add_argument("--beta", type=float, default=None, help="beta (default: the world's, or 1)")
     p.add_argument("--radius", type=float, default=None, help="constraint ||theta|| <= radius")
+    p.add_argument(
+        "--method",
+        choices=["dpo", "kldpo", "wdpo"],
+        default="dpo",
+        help="objective: DPO, KL-robust DPO or Wasserstein-robust DPO (default dpo)",
+    )
+    p.add_argument("--rho", type=float, default=0.0, help="uncertainty radius (default 0)")
+    p.add_argument("--p", type=float, default=1.0, help="Wasserstein order p >= 1 (default 1)")
+    p.add_argument(
+        "--kappa",
+        type=float,
+        default=float("inf"),
+        help="WDPO cost of a label flip (default inf: no flips)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=["cvxpy", "fast"],
+        default="cvxpy",
+        help="robust methods: conic programs or the fast Newton path (default cvxpy)",
+    )
+    p.add_argument(
+        "--candidates",
+        choices=["none", "world"],
+        default="world",
+        help="WDPO on a world: adversary over all of Z ('world', default) or continuous x",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -60,16 +87,50 @@ def load_problem(args) -> tuple[PreferenceData, float, World | None]:
     return data, (args.beta or world.beta), world
 
 
-def solve(args, data, beta):
-    from ..exact import dpo
+def solve(args, data, beta, world=None):
+    from ..exact import dpo, kldpo, wdpo
 
-    return dpo(data, beta=beta, radius=args.radius)
+    method = getattr(args, "method", "dpo")
+    if method == "dpo":
+        return dpo(data, beta=beta, radius=args.radius)
+    if method == "kldpo":
+        return kldpo(data, rho=args.rho, beta=beta, radius=args.radius, solver=args.solver)
+    cand = world.candidates() if world is not None and args.candidates == "world" else None
+    return wdpo(
+        data,
+        rho=args.rho,
+        beta=beta,
+        p=args.p,
+        kappa=args.kappa,
+        radius=args.radius,
+        candidates=cand,
+        solver=args.solver,
+    )
+
+
+def worst_case_summary(res) -> dict:
+    """A few numbers describing the adversary: KL or transport cost, effective support."""
+    out = {}
+    q = res.worst_case
+    if q is not None:
+        q = np.asarray(q, dtype=float)
+        out["worst_case_support"] = int(np.sum(q > 1e-12))
+        out["worst_case_max_weight"] = float(q.max())
+        out["worst_case_effective_size"] = float(1.0 / np.sum(q**2))
+    for key in ("kl_worst_case", "transport_cost", "rho_threshold", "lipschitz", "primal_value"):
+        v = res.info.get(key)
+        if isinstance(v, (int, float)):
+            out[key] = float(v)
+    if "flip_fraction" in res.info:
+        out["flipped_mass_share"] = float(np.mean(np.asarray(res.info["flip_fraction"]) > 0))
+    return out
 
 
 def run(args) -> int:
     data, beta, world = load_problem(args)
-    res = solve(args, data, beta)
+    res = solve(args, data, beta, world)
     out = res.summary()
+    out.update(worst_case_summary(res))
     out.update(n_support=data.n, d=data.d, beta=beta)
     if world is not None:
         out["world"] = world.name

@@ -371,6 +371,14 @@ def _finite(prob: Problem, rho, p, Xc, yc, C, cvxpy_solver, t0) -> ExactResult:
             "candidates or raise rho"
         )
     allowed = reach & (Cr <= 0) if rho == 0 else reach
+    if rho == 0 and _stays_put(data, rows, allowed, Xc, yc):
+        # every zero-cost move is to a copy of the point itself: the ball is {P0}, DPO exactly
+        res = dpo(
+            data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+        )
+        Cm = np.where(_allowed_full(Cp, rows, allowed), Cp, np.inf)
+        info = {"solver": "cvxpy", "rho_zero": "dpo", "candidates": int(Xc.shape[0])}
+        return _finite_result(prob, rho, Xc, yc, Cm, budget, res.theta, None, info, t0)
     ii, kk = np.nonzero(allowed)
     used = np.unique(kk)
     cc = 2.0 * yc - 1.0
@@ -390,6 +398,13 @@ def _finite(prob: Problem, rho, p, Xc, yc, C, cvxpy_solver, t0) -> ExactResult:
     )
     info.update(conic_status=status, cutting_plane_rounds=iters)
     return _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_val, info, t0)
+
+
+def _stays_put(data, rows, allowed, Xc, yc) -> bool:
+    ii, kk = np.nonzero(allowed)
+    r = rows[ii]
+    same = np.all(data.X[r] == Xc[kk], axis=1) & (data.y[r] == yc[kk])
+    return bool(same.all())
 
 
 def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, *, per_row=3):
