@@ -21,6 +21,8 @@ supremum at the returned theta). The functions here compute the adversary's *pri
 
 from __future__ import annotations
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
@@ -67,7 +69,16 @@ def kl_primal_sup(l, p, rho: float, *, p0: float = 0.0, method: str = "auto") ->
     prob = cp.Problem(
         cp.Maximize((ll - shift) @ q), [cp.sum(q) == 1, cp.sum(cp.rel_entr(q, pp)) <= rho]
     )
-    solve_problem(prob, what="KL certificate (primal sup over the KL ball)", **TIGHT)
+    for opts in (TIGHT, {}):  # tight tolerances first; Clarabel's defaults if it stalls
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                solve_problem(prob, what="KL certificate (primal sup over the KL ball)", **opts)
+            break
+        except SolverError:
+            continue
+    else:  # both stalled: the scalar root find is an independent primal computation too
+        return kl_primal_sup(l, p, rho, p0=p0, method="root")
     qv = np.clip(np.asarray(q.value, dtype=float), 0.0, None)
     return float(prob.value) + shift if qv.sum() > 0 else shift
 

@@ -1,0 +1,107 @@
+"""Fast exact paths: agreement with the cvxpy path over a seeded sweep, and building blocks."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from rdpo_theory import PreferenceData
+from rdpo_theory.exact import kldpo, wdpo
+from rdpo_theory.exact.fast import KLDual, _trs, gram, kl_collapse_threshold
+from rdpo_theory.rng import make_rng, stream_seed
+
+
+def _problem(i):
+    rng = make_rng(stream_seed(3, i))
+    n = int(rng.integers(40, 1500))
+    d = int(rng.integers(2, 6))
+    X = rng.standard_normal((n, d))
+    t = 2.5 * rng.standard_normal(d)
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ t))).astype(float)
+    w = rng.random(n) + 0.1
+    tref = 0.2 * rng.standard_normal(d)
+    radius = None if i % 3 else float(np.linalg.norm(t) * 0.3 + np.linalg.norm(tref))
+    beta = float(rng.uniform(0.3, 2.0))
+    return PreferenceData(X, y, w / w.sum()), tref, radius, beta, float(rng.uniform(0.002, 0.05))
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_kl_fast_agrees_with_cvxpy(i):
+    data, tref, radius, beta, rho = _problem(i)
+    a = kldpo(data, rho=rho, beta=beta, theta_ref=tref, radius=radius)
+    b = kldpo(data, rho=rho, beta=beta, theta_ref=tref, radius=radius, solver="fast")
+    assert a.regime == b.regime
+    assert b.value == pytest.approx(a.value, rel=1e-6)
+    np.testing.assert_allclose(b.theta, a.theta, atol=1e-4)
+    assert abs(b.gap) <= 1e-6 * b.value and abs(a.gap) <= 1e-6 * a.value
+    if a.dual > 0:
+        assert b.dual == pytest.approx(a.dual, rel=1e-4)
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_w1_fast_agrees_with_cvxpy(i):
+    data, tref, radius, beta, rho = _problem(i)
+    a = wdpo(data, rho=rho, beta=beta, theta_ref=tref, radius=radius)
+    b = wdpo(data, rho=rho, beta=beta, theta_ref=tref, radius=radius, solver="fast")
+    assert b.value == pytest.approx(a.value, rel=1e-6)
+    np.testing.assert_allclose(b.theta, a.theta, atol=1e-4)
+    assert abs(b.gap) <= 1e-12
+
+
+def test_fast_warm_start_path_on_large_n():
+    # n above the subsample size exercises the warm start and the chord steps
+    rng = make_rng(11)
+    n, d = 120_000, 4
+    X = rng.standard_normal((n, d)) / 2
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ np.array([3.0, -2.0, 1.0, 0.5])))).astype(float)
+    data = PreferenceData(X, y)
+    res = kldpo(data, rho=0.01, beta=1.0, solver="fast")
+    assert res.info["warm_start"]["rows"] == 50_000 and res.info["newton"]["converged"]
+    # independent check: L-BFGS on the same smooth dual in (theta, log lam)
+    obj = KLDual(X, data.signed_labels, data.weights, 0.01, np.zeros(d))
+
+    def f(z):
+        st = obj.state(z[:d], [np.exp(z[d])])
+        g = obj.gradient(st)
+        return st.f, np.concatenate([g[:d], [g[d] * np.exp(z[d])]])
+
+    z0 = np.concatenate([res.theta + 0.05, [np.log(res.dual) + 0.2]])
+    opt = minimize(f, z0, jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
+    assert res.value <= opt.fun + 1e-12
+    assert res.value == pytest.approx(opt.fun, rel=1e-8)
+    assert abs(res.gap) <= 1e-8
+    w = wdpo(data, rho=0.01, beta=1.0, solver="fast")
+    assert w.info["newton"]["converged"] and abs(w.gap) <= 1e-12
+
+
+def test_gram_blocks_and_trust_region_subproblem():
+    rng = make_rng(5)
+    X = rng.standard_normal((70_000, 5))
+    w = rng.random(70_000)
+    np.testing.assert_allclose(gram(X, w, block=4096), (X * w[:, None]).T @ X, rtol=1e-12)
+    M = rng.standard_normal((4, 4))
+    H, b, R = M @ M.T + 0.1 * np.eye(4), rng.standard_normal(4) * 10, 0.5
+    z = _trs(H, b, R)
+    assert np.linalg.norm(z) == pytest.approx(R, rel=1e-9)
+    # optimality: no point of a fine random sample of the ball does better
+    P = rng.standard_normal((20000, 4))
+    P *= (R * rng.random((20000, 1)) ** 0.25) / np.linalg.norm(P, axis=1, keepdims=True)
+    q = lambda v: v @ b + 0.5 * np.einsum("ij,jk,ik->i", v, H, v)  # noqa: E731
+    assert q(z[None])[0] <= q(P).min() + 1e-12
+
+
+def test_collapse_threshold_matches_min_kl_program():
+    import cvxpy as cp
+
+    rng = make_rng(8)
+    X = rng.standard_normal((60, 2))
+    c = np.where(rng.random(60) < 0.6, 1.0, -1.0)
+    p = np.full(60, 1 / 60)
+    ok, bound, q = kl_collapse_threshold(X, c, p, rho=10.0)
+    assert ok
+    mu = cp.Variable(60, nonneg=True)
+    prob = cp.Problem(
+        cp.Minimize(cp.sum(cp.rel_entr(mu, p))), [cp.sum(mu) == 1, (c[:, None] * X).T @ mu == 0]
+    )
+    prob.solve(solver="CLARABEL")
+    assert bound == pytest.approx(prob.value, rel=1e-6)
+    assert kl_collapse_threshold(X, c, p, rho=0.5 * bound)[0] is False
