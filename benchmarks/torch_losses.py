@@ -70,6 +70,7 @@ def main():
         "pairs",
         "tokens_per_row",
         "sec_per_step",
+        "sec_median",
         "time_vs_dpo",
         "peak_MiB",
         "mem_growth_MiB",
