@@ -29,17 +29,24 @@ def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | Non
 
     ``A`` has rows ``sy_i x_i``. Such a ``v`` exists exactly when the data are (quasi-)
     separable, i.e. the unconstrained logistic minimum is not attained (it is at infinity).
-    Solved as an LP with HiGHS.
+    Solved as an LP with scipy's HiGHS (cvxpy's HiGHS interface prints a banner on stdout,
+    which would corrupt ``rdpo solve --json``).
     """
     if A.shape[0] == 0:
         return None
-    v = cp.Variable(A.shape[1])
-    prob = cp.Problem(cp.Maximize(cp.sum(A @ v)), [A @ v >= 0, cp.abs(v) <= 1])
-    prob.solve(solver="HIGHS")
-    if prob.status != cp.OPTIMAL:  # pragma: no cover - the LP is always feasible and bounded
-        raise SolverError("separability check failed", status=str(prob.status))
-    if prob.value > tol * max(1.0, float(np.abs(A).sum())):
-        return np.asarray(v.value)
+    from scipy.optimize import linprog
+
+    res = linprog(
+        -A.sum(axis=0),
+        A_ub=-A,
+        b_ub=np.zeros(A.shape[0]),
+        bounds=[(-1, 1)] * A.shape[1],
+        method="highs",
+    )
+    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+        raise SolverError("separability check failed", status=f"linprog status {res.status}")
+    if -float(res.fun) > tol * max(1.0, float(np.abs(A).sum())):
+        return np.asarray(res.x)
     return None
 
 
