@@ -109,8 +109,14 @@ def damped_newton(
 
     ``obj`` provides ``state(theta, extra)``, ``derivs(state) -> (g, H)``,
     ``gradient(state)``, ``direction_margins(d_theta)``,
-    ``value_along(state, dm, theta, extra)`` and ``max_step(extra, d_extra)``. Stops when the
+    ``value_along(state, dm, theta, extra)``, ``max_step(extra, d_extra, theta, d_theta)``
+    and ``grad_noise(state)``. Stops when the
     Newton decrement ``-g.d`` is below ``tol * max(1, |f|)``.
+
+    Convergence is scale-aware: besides the decrement test, a point whose KKT residual
+    (:func:`kkt_residual`) is below the float64 rounding error of the gradient's own sums
+    (``obj.grad_noise(state)``, per coordinate) is converged, since no further progress can be
+    measured there. ``info["criterion"]`` says which test stopped the iteration.
 
     ``hessian``: an approximation of the Hessian at the solution (e.g. from a subsample's
     solve). It is reused (chord steps: one gradient pass per iteration, no ``X^T W X``) until a
@@ -124,6 +130,8 @@ def damped_newton(
     st = obj.state(theta, extra)
     dec = np.inf
     converged = False
+    criterion = None
+    resid, noise = np.inf, 0.0
     it = 0
     H_fixed = None if hessian is None else np.asarray(hessian, dtype=float)
     exact_hessians = 0
@@ -138,11 +146,19 @@ def damped_newton(
         dec = float(-(g @ step))
         scale = max(1.0, abs(st.f))
         if dec <= tol * scale:
-            converged = True
+            converged, criterion = True, "newton decrement"
+            break
+        r = kkt_residual(g, theta, radius)
+        nz = obj.grad_noise(st)
+        resid, noise = float(np.max(np.abs(r) / nz)), float(np.linalg.norm(nz))
+        if resid <= 1.0:
+            # every KKT component is below the rounding error of its own float64 sum: no
+            # further progress can be measured, and the point is optimal to that precision
+            converged, criterion = True, "kkt residual at float64 noise floor"
             break
         dth, dex = step[:d], step[d:]
         dm = obj.direction_margins(dth)
-        t = min(1.0, obj.max_step(extra, dex))
+        t = min(1.0, obj.max_step(extra, dex, theta, dth))
         accepted = False
         if dec <= 1e-12 * scale:
             # quadratic-convergence region: f cannot resolve the decrease, take the full step
@@ -162,6 +178,7 @@ def damped_newton(
                 continue
             # numerical floor: the decrease is below what float64 can resolve in f
             converged = dec <= 1e-13 * scale
+            criterion = "decrease below float64 resolution of f" if converged else None
             break
         if t < 1.0:
             H_fixed = None
@@ -181,8 +198,39 @@ def damped_newton(
             "exact_hessians": exact_hessians,
             "newton_decrement": dec,
             "converged": converged,
+            "criterion": criterion,
+            "kkt_residual_over_noise": resid,
+            "gradient_noise": noise,
         },
     )
+
+
+#: Rounding-error multiple used by ``grad_noise``: a float64 sum of n terms is accurate to
+#: about ``eps * sqrt(n) * sum |terms|`` (random-walk accumulation); 16 is a safety factor.
+NOISE_FACTOR = 16.0
+
+
+def sum_noise(abs_sum: float, n: int) -> float:
+    """Rounding error bound of a float64 sum of ``n`` terms whose absolute values sum to
+    ``abs_sum``."""
+    return NOISE_FACTOR * np.finfo(float).eps * np.sqrt(n + 1.0) * abs_sum + 1e-300
+
+
+def kkt_residual(g, theta, radius) -> np.ndarray:
+    """KKT residual of ``min f`` over ``||theta|| <= radius`` (and free extra coordinates).
+
+    ``g`` is the gradient over ``(theta, extra)``. Inside the ball the residual is ``g``; on
+    the sphere it is ``g + nu (theta, 0)`` with the multiplier ``nu = max(0, -g.theta /
+    ||theta||^2)`` (least squares), so it vanishes exactly at a KKT point (stationarity,
+    ``nu >= 0``, complementary slackness)."""
+    r = np.array(g, dtype=float)
+    d = theta.shape[0]
+    if radius is not None:
+        nt = float(theta @ theta)
+        if nt > 0 and np.sqrt(nt) >= radius * (1 - 1e-9):
+            nu = max(0.0, -float(r[:d] @ theta) / nt)
+            r[:d] += nu * theta
+    return r
 
 
 # ---------------------------------------------------------------------------- KL dual
@@ -255,9 +303,19 @@ class KLDual:
     def value_along(self, s, dm, theta, extra):
         return self._eval(s.m + dm, float(extra[0]))
 
-    def max_step(self, extra, dex):
+    def max_step(self, extra, dex, theta=None, dth=None):
         # keep lam > 0: at most 3/4 of the way to zero
         return 0.75 * extra[0] / -dex[0] if dex[0] < 0 else 1.0
+
+    def grad_noise(self, s):
+        """Per-coordinate rounding-error bound of :meth:`gradient` (d + 1,)."""
+        if not hasattr(self, "_xmax"):
+            self._xmax = float(np.abs(self.X).max()) if self.X.size else 0.0
+        n = self.X.shape[0]
+        w = float(np.sum(s.q * expit(-s.m) * np.abs(self.c)))
+        nt = sum_noise(self._xmax * w, n)
+        nl = sum_noise(self.rho + abs(s.logZ) + (abs(s.lbar) + float(s.q @ np.abs(s.l))) / s.lam, n)
+        return np.concatenate([np.full(self.X.shape[1], nt), [nl]])
 
     def stop(self, extra):
         return extra[0] <= self.lam_floor
@@ -353,11 +411,62 @@ class W1Penalty:
     def value_along(self, s, dm, theta, extra):
         return self._eval(s.m + dm, theta)
 
-    def max_step(self, extra, dex):
-        return 1.0
+    def max_step(self, extra, dex, theta=None, dth=None):
+        """Step cap: at most half of the way to the kink ``theta = theta_ref`` of the norm
+        (Newton models of ``||theta - theta_ref||`` are meaningless across it)."""
+        if theta is None or dth is None or self.rho == 0:
+            return 1.0
+        delta = theta - self.tref
+        dd = float(delta @ delta)
+        a = float(dth @ dth)
+        b = 2.0 * float(delta @ dth)
+        if dd == 0 or a == 0 or b >= 0:
+            return 1.0
+        disc = b * b - 3.0 * a * dd  # a t^2 + b t + 3/4 ||delta||^2 = 0: distance = ||delta||/2
+        if disc <= 0:
+            return 1.0
+        return max((-b - np.sqrt(disc)) / (2.0 * a), 1e-12)
+
+    def grad_noise(self, s):
+        """Per-coordinate rounding-error bound of :meth:`gradient` (d,)."""
+        if not hasattr(self, "_xmax"):
+            self._xmax = float(np.abs(self.X).max()) if self.X.size else 0.0
+        w = float(np.sum(self.p * expit(-s.m) * np.abs(self.c)))
+        reg = self.rho * self.beta
+        return np.full(self.X.shape[1], sum_noise(self._xmax * w + reg, self.X.shape[0]))
 
     def stop(self, extra):
         return False
+
+
+def convex_line_min(f, s_max: float, s0: float = 1.0) -> float:
+    """Minimiser of a convex function ``f`` of one variable over ``[0, s_max]`` (``s_max`` may
+    be inf: then the interval is bracketed by doubling from ``s0``)."""
+    from scipy.optimize import minimize_scalar
+
+    if not np.isfinite(s_max):
+        hi, fhi = s0, f(s0)
+        for _ in range(80):
+            f2 = f(2.0 * hi)
+            if not f2 < fhi:
+                break
+            hi, fhi = 2.0 * hi, f2
+        s_max = 2.0 * hi
+    res = minimize_scalar(
+        f, bounds=(0.0, s_max), method="bounded", options={"xatol": 1e-12 * s_max}
+    )
+    s = float(res.x)
+    return s_max if f(s_max) < f(s) else s
+
+
+def ray_limit(base, u, radius) -> float:
+    """Largest ``s >= 0`` with ``||base + s u|| <= radius`` (inf without a radius)."""
+    if radius is None:
+        return np.inf
+    a, b, c = float(u @ u), 2.0 * float(base @ u), float(base @ base) - radius**2
+    if a == 0:
+        return np.inf
+    return max(0.0, (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
 
 
 def subsample(n: int, size: int, seed: int = 0) -> np.ndarray | None:
@@ -379,7 +488,7 @@ def require_converged(info, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- KL collapse test
-def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100):
+def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100, direction: bool = False):
     """Test whether ``theta = theta_ref`` is KL-robust optimal (the collapse), for interior
     theta_ref.
 
@@ -391,8 +500,16 @@ def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100):
 
     a smooth concave problem solved by Newton. Every iterate gives a lower bound, so the search
     stops as soon as the bound exceeds rho. Returns ``(collapsed, bound, q)``; ``q`` (n,) is the
-    saddle distribution when ``collapsed``.
+    saddle distribution when ``collapsed``. With ``direction=True`` a fourth item ``w`` (d,)
+    is returned: when not collapsed, ``theta - theta_ref = -2 s w``, ``lam = s`` is a descent
+    ray of the KL dual out of its degenerate corner ``(theta_ref, 0)`` (linearising
+    ``l = log 2 - m / 2`` gives ``F = log 2 + s (rho + log E_p exp(w . a)) < log 2``).
     """
+    out = _kl_collapse(X, c, p, rho, max_iter)
+    return out if direction else out[:3]
+
+
+def _kl_collapse(X, c, p, rho, max_iter):
     d = X.shape[1]
     w = np.zeros(d)
     pos = p > 0
@@ -409,13 +526,13 @@ def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100):
     g_val, q = lse(s)
     for _ in range(max_iter):
         if -g_val > rho * (1 + 1e-12):
-            return False, -g_val, None
+            return False, -g_val, None, w
         grad = X.T @ (q * c)
         H = gram(X, q * c * c) - np.outer(grad, grad)
         try:
             step = -np.linalg.solve(H + 1e-14 * np.trace(H) / d * np.eye(d), grad)
         except np.linalg.LinAlgError:
-            return False, -g_val, None
+            return False, -g_val, None, w
         dec = float(-(grad @ step))
         if dec <= 1e-22:
             break
@@ -431,4 +548,4 @@ def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100):
         w, s, g_val, q = w + t * step, s + t * ds, g_new, q_new
     resid = float(np.linalg.norm(X.T @ (q * c)))
     ok = -g_val <= rho * (1 + 1e-9) + 1e-15 and resid <= 1e-9 * (1 + float(np.abs(c).max()))
-    return ok, -g_val, (q if ok else None)
+    return ok, -g_val, (q if ok else None), w

@@ -36,6 +36,7 @@ from . import certificates as cert
 from . import fast
 from ._common import Problem, check_rho, check_solver, on_boundary, prepare, raise_if_separable
 from .dpo import dpo, informative_rows
+from .fast import LOG2
 from .result import ExactResult, solve_problem
 
 LIMIT_STATUS = "optimal (max-loss limit)"
@@ -101,13 +102,13 @@ def kldpo(
     t0 = time.perf_counter()
     if rho == 0:
         return _rho_zero(prob, solver, cvxpy_solver, t0)
-    collapsed = _collapse(prob, rho)
+    collapsed, ray = _collapse(prob, rho)
     if collapsed is not None:
         return _finish(prob, rho, *collapsed, solver, certificate, t0)
     if solver == "cvxpy":
-        theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver)
+        theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver, ray)
     else:
-        theta, lam, mu, info = _solve_fast(prob, rho)
+        theta, lam, mu, info = _solve_fast(prob, rho, ray)
     return _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0)
 
 
@@ -174,6 +175,47 @@ def _descent_start(prob, Xk, ck, pk) -> np.ndarray:
     return _proj(th, prob.radius)
 
 
+def _ray_start(prob, X, c, p, rho, w, p0=0.0):
+    """``(theta, lam, F)`` minimising the KL dual along the ray ``(theta_ref - 2 s w, s)``,
+    ``s > 0``, out of the degenerate corner ``(theta_ref, 0)`` (see
+    :func:`.fast.kl_collapse_threshold`), or None. Starting there keeps Newton in the sublevel
+    set ``F < log 2``, away from the corner, where Newton steps degenerate along rays towards
+    it (the dual is a perspective, linear along rays through the corner)."""
+    if w is None or not np.any(w):
+        return None
+    v = -2.0 * np.asarray(w, dtype=float)
+    base = prob.tref
+    mv = c * (X @ v)
+    pos = p > 0
+    logp = np.log(p[pos])
+    mv = mv[pos]
+    if p0 > 0:  # the aggregated x = 0 rows: one atom of constant loss log 2
+        logp, mv = np.append(logp, np.log(p0)), np.append(mv, 0.0)
+
+    def F(s):
+        if not s > 0:
+            return LOG2
+        a = dpo_loss(s * mv) / s + logp
+        M = float(a.max())
+        return s * rho + s * (M + float(np.log(np.exp(a - M).sum())))
+
+    s = fast.convex_line_min(F, fast.ray_limit(base, v, prob.radius), s0=1e-3)
+    if not s > 0:
+        return None
+    return base + s * v, s, F(s)
+
+
+def _best_start(prob, X, c, p, rho, ray, p0=0.0):
+    """The lower of the descent start and the ray start: ``(theta, lam, which)``."""
+    th0 = _descent_start(prob, X, c, p)
+    lam0 = _start_lambda(prob, X, c, p, p0, rho, th0)
+    f0 = fast.KLDual(X, c, p, rho, prob.tref, p0=p0).state(th0, [lam0]).f
+    alt = _ray_start(prob, X, c, p, rho, ray, p0)
+    if alt is not None and alt[2] < f0:
+        return alt[0], alt[1], "ray"
+    return th0, lam0, "descent"
+
+
 def _proj(th, radius):
     if radius is None:
         return th
@@ -182,20 +224,23 @@ def _proj(th, radius):
 
 
 def _collapse(prob: Problem, rho: float):
-    """``(theta_ref, 0, q, info)`` when theta_ref is certified optimal, else None."""
+    """``((theta_ref, 0, q, info), None)`` when theta_ref is certified optimal, else
+    ``(None, w)`` with ``w`` the ray direction of :func:`_ray_start` (None if not computed)."""
     inside = prob.radius is None or np.linalg.norm(prob.tref) < prob.radius * (1 - 1e-9)
     if not inside:
-        return None
+        return None, None
     data = prob.data
-    ok, bound, q = fast.kl_collapse_threshold(data.X, prob.c, data.weights, rho=rho)
+    ok, bound, q, w = fast.kl_collapse_threshold(
+        data.X, prob.c, data.weights, rho=rho, direction=True
+    )
     if not ok:
-        return None
+        return None, w
     info = {"collapse_certified": True, "rho_threshold": bound, "solver": "collapse test"}
-    return prob.tref.copy(), 0.0, q, info
+    return (prob.tref.copy(), 0.0, q, info), None
 
 
 # ---------------------------------------------------------------------------- cvxpy path
-def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str):
+def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     keep, Xk, ck, pk, p0 = _split(prob)
     info: dict = {"solver": "cvxpy", "cvxpy_solver": cvxpy_solver}
     if not keep.any():
@@ -248,16 +293,16 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str):
     if limit["holds"]:
         return limit["theta"], 0.0, limit["mu"], info
     # lam* is small but positive: Newton from the best available point
-    th0 = (
-        _proj(np.asarray(theta.value, dtype=float), prob.radius)
-        if theta.value is not None
-        else _descent_start(prob, Xk, ck, pk)
-    )
-    lam0 = _start_lambda(prob, Xk, ck, pk, p0, rho, th0)
-    th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, lam0, floor_rel=0.0)
-    info["newton"] = ninfo
-    if ninfo["converged"] and lm > 0:
-        return th, lm, None, info
+    starts = []
+    if theta.value is not None:
+        th0 = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+        starts.append((th0, _start_lambda(prob, Xk, ck, pk, p0, rho, th0), "conic"))
+    starts.append(_best_start(prob, Xk, ck, pk, rho, ray, p0))
+    for th0, lam0, which in starts:
+        th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, lam0, floor_rel=0.0)
+        info["newton"], info["newton_start"] = ninfo, which
+        if ninfo["converged"] and lm > 0:
+            return th, lm, None, info
     raise SolverError(
         "exact KLDPO: neither the conic program nor Newton certified an optimum.",
         status=str(info.get("conic_status")),
@@ -274,7 +319,7 @@ def _all_constant(prob, info):
 
 
 # ---------------------------------------------------------------------------- fast path
-def _solve_fast(prob: Problem, rho: float):
+def _solve_fast(prob: Problem, rho: float, ray=None):
     data = prob.data
     X, c, p = data.X, prob.c, data.weights
     info: dict = {"solver": "fast"}
@@ -285,18 +330,20 @@ def _solve_fast(prob: Problem, rho: float):
     if sub is not None:
         ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)
         Xs, cs = X[sub], c[sub]
-        th0 = _descent_start(prob, Xs, cs, ps)
-        lam0 = _start_lambda(prob, Xs, cs, ps, 0.0, rho, th0)
+        th0, lam0, which = _best_start(prob, Xs, cs, ps, rho, ray)
         th0, lam0, winfo = _newton(prob, Xs, cs, ps, 0.0, rho, th0, lam0)
-        info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
+        info["warm_start"] = {
+            "rows": int(sub.size),
+            "iterations": winfo["iterations"],
+            "start": which,
+        }
         if not lam0 > 0 or winfo["hit_lam_floor"]:
             lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
         else:  # the subsample's Hessian at its optimum drives chord steps on the full data
             sobj = fast.KLDual(Xs, cs, ps, rho, prob.tref)
             H0 = sobj.derivs(sobj.state(th0, [lam0]))[1]
     else:
-        th0 = _descent_start(prob, X, c, p)
-        lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
+        th0, lam0, info["start"] = _best_start(prob, X, c, p, rho, ray)
     th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0, hessian=H0)
     info["newton"] = ninfo
     if ninfo["converged"] and lm > SMALL_LAM * ninfo["scale"]:

@@ -199,17 +199,38 @@ def _w1_newton(prob: Problem, rho: float):
     X, c, p = data.X, prob.c, data.weights
     info: dict = {"solver": "fast"}
     ref = prob.feasible_ref()
-    g_ref = X.T @ (p * c * -0.5)  # gradient of E_p l at theta_ref
-    ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
-    if rho > 0 and ref_inside and np.linalg.norm(g_ref) <= rho * prob.beta:
+    collapse = w1_collapse(prob, rho)
+    if collapse is not None:
+        info.update(collapse)
         info["newton"] = {"iterations": 0, "converged": True, "newton_decrement": 0.0}
         return prob.tref.copy(), info
+    g_ref = X.T @ (p * c * -0.5)  # gradient of E_p l at theta_ref
     ng = float(np.linalg.norm(g_ref))
+    if rho > 0:
+        info["rho_threshold"] = ng / prob.beta
     th0 = ref
     if ng > 0:
         u = -g_ref / ng
         s = float(np.sqrt(p @ (c * (X @ u)) ** 2))
         th0 = _proj(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
+        if rho > 0:
+            # the ray out of the kink at theta_ref along -grad: its minimiser has a value below
+            # f(theta_ref) (directional derivative rho beta - ||grad|| < 0), so descent from
+            # there never comes back to the kink, where Newton models of the norm break down
+            rs = fast.subsample(data.n, 50_000)
+            Xr, cr, pr = (X, c, p) if rs is None else (X[rs], c[rs], p[rs] / p[rs].sum())
+            mu = cr * (Xr @ u)
+            m0 = cr * (Xr @ (ref - prob.tref))
+            rb = rho * prob.beta
+
+            def f_ray(t):
+                return float(pr @ dpo_loss(m0 + t * mu)) + rb * float(
+                    np.linalg.norm(ref + t * u - prob.tref)
+                )
+
+            t_star = fast.convex_line_min(f_ray, fast.ray_limit(ref, u, prob.radius), s0=1e-3)
+            if t_star > 0:
+                th0 = ref + t_star * u
     sub = fast.subsample(data.n, 50_000)
     H0 = None
     if sub is not None:
@@ -221,12 +242,45 @@ def _w1_newton(prob: Problem, rho: float):
     obj = fast.W1Penalty(X, c, p, rho, prob.beta, prob.tref)
     th, _, _, ninfo = fast.damped_newton(obj, th0, [], radius=prob.radius, hessian=H0)
     info["newton"] = ninfo
-    if not ninfo["converged"]:
+    if prob.radius is None and rho == 0:
+        # Separable data have no minimiser, yet f -> 0 along a ray, so every stopping test
+        # fires far out. Any row with a negative margin proves non-separability (no theta makes
+        # every margin >= 0); otherwise the separability LP decides.
+        m = obj.margins(th)
         keep = informative_rows(X, p)
-        if prob.radius is None and rho == 0:
+        if not np.any(m[keep] < 0):
             raise_if_separable(c[keep, None] * X[keep], "DPO (fast)")
+    if not ninfo["converged"]:
         fast.require_converged(ninfo, "exact WDPO (fast)")
     return th, info
+
+
+def w1_collapse(prob: Problem, rho: float) -> dict | None:
+    """Certified collapse of continuous WDPO-1 with kappa = inf: ``theta = theta_ref`` is optimal.
+
+    The objective ``f(theta) = E_p l + rho beta ||theta - theta_ref||`` is convex with
+    subdifferential ``grad E_p l(theta_ref) + rho beta {v : ||v|| <= 1}`` at theta_ref, and
+    ``grad E_p l(theta_ref) = -(1/2) sum_i p_i sy_i beta x_i`` (every margin is 0 there). So, for
+    theta_ref in the parameter ball, ``0`` is a subgradient (theta_ref optimal) iff
+    ``rho beta >= ||grad E_p l(theta_ref)||``, i.e. ``rho >= rho_threshold =
+    ||sum_i p_i sy_i x_i|| / 2``. (On the sphere this is sufficient; the normal cone could only
+    enlarge the set.) Returns the info entries when collapsed, else None.
+    """
+    if rho <= 0:
+        return None
+    data = prob.data
+    inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
+    if not inside:
+        return None
+    g_ref = data.X.T @ (data.weights * prob.c * -0.5)
+    ng = float(np.linalg.norm(g_ref))
+    if ng > rho * prob.beta:
+        return None
+    return {
+        "collapse_certified": True,
+        "rho_threshold": ng / prob.beta,
+        "collapse_test": "rho * beta >= ||grad of E_p l at theta_ref|| (subgradient condition)",
+    }
 
 
 def _proj(th, radius):
@@ -270,6 +324,14 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     if np.isfinite(kappa) and ref_inside and _sa_collapse(A, pk, prob.beta, rho, kappa):
         info["collapse_certified"] = True
         return prob.tref.copy()
+    if not np.isfinite(kappa):
+        collapse = w1_collapse(prob, rho)
+        if collapse is not None:
+            info.update(collapse)
+            return prob.tref.copy()
+        info["rho_threshold"] = float(
+            np.linalg.norm(data.X.T @ (data.weights * prob.c * -0.5)) / prob.beta
+        )
     theta = cp.Variable(data.d, name="theta")
     m = A @ theta - A @ prob.tref
     norm = prob.beta * cp.norm(theta - prob.tref, 2)
@@ -289,10 +351,6 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     info["conic_status"] = status
     th = _proj(np.asarray(theta.value, dtype=float), prob.radius)
     if not np.isfinite(kappa):  # smooth away from theta_ref: polish with Newton
-        g_ref = data.X.T @ (data.weights * prob.c * -0.5)
-        ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
-        if ref_inside and np.linalg.norm(g_ref) <= rho * prob.beta:
-            return prob.tref.copy()  # the subgradient condition certifies theta_ref
         obj = fast.W1Penalty(data.X[keep], prob.c[keep], pk, rho, prob.beta, prob.tref)
         f0 = obj.state(th, []).f
         th1, _, st, ninfo = fast.damped_newton(obj, th, [], radius=prob.radius)
