@@ -174,3 +174,62 @@ def test_solver_error_still_raised_when_not_certified():
         wdpo(X, y, rho=0.0, beta=1.0, solver="fast")
     r = wdpo(X, y, rho=0.01, beta=1.0, solver="fast")
     assert r.value == pytest.approx(wdpo(X, y, rho=0.01, beta=1.0).value, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------- item 3: KL cert
+def test_kl_auto_certificate_falls_back_when_the_conic_solve_is_inaccurate(
+    rates_world, monkeypatch
+):
+    from rdpo_theory.exact import certificates as cert
+
+    w = rates_world
+    data = w.empirical(2000, 3)
+    kw = dict(rho=0.03, beta=w.beta, theta_ref=w.theta_ref, radius=w.B)
+    good = kldpo(data, **kw)
+    assert good.info["certificate"] == cert.CONIC and abs(good.gap) <= 1e-9
+
+    def inaccurate(*a, **k):
+        raise SolverError("stalled", status="optimal_inaccurate")
+
+    monkeypatch.setattr(cert, "_kl_conic_certificate", inaccurate)
+    r = kldpo(data, **kw)
+    assert r.info["certificate"] == cert.ROOT
+    assert "optimal_inaccurate" in r.info["certificate_note"]
+    assert r.gap == pytest.approx(good.gap, abs=1e-9) and abs(r.gap) <= 1e-9
+    with pytest.raises(SolverError):  # asked for the conic certificate explicitly: no number
+        kldpo(data, certificate="cvxpy", **kw)
+    # a conic value that is off is not trusted either
+    monkeypatch.setattr(cert, "_kl_conic_certificate", lambda ll, pp, rho: 1e-6 + _root(ll, pp))
+    r = kldpo(data, **kw)
+    assert r.info["certificate"] == cert.ROOT and "disagrees" in r.info["certificate_note"]
+    assert abs(r.gap) <= 1e-9
+
+
+def _root(ll, pp):
+    from rdpo_theory.exact.certificates import kl_primal_sup
+
+    return kl_primal_sup(ll, pp, 0.03, method="root")
+
+
+def test_kl_root_certificate_matches_the_primal_program():
+    """The tilted distribution with KL = rho is the primal optimum (KKT): compare with the
+    conic program on random losses, and with max l in the max-loss regime."""
+    from rdpo_theory.exact.certificates import kl_primal_certificate
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        l = rng.uniform(0.1, 2.0, 60)
+        p = rng.random(60) + 0.05
+        p /= p.sum()
+        a, ia = kl_primal_certificate(l, p, 0.05, method="root")
+        b, ib = kl_primal_certificate(l, p, 0.05, method="cvxpy")
+        assert a == pytest.approx(b, abs=1e-8) and ia["certificate"] != ib["certificate"]
+    top = int(np.argmax(l))
+    assert kl_primal_certificate(l, p, -np.log(p[top]) + 0.1, method="root")[0] == l[top]
+
+
+def test_kl_bad_certificate_name():
+    from rdpo_theory.errors import InputError
+
+    with pytest.raises(InputError, match="certificate"):
+        kldpo(np.eye(2), [1, 0], rho=0.1, beta=1.0, certificate="exact")

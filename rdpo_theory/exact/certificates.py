@@ -44,43 +44,103 @@ def kl_primal_sup(l, p, rho: float, *, p0: float = 0.0, method: str = "auto") ->
 
     ``p0`` is the mass of an extra atom with loss log 2 (aggregated x = 0 rows). ``method`` is
     ``"cvxpy"`` (the primal program with ``cp.rel_entr``, Clarabel), ``"root"`` (the feasible
-    tilted distribution with KL = rho) or ``"auto"`` (cvxpy up to ``KL_CVXPY_MAX_ROWS`` rows).
+    tilted distribution with KL = rho) or ``"auto"`` (see :func:`kl_primal_certificate`).
     Returns the value in nats.
+    """
+    return kl_primal_certificate(l, p, rho, p0=p0, method=method)[0]
+
+
+def kl_primal_certificate(
+    l, p, rho: float, *, p0: float = 0.0, method: str = "auto"
+) -> tuple[float, dict]:
+    """The KL primal supremum and how it was certified: ``(value, info)``.
+
+    * ``"root"``: the tilted distribution ``q ∝ p exp(l / lam)`` with ``KL(q || p) = rho``
+      (Brent root in log lam), which satisfies the KKT conditions of the primal exactly, so
+      ``E_q l`` is the supremum; its KL is checked against rho (else SolverError). When
+      ``rho >= -log P(argmax l)`` the supremum is ``max l`` (lam = 0).
+    * ``"cvxpy"``: ``max sum q l`` s.t. ``sum rel_entr(q, p) <= rho`` by Clarabel at tight
+      tolerances; anything but ``optimal`` raises SolverError (never a value from an
+      inaccurate solve).
+    * ``"auto"``: the conic certificate up to ``KL_CVXPY_MAX_ROWS`` rows, cross-checked by the
+      root certificate; when the conic solve fails, is inaccurate, or disagrees with the root
+      one by more than 1e-8 (relative), the root certificate is used. Above the row limit:
+      root.
+
+    ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"`` or ``"root
+    (tilted distribution)"``); ``info["certificate_note"]`` says why auto fell back.
     """
     l = np.asarray(l, dtype=float)
     p = np.asarray(p, dtype=float)
     pos = p > 0
     ll = np.concatenate([l[pos], [LOG2]]) if p0 > 0 else l[pos]
     pp = np.concatenate([p[pos], [p0]]) if p0 > 0 else p[pos]
-    if method == "auto":
-        method = "cvxpy" if ll.shape[0] <= KL_CVXPY_MAX_ROWS else "root"
-    if rho == 0:
-        return float(pp @ ll)
-    if method == "root":
-        lam = kl_lambda_for_theta(l, p, rho, p0=p0)
-        if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
-            return float(ll.max())
-        return kl_tilt(ll, pp, lam)[2]
-    if method != "cvxpy":
+    if method not in ("auto", "cvxpy", "root"):
         raise ValueError(f"unknown method {method!r}")
+    if rho == 0:
+        return float(pp @ ll), {"certificate": "rho = 0 (E_p l)"}
+    if method == "root" or (method == "auto" and ll.shape[0] > KL_CVXPY_MAX_ROWS):
+        return _kl_root_certificate(l, p, rho, p0, ll, pp), {"certificate": ROOT}
+    try:
+        value = _kl_conic_certificate(ll, pp, rho)
+    except (SolverError, cp.error.SolverError, ValueError, ArithmeticError) as exc:
+        if method == "cvxpy":
+            if isinstance(exc, SolverError):
+                raise
+            raise SolverError(
+                f"KL certificate (primal sup over the KL ball): {exc}",
+                status="solver_error",
+                hint="use certificate='root' (the exact tilted distribution).",
+            ) from exc
+        status = getattr(exc, "status", type(exc).__name__)
+        value = _kl_root_certificate(l, p, rho, p0, ll, pp)
+        return value, {"certificate": ROOT, "certificate_note": f"conic certificate {status}"}
+    if method == "cvxpy":
+        return value, {"certificate": CONIC}
+    root = _kl_root_certificate(l, p, rho, p0, ll, pp)
+    if abs(value - root) > 1e-8 * max(1.0, abs(root)):
+        note = f"conic certificate {value!r} disagrees with the exact tilted one {root!r}"
+        return root, {"certificate": ROOT, "certificate_note": note}
+    return value, {"certificate": CONIC, "certificate_root_diff": value - root}
+
+
+CONIC = "cvxpy (rel_entr)"
+ROOT = "root (tilted distribution)"
+
+
+def _kl_root_certificate(l, p, rho, p0, ll, pp) -> float:
+    lam = kl_lambda_for_theta(l, p, rho, p0=p0)
+    if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
+        return float(ll.max())
+    q, kl, value = kl_tilt(ll, pp, lam)
+    if not abs(kl - rho) <= 1e-9 * max(rho, 1e-12) + 1e-14:
+        raise SolverError(
+            f"KL certificate: the tilted distribution has KL {kl!r}, not rho = {rho!r}.",
+            status="root_inaccurate",
+            hint="rescale beta (the losses' spread is at the limit of float64).",
+        )
+    return value
+
+
+def _kl_conic_certificate(ll, pp, rho) -> float:
     # shift the losses so the program is scaled around 0 (the value shifts by the same amount)
     shift = float(ll.max())
     q = cp.Variable(ll.shape[0], nonneg=True)
     prob = cp.Problem(
         cp.Maximize((ll - shift) @ q), [cp.sum(q) == 1, cp.sum(cp.rel_entr(q, pp)) <= rho]
     )
+    last = None
     for opts in (TIGHT, {}):  # tight tolerances first; Clarabel's defaults if it stalls
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 solve_problem(prob, what="KL certificate (primal sup over the KL ball)", **opts)
             break
-        except SolverError:
-            continue
-    else:  # both stalled: the scalar root find is an independent primal computation too
-        return kl_primal_sup(l, p, rho, p0=p0, method="root")
-    qv = np.clip(np.asarray(q.value, dtype=float), 0.0, None)
-    return float(prob.value) + shift if qv.sum() > 0 else shift
+        except SolverError as exc:
+            last = exc
+    else:
+        raise last
+    return float(prob.value) + shift
 
 
 # ---------------------------------------------------------------------------- transport LP

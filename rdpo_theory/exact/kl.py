@@ -30,7 +30,7 @@ import warnings
 import cvxpy as cp
 import numpy as np
 
-from ..errors import SolverError
+from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
@@ -77,7 +77,10 @@ def kldpo(
     cvxpy_solver : str
         Conic solver for the cvxpy path (default Clarabel).
     certificate : {"auto", "cvxpy", "root"}
-        How the independent primal supremum is computed (see :func:`certificates.kl_primal_sup`).
+        How the independent primal supremum is computed (see
+        :func:`certificates.kl_primal_certificate`): ``"auto"`` uses the conic program
+        (``cp.rel_entr``) cross-checked by the exact tilted distribution and falls back to the
+        latter when the conic solve is inaccurate; ``info["certificate"]`` records which.
 
     Returns
     -------
@@ -99,6 +102,8 @@ def kldpo(
     prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
     rho = check_rho(rho)
     solver = check_solver(solver)
+    if certificate not in ("auto", "cvxpy", "root"):
+        raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
     t0 = time.perf_counter()
     if rho == 0:
         return _rho_zero(prob, solver, cvxpy_solver, t0)
@@ -455,7 +460,8 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         q = mu
         regime, status = "max-loss limit", LIMIT_STATUS
     keep, _, _, pk, p0 = _split(prob)
-    primal = cert.kl_primal_sup(l[keep], pk, rho, p0=p0, method=certificate)
+    primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
+    info.update(cinfo)
     collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
     info.update(
         seconds=time.perf_counter() - t0,
