@@ -11,7 +11,7 @@ import pytest
 from rdpo_theory.errors import SolverError
 from rdpo_theory.exact import dpo, fast, kldpo, wdpo
 from rdpo_theory.exact.dpo import kkt_certificate
-from rdpo_theory.losses import dpo_risk
+from rdpo_theory.losses import dpo_loss, dpo_risk
 from rdpo_theory.worlds import World
 
 
@@ -233,3 +233,42 @@ def test_kl_bad_certificate_name():
 
     with pytest.raises(InputError, match="certificate"):
         kldpo(np.eye(2), [1, 0], rho=0.1, beta=1.0, certificate="exact")
+
+
+# ---------------------------------------------------------------------------- item 4: grids
+def _grid_problem(seed):
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.uniform(-1, 1, (6, 2)) / 0.05) * 0.05
+    y = (rng.random(6) < 0.7).astype(float)
+    ax = np.linspace(-1.6, 1.6, 40)
+    G = np.array(np.meshgrid(ax, ax)).reshape(2, -1).T  # 1600 points
+    cand = (np.vstack([G, G]), np.r_[np.zeros(len(G)), np.ones(len(G))])
+    return X, y, cand
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("rho, p", [(0.1, 2), (0.3, 1)])
+def test_finite_wdpo_on_a_1600_point_grid(seed, rho, p):
+    """Clarabel failed or ended inaccurate on these grids (one exponential-cone pair per
+    (point, candidate) pair). Check: the transport-LP certificate, and that theta* minimises
+    the robust value F(theta) = transport LP value (convex) against nearby points."""
+    from rdpo_theory.exact import certificates as cert
+    from rdpo_theory.exact.wasserstein import default_cost
+
+    X, y, (Xc, yc) = _grid_problem(seed)
+    r = wdpo(X, y, rho=rho, beta=1.0, p=p, candidates=(Xc, yc))
+    assert r.status == "optimal" and r.regime == "finite"
+    assert abs(r.gap) <= 1e-8 * r.value
+    C = default_cost(X, y, Xc, yc, np.inf) ** p
+    wts = np.full(6, 1 / 6)
+
+    def F(theta):
+        L = dpo_loss((2 * yc - 1) * (Xc @ theta))
+        return cert.transport_primal_sup(L, wts, C, rho**p)[0]
+
+    assert F(r.theta) == pytest.approx(r.value, abs=1e-8)
+    assert r.transport_plan.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(seed)
+    for step in (1e-3, 3e-2):
+        for _ in range(4):
+            assert F(r.theta + step * rng.standard_normal(2)) >= r.value - 1e-8

@@ -469,12 +469,17 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
     """Solve the finite-candidate program by constraint generation.
 
     The full program has one constraint ``s_i >= L_k - eta C_ik`` per allowed pair (i, k); most
-    are slack and many are tied, which makes interior-point solvers stall. The master keeps an
-    active set (each row's zero-cost moves, each row's cheapest move, and each candidate's
-    cheapest source, so every candidate loss is present), is solved exactly, and every pair is
-    then checked at the master's solution; the ``per_row`` most violated pairs of each row join
-    the set. The master is a relaxation, so when nothing is violated (to 1e-10) its solution is
-    optimal for the full program.
+    are slack and many are tied, which makes interior-point solvers stall (on a 1600-point grid
+    in d = 2 Clarabel failed outright: thousands of exponential cones, nearly all degenerate).
+    The master keeps a small active set (each row's zero-cost moves and cheapest move), with
+    one loss epigraph ``u_k >= l_k(theta)`` per candidate in the set and linear pair
+    constraints, is solved exactly, and every pair is then checked at the master's solution;
+    the ``per_row`` most violated pairs of each row join the set. Without a radius the master
+    may be unbounded (a subset of candidates can be separable), so it carries an artificial
+    bound ``||theta - theta_ref|| <= R``, multiplied by 10 whenever the master's solution
+    touches it. The master is a relaxation, so when nothing is violated (to 1e-10) and the
+    artificial bound is slack (then it does not change the master's KKT conditions), its
+    solution is optimal for the full program.
     """
     w = prob.weights if hasattr(prob, "weights") else prob.data.weights
     d = prob.data.d
@@ -482,28 +487,34 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
     Cfin = np.where(allowed, Cr, np.inf)
     act = allowed & (Cfin <= 0)
     act[np.arange(nr), Cfin.argmin(axis=1)] = True
-    reach = allowed.any(axis=0)
-    act[Cfin.argmin(axis=0)[reach], np.flatnonzero(reach)] = True
     cc = Ac  # rows sy'_k beta x'_k
     informative = np.any(Xc != 0, axis=1)
     tol = 1e-10
-    for it in range(1, 101):
+    art = None if prob.radius is not None else 10.0 * (1.0 + float(np.linalg.norm(prob.tref)))
+    for it in range(1, 201):
         ii, kk = np.nonzero(act)
         theta = cp.Variable(d, name="theta")
         s = cp.Variable(nr, name="s")
         eta = cp.Variable(nonneg=True, name="eta") if rho > 0 else None
         lhs = s[ii] + cp.multiply(Cr[ii, kk], eta) if rho > 0 else s[ii]
-        inf_k = informative[kk]
-        cons = []
-        if inf_k.any():
-            Ak = cc[kk[inf_k]]
-            j = np.flatnonzero(inf_k)
-            cons.append(lhs[j] >= cp.logistic(-(Ak @ theta - Ak @ prob.tref)))
-        if (~inf_k).any():
-            cons.append(lhs[np.flatnonzero(~inf_k)] >= np.log(2.0))
+        # one epigraph variable per distinct candidate, u_k >= l_k(theta) (two exponential
+        # cones each), shared by every pair (i, k): the pair constraints are then linear,
+        # instead of one pair of cones per pair, which left Clarabel with thousands of
+        # near-tied conic constraints on dense grids
+        ks, kpos = np.unique(kk, return_inverse=True)
+        u = cp.Variable(ks.shape[0], name="u")
+        inf_u = informative[ks]
+        cons = [lhs >= u[kpos]]
+        if inf_u.any():
+            Ak = cc[ks[inf_u]]
+            cons.append(u[np.flatnonzero(inf_u)] >= cp.logistic(-(Ak @ theta - Ak @ prob.tref)))
+        if (~inf_u).any():
+            cons.append(u[np.flatnonzero(~inf_u)] >= np.log(2.0))
         objective = w[rows] @ s + (eta * budget if rho > 0 else 0.0)
         if prob.radius is not None:
             cons.append(cp.norm(theta, 2) <= prob.radius)
+        else:
+            cons.append(cp.norm(theta - prob.tref, 2) <= art)
         status = solve_with_retries(
             cp.Problem(cp.Minimize(objective), cons),
             what="exact WDPO (finite candidates)",
@@ -515,7 +526,10 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
         with np.errstate(invalid="ignore"):
             viol = np.where(allowed, L[None, :] - ev * Cfin, -np.inf) - np.asarray(s.value)[:, None]
         new = (viol > tol * (1.0 + np.abs(L).max())) & ~act
-        if not new.any():
+        at_bound = art is not None and np.linalg.norm(th - prob.tref) >= art * (1 - 1e-6)
+        if at_bound:
+            art *= 10.0
+        if not new.any() and not at_bound:
             return _proj(th, prob.radius), (ev if eta is not None else None), status, it
         vv = np.where(new, viol, -np.inf)
         top = np.argsort(-vv, axis=1)[:, :per_row]
