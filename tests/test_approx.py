@@ -203,3 +203,41 @@ def test_bad_method_arguments_and_divergence(sample):
     with pytest.raises(SolverError, match="diverged") as ei:
         approx.fit(data, beta=1.0, objective=lambda l, x, w: (w * l).sum() / 0.0, max_steps=3)
     assert ei.value.status == "diverged"
+
+
+def test_fast_paths_equal_reference_objectives():
+    """The front ends' fast paths (uniform batch weights -> mean, checks hoisted out of the
+    loop, closed-form penalty rewritten) train exactly like the public weighted objectives."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 3))
+    y = (rng.random(300) < 0.7).astype(float)
+    kw = dict(beta=0.8, max_steps=60, gtol=0.0, lr=0.05)
+
+    def ref(objective, **extra):
+        return approx.fit(X, y, objective=objective, **extra, **kw).theta
+
+    for batch in (None, 32):
+        b = dict(batch_size=batch)
+        np.testing.assert_allclose(
+            approx.dpo(X, y, **b, **kw).theta, ref(lambda l, x, w: (w * l).sum(), **b), atol=1e-12
+        )
+        for variant in ("normalized", "clipped"):
+            fast = approx.kldpo(X, y, tau=0.4, variant=variant, clip=1.5, **b, **kw).theta
+            slow = ref(
+                lambda l, x, w, v=variant: TL.kldpo_objective(
+                    l, tau=0.4, variant=v, clip=1.5, base_weights=w
+                )[0],
+                input_grad=False,
+                **b,
+            )
+            np.testing.assert_allclose(fast, slow, atol=1e-12)
+        for variant in ("sqrt-mean", "per-pair"):
+            slow = ref(
+                lambda l, x, w, v=variant: TL.wdpo_objective(l, x, rho0=0.3, variant=v, weights=w)[
+                    0
+                ],
+                **b,
+            )
+            for penalty in ("autograd", "closed-form"):
+                fast = approx.wdpo(X, y, rho0=0.3, variant=variant, penalty=penalty, **b, **kw)
+                np.testing.assert_allclose(fast.theta, slow, atol=1e-10)

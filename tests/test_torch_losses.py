@@ -246,3 +246,41 @@ def test_numpy_mirror_bad_arguments():
         NL.wdpo_objective([1.0], [1.0], rho0=-0.1)
     with pytest.raises(InputError, match="sq_norms"):
         NL.wdpo_objective([1.0, 2.0], [1.0], rho0=0.1)
+
+
+@pytest.mark.parametrize("variant", ["normalized", "clipped"])
+def test_kl_weight_fast_paths_equal_reference_formula(variant):
+    """Uniform weights use softmax (no centring) or one pass (not distributed); both equal the
+    defining formula and the weighted path at uniform base weights."""
+    g = torch.Generator().manual_seed(5)
+    per = (3 * torch.rand(257, generator=g, dtype=torch.float64)).requires_grad_(True)
+    tau, clip = 0.25, 4.0
+    l = per.detach()
+    z = (l - l.mean()) / tau
+    if variant == "normalized":
+        ref = l.numel() * torch.exp(z - torch.logsumexp(z, 0))
+    else:
+        ref = torch.exp(z).clamp(max=clip)
+    w = TL.kl_weights(per, tau=tau, variant=variant, clip=clip)
+    u = torch.full_like(l, 1 / l.numel())
+    wu = TL.kl_weights(per, tau=tau, variant=variant, clip=clip, base_weights=u)
+    torch.testing.assert_close(w, ref, rtol=1e-13, atol=0)
+    torch.testing.assert_close(wu, ref, rtol=1e-13, atol=0)
+    loss, w2 = TL.kldpo_objective(per, tau=tau, variant=variant, clip=clip)
+    lu, _ = TL.kldpo_objective(per, tau=tau, variant=variant, clip=clip, base_weights=u)
+    (gl,) = torch.autograd.grad(loss, per)
+    (gu,) = torch.autograd.grad(lu, per)
+    torch.testing.assert_close(loss, (ref * l).mean(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(gl, ref / l.numel(), rtol=1e-14, atol=0)  # no grad through w
+    torch.testing.assert_close(gu, gl, rtol=1e-13, atol=0)
+    out = TL.kldpo_loss(
+        per,
+        torch.zeros_like(l),
+        torch.zeros_like(l),
+        torch.zeros_like(l),
+        beta=1.0,
+        tau=tau,
+        variant=variant,
+        clip=clip,
+    )
+    assert out.weights is not None and out.stats["kl_radius"] >= 0

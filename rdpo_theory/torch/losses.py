@@ -177,13 +177,18 @@ def dpo_loss(
 
 
 # ---------------------------------------------------------------------------- KLDPO
+def _world_size(group=None) -> int:
+    """Workers in ``group``; 1 outside ``torch.distributed``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
 def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate a detached (B,) tensor over the workers of ``group`` in rank order
     (identity outside ``torch.distributed``). Local sizes may differ between workers."""
     x = x.detach()
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    world = dist.get_world_size(group)
+    world = _world_size(group)
     if world == 1:
         return x
     n = torch.tensor([x.numel()], dtype=torch.long, device=x.device)
@@ -197,31 +202,68 @@ def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
-def _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights=None):
+def _check_kl_args(tau, variant, clip) -> tuple[float, float]:
     tau = _positive(tau, "tau")
     if variant not in KL_VARIANTS:
         raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
     if variant == "clipped":
         clip = _positive(clip, "clip")
+    return tau, clip
+
+
+def _check_kl_inputs(per_pair, tau, variant, clip, base_weights) -> tuple[float, float]:
+    tau, clip = _check_kl_args(tau, variant, clip)
     _check_per_pair(per_pair)
+    if base_weights is not None and (
+        not isinstance(base_weights, torch.Tensor) or base_weights.shape != per_pair.shape
+    ):
+        raise InputError(f"base_weights must be a tensor of shape {tuple(per_pair.shape)}")
+    return tau, clip
+
+
+def _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights=None):
+    tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, base_weights)
+    return _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights)
+
+
+def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
+    """``(local, global)`` KLDPO weights from already-validated arguments.
+
+    Outside ``torch.distributed`` the global batch is the local one and the weights are
+    computed once (the same tensor is returned twice). Every tensor here is detached, so no
+    autograd graph is built. ``normalized`` drops the centring
+    ``mean l``: the softmax is shift-invariant, so ``softmax((l - c) / tau)`` is the same for
+    every c (and ``softmax``/``logsumexp`` subtract the maximum internally for stability).
+    """
     local = per_pair.detach().to(_acc_dtype(per_pair))  # float64 stays exact
-    glob = _gather(local, group)
-    if base_weights is not None:
-        if not isinstance(base_weights, torch.Tensor) or base_weights.shape != per_pair.shape:
-            raise InputError(f"base_weights must be a tensor of shape {tuple(per_pair.shape)}")
-        log_p = torch.log(_gather(base_weights, group).to(glob.dtype))
-        centre = (torch.exp(log_p) * glob).sum()
-    else:
-        log_p = None
-        centre = glob.mean()
-    z_loc, z_glob = (local - centre) / tau, (glob - centre) / tau
-    if variant == "normalized" and log_p is not None:  # w_i = q_i / p_i, q ∝ p exp(l / tau)
-        log_norm = torch.logsumexp(log_p + z_glob, dim=0)
-        return torch.exp(z_loc - log_norm), torch.exp(z_glob - log_norm)
+    single = _world_size(group) == 1
+    glob = local if single else _gather(local, group)
+    p = None if base_weights is None else _gather(base_weights, group).to(glob.dtype)
     if variant == "normalized":
-        log_norm = torch.logsumexp(z_glob, dim=0) - math.log(glob.numel())
-        return torch.exp(z_loc - log_norm), torch.exp(z_glob - log_norm)
-    return torch.exp(z_loc).clamp(max=clip), torch.exp(z_glob).clamp(max=clip)
+        z = glob / tau
+        if p is None and single:  # w = N softmax(l / tau): one fused kernel
+            w = torch.softmax(z, dim=0).mul_(glob.numel())
+            return w, w
+        if p is None:
+            log_norm = torch.logsumexp(z, dim=0) - math.log(glob.numel())
+        else:  # w_i = q_i / p_i with q ∝ p exp(l / tau)
+            log_norm = torch.logsumexp(torch.log(p) + z, dim=0)
+        w_glob = (z - log_norm).exp_()
+        return (w_glob if single else (local / tau - log_norm).exp_()), w_glob
+    centre = glob.mean() if p is None else torch.dot(p, glob)
+    w_glob = (glob - centre).div_(tau).exp_().clamp_(max=clip)
+    if single:
+        return w_glob, w_glob
+    return (local - centre).div_(tau).exp_().clamp_(max=clip), w_glob
+
+
+def _kldpo_objective_unchecked(per_pair, tau, variant, clip, group, base_weights):
+    """:func:`kldpo_objective` from already-validated arguments (trainer inner loops)."""
+    w = _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights)[0]
+    wd = w.to(per_pair.dtype)
+    if base_weights is not None:
+        return (base_weights * wd * per_pair).sum(), w  # sum_i p_i w_i l_i
+    return per_pair @ wd.div(per_pair.numel()), w  # mean_i w_i l_i, one autograd node
 
 
 def kl_weights(
@@ -265,12 +307,8 @@ def kldpo_objective(
     """``(loss, weights)`` with ``loss = mean_i w_i l_i`` over the local batch and ``w`` from
     :func:`kl_weights` (no gradient through ``w``); with ``base_weights`` p,
     ``loss = sum_i p_i w_i l_i``."""
-    w = kl_weights(
-        per_pair, tau=tau, variant=variant, clip=clip, group=group, base_weights=base_weights
-    )
-    if base_weights is not None:
-        return (base_weights * w.to(per_pair.dtype) * per_pair).sum(), w
-    return (w.to(per_pair.dtype) * per_pair).mean(), w
+    tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, base_weights)
+    return _kldpo_objective_unchecked(per_pair, tau, variant, clip, group, base_weights)
 
 
 def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -353,10 +391,11 @@ def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
     grads = torch.autograd.grad(per_pair.sum(), tup, create_graph=True, allow_unused=True)
     if all(g is None for g in grads):
         raise InputError("per_pair does not depend on inputs: pass the tensors the loss used")
-    sq = per_pair.new_zeros(B)
+    sq = None
     for g in grads:
         if g is not None:
-            sq = sq + g.to(_acc_dtype(g)).pow(2).reshape(B, -1).sum(dim=1).to(sq.dtype)
+            part = g.to(_acc_dtype(g)).pow(2).reshape(B, -1).sum(dim=1).to(per_pair.dtype)
+            sq = part if sq is None else sq + part
     return sq
 
 
