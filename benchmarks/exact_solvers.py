@@ -18,7 +18,12 @@ peer rows say "unavailable". Its logistic labels are +-1 and its X is ``beta * x
 is ``sy beta theta . x``); its Wasserstein radius in that scaled space is ``beta * rho``.
 Its KLDRO writes the KL constraint with counts (``sum(v) <= n * eta``).
 
-Usage: ``python benchmarks/exact_solvers.py [--quick] [--timeout 120] [--dro-path DIR]``.
+Every (size, solver) pair runs, the cvxpy path and the peer included, each under a timeout
+(default 120 s) and an address-space cap (default 8 GiB); a timeout, a memory failure or a
+solver error is recorded as such in the table.
+
+Usage: ``python benchmarks/exact_solvers.py [--quick] [--timeout 120] [--mem-gb 8]
+[--dro-path DIR]``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's rdpo_theory
 
 RHO = 0.05
 BETA = 1.0
@@ -158,18 +165,37 @@ def markdown(df) -> str:
     return "\n".join(lines)
 
 
-def in_subprocess(method, n, d, timeout, dro_path) -> dict:
+def in_subprocess(method, n, d, timeout, dro_path, mem_gb: float = 8.0) -> dict:
+    """Run one solve in a child process with a wall-clock timeout and an address-space cap of
+    ``mem_gb`` GiB (a solve that needs more fails with MemoryError instead of swapping the
+    shared machine)."""
     cmd = [sys.executable, __file__, "--one", method, str(n), str(d)]
     if dro_path:
         cmd += ["--dro-path", dro_path]
+
+    def cap():
+        import resource
+
+        lim = int(mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=cap if mem_gb else None
+        )
     except subprocess.TimeoutExpired:
         return dict(error=f"timeout > {timeout:g} s")
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
+        tail = out.stderr.strip().splitlines()[-1:] if out.stderr else []
+        if tail and ("MemoryError" in tail[0] or "memory allocation of" in tail[0]):
+            # Python's MemoryError, or Clarabel (Rust) aborting on a failed allocation
+            return dict(error=f"failed: out of memory (> {mem_gb:g} GiB)")
         return dict(error=f"crashed (rc {out.returncode})")
-    return json.loads(lines[-1])
+    r = json.loads(lines[-1])
+    if "MemoryError" in str(r.get("error", "")):
+        r["error"] = f"failed: out of memory (> {mem_gb:g} GiB)"
+    return r
 
 
 def main(argv=None) -> int:
@@ -180,8 +206,17 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--conic-max-n",
         type=int,
-        default=100_000,
-        help="largest n given to the cvxpy path and the peer",
+        default=0,
+        help="largest n given to the cvxpy path and the peer (0: no limit; every solve still "
+        "runs under --timeout and --mem-gb, and a method that timed out or ran out of memory "
+        "at some n is not rerun at larger n for the same d)",
+    )
+    ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per solve")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="run only methods starting with this prefix and merge the "
+        "rows into the existing --out table (e.g. --only finite)",
     )
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
@@ -202,14 +237,27 @@ def main(argv=None) -> int:
             for who in ("fast", "cvxpy", "dro"):
                 jobs.append((f"{prob}-{who}", n, d))
     jobs.append(("finite-200x400", 200, 8))
+    if args.only:
+        jobs = [j for j in jobs if j[0].startswith(args.only)]
     rows = []
+    gave_up: dict = {}  # (method, d) -> n where it timed out / ran out of memory
     for method, n, d in tqdm(jobs, desc="solves"):
-        if not method.endswith("fast") and not method.startswith("finite") and n > args.conic_max_n:
+        conic = not method.endswith("fast") and not method.startswith("finite")
+        if conic and args.conic_max_n and n > args.conic_max_n:
             r = dict(error=f"not run (n > {args.conic_max_n})")
+        elif (method, d) in gave_up:
+            r = dict(error=f"not run (already {gave_up[(method, d)]})")
         else:
-            r = in_subprocess(method, n, d, args.timeout, args.dro_path)
+            r = in_subprocess(method, n, d, args.timeout, args.dro_path, args.mem_gb)
+            err = str(r.get("error", ""))
+            if err.startswith("timeout") or "memory" in err:
+                gave_up[(method, d)] = f"{err.split(' (')[0].split(':')[0]} at n = {n:g}"
         rows.append(dict(method=method, n=n, d=d, **r))
     df = pd.DataFrame(rows)
+    if args.only and args.out.exists():
+        old = pd.read_csv(args.out)
+        old = old[~old.method.astype(str).str.startswith(args.only)]
+        df = pd.concat([old, df], ignore_index=True)
     # agreement and time ratios against our fast path on the same problem
     for i, r in df.iterrows():
         if r["method"].startswith("finite") or r["method"].endswith("fast"):
