@@ -157,14 +157,18 @@ def rdpo_recession(A: np.ndarray, p: np.ndarray, eps: float) -> tuple[float, np.
     """``min_v sum_i p_i [max(-a_i . v, 0) - c a_i . v]`` over ``||v||_inf <= 1``, with
     ``c = eps / (1 - 2 eps)``: the rDPO risk's recession function. A negative minimum means the
     risk is unbounded below along ``v``. Returns ``(value, v)``; solved as an LP by HiGHS."""
+    from scipy.optimize import linprog
+
+    # variables (v, s) with s_i >= max(-a_i . v, 0); scipy's HiGHS prints no banner on stdout
     c = eps / (1.0 - 2.0 * eps)
-    v = cp.Variable(A.shape[1])
-    av = A @ v
-    prob = cp.Problem(cp.Minimize(p @ cp.pos(-av) - c * (p @ av)), [cp.abs(v) <= 1])
-    prob.solve(solver="HIGHS")
-    if prob.status != cp.OPTIMAL:  # pragma: no cover - a bounded feasible LP
-        raise SolverError("rDPO recession LP failed", status=str(prob.status))
-    return float(prob.value), np.asarray(v.value)
+    n, d = A.shape
+    cost = np.concatenate([-c * (p @ A), p])
+    A_ub = np.hstack([-A, -np.eye(n)])
+    bounds = [(-1.0, 1.0)] * d + [(0.0, None)] * n
+    res = linprog(cost, A_ub=A_ub, b_ub=np.zeros(n), bounds=bounds, method="highs")
+    if res.status != 0:  # pragma: no cover - a bounded feasible LP
+        raise SolverError("rDPO recession LP failed", status=f"linprog status {res.status}")
+    return float(res.fun), np.asarray(res.x[:d])
 
 
 def rdpo(

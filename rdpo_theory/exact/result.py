@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,11 @@ def solve_problem(
 ) -> str:
     """Solve ``problem`` and return its status, raising SolverError unless it is optimal."""
     try:
-        problem.solve(solver=solver, **kwargs)
+        with warnings.catch_warnings():
+            # the status is checked below and an inaccurate solve raises; cvxpy's own
+            # "Solution may be inaccurate" warning would only add noise to progress bars
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            problem.solve(solver=solver, **kwargs)
     except cp.SolverError as exc:
         raise SolverError(
             f"{what}: solver {solver} failed ({exc}).",
