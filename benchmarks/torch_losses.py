@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
-def _child(size_name, method, kw, steps, q):
+def _child(size_name, method, kw, opts, steps, q):
     from rdpo_theory.torch import bench
 
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # stable CPU timings on a shared machine
     size = {s.name: s for s in (bench.TINY, bench.SMALL_CPU, bench.GPT2_SMALL)}[size_name]
-    q.put(bench.time_method(size, method, kw, steps=steps, warmup=2))
+    q.put(bench.time_method(size, method, kw, steps=steps, warmup=2, train_options=opts))
 
 
 def run(sizes, steps):
@@ -36,9 +36,10 @@ def run(sizes, steps):
     ctx = mp.get_context("spawn")
     rows = []
     for size in sizes:
-        for method, kw in bench.METHODS:
+        plan = [(m, kw, {}) for m, kw in bench.METHODS] + list(bench.FD_ROWS)
+        for method, kw, opts in plan:
             q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(size.name, method, kw, steps, q))
+            p = ctx.Process(target=_child, args=(size.name, method, kw, opts, steps, q))
             p.start()
             rows.append(q.get())
             p.join()
@@ -67,6 +68,7 @@ def main():
         "device",
         "precision",
         "method",
+        "hvp",
         "pairs",
         "tokens_per_row",
         "sec_per_step",

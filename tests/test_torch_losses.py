@@ -184,6 +184,32 @@ def test_wdpo_penalty_gradient_equals_finite_differences():
             assert g[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("variant", ["sqrt-mean", "per-pair"])
+def test_wdpo_penalty_coefficients_closed_form_and_chain_rule(variant):
+    """c_i = d penalty / d ||g_i||^2: rho0 / B (per-pair), rho0 / (2 B sqrt(S)) (sqrt-mean);
+    sum_i c_i grad ||g_i||^2 is the penalty gradient (log-linear data)."""
+    X, y, th, th0, beta = _loglinear(seed=3)
+    Xt, logps = _logps_from_loglinear(X, y, th, th0, requires_grad=True)
+    rho0, B = 0.3, len(y)
+    theta = torch.tensor(th, requires_grad=True)
+    sy = torch.tensor(2 * y - 1)
+    pc = sy * (Xt @ theta)
+    per = TL.dpo_pair_losses(TL.dpo_margins(pc, *logps[1:], beta=beta))
+    sq = TL.input_grad_sq_norms(per, Xt)
+    c = TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant=variant)
+    S = float(sq.detach().mean())
+    expect = rho0 / B if variant == "per-pair" else rho0 / (2 * B * np.sqrt(S))
+    np.testing.assert_allclose(c.numpy(), expect, rtol=1e-12)
+    assert not c.requires_grad
+    loss, _ = TL.wdpo_objective(per, Xt, rho0=rho0, variant=variant, sq_norms=sq)
+    pen = loss - per.mean()
+    (g_pen,) = torch.autograd.grad(pen, theta, retain_graph=True)
+    (g_chain,) = torch.autograd.grad((c * sq).sum(), theta)
+    np.testing.assert_allclose(g_chain.numpy(), g_pen.numpy(), rtol=1e-10, atol=1e-14)
+    with pytest.raises(InputError, match="variant"):
+        TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant="sum")
+
+
 def test_rho0_zero_is_dpo():
     X, y, th, th0, beta = _loglinear(5)
     Xt, lp = _logps_from_loglinear(X, y, th, th0, requires_grad=True)

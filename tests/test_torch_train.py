@@ -19,6 +19,7 @@ from rdpo_theory.torch.lm import encode_pairs, pair_logps, sequence_logps  # noq
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,
     latest_checkpoint,
+    loss_and_backward,
     micro_batch_indices,
     read_metrics,
     train_preference,
@@ -178,6 +179,76 @@ def test_gradient_accumulation_equals_large_batch(tok):
         torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-3)
 
 
+def _param_grad(cfg, batch, dtype=torch.float64):
+    """Flat parameter gradient of one micro-batch (policy seed 0, reference seed 1)."""
+    model, ref = _model().to(dtype), _model(seed=1).to(dtype).requires_grad_(False)
+    out = loss_and_backward(cfg, model, ref, batch)
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]), out
+
+
+@pytest.mark.parametrize("variant", ["sqrt-mean", "per-pair"])
+def test_wdpo_finite_difference_gradient_equals_double_backward(tok, variant):
+    """Float64: the central-difference penalty gradient is the double-backward one up to
+    O(h^2). Measured relative error of the penalty part ~1.04 eps^2 (1e-8 at eps = 1e-4;
+    rounding ~1e-16 / 1e-4 is negligible), so 1e-6 leaves two orders of margin; the error
+    drops ~100x from eps = 1e-3 to 1e-4, which checks second order."""
+    b = encode_pairs(
+        tok,
+        [r["prompt"] for r in ROWS[:4]],
+        [r["chosen"] for r in ROWS[:4]],
+        [r["rejected"] for r in ROWS[:4]],
+    )
+    kw = {"rho0": 0.5, "variant": variant}
+    g_dpo, _ = _param_grad(TrainConfig(method="dpo", beta=0.5), b)
+    g_db, out_db = _param_grad(TrainConfig(method="wdpo", beta=0.5, loss_kwargs=kw), b)
+    pen_db = g_db - g_dpo
+    assert pen_db.norm() > 1e-3 * g_dpo.norm()  # the penalty gradient is not negligible
+    errs = []
+    for eps in (1e-3, 1e-4):
+        cfg = TrainConfig(
+            method="wdpo", beta=0.5, loss_kwargs=kw, wdpo_hvp="finite-difference", wdpo_fd_eps=eps
+        )
+        g_fd, out_fd = _param_grad(cfg, b)
+        errs.append(float((g_fd - g_dpo - pen_db).norm() / pen_db.norm()))
+        assert float(out_fd.loss) == pytest.approx(float(out_db.loss.detach()), rel=1e-12)
+        assert float(out_fd.stats["penalty"]) == pytest.approx(
+            float(out_db.stats["penalty"]), rel=1e-10
+        )
+        assert float(out_fd.stats["fd_step"]) > 0
+    assert errs[1] < 1e-6
+    assert 30 < errs[0] / errs[1] < 300
+
+
+def test_wdpo_finite_difference_rho0_zero_is_dpo(tok):
+    b = encode_pairs(tok, ["the day", "we"], [" rage", " fury mad"], [" afraid", " hide"])
+    g_dpo, _ = _param_grad(TrainConfig(method="dpo", beta=0.5), b)
+    cfg = TrainConfig(
+        method="wdpo", beta=0.5, loss_kwargs={"rho0": 0.0}, wdpo_hvp="finite-difference"
+    )
+    g_fd, out = _param_grad(cfg, b)
+    torch.testing.assert_close(g_fd, g_dpo, rtol=1e-12, atol=1e-14)
+    assert float(out.stats["fd_step"]) == 0.0
+
+
+def test_wdpo_finite_difference_through_trainer(tok):
+    """Float32 training with the finite-difference option tracks double backward: the first
+    step (same parameters) has the same loss and, to float32 finite-difference accuracy
+    (~1e-4 on the penalty part, measured 3e-5 on the total), the same gradient norm; Adam's
+    near-sign first updates amplify that into ~lr-sized parameter differences, so later losses
+    agree to 1e-3."""
+    kw = {"rho0": 0.5}
+    runs = []
+    for hvp in ("double-backward", "finite-difference"):
+        cfg = _cfg(method="wdpo", loss_kwargs=kw, max_steps=2, wdpo_hvp=hvp)
+        runs.append(train_preference(_model(), tok, ROWS, cfg, ref_model=_model()).metrics)
+    (a1, a2), (b1, b2) = runs
+    assert b1["loss"] == pytest.approx(a1["loss"], rel=1e-6)
+    assert b1["penalty"] == pytest.approx(a1["penalty"], rel=1e-6)
+    assert b1["grad_norm"] == pytest.approx(a1["grad_norm"], rel=1e-4)
+    assert b2["loss"] == pytest.approx(a2["loss"], rel=1e-3)
+    assert b1["fd_step"] > 0 and "fd_step" not in a1
+
+
 def test_checkpoint_resume_is_exact(tok, tmp_path):
     full = _model()
     train_preference(
@@ -242,6 +313,17 @@ def test_bad_configs():
         TrainConfig(batch_size=0)
     with pytest.raises(InputError, match="beta"):
         TrainConfig(beta=-1)
+    wd = dict(method="wdpo", loss_kwargs={"rho0": 0.1})
+    with pytest.raises(InputError, match="wdpo_hvp"):
+        TrainConfig(**wd, wdpo_hvp="hessian")
+    with pytest.raises(InputError, match="wdpo_hvp"):
+        TrainConfig(method="dpo", wdpo_hvp="finite-difference")
+    with pytest.raises(InputError, match="fp16"):
+        TrainConfig(**wd, wdpo_hvp="finite-difference", mixed_precision="fp16")
+    with pytest.raises(InputError, match="wdpo_fd_eps"):
+        TrainConfig(**wd, wdpo_hvp="finite-difference", wdpo_fd_eps=0.0)
+    with pytest.raises(InputError, match="wdpo_fd_precision"):
+        TrainConfig(**wd, wdpo_hvp="finite-difference", wdpo_fd_precision="bf16")
     with pytest.raises(InputError, match="tau"):
         train_preference(
             _model(),

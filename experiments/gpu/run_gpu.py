@@ -1,5 +1,7 @@
 """One prepared single-GPU run: step times and peak memory of DPO, KLDPO and WDPO on GPT-2
-sized models built from a config (no downloads), then a short end-to-end KLDPO training run
+sized models built from a config (no downloads) -- WDPO both by double backward (math attention)
+and by finite-difference Hessian-vector products (``bench.FD_ROWS``: float32 differenced passes,
+and bf16 ones; flash attention stays on) -- then a short end-to-end KLDPO training run
 through ``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
 
     python experiments/gpu/run_gpu.py [--out DIR]          # GPU: fits in ~8 minutes on an H100
@@ -44,12 +46,16 @@ def main() -> int:
         sizes, steps, warmup = [bench.GPT2_SMALL, bench.GPT2_MEDIUM], args.steps or 15, 3
     t_start = time.perf_counter()
     rows = []
+    plan = [(m, kw, {}) for m, kw in bench.METHODS]
+    plan += [("wdpo", {"rho0": 0.01, "variant": "per-pair"}, {})]
+    plan += list(bench.FD_ROWS)  # WDPO by finite differences (flash attention stays on)
     for size in sizes:
-        for method, kw in bench.METHODS + (("wdpo", {"rho0": 0.01, "variant": "per-pair"}),):
-            r = bench.time_method(size, method, kw, steps=steps, warmup=warmup)
+        for method, kw, opts in plan:
+            r = bench.time_method(size, method, kw, steps=steps, warmup=warmup, train_options=opts)
             rows.append(r)
             print(
-                f"{size.name:12s} {method:6s} {str(kw):40s} {r['sec_per_step'] * 1e3:9.1f} ms/step"
+                f"{size.name:12s} {method:6s} {str(kw):40s} {r['hvp']:22s}"
+                f" {r['sec_per_step'] * 1e3:9.1f} ms/step"
                 f"  peak {r['peak_bytes'] / 2**30:6.2f} GiB  ({r['precision']}, {r['device']})",
                 flush=True,
             )
@@ -61,9 +67,9 @@ def main() -> int:
         df[name] = df[col] / df["size"].map(ref)
     df.to_csv(out / "step_times.csv", index=False)
     print(
-        df[["size", "method", "params", "sec_per_step", "time_vs_dpo", "mem_vs_dpo"]].to_string(
-            index=False, float_format=lambda v: f"{v:.3g}"
-        )
+        df[
+            ["size", "method", "params", "hvp", "sec_per_step", "time_vs_dpo", "mem_vs_dpo"]
+        ].to_string(index=False, float_format=lambda v: f"{v:.3g}")
     )
 
     # end-to-end: the trainer itself on synthetic text pairs (checkpoint + metrics)

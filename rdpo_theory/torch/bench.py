@@ -1,7 +1,7 @@
 """Step-time and peak-memory measurement of DPO, KLDPO and WDPO training steps on GPT-2-style
 models built from a config (no downloads). Used by ``benchmarks/torch_losses.py`` and
 ``experiments/gpu/run_gpu.py``; every method runs the trainer's own step
-(:func:`rdpo_theory.torch.train.compute_loss`, ``accelerator.backward``, AdamW)."""
+(:func:`rdpo_theory.torch.train.loss_and_backward`, AdamW)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .train import TrainConfig, compute_loss, make_accelerator
+from .train import TrainConfig, loss_and_backward, make_accelerator
 
 METHODS = (
     ("dpo", {}),
     ("kldpo", {"tau": 1.0}),
     ("wdpo", {"rho0": 0.01}),
+)
+
+#: WDPO by finite-difference Hessian-vector products (``TrainConfig(wdpo_hvp=...)``), as
+#: ``(method, loss_kwargs, trainer options)``: float32 differenced passes (default, eps 1e-3) and
+#: differenced passes under the run's mixed precision (eps 1e-2, the bf16 setting).
+FD_ROWS = (
+    ("wdpo", {"rho0": 0.01}, {"wdpo_hvp": "finite-difference"}),
+    (
+        "wdpo",
+        {"rho0": 0.01},
+        {"wdpo_hvp": "finite-difference", "wdpo_fd_precision": "autocast", "wdpo_fd_eps": 1e-2},
+    ),
 )
 
 
@@ -98,6 +110,7 @@ def time_method(
     warmup: int = 2,
     mixed_precision: str = "auto",
     seed: int = 0,
+    train_options: dict | None = None,
 ) -> dict:
     """Seconds per optimizer step (minimum and median over ``steps``) and peak memory of one
     method (fresh model).
@@ -105,7 +118,11 @@ def time_method(
     Peak memory: on CUDA ``max_memory_allocated`` (bytes allocated by tensors) over the timed
     steps; on CPU the growth of the process's peak RSS over the steps (run each method in its
     own process for a clean figure, as the benchmark does).
+
+    ``train_options``: extra :class:`~rdpo_theory.torch.train.TrainConfig` fields, e.g.
+    ``{"wdpo_hvp": "finite-difference"}``; recorded in the row's ``hvp`` column.
     """
+    opts = dict(train_options or {})
     cfg = TrainConfig(
         method=method,
         beta=0.1,
@@ -115,6 +132,7 @@ def time_method(
         max_steps=1,
         mixed_precision=mixed_precision,
         progress=False,
+        **opts,
     )
     acc = make_accelerator(cfg)
     model, ref = build(size, seed), build(size, seed)
@@ -125,8 +143,7 @@ def time_method(
     cuda = acc.device.type == "cuda"
 
     def step():
-        out = compute_loss(cfg, model, ref, batch, accelerator=acc)
-        acc.backward(out.loss)
+        out = loss_and_backward(cfg, model, ref, batch, accelerator=acc)
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
@@ -154,6 +171,7 @@ def time_method(
         precision=acc.mixed_precision,
         method=method,
         params=str(loss_kwargs),
+        hvp=_hvp_label(cfg),
         pairs=size.pairs,
         tokens_per_row=size.prompt_len + size.completion_len,
         sec_per_step=float(np.min(times)),  # least disturbed by other load on the machine
@@ -162,3 +180,13 @@ def time_method(
         peak_over_start_bytes=int(max(0, peak - base)),
         final_loss=float(out.loss.detach()),
     )
+
+
+def _hvp_label(cfg: TrainConfig) -> str:
+    """How WDPO differentiates its penalty: ``double-backward``, or
+    ``fd-float32(eps)`` / ``fd-autocast(eps)`` for finite differences; ``-`` for other methods."""
+    if cfg.method != "wdpo":
+        return "-"
+    if cfg.wdpo_hvp == "double-backward":
+        return "double-backward"
+    return f"fd-{cfg.wdpo_fd_precision}({cfg.wdpo_fd_eps:g})"

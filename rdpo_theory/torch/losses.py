@@ -418,6 +418,32 @@ def _check_wdpo_args(rho0, variant) -> float:
     return rho0
 
 
+def wdpo_penalty_coefficients(
+    sq_norms: torch.Tensor,
+    *,
+    rho0: float,
+    variant: str = "sqrt-mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``c_i = d penalty / d ||g_i||^2``, shape (B,), detached: the chain-rule factors that turn
+    per-pair gradients of ``||g_i||^2`` into the gradient of the WDPO penalty,
+    ``grad_theta penalty = sum_i c_i grad_theta ||g_i||^2``.
+
+    ``per-pair``: ``c_i = rho0 / B`` (``rho0 p_i`` with ``weights``); ``sqrt-mean``:
+    ``c_i = rho0 / (2 B sqrt(S))`` with ``S = mean_i ||g_i||^2``. Computed by differentiating the
+    same penalty formula that :func:`wdpo_objective` uses, so the two cannot disagree. Used by the
+    finite-difference Hessian-vector product of the trainer
+    (``TrainConfig(wdpo_hvp="finite-difference")``).
+    """
+    rho0 = _check_wdpo_args(rho0, variant)
+    _check_per_pair(sq_norms)
+    sq = sq_norms.detach().to(_acc_dtype(sq_norms)).requires_grad_(True)
+    with torch.enable_grad():
+        pen = _wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, weights)[1]
+        (c,) = torch.autograd.grad(pen, sq)
+    return c.detach()
+
+
 def wdpo_objective(
     per_pair: torch.Tensor,
     inputs,
