@@ -31,11 +31,13 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(base, "#333333")
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.3,
-               **kwargs):
+def new_figure(
+    ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.3, **kwargs
+):
     """``plt.subplots`` with the project's sizes; returns ``(fig, axes)``."""
-    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                        **kwargs)
+    return plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs
+    )
 
 
 def savefig(fig, path: str | Path, *, dpi: int = 130) -> Path:
