@@ -398,26 +398,7 @@ def chi2dpo(
     """
     rho = V.positive(rho, "rho", allow_zero=True)
     s = _Setup(X, y, weights, beta, theta_ref, radius)
-    if s.trivial():
-        r = _trivial_result(s, "chi2dpo", LOG2)
-        r.worst_case = s.data.weights.copy()
-        return r
-    if not s.bounded:
-        s.check_separable("exact chi-square DPO")
-    th, status, info, eta = _dual_program(s, "chi2", rho, solver, "exact chi-square DPO")
-    per = L.dpo_loss(s.margins(th))
-    q = L.chi2_weights(per, rho=rho, weights=s.data.weights)
-    value = float(q @ per)
-    return ExactResult(
-        theta=th,
-        value=value,
-        status=status,
-        method="chi2dpo",
-        dual=eta,
-        worst_case=q,
-        gap=info["solver_value"] - value,
-        info=info,
-    )
+    return _ball_dpo(s, "chi2", rho, solver, "chi2dpo", "exact chi-square DPO")
 
 
 def cvardpo(
@@ -449,21 +430,30 @@ def cvardpo(
     if level > 1:
         raise InputError(f"level must lie in (0, 1], got {level}")
     s = _Setup(X, y, weights, beta, theta_ref, radius)
+    return _ball_dpo(s, "cvar", level, solver, "cvardpo", "exact CVaR DPO")
+
+
+def _ball_dpo(s: _Setup, kind: str, param: float, solver: str, method: str, what: str):
+    """Shared body of :func:`chi2dpo` and :func:`cvardpo`: solve the dual program, then take
+    the value and worst case ``q`` from the exact numpy best response at the returned theta."""
     if s.trivial():
-        r = _trivial_result(s, "cvardpo", LOG2)
+        r = _trivial_result(s, method, LOG2)
         r.worst_case = s.data.weights.copy()
         return r
     if not s.bounded:
-        s.check_separable("exact CVaR DPO")
-    th, status, info, eta = _dual_program(s, "cvar", level, solver, "exact CVaR DPO")
+        s.check_separable(what)
+    th, status, info, eta = _dual_program(s, kind, param, solver, what)
     per = L.dpo_loss(s.margins(th))
-    q = L.cvar_weights(per, level=level, weights=s.data.weights)
+    if kind == "chi2":
+        q = L.chi2_weights(per, rho=param, weights=s.data.weights)
+    else:
+        q = L.cvar_weights(per, level=param, weights=s.data.weights)
     value = float(q @ per)
     return ExactResult(
         theta=th,
         value=value,
         status=status,
-        method="cvardpo",
+        method=method,
         dual=eta,
         worst_case=q,
         gap=info["solver_value"] - value,
