@@ -102,3 +102,37 @@ def unit_interval(x, name: str, *, open_right: bool = False) -> float:
     if v > 1 or (open_right and v == 1):
         raise InputError(f"{name} must lie in [0, 1{')' if open_right else ']'}, got {v}")
     return v
+
+
+#: The solution paths of the exact solvers: conic programs through cvxpy, or the fast exact path.
+SOLVER_PATHS = ("cvxpy", "fast")
+
+
+def solver_path(solver, *, method: str, valid=SOLVER_PATHS, why: str = "") -> str:
+    """Check the ``solver`` switch of an exact solver: one of :data:`SOLVER_PATHS`, and one
+    that ``method`` has (``valid``). ``why`` says why a path is missing."""
+    if not isinstance(solver, str) or solver not in SOLVER_PATHS:
+        raise InputError(
+            f"The 'solver' parameter of {method} must be one of {tuple(valid)}. Got {solver!r} "
+            "instead. (solver chooses the path; the conic backend is cvxpy_solver=.)"
+        )
+    if solver not in valid:
+        raise InputError(
+            f"The 'solver' parameter of {method} must be one of {tuple(valid)}{why}. "
+            f"Got {solver!r} instead."
+        )
+    return solver
+
+
+def cvxpy_solver(name, *, method: str) -> str:
+    """Check ``cvxpy_solver``: the name of an installed cvxpy backend (case-insensitive).
+    Returns the name as cvxpy spells it."""
+    import cvxpy as cp
+
+    installed = tuple(cp.installed_solvers())
+    if isinstance(name, str) and name.upper() in installed:
+        return name.upper()
+    raise InputError(
+        f"The 'cvxpy_solver' parameter of {method} must be an installed cvxpy solver, one of "
+        f"{installed}. Got {name!r} instead."
+    )

@@ -142,7 +142,7 @@ def test_matches_finite_candidate_program_on_dense_grid_d1():
     data = _toy(1, h=h)
     grid = np.arange(-3, 3 + h / 2, h)[:, None]
     cand = (np.vstack([grid, grid]), np.r_[np.zeros(len(grid)), np.ones(len(grid))])
-    cont = wdpo(data, rho=0.05, beta=1.0, p=2)  # candidates=None dispatches here
+    cont = wdpo(data, rho=0.05, beta=1.0, p=2, solver="fast")  # candidates=None: continuous
     assert cont.method.startswith("wdpo-continuous")
     fin = wdpo(data, rho=0.05, beta=1.0, p=2, candidates=cand)
     # the grid restricts the adversary: its optimum is lower by O(h^2) and theta moves O(h)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import SOLVER_PATHS
 from ..data import PreferenceData
 from ..errors import InputError
 from ..worlds import World
@@ -59,9 +60,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--solver",
-        choices=["cvxpy", "fast"],
-        default="cvxpy",
-        help="robust methods: conic programs or the fast Newton path (default cvxpy)",
+        choices=list(SOLVER_PATHS),
+        default=None,
+        help="solution path: conic programs (cvxpy) or the fast exact path (fast). Default: "
+        "cvxpy, except continuous W_p with p > 1, which has only the fast path",
+    )
+    p.add_argument(
+        "--cvxpy-solver",
+        default="CLARABEL",
+        help="conic backend of the cvxpy path, one of cvxpy.installed_solvers() (default CLARABEL)",
     )
     p.add_argument(
         "--candidates",
@@ -91,11 +98,17 @@ def solve(args, data, beta, world=None):
     from ..exact import dpo, kldpo, wdpo
 
     method = getattr(args, "method", "dpo")
+    cand = None
+    if method == "wdpo" and world is not None and args.candidates == "world":
+        cand = world.candidates()
+    solver = getattr(args, "solver", None)
+    if solver is None:
+        solver = "fast" if method == "wdpo" and cand is None and args.p > 1 else "cvxpy"
+    paths = {"solver": solver, "cvxpy_solver": getattr(args, "cvxpy_solver", "CLARABEL")}
     if method == "dpo":
-        return dpo(data, beta=beta, radius=args.radius)
+        return dpo(data, beta=beta, radius=args.radius, **paths)
     if method == "kldpo":
-        return kldpo(data, rho=args.rho, beta=beta, radius=args.radius, solver=args.solver)
-    cand = world.candidates() if world is not None and args.candidates == "world" else None
+        return kldpo(data, rho=args.rho, beta=beta, radius=args.radius, **paths)
     return wdpo(
         data,
         rho=args.rho,
@@ -104,7 +117,7 @@ def solve(args, data, beta, world=None):
         kappa=args.kappa,
         radius=args.radius,
         candidates=cand,
-        solver=args.solver,
+        **paths,
     )
 
 
@@ -121,6 +134,8 @@ def worst_case_summary(res) -> dict:
         v = res.info.get(key)
         if isinstance(v, (int, float)):
             out[key] = float(v)
+    if res.margin_shift is not None:
+        out["worst_case_max_margin_shift"] = float(np.max(res.margin_shift))
     if "flip_fraction" in res.info:
         out["flipped_mass_share"] = float(np.mean(np.asarray(res.info["flip_fraction"]) > 0))
     return out

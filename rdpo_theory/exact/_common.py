@@ -8,12 +8,12 @@ import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData, as_data
-from ..errors import InputError, SolverError
+from ..errors import SolverError
 from ..losses import check_beta
 from .dpo import recession_direction
 from .result import solve_problem
 
-SOLVERS = ("cvxpy", "fast")
+SOLVERS = V.SOLVER_PATHS
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,14 @@ def check_rho(rho) -> float:
     return V.positive(rho, "rho", allow_zero=True)
 
 
-def check_solver(solver) -> str:
-    if solver not in SOLVERS:
-        raise InputError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    return solver
+def check_solver(
+    solver, cvxpy_solver, *, method: str, valid=SOLVERS, why: str = ""
+) -> tuple[str, str]:
+    """Validate the path switch ``solver`` (one of ``valid`` for ``method``) and the conic backend
+    ``cvxpy_solver`` (an installed cvxpy solver) before anything runs; see
+    :func:`rdpo_theory._validate.solver_path`. Returns ``(solver, cvxpy_solver)``."""
+    backend = V.cvxpy_solver(cvxpy_solver, method=method)
+    return V.solver_path(solver, method=method, valid=valid, why=why), backend
 
 
 def project_ball(theta, radius) -> np.ndarray:
@@ -101,19 +105,19 @@ CLARABEL_RETRIES = (
 )
 
 
-def solve_with_retries(problem, *, what: str, solver: str = "CLARABEL") -> str:
+def solve_with_retries(problem, *, what: str, cvxpy_solver: str = "CLARABEL") -> str:
     """:func:`solve_problem`, retrying Clarabel with the settings in ``CLARABEL_RETRIES``.
 
     Only an ``optimal`` status is accepted; the last failure is raised."""
     import warnings
 
-    attempts = CLARABEL_RETRIES if solver.upper() == "CLARABEL" else ({},)
+    attempts = CLARABEL_RETRIES if cvxpy_solver.upper() == "CLARABEL" else ({},)
     last = None
     for kw in attempts:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                return solve_problem(problem, what=what, solver=solver, **kw)
+                return solve_problem(problem, what=what, cvxpy_solver=cvxpy_solver, **kw)
         except SolverError as exc:
             last = exc
     raise last

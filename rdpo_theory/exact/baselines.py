@@ -19,6 +19,9 @@ loss that is convex in m gives a convex program in theta. Which baselines are co
 Every solver drops rows with ``x = 0`` from the conic program (their losses are constants)
 and adds their mass back, returns :class:`ExactResult` with ``value`` recomputed in numpy at
 the returned theta, and raises :class:`SolverError` unless the solver certifies optimality.
+Each takes ``solver="cvxpy"`` (the only path here; ``"fast"`` is refused with InputError) and
+``cvxpy_solver=`` (the conic backend, checked before anything runs). ``regime`` is
+``"nominal"`` for cDPO, rDPO and IPO, ``"interior"`` or ``"collapse"`` for the robust ones.
 """
 
 from __future__ import annotations
@@ -34,14 +37,24 @@ from ..data import PreferenceData, as_data
 from ..errors import InputError, SolverError
 from .dpo import informative_rows, recession_direction
 from .result import ExactResult, solve_problem
+from .status import (
+    REGIME_COLLAPSE,
+    REGIME_INTERIOR,
+    REGIME_NOMINAL,
+    STATUS_OPTIMAL,
+)
 
 LOG2 = float(np.log(2.0))
+NO_FAST = " (the baselines are solved as conic programs only; there is no fast path)"
 
 
 class _Setup:
     """Shared preprocessing: validated data, informative rows and their margin matrix."""
 
-    def __init__(self, X, y, weights, beta, theta_ref, radius):
+    def __init__(self, X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, method):
+        # every baseline here is a conic program: "cvxpy" is its only path
+        V.solver_path(solver, method=method, valid=("cvxpy",), why=NO_FAST)
+        self.cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method=method)
         if isinstance(X, PreferenceData):
             self.data = as_data(X) if y is None and weights is None else as_data(X, y, weights)
         else:
@@ -82,29 +95,38 @@ class _Setup:
                 hint="pass a finite radius= (the parameter bound B).",
             )
 
-    def solve(self, problem, what, solver):
+    def solve(self, problem, what):
         t0 = time.perf_counter()
-        status = solve_problem(problem, what=what, solver=solver)
+        solve_problem(problem, what=what, cvxpy_solver=self.cvxpy_solver)
         th = np.asarray(self.theta.value, dtype=float)
         return (
             th,
-            status,
+            STATUS_OPTIMAL,
             {
-                "solver": solver,
+                "solver": "cvxpy",
+                "cvxpy_solver": self.cvxpy_solver,
                 "seconds": time.perf_counter() - t0,
                 "solver_value": float(problem.value),
             },
         )
 
 
-def _trivial_result(s: _Setup, method: str, value: float) -> ExactResult:
+def _trivial_result(s: _Setup, method: str, value: float, regime: str) -> ExactResult:
     return ExactResult(
         theta=s.ref_theta(),
         value=value,
-        status="optimal",
+        status=STATUS_OPTIMAL,
         method=method,
         info={"solver": "none (all losses constant)", "seconds": 0.0},
+        regime=regime,
     )
+
+
+def _robust_regime(s: _Setup, theta) -> str:
+    """``"collapse"`` when ``theta = theta_ref`` (every loss log 2), else ``"interior"``."""
+    tref = s.tref
+    at_ref = np.linalg.norm(theta - tref) <= 1e-7 * (1 + np.linalg.norm(tref))
+    return REGIME_COLLAPSE if at_ref else REGIME_INTERIOR
 
 
 # ---------------------------------------------------------------------------- cDPO
@@ -117,7 +139,8 @@ def cdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "CLARABEL",
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact conservative DPO:
     ``min_theta sum_i p_i [(1 - eps) softplus(-m_i) + eps softplus(m_i)]``,
@@ -133,7 +156,11 @@ def cdpo(
     weights : array_like (n,), optional
     theta_ref : array_like (d,), optional
     radius : float, optional
-    solver : str
+    solver : {"cvxpy"}
+        The solution path; the baselines have only the conic program (``"fast"`` raises
+        InputError).
+    cvxpy_solver : str, keyword-only
+        Conic backend, one of ``cvxpy.installed_solvers()`` (default Clarabel).
 
     Returns
     -------
@@ -141,15 +168,17 @@ def cdpo(
         ``value`` = the weighted cDPO risk at theta (nats).
     """
     eps = L.check_eps(eps, method="cdpo")
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cdpo")
     if s.trivial():
-        return _trivial_result(s, "cdpo", LOG2)
+        return _trivial_result(s, "cdpo", LOG2, REGIME_NOMINAL)
     if eps == 0:
         s.check_separable("exact cDPO")
     obj = s.p @ ((1 - eps) * cp.logistic(-s.m) + eps * cp.logistic(s.m)) + s.tie_mass * LOG2
-    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact cDPO", solver)
+    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact cDPO")
     value = float(s.data.weights @ L.cdpo_loss(s.margins(th), eps=eps))
-    return ExactResult(theta=th, value=value, status=status, method="cdpo", info=info)
+    return ExactResult(
+        theta=th, value=value, status=status, method="cdpo", info=info, regime=REGIME_NOMINAL
+    )
 
 
 # ---------------------------------------------------------------------------- rDPO
@@ -180,7 +209,8 @@ def rdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "CLARABEL",
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact rDPO (known flip rate ``eps < 1/2``):
     ``min_theta sum_i p_i [softplus(-m_i) - eps m_i / (1 - 2 eps)]`` (the same function as
@@ -194,9 +224,9 @@ def rdpo(
         exist, which happens when the assumed flip rate exceeds what the data support.
     """
     eps = L.check_eps(eps, method="rdpo")
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "rdpo")
     if s.trivial():
-        return _trivial_result(s, "rdpo", LOG2)
+        return _trivial_result(s, "rdpo", LOG2, REGIME_NOMINAL)
     if not s.bounded:
         rec, _ = rdpo_recession(s.A, s.p, eps)
         scale = float(s.p @ np.abs(s.A).sum(axis=1))
@@ -209,14 +239,24 @@ def rdpo(
             )
     c = eps / (1.0 - 2.0 * eps)
     obj = s.p @ (cp.logistic(-s.m) - c * s.m) + s.tie_mass * LOG2
-    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact rDPO", solver)
+    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact rDPO")
     value = float(s.data.weights @ L.rdpo_loss(s.margins(th), eps=eps))
-    return ExactResult(theta=th, value=value, status=status, method="rdpo", info=info)
+    return ExactResult(
+        theta=th, value=value, status=status, method="rdpo", info=info, regime=REGIME_NOMINAL
+    )
 
 
 # ---------------------------------------------------------------------------- IPO
 def ipo(
-    X, y=None, *, beta: float, weights=None, theta_ref=None, radius=None, solver: str = "CLARABEL"
+    X,
+    y=None,
+    *,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    radius=None,
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact IPO: ``min_theta sum_i p_i (h_i - 1 / (2 beta))^2`` with
     ``h_i = sy_i (theta - theta_ref) . x_i`` (a QP; weighted least squares without a radius).
@@ -224,15 +264,17 @@ def ipo(
     ``value`` is the weighted IPO risk (squared log-ratio units). When the informative ``x_i``
     do not span R^d the minimiser is not unique; the solver returns one of them.
     """
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "ipo")
     const = s.tie_mass * (0.5 / s.beta) ** 2
     if s.trivial():
-        return _trivial_result(s, "ipo", const)
+        return _trivial_result(s, "ipo", const, REGIME_NOMINAL)
     h = s.m / s.beta
     obj = cp.sum_squares(cp.multiply(np.sqrt(s.p), h - 0.5 / s.beta)) + const
-    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact IPO", solver)
+    th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact IPO")
     value = float(s.data.weights @ L.ipo_loss(s.margins(th), beta=s.beta))
-    return ExactResult(theta=th, value=value, status=status, method="ipo", info=info)
+    return ExactResult(
+        theta=th, value=value, status=status, method="ipo", info=info, regime=REGIME_NOMINAL
+    )
 
 
 # ---------------------------------------------------------------------------- group DRO
@@ -245,7 +287,8 @@ def group_dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "CLARABEL",
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact group-robust DPO (Ramesh et al. 2024) in epigraph form:
 
@@ -253,7 +296,8 @@ def group_dpo(
 
     Parameters
     ----------
-    X, y, weights, theta_ref, radius, solver : as in :func:`rdpo_theory.exact.dpo`
+    X, y, weights, theta_ref, radius : as in :func:`rdpo_theory.exact.dpo`
+    solver, cvxpy_solver : as in :func:`cdpo` (``"cvxpy"`` only)
     groups : array_like, shape (n,)
         A group label per pair (any sortable values). Every group needs positive weight.
     beta : float > 0
@@ -269,7 +313,7 @@ def group_dpo(
     """
     if groups is None:
         raise InputError("groups is required: one group label per pair")
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "group_dpo")
     d = s.data
     labels, idx = L.group_indices(groups, d.n)
     G = labels.shape[0]
@@ -284,12 +328,12 @@ def group_dpo(
         M[idx[s.keep], np.arange(M.shape[1])] = s.p / mass[idx[s.keep]]
         group_con = M @ cp.logistic(-s.m) + tie <= t
         th, status, info = s.solve(
-            cp.Problem(cp.Minimize(t), cons + [group_con]), "exact group-robust DPO", solver
+            cp.Problem(cp.Minimize(t), cons + [group_con]), "exact group-robust DPO"
         )
         alpha = np.maximum(np.asarray(group_con.dual_value, dtype=float), 0.0)
         alpha = alpha / alpha.sum()
     else:
-        th, status, info = s.ref_theta(), "optimal", {"solver": "none (all losses constant)"}
+        th, status, info = s.ref_theta(), STATUS_OPTIMAL, {"solver": "none (all losses constant)"}
         alpha = np.full(G, 1.0 / G)
     per = L.dpo_loss(s.margins(th))
     _, Lg = L.group_losses(per, idx, weights=d.weights)
@@ -304,6 +348,7 @@ def group_dpo(
         worst_case=q,
         gap=value - float(alpha @ Lg),
         info=info,
+        regime=_robust_regime(s, th),
     )
 
 
@@ -341,7 +386,7 @@ def collapse_certificate(X, y=None, *, kind: str, param: float, beta: float, wei
     return float(prob.value) if kind == "chi2" else 1.0 / float(prob.value)
 
 
-def _dual_program(s: _Setup, kind: str, param: float, solver: str, what: str):
+def _dual_program(s: _Setup, kind: str, param: float, what: str):
     """Solve ``min eta + penalty(v)`` with ``v >= l(theta) - eta, v >= 0``; on an inaccurate
     solve check whether theta_ref is certified optimal (the collapse regime)."""
     u = cp.Variable(s.A.shape[0], name="u")
@@ -355,14 +400,20 @@ def _dual_program(s: _Setup, kind: str, param: float, solver: str, what: str):
         obj = eta + (s.p @ v + s.tie_mass * vt) / param
     cons = s.constraints() + [u >= cp.logistic(-s.m), v >= u - eta]
     try:
-        th, status, info = s.solve(cp.Problem(cp.Minimize(obj), cons), what, solver)
+        th, status, info = s.solve(cp.Problem(cp.Minimize(obj), cons), what)
         return th, status, info, float(eta.value)
     except SolverError as err:
         inside = not s.bounded or np.linalg.norm(s.tref) <= s.radius
         size = collapse_certificate(s.data, kind=kind, param=param, beta=s.beta)
         if inside and (size <= param * (1 + 1e-9) if kind == "chi2" else size >= param):
-            info = {"solver": solver, "solver_value": LOG2, "collapse_ball_size": size}
-            return s.tref.copy(), "optimal (collapse to theta_ref)", info, LOG2
+            info = {
+                "solver": "cvxpy",
+                "cvxpy_solver": s.cvxpy_solver,
+                "solver_value": LOG2,
+                "collapse_ball_size": size,
+                "collapse_certified": True,
+            }
+            return s.tref.copy(), STATUS_OPTIMAL, info, LOG2
         raise err
 
 
@@ -375,7 +426,8 @@ def chi2dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "CLARABEL",
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact chi-square DPO via the Cressie-Read dual (Duchi and Namkoong 2021):
 
@@ -386,8 +438,8 @@ def chi2dpo(
 
     When the solver cannot finish because ``theta_ref`` is optimal (every loss log 2, the
     adversary balances the margins: THEORY.md 3.1's collapse, here for chi-square) this is
-    certified by :func:`collapse_certificate` and returned with status
-    ``"optimal (collapse to theta_ref)"``.
+    certified by :func:`collapse_certificate` and returned with status ``"optimal"`` and
+    regime ``"collapse"`` (``info["collapse_certified"]``).
 
     Returns
     -------
@@ -397,8 +449,8 @@ def chi2dpo(
         ``gap`` = solver objective minus ``value`` (>= 0 up to solver tolerance).
     """
     rho = V.positive(rho, "rho", allow_zero=True)
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
-    return _ball_dpo(s, "chi2", rho, solver, "chi2dpo", "exact chi-square DPO")
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "chi2dpo")
+    return _ball_dpo(s, "chi2", rho, "chi2dpo", "exact chi-square DPO")
 
 
 def cvardpo(
@@ -410,7 +462,8 @@ def cvardpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "CLARABEL",
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact CVaR DPO (Rockafellar-Uryasev):
 
@@ -429,20 +482,20 @@ def cvardpo(
     level = V.positive(level, "level")
     if level > 1:
         raise InputError(f"level must lie in (0, 1], got {level}")
-    s = _Setup(X, y, weights, beta, theta_ref, radius)
-    return _ball_dpo(s, "cvar", level, solver, "cvardpo", "exact CVaR DPO")
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cvardpo")
+    return _ball_dpo(s, "cvar", level, "cvardpo", "exact CVaR DPO")
 
 
-def _ball_dpo(s: _Setup, kind: str, param: float, solver: str, method: str, what: str):
+def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
     """Shared body of :func:`chi2dpo` and :func:`cvardpo`: solve the dual program, then take
     the value and worst case ``q`` from the exact numpy best response at the returned theta."""
     if s.trivial():
-        r = _trivial_result(s, method, LOG2)
+        r = _trivial_result(s, method, LOG2, REGIME_COLLAPSE)
         r.worst_case = s.data.weights.copy()
         return r
     if not s.bounded:
         s.check_separable(what)
-    th, status, info, eta = _dual_program(s, kind, param, solver, what)
+    th, status, info, eta = _dual_program(s, kind, param, what)
     per = L.dpo_loss(s.margins(th))
     if kind == "chi2":
         q = L.chi2_weights(per, rho=param, weights=s.data.weights)
@@ -458,4 +511,5 @@ def _ball_dpo(s: _Setup, kind: str, param: float, solver: str, method: str, what
         worst_case=q,
         gap=info["solver_value"] - value,
         info=info,
+        regime=_robust_regime(s, th),
     )

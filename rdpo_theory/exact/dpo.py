@@ -12,7 +12,9 @@ from .. import _validate as V
 from ..data import as_data
 from ..errors import SolverError
 from ..losses import check_beta, dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from .fast import require_converged
 from .result import ExactResult, solve_problem
+from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
 
 def informative_rows(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -85,7 +87,15 @@ def newton_polish(
 
 
 def dpo(
-    X, y=None, *, beta: float, weights=None, theta_ref=None, radius=None, solver: str = "CLARABEL"
+    X,
+    y=None,
+    *,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    radius=None,
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Solve ``min_theta sum_i p_i softplus(-sy_i beta (theta - theta_ref) . x_i)``
     subject to ``||theta||_2 <= radius`` when a radius is given.
@@ -101,13 +111,20 @@ def dpo(
     theta_ref : array_like, shape (d,), optional (default 0)
     radius : float > 0, optional
         Bound B of the parameter set.
-    solver : str
-        cvxpy solver name (default Clarabel).
+    solver : {"cvxpy", "fast"}
+        The solution path (docs/theory.md#exact-programs): ``"cvxpy"`` solves the exponential-
+        cone program (then polishes it by Newton); ``"fast"`` runs projected damped Newton on
+        the smooth objective directly (exact Hessian, trust-region steps over the ball).
+        Both end with the same KKT certificate (:func:`kkt_certificate`).
+    cvxpy_solver : str, keyword-only
+        Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
+        Clarabel); checked whatever the path.
 
     Returns
     -------
     ExactResult
-        ``theta`` (d,), ``value`` = weighted mean loss at theta (nats), ``status``.
+        ``theta`` (d,), ``value`` = weighted mean loss at theta (nats), ``status`` =
+        ``"optimal"``, ``regime`` = ``"nominal"``, ``worst_case`` = None (no adversary).
 
     Raises
     ------
@@ -116,6 +133,8 @@ def dpo(
     SolverError
         The solver did not certify optimality (e.g. separable data without a radius).
     """
+    solver = V.solver_path(solver, method="dpo")
+    cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo")
     data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
     beta = check_beta(beta)
     radius = V.radius(radius)
@@ -139,31 +158,18 @@ def dpo(
         return ExactResult(
             theta=th,
             value=float(np.log(2.0)),
-            status="optimal",
+            status=STATUS_OPTIMAL,
             method="dpo",
             info={"solver": "none (all losses constant)", "seconds": 0.0},
+            regime=REGIME_NOMINAL,
         )
-    theta = cp.Variable(data.d, name="theta")
-    m = coef @ theta - coef @ tref
-    objective = cp.Minimize(data.weights[keep] @ cp.logistic(-m))
-    cons = [cp.norm(theta, 2) <= radius] if bounded else []
-    info: dict = {"solver": solver}
     rad = radius if bounded else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # 'inaccurate' is handled below
-            status = solve_problem(cp.Problem(objective, cons), what="exact DPO", solver=solver)
-        th = np.asarray(theta.value, dtype=float)
-        th, polished = newton_polish(th, data, beta=beta, theta_ref=tref, radius=radius)
-        info["newton_polished"] = polished
-    except SolverError as exc:
-        # Clarabel stalls ('optimal_inaccurate') on a few % of ordinary problems: the exp-cone
-        # KKT system is ill-conditioned at the last iterations. Projected Newton on the smooth
-        # objective (exact Hessian, trust-region step over the ball) is the certified fallback.
-        start = None if theta.value is None else np.asarray(theta.value, dtype=float)
-        th = _newton_fallback(data, keep, beta, tref, rad, start, exc)
-        status = "optimal"
-        info.update(fallback="newton (KKT-certified)", conic_status=exc.status)
+    if solver == "fast":
+        th, ninfo = _newton(data, keep, beta, tref, rad, None)
+        require_converged(ninfo, "exact DPO (fast path)")
+        info: dict = {"solver": "fast", "newton_iterations": ninfo["iterations"]}
+    else:
+        th, info = _solve_cvxpy(data, keep, coef, tref, radius, rad, beta, cvxpy_solver)
     resid, tol = kkt_certificate(th, data, beta=beta, theta_ref=tref, radius=rad)
     if not resid <= tol and "fallback" not in info:
         # interior-point accuracy (~1e-8 in value) leaves a visible KKT residual on the sphere,
@@ -173,6 +179,12 @@ def dpo(
         if r_n < resid:
             th, resid = th_n, r_n
             info["refined"] = "projected newton (KKT residual above tolerance)"
+    if not resid <= tol and rad is not None and np.linalg.norm(th) >= rad * (1 - 1e-6):
+        th_s = sphere_polish(th, data, beta=beta, theta_ref=tref, radius=rad)
+        r_s, _ = kkt_certificate(th_s, data, beta=beta, theta_ref=tref, radius=rad)
+        if r_s < resid:
+            th, resid = th_s, r_s
+            info["refined"] = "Newton on the KKT system on the sphere"
     if not resid <= tol:
         raise SolverError(
             f"exact DPO: the KKT residual {resid:.3g} at the returned theta exceeds {tol:.3g}.",
@@ -188,7 +200,69 @@ def dpo(
             radius is not None and np.isfinite(radius) and np.linalg.norm(th) >= radius * (1 - 1e-6)
         ),
     )
-    return ExactResult(theta=th, value=value, status=status, method="dpo", info=info)
+    return ExactResult(
+        theta=th,
+        value=value,
+        status=STATUS_OPTIMAL,
+        method="dpo",
+        info=info,
+        regime=REGIME_NOMINAL,
+    )
+
+
+def _solve_cvxpy(data, keep, coef, tref, radius, rad, beta, cvxpy_solver):
+    """The exponential-cone program, Newton-polished; projected Newton if the backend stalls."""
+    theta = cp.Variable(data.d, name="theta")
+    m = coef @ theta - coef @ tref
+    objective = cp.Minimize(data.weights[keep] @ cp.logistic(-m))
+    cons = [cp.norm(theta, 2) <= rad] if rad is not None else []
+    info: dict = {"solver": "cvxpy", "cvxpy_solver": cvxpy_solver}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # 'inaccurate' is handled below
+            solve_problem(cp.Problem(objective, cons), what="exact DPO", cvxpy_solver=cvxpy_solver)
+        th = np.asarray(theta.value, dtype=float)
+        th, polished = newton_polish(th, data, beta=beta, theta_ref=tref, radius=radius)
+        info["newton_polished"] = polished
+    except SolverError as exc:
+        # Clarabel stalls ('optimal_inaccurate') on a few % of ordinary problems: the exp-cone
+        # KKT system is ill-conditioned at the last iterations. Projected Newton on the smooth
+        # objective (exact Hessian, trust-region step over the ball) is the certified fallback.
+        # The backend name was validated up front, so this never hides a mistyped solver.
+        start = None if theta.value is None else np.asarray(theta.value, dtype=float)
+        th = _newton_fallback(data, keep, beta, tref, rad, start, exc)
+        info.update(fallback="newton (KKT-certified)", conic_status=exc.status)
+    return th, info
+
+
+def sphere_polish(theta, data, *, beta, theta_ref, radius, steps: int = 10) -> np.ndarray:
+    """Refine a solution on the sphere ``||theta|| = radius`` by Newton on its KKT system
+    ``g(theta) + nu theta = 0``, ``(||theta||^2 - radius^2) / 2 = 0`` in ``(theta, nu)``.
+
+    Projected Newton's decrement test can stop a few 1e-9 short on the sphere; this system is
+    smooth there and converges quadratically. Steps are kept only while the KKT residual of
+    :func:`kkt_certificate` decreases; ``nu`` is re-estimated (least squares, >= 0) each step.
+    """
+    th = np.asarray(theta, dtype=float) * (radius / np.linalg.norm(theta))
+    d = th.shape[0]
+    best, _ = kkt_certificate(th, data, beta=beta, theta_ref=theta_ref, radius=radius)
+    for _ in range(steps):
+        g = dpo_risk_grad(th, data, beta=beta, theta_ref=theta_ref)
+        H = dpo_risk_hessian(th, data, beta=beta, theta_ref=theta_ref)
+        nu = max(0.0, -float(g @ th) / radius**2)
+        J = np.block([[H + nu * np.eye(d), th[:, None]], [th[None, :], np.zeros((1, 1))]])
+        F = np.append(g + nu * th, 0.5 * (th @ th - radius**2))
+        try:
+            step = np.linalg.solve(J, -F)
+        except np.linalg.LinAlgError:
+            break
+        cand = th + step[:d]
+        cand *= radius / np.linalg.norm(cand)
+        r, _ = kkt_certificate(cand, data, beta=beta, theta_ref=theta_ref, radius=radius)
+        if not r < best:
+            break
+        th, best = cand, r
+    return th
 
 
 def kkt_certificate(theta, data, *, beta, theta_ref, radius=None) -> tuple[float, float]:
@@ -209,8 +283,10 @@ def kkt_certificate(theta, data, *, beta, theta_ref, radius=None) -> tuple[float
     return float(np.linalg.norm(r)), 1e-9 * G + sum_noise(G, data.n) * np.sqrt(data.d)
 
 
-def _newton_fallback(data, keep, beta, tref, radius, start, exc) -> np.ndarray:
-    """Projected damped Newton on ``sum_i p_i softplus(-m_i)`` over the ball (rows ``keep``)."""
+def _newton(data, keep, beta, tref, radius, start) -> tuple[np.ndarray, dict]:
+    """Projected damped Newton on ``sum_i p_i softplus(-m_i)`` over the ball (rows ``keep``):
+    the smooth DPO objective (:class:`.fast.W1Penalty` with rho = 0), exact Hessian,
+    trust-region steps over ``||theta|| <= radius``. Returns ``(theta, info)``."""
     from .fast import W1Penalty, damped_newton
 
     c = data.signed_labels[keep] * beta
@@ -219,6 +295,12 @@ def _newton_fallback(data, keep, beta, tref, radius, start, exc) -> np.ndarray:
     if radius is not None and np.linalg.norm(th0) > radius:
         th0 = th0 * (radius / np.linalg.norm(th0))
     th, _, _, info = damped_newton(obj, th0, [], radius=radius)
+    return th, info
+
+
+def _newton_fallback(data, keep, beta, tref, radius, start, exc) -> np.ndarray:
+    """:func:`_newton` from ``start``; raises (chained to ``exc``) unless it converged."""
+    th, info = _newton(data, keep, beta, tref, radius, start)
     if exc is None:
         return th
     if not info["converged"]:

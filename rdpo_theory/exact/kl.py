@@ -38,8 +38,14 @@ from ._common import Problem, check_rho, check_solver, on_boundary, prepare, rai
 from .dpo import dpo, informative_rows
 from .fast import LOG2
 from .result import ExactResult, solve_problem
+from .status import (
+    REGIME_COLLAPSE,
+    REGIME_DPO,
+    REGIME_INTERIOR,
+    REGIME_MAX_LOSS,
+    STATUS_OPTIMAL,
+)
 
-LIMIT_STATUS = "optimal (max-loss limit)"
 #: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
 SMALL_LAM = 1e-6
 
@@ -74,8 +80,10 @@ def kldpo(
     radius : float > 0, optional
         Parameter bound ``||theta||_2 <= radius``. Needed when the data are separable.
     solver : {"cvxpy", "fast"}
-    cvxpy_solver : str
-        Conic solver for the cvxpy path (default Clarabel).
+        The solution path: the conic program, or damped Newton on the dual.
+    cvxpy_solver : str, keyword-only
+        Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
+        Clarabel); checked whatever the path.
     certificate : {"auto", "cvxpy", "root"}
         How the independent primal supremum is computed (see
         :func:`certificates.kl_primal_certificate`): ``"auto"`` uses the conic program
@@ -89,7 +97,8 @@ def kldpo(
         at theta (max loss when lam* = 0), nats; ``dual`` = lam* (inf at rho = 0, 0 in the
         max-loss regime); ``worst_case`` = q (n,) summing to 1; ``gap`` = value minus the
         independent primal supremum at theta; ``regime`` in {"dpo", "interior",
-        "max-loss limit"}; ``info`` holds timings, iterations, ``collapsed_to_theta_ref`` and,
+        "max-loss", "collapse"} ("collapse" when theta* = theta_ref); ``status`` =
+        "optimal"; ``info`` holds timings, iterations, ``collapsed_to_theta_ref`` and,
         in the limit regime, ``rho_threshold`` (the KL of the saddle distribution).
 
     Raises
@@ -99,9 +108,9 @@ def kldpo(
     SolverError
         The data are separable and no radius is given, or no certified optimum was found.
     """
+    solver, cvxpy_solver = check_solver(solver, cvxpy_solver, method="kldpo")
     prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
     rho = check_rho(rho)
-    solver = check_solver(solver)
     if certificate not in ("auto", "cvxpy", "root"):
         raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
     t0 = time.perf_counter()
@@ -129,7 +138,11 @@ def _split(prob: Problem):
 def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
     if solver == "cvxpy":
         res = dpo(
-            prob.data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+            prob.data,
+            beta=prob.beta,
+            theta_ref=prob.tref,
+            radius=prob.radius,
+            cvxpy_solver=cvxpy_solver,
         )
         theta, info = res.theta, dict(res.info)
     else:
@@ -142,13 +155,13 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
     return ExactResult(
         theta=theta,
         value=value,
-        status="optimal",
+        status=STATUS_OPTIMAL,
         method="kldpo",
         dual=float("inf"),
         worst_case=prob.data.weights.copy(),
         gap=0.0,  # the KL ball of radius 0 is {p}: the primal value is E_p l = value
         info=info,
-        regime="dpo",
+        regime=REGIME_DPO,
     )
 
 
@@ -276,7 +289,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
             status = solve_problem(
                 cp.Problem(cp.Minimize(t + rho * lam), cons),
                 what="exact KLDPO (exponential cone)",
-                solver=cvxpy_solver,
+                cvxpy_solver=cvxpy_solver,
             )
         info["conic_status"] = status
     except SolverError as exc:
@@ -394,7 +407,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     if prob.radius is not None:
         cons.append(cp.norm(theta, 2) <= prob.radius)
     solve_problem(
-        cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", solver=cvxpy_solver
+        cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", cvxpy_solver=cvxpy_solver
     )
     th = np.asarray(theta.value, dtype=float)
     tstar = float(t.value)
@@ -423,7 +436,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     kp = cp.Problem(cp.Minimize(kl), mcons)
     info = {"max_margin": tstar, "argmax_rows": int(S.sum()) + int(use0)}
     try:
-        solve_problem(kp, what="KLDPO saddle distribution", solver=cvxpy_solver)
+        solve_problem(kp, what="KLDPO saddle distribution", cvxpy_solver=cvxpy_solver)
     except SolverError as exc:
         info["saddle_status"] = exc.status
         return {"holds": False, "info": info}
@@ -454,11 +467,11 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         st = obj.state(theta, [lam])
         value = float(st.f)
         q = np.where(pos, st.q, 0.0)
-        regime, status = "interior", "optimal"
+        regime = REGIME_INTERIOR
     else:
         value = float(l[pos].max())
         q = mu
-        regime, status = "max-loss limit", LIMIT_STATUS
+        regime = REGIME_MAX_LOSS
     keep, _, _, pk, p0 = _split(prob)
     primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
     info.update(cinfo)
@@ -471,6 +484,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         kl_worst_case=_kl(q / q.sum(), p),
     )
     if collapsed:
+        regime = REGIME_COLLAPSE
         info["note"] = (
             "theta = theta_ref: every loss is log 2 there, so the adversary gains nothing "
             "(the KL-DRO collapse at large rho; correct, not a failure)."
@@ -478,7 +492,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
     return ExactResult(
         theta=theta,
         value=value,
-        status=status,
+        status=STATUS_OPTIMAL,
         method="kldpo",
         dual=float(lam),
         worst_case=q / q.sum(),

@@ -27,13 +27,19 @@ class ExactResult:
         The objective at ``theta`` (nats): the weighted mean loss for DPO, the robust
         (worst-case) loss for KLDPO and WDPO.
     status : str
-        ``"optimal"`` or a regime note such as ``"optimal (max-loss limit)"``. Inaccurate or
-        infeasible solves raise :class:`~rdpo_theory.errors.SolverError` instead.
+        Always ``"optimal"`` (:data:`.status.STATUS_OPTIMAL`): the answer is certified.
+        Inaccurate, infeasible or unbounded solves raise
+        :class:`~rdpo_theory.errors.SolverError` instead. Which case of the problem the
+        answer is in goes in ``regime``.
     method : str
     dual : float or None
         The optimal dual multiplier (lam* for KL, eta* for Wasserstein).
     worst_case : ndarray or None
-        The adversary's distribution at ``theta``.
+        The adversary's distribution at ``theta``: a probability vector (entries >= 0, sum 1)
+        over the returned support: the data pairs (KL, chi-square, CVaR, group DRO, rho = 0),
+        the candidates (finite WDPO), or the shifted pairs described by ``margin_shift``
+        (continuous W_p, p > 1). None when the supremum is not attained (continuous W1: mass
+        escapes to infinity) and for the non-robust objectives (DPO, IPO, cDPO, rDPO).
     gap : float or None
         Certificate: dual value minus an independently computed primal value.
     info : dict
@@ -41,9 +47,24 @@ class ExactResult:
     transport_plan : ndarray or None
         WDPO with finite candidates: the optimal transport plan (n, K) at ``theta``; its column
         sums are ``worst_case``.
-    regime : str or None
-        Robust solvers: ``"dpo"`` (rho = 0), ``"interior"`` (lam* > 0) or ``"max-loss limit"``
-        (KL, lam* = 0), ``"collapse"``/``"penalty"``/``"finite"`` for WDPO.
+    regime : str
+        Which case the answer is in, one of :data:`.status.REGIMES`
+        (docs/theory.md#kl-regimes):
+
+        * ``"nominal"``: DPO, IPO, cDPO, rDPO (no adversary);
+        * ``"dpo"``: a robust method at rho = 0;
+        * ``"interior"``: KL with lam* > 0; chi-square, CVaR, group DRO with theta away from
+          theta_ref;
+        * ``"max-loss"``: KL with lam* = 0 (all adversarial mass on the maximal losses);
+        * ``"collapse"``: theta = theta_ref is optimal (every loss log 2);
+        * ``"penalty"``: continuous W1 WDPO (DPO plus a norm penalty);
+        * ``"finite"``: WDPO over finite candidates;
+        * ``"shift"``: continuous W_p WDPO, p > 1 (see ``margin_shift``).
+    margin_shift : ndarray or None
+        Continuous W_p WDPO with p > 1 only: the drop of each support point's margin under the
+        worst case (nats of log-odds, >= 0), shape (n,) (or (2n,) when tied maximisers are
+        mixed; point j is pair ``j mod n``). The pair's x moves by
+        ``margin_shift / (beta ||theta - theta_ref||)`` in feature-norm units.
     """
 
     theta: np.ndarray
@@ -56,6 +77,7 @@ class ExactResult:
     info: dict[str, Any] = field(default_factory=dict)
     transport_plan: np.ndarray | None = None
     regime: str | None = None
+    margin_shift: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly dict of the scalar fields and theta."""
@@ -76,7 +98,7 @@ class ExactResult:
 
 
 def solve_problem(
-    problem: cp.Problem, *, what: str, solver: str = "CLARABEL", hint: str = "", **kwargs
+    problem: cp.Problem, *, what: str, cvxpy_solver: str = "CLARABEL", hint: str = "", **kwargs
 ) -> str:
     """Solve ``problem`` and return its status, raising SolverError unless it is optimal."""
     try:
@@ -84,12 +106,12 @@ def solve_problem(
             # the status is checked below and an inaccurate solve raises; cvxpy's own
             # "Solution may be inaccurate" warning would only add noise to progress bars
             warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-            problem.solve(solver=solver, **kwargs)
+            problem.solve(solver=cvxpy_solver, **kwargs)
     except cp.SolverError as exc:
         raise SolverError(
-            f"{what}: solver {solver} failed ({exc}).",
+            f"{what}: cvxpy solver {cvxpy_solver} failed ({exc}).",
             status="solver_error",
-            hint=hint or "rescale the data or try solver='SCS'.",
+            hint=hint or "rescale the data or try cvxpy_solver='SCS'.",
         ) from exc
     status = problem.status
     if status not in OK_STATUSES:
@@ -99,9 +121,9 @@ def solve_problem(
             cp.UNBOUNDED_INACCURATE: "the objective looks unbounded: the data may be "
             "separable; pass a finite radius=.",
             cp.INFEASIBLE: "the constraints are infeasible; check radius and the inputs.",
-        }.get(status, "pass a finite radius=, rescale beta, or try another solver.")
+        }.get(status, "pass a finite radius=, rescale beta, or try another cvxpy_solver=.")
         raise SolverError(
-            f"{what}: solver {solver} ended with status {status!r}.",
+            f"{what}: cvxpy solver {cvxpy_solver} ended with status {status!r}.",
             status=str(status),
             hint=hint or default,
         )

@@ -48,6 +48,13 @@ from ._common import (
 )
 from .dpo import dpo, informative_rows
 from .result import ExactResult
+from .status import (
+    REGIME_COLLAPSE,
+    REGIME_DPO,
+    REGIME_FINITE,
+    REGIME_PENALTY,
+    STATUS_OPTIMAL,
+)
 
 
 def wdpo(
@@ -91,8 +98,12 @@ def wdpo(
         Distances ``d(z_i, z'_k) >= 0``; ``inf`` forbids a move. Default
         ``||x_i - x'_k||_2 + kappa [y_i != y'_k]``.
     solver : {"cvxpy", "fast"}
-        ``"fast"`` only for ``candidates=None, p=1, kappa=inf``.
-    cvxpy_solver : str
+        The solution path. Both for ``candidates=None, p=1, kappa=inf``; only ``"cvxpy"`` with
+        candidates or a finite kappa; only ``"fast"`` for continuous p > 1 (which has no conic
+        program). Any other combination raises InputError listing the valid choices.
+    cvxpy_solver : str, keyword-only
+        Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
+        Clarabel); checked whatever the path.
 
     Returns
     -------
@@ -112,13 +123,15 @@ def wdpo(
     SolverError
         Separable data without a radius, or no certified optimum.
     """
-    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
-    rho = check_rho(rho)
     p = V.positive(p, "p")
     if p < 1:
         raise InputError(f"p must be >= 1, got {p}")
     kappa = V.positive(kappa, "kappa", allow_inf=True)
-    solver = check_solver(solver)
+    solver, cvxpy_solver = check_solver(
+        solver, cvxpy_solver, method="wdpo", **_paths(candidates, p, kappa)
+    )
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    rho = check_rho(rho)
     t0 = time.perf_counter()
     if candidates is None:
         if cost is not None:
@@ -129,24 +142,33 @@ def wdpo(
                     "kappa must be inf for continuous WDPO with p > 1 (labels are fixed there); "
                     "use candidates= for label flips"
                 )
-            if solver == "fast":
-                raise InputError("solver='fast' supports WDPO only with candidates=None and p=1")
             from .wasserstein_p import wdpo_continuous_p
 
             return wdpo_continuous_p(
                 prob.data, rho=rho, p=p, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius
             )
-        if solver == "fast" and np.isfinite(kappa):
-            raise InputError("solver='fast' supports continuous WDPO only with kappa=inf")
         return _continuous_p1(prob, rho, kappa, solver, cvxpy_solver, t0)
-    if solver == "fast":
-        raise InputError("solver='fast' supports WDPO only with candidates=None (continuous x)")
     Xc, yc = _check_candidates(candidates, prob.data.d)
     C = _check_cost(cost, prob.data, Xc, yc, kappa)
     return _finite(prob, rho, p, Xc, yc, C, cvxpy_solver, t0)
 
 
 # ---------------------------------------------------------------------------- inputs
+def _paths(candidates, p: float, kappa: float) -> dict:
+    """The solution paths WDPO has for this problem (keywords of :func:`check_solver`)."""
+    if candidates is not None:
+        return {"valid": ("cvxpy",), "why": " with finite candidates (a transport program)"}
+    if p > 1:
+        return {
+            "valid": ("fast",),
+            "why": " for continuous W_p with p > 1 (no conic program; the fast path is a "
+            "certified quasi-Newton solve of the dual)",
+        }
+    if np.isfinite(kappa):
+        return {"valid": ("cvxpy",), "why": " for continuous WDPO with label flips (finite kappa)"}
+    return {}
+
+
 def _check_candidates(candidates, d: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(candidates, PreferenceData):
         Xc, yc = candidates.X, candidates.y
@@ -296,7 +318,11 @@ def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> Exact
     if rho == 0:
         if solver == "cvxpy":
             res = dpo(
-                data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+                data,
+                beta=prob.beta,
+                theta_ref=prob.tref,
+                radius=prob.radius,
+                cvxpy_solver=cvxpy_solver,
             )
             theta = res.theta
             info.update(res.info)
@@ -346,7 +372,7 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     status = solve_with_retries(
         cp.Problem(cp.Minimize(objective), cons),
         what="exact WDPO (Wasserstein-1 program)",
-        solver=cvxpy_solver,
+        cvxpy_solver=cvxpy_solver,
     )
     info["conic_status"] = status
     th = _proj(np.asarray(theta.value, dtype=float), prob.radius)
@@ -398,13 +424,13 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
     return ExactResult(
         theta=theta,
         value=value,
-        status="optimal",
+        status=STATUS_OPTIMAL,
         method="wdpo",
         dual=lam,
         worst_case=None,
         gap=value - primal,
         info=info,
-        regime="dpo" if rho == 0 else ("collapse" if collapsed else "penalty"),
+        regime=REGIME_DPO if rho == 0 else (REGIME_COLLAPSE if collapsed else REGIME_PENALTY),
     )
 
 
@@ -432,7 +458,11 @@ def _finite(prob: Problem, rho, p, Xc, yc, C, cvxpy_solver, t0) -> ExactResult:
     if rho == 0 and _stays_put(data, rows, allowed, Xc, yc):
         # every zero-cost move is to a copy of the point itself: the ball is {P0}, DPO exactly
         res = dpo(
-            data, beta=prob.beta, theta_ref=prob.tref, radius=prob.radius, solver=cvxpy_solver
+            data,
+            beta=prob.beta,
+            theta_ref=prob.tref,
+            radius=prob.radius,
+            cvxpy_solver=cvxpy_solver,
         )
         Cm = np.where(_allowed_full(Cp, rows, allowed), Cp, np.inf)
         info = {"solver": "cvxpy", "rho_zero": "dpo", "candidates": int(Xc.shape[0])}
@@ -518,7 +548,7 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
         status = solve_with_retries(
             cp.Problem(cp.Minimize(objective), cons),
             what="exact WDPO (finite candidates)",
-            solver=cvxpy_solver,
+            cvxpy_solver=cvxpy_solver,
         )
         th = np.asarray(theta.value, dtype=float)
         ev = float(eta.value) if eta is not None else 0.0
@@ -563,14 +593,16 @@ def _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_solver, info, t0) -> E
     return ExactResult(
         theta=th,
         value=value,
-        status="optimal",
+        status=STATUS_OPTIMAL,
         method="wdpo",
         dual=eta_val,
         worst_case=plan.sum(axis=0),
         gap=value - primal,
         info=info,
         transport_plan=plan,
-        regime="dpo" if rho == 0 else ("collapse" if info["collapsed_to_theta_ref"] else "finite"),
+        regime=REGIME_DPO
+        if rho == 0
+        else (REGIME_COLLAPSE if info["collapsed_to_theta_ref"] else REGIME_FINITE),
     )
 
 

@@ -44,6 +44,7 @@ from ..data import PreferenceData, as_data
 from ..errors import InputError, SolverError
 from ..losses import check_beta, dpo_loss
 from .result import ExactResult
+from .status import REGIME_COLLAPSE, REGIME_DPO, REGIME_SHIFT, STATUS_OPTIMAL
 
 LOG2 = math.log(2.0)
 _BISECT = 110  # bisection steps: brackets are < 2^60 wide in log space, so this reaches ulps
@@ -334,11 +335,15 @@ def wdpo_continuous_p(
     Returns
     -------
     ExactResult
-        ``value`` = V(theta*) (nats), ``dual`` = eta*, ``worst_case`` = the margin shifts
-        delta_i (n,) of the worst case (each pair's x moves by ``delta_i / (beta a)`` against
-        its label), ``gap`` = V(theta*) minus the expected loss of an explicit feasible worst
-        case (>= 0 by weak duality), ``info["grad_norm"]`` = the first-order residual at
-        theta*.
+        ``value`` = V(theta*) (nats), ``dual`` = eta*, ``regime`` = ``"shift"``
+        (``"collapse"`` when theta* = theta_ref, ``"dpo"`` at rho = 0); the worst case moves
+        each pair's x against its label: ``margin_shift`` (n,) = the drop delta_i of the pair's
+        margin (nats of log-odds; x moves by ``delta_i / (beta ||theta - theta_ref||)`` in
+        feature-norm units) and ``worst_case`` (n,) = its mass, the nominal weights. When tied
+        maximisers must be mixed to meet the budget both have shape (2n,) (point j is pair
+        ``j mod n``; see :func:`_worst_case_law`). ``gap`` = V(theta*) minus the expected
+        loss of an explicit feasible worst case (>= 0 by weak duality), ``info["grad_norm"]``
+        = the first-order residual at theta*.
 
     Raises
     ------
@@ -359,28 +364,32 @@ def wdpo_continuous_p(
         from .dpo import dpo as exact_dpo
 
         res = exact_dpo(data, beta=beta, theta_ref=tref, radius=radius)
-        res.method, res.dual = f"wdpo-continuous-p{p:g}", 0.0
+        res.method, res.dual, res.regime = f"wdpo-continuous-p{p:g}", 0.0, REGIME_DPO
+        res.worst_case, res.margin_shift = data.weights.copy(), np.zeros(data.n)
         return res
     prob = _Problem(data, rho, p, beta, tref)
     g = (prob.w * prob.sy) @ prob.X
     info = {
         "p": p,
         "rho": rho,
-        "solver": "BFGS on (theta, log eta), Danskin gradients",
+        "solver": "fast",
+        "algorithm": "BFGS on (theta, log eta), Danskin gradients",
         "collapse": False,
     }
     if rho >= np.linalg.norm(g) and (not bounded or np.linalg.norm(tref) <= radius):
         info.update(collapse=True, seconds=time.perf_counter() - t0, grad_norm=0.0)
-        info["solver"] = "closed form (rho >= ||sum_i p_i sy_i x_i||)"
+        info["algorithm"] = "closed form (rho >= ||sum_i p_i sy_i x_i||)"
         return ExactResult(
             theta=tref.copy(),
             value=LOG2,
-            status="optimal (collapse: theta = theta_ref)",
+            status=STATUS_OPTIMAL,
             method=f"wdpo-continuous-p{p:g}",
             dual=0.0,
-            worst_case=np.zeros(data.n),
+            worst_case=data.weights.copy(),
             gap=0.0,
             info=info,
+            regime=REGIME_COLLAPSE,
+            margin_shift=np.zeros(data.n),
         )
     d = data.d
     if theta0 is None:
@@ -473,15 +482,33 @@ def wdpo_continuous_p(
             status="inaccurate",
             hint="try another theta0=, or a finite radius=.",
         )
-    wc = np.zeros(data.n)
-    wc[data.weights > 0] = d_hi
+    worst_case, shift = _worst_case_law(data.weights, d_lo, d_hi, t)
     return ExactResult(
         theta=theta,
         value=float(value),
-        status="optimal",
+        status=STATUS_OPTIMAL,
         method=f"wdpo-continuous-p{p:g}",
         dual=float(eta),
-        worst_case=wc,
+        worst_case=worst_case,
         gap=float(gap),
         info=info,
+        regime=REGIME_SHIFT,
+        margin_shift=shift,
     )
+
+
+def _worst_case_law(weights, d_lo, d_hi, t) -> tuple[np.ndarray, np.ndarray]:
+    """The primal worst case as ``(worst_case, margin_shift)``: support point j is pair
+    ``j mod n`` with its margin lowered by ``margin_shift[j]``, carrying mass
+    ``worst_case[j]``. Without a split (t = 0 or d_lo = d_hi) the support is the n shifted
+    pairs with the nominal weights; otherwise each pair is split, mass (1 - t) p_i at shift
+    d_lo_i and t p_i at d_hi_i (2n points)."""
+    pos = weights > 0
+    n = weights.shape[0]
+    lo, hi = np.zeros(n), np.zeros(n)
+    lo[pos], hi[pos] = d_lo, d_hi
+    if t <= 0.0 or np.array_equal(lo, hi):
+        return weights.copy(), hi
+    if t >= 1.0:
+        return weights.copy(), hi
+    return np.concatenate([(1 - t) * weights, t * weights]), np.concatenate([lo, hi])

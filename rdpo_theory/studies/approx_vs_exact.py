@@ -222,7 +222,7 @@ def run_task(params: dict, seed, shared) -> list[dict]:
     else:
         g = np.linalg.norm((data.weights * data.signed_labels) @ data.X)
         rho = params["radius"] * g
-        ex = exact_wdpo(data, rho=rho, beta=beta, p=2)
+        ex = exact_wdpo(data, rho=rho, beta=beta, p=2, solver="fast")
         opt = _w_value(ex.theta, data, rho, beta)
 
         def value(t):

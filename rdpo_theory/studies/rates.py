@@ -119,14 +119,12 @@ def _with_fallback(ctx, fast_call, cvxpy_call) -> tuple[Any, str]:
 
 
 def _fit_dpo(data, ctx, rho) -> Fit:
-    """Exact DPO on ``||theta|| <= B``: ``exact.dpo`` (cvxpy) with ``solver="cvxpy"``; with
-    ``solver="fast"`` the fast exact Newton path of ``exact.wdpo`` at ``rho = 0``, whose
-    objective ``E l + 0 * beta ||theta||`` is exactly the DPO risk."""
-    from ..exact import dpo, wdpo
+    """Exact DPO on ``||theta|| <= B`` by ``exact.dpo`` on the context's path."""
+    from ..exact import dpo
 
     kw = {"beta": ctx.beta, "theta_ref": ctx.tref, "radius": ctx.B}
     r, path = _with_fallback(
-        ctx, lambda: wdpo(data, rho=0.0, solver="fast", **kw), lambda: dpo(data, **kw)
+        ctx, lambda: dpo(data, solver="fast", **kw), lambda: dpo(data, solver="cvxpy", **kw)
     )
     return Fit(r.theta, r.status, path=path)
 
