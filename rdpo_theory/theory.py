@@ -439,9 +439,9 @@ def coverage_wasserstein(
             raise InputError(f"candidates must have d = {d.d} columns, got {Xc.shape[1]}")
         dx = np.linalg.norm(X[:, None, :] - Xc[None, :, :], axis=-1)
         if cost is None:
-            flip = y[:, None] != np.asarray(yc, float)[None, :]
-            with np.errstate(invalid="ignore"):
-                D = dx + np.where(flip, kappa, 0.0)
+            from .exact.wasserstein import default_cost
+
+            D = default_cost(X, y, Xc, np.asarray(yc, float), kappa)
             a = 1.0
         else:
             D = np.asarray(cost, dtype=np.float64)

@@ -8,6 +8,7 @@ from scipy.special import logsumexp
 
 from rdpo_theory import InputError, World
 from rdpo_theory.cli import main
+from rdpo_theory.exact.wasserstein import default_cost
 from rdpo_theory.losses import dpo_losses
 from rdpo_theory.studies import rates as R
 
@@ -201,7 +202,7 @@ def test_w_robust_risks_match_solvers_and_duals():
         res.value, rel=1e-9
     )
     Xc, yc = w.candidates()
-    C = R._cost_matrix(pop.X, pop.y, Xc, yc)
+    C = default_cost(pop.X, pop.y, Xc, yc, np.inf)
     theta = np.array([0.3, 0.2])
     from rdpo_theory import PreferenceData
 

@@ -10,6 +10,7 @@ from .. import _validate as V
 from ..data import PreferenceData, as_data
 from ..errors import SolverError
 from ..losses import check_beta
+from .ball import project_ball
 from .dpo import recession_direction
 from .result import solve_problem
 
@@ -62,18 +63,6 @@ def check_solver(
     :func:`rdpo_theory._validate.solver_path`. Returns ``(solver, cvxpy_solver)``."""
     backend = V.cvxpy_solver(cvxpy_solver, method=method)
     return V.solver_path(solver, method=method, valid=valid, why=why), backend
-
-
-def project_ball(theta, radius) -> np.ndarray:
-    theta = np.asarray(theta, dtype=float)
-    if radius is None:
-        return theta.copy()
-    nrm = float(np.linalg.norm(theta))
-    return theta.copy() if nrm <= radius else theta * (radius / nrm)
-
-
-def on_boundary(theta, radius) -> bool:
-    return radius is not None and float(np.linalg.norm(theta)) >= radius * (1 - 1e-6)
 
 
 def separable(A: np.ndarray, *, tol: float = 1e-9) -> bool:

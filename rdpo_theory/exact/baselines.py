@@ -35,6 +35,7 @@ from .. import _validate as V
 from .. import losses as L
 from ..data import PreferenceData, as_data
 from ..errors import InputError, SolverError
+from .ball import project_ball
 from .dpo import informative_rows, recession_direction
 from .result import ExactResult, solve_problem
 from .status import (
@@ -82,10 +83,7 @@ class _Setup:
         return not self.keep.any()
 
     def ref_theta(self) -> np.ndarray:
-        t = self.tref
-        if self.bounded and np.linalg.norm(t) > self.radius:
-            t = t * self.radius / np.linalg.norm(t)
-        return t
+        return project_ball(self.tref, self.radius)
 
     def check_separable(self, what):
         if not self.bounded and recession_direction(self.A) is not None:

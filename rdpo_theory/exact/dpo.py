@@ -12,6 +12,7 @@ from .. import _validate as V
 from ..data import as_data
 from ..errors import SolverError
 from ..losses import check_beta, dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from .ball import on_boundary, project_ball
 from .fast import require_converged
 from .result import ExactResult, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
@@ -63,7 +64,7 @@ def newton_polish(
     objective and stay inside the ball; a boundary solution is returned unchanged.
     Returns ``(theta, polished)``.
     """
-    if radius is not None and np.isfinite(radius) and np.linalg.norm(theta) >= radius * (1 - 1e-6):
+    if on_boundary(theta, radius):
         return theta, False
     f = dpo_risk(theta, data, beta=beta, theta_ref=theta_ref)
     polished = False
@@ -150,11 +151,7 @@ def dpo(
             hint="pass a finite radius= (the parameter bound B).",
         )
     if not keep.any():  # every loss is log 2 whatever theta is: theta_ref is a minimiser
-        th = (
-            tref
-            if not bounded or np.linalg.norm(tref) <= radius
-            else tref * radius / np.linalg.norm(tref)
-        )
+        th = project_ball(tref, radius)
         return ExactResult(
             theta=th,
             value=float(np.log(2.0)),
@@ -179,7 +176,7 @@ def dpo(
         if r_n < resid:
             th, resid = th_n, r_n
             info["refined"] = "projected newton (KKT residual above tolerance)"
-    if not resid <= tol and rad is not None and np.linalg.norm(th) >= rad * (1 - 1e-6):
+    if not resid <= tol and on_boundary(th, rad):
         th_s = sphere_polish(th, data, beta=beta, theta_ref=tref, radius=rad)
         r_s, _ = kkt_certificate(th_s, data, beta=beta, theta_ref=tref, radius=rad)
         if r_s < resid:
@@ -196,9 +193,7 @@ def dpo(
         seconds=time.perf_counter() - t0,
         kkt_residual=resid,
         kkt_tolerance=tol,
-        on_boundary=bool(
-            radius is not None and np.isfinite(radius) and np.linalg.norm(th) >= radius * (1 - 1e-6)
-        ),
+        on_boundary=on_boundary(th, radius),
     )
     return ExactResult(
         theta=th,
@@ -292,8 +287,7 @@ def _newton(data, keep, beta, tref, radius, start) -> tuple[np.ndarray, dict]:
     c = data.signed_labels[keep] * beta
     obj = W1Penalty(data.X[keep], c, data.weights[keep], 0.0, beta, tref)
     th0 = tref.copy() if start is None or not np.all(np.isfinite(start)) else start
-    if radius is not None and np.linalg.norm(th0) > radius:
-        th0 = th0 * (radius / np.linalg.norm(th0))
+    th0 = project_ball(th0, radius)
     th, _, _, info = damped_newton(obj, th0, [], radius=radius)
     return th, info
 

@@ -34,7 +34,8 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
-from ._common import Problem, check_rho, check_solver, on_boundary, prepare, raise_if_separable
+from ._common import Problem, check_rho, check_solver, prepare, raise_if_separable
+from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .fast import LOG2
 from .result import ExactResult, solve_problem
@@ -190,7 +191,7 @@ def _descent_start(prob, Xk, ck, pk) -> np.ndarray:
     u = -g / ng
     s = float(np.sqrt(pk @ (ck * (Xk @ u)) ** 2))
     th = th + (1.0 / s if s > 0 else 1.0) * u
-    return _proj(th, prob.radius)
+    return project_ball(th, prob.radius)
 
 
 def _ray_start(prob, X, c, p, rho, w, p0=0.0):
@@ -232,13 +233,6 @@ def _best_start(prob, X, c, p, rho, ray, p0=0.0):
     if alt is not None and alt[2] < f0:
         return alt[0], alt[1], "ray"
     return th0, lam0, "descent"
-
-
-def _proj(th, radius):
-    if radius is None:
-        return th
-    n = np.linalg.norm(th)
-    return th if n <= radius else th * (radius / n)
 
 
 def _collapse(prob: Problem, rho: float):
@@ -301,7 +295,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
         + float(np.abs(A).sum(axis=1).max()) * (2 * (prob.radius or 0) + np.linalg.norm(prob.tref))
     )
     if conic_error is None and lam.value is not None and float(lam.value) > 1e-6 * scale:
-        th0 = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+        th0 = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
         th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, float(lam.value))
         info["newton"] = ninfo
         if ninfo["converged"] and lm > SMALL_LAM * scale:
@@ -313,7 +307,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     # lam* is small but positive: Newton from the best available point
     starts = []
     if theta.value is not None:
-        th0 = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+        th0 = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
         starts.append((th0, _start_lambda(prob, Xk, ck, pk, p0, rho, th0), "conic"))
     starts.append(_best_start(prob, Xk, ck, pk, rho, ray, p0))
     for th0, lam0, which in starts:
@@ -413,7 +407,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     tstar = float(t.value)
     if ref_ok and tstar <= 1e-8:
         th, tstar = tref.copy(), 0.0  # theta_ref attains margin 0 for every row
-    th = _proj(th, prob.radius)
+    th = project_ball(th, prob.radius)
     m = A @ (th - tref)
     tstar = min(float(m.min()), 0.0) if p0 > 0 else float(m.min())
     tol = 1e-7 * (1.0 + abs(tstar))

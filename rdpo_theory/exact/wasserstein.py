@@ -41,11 +41,11 @@ from ._common import (
     Problem,
     check_rho,
     check_solver,
-    on_boundary,
     prepare,
     raise_if_separable,
     solve_with_retries,
 )
+from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .result import ExactResult
 from .status import (
@@ -234,7 +234,7 @@ def _w1_newton(prob: Problem, rho: float):
     if ng > 0:
         u = -g_ref / ng
         s = float(np.sqrt(p @ (c * (X @ u)) ** 2))
-        th0 = _proj(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
+        th0 = project_ball(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
         if rho > 0:
             # the ray out of the kink at theta_ref along -grad: its minimiser has a value below
             # f(theta_ref) (directional derivative rho beta - ||grad|| < 0), so descent from
@@ -305,13 +305,6 @@ def w1_collapse(prob: Problem, rho: float) -> dict | None:
     }
 
 
-def _proj(th, radius):
-    if radius is None:
-        return th
-    n = np.linalg.norm(th)
-    return th if n <= radius else th * (radius / n)
-
-
 def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> ExactResult:
     data = prob.data
     info: dict = {"solver": solver}
@@ -375,7 +368,7 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
         cvxpy_solver=cvxpy_solver,
     )
     info["conic_status"] = status
-    th = _proj(np.asarray(theta.value, dtype=float), prob.radius)
+    th = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
     if not np.isfinite(kappa):  # smooth away from theta_ref: polish with Newton
         obj = fast.W1Penalty(data.X[keep], prob.c[keep], pk, rho, prob.beta, prob.tref)
         f0 = obj.state(th, []).f
@@ -560,7 +553,7 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
         if at_bound:
             art *= 10.0
         if not new.any() and not at_bound:
-            return _proj(th, prob.radius), (ev if eta is not None else None), status, it
+            return project_ball(th, prob.radius), (ev if eta is not None else None), status, it
         vv = np.where(new, viol, -np.inf)
         top = np.argsort(-vv, axis=1)[:, :per_row]
         r_idx = np.repeat(np.arange(nr), top.shape[1])

@@ -43,6 +43,7 @@ from .. import _validate as V
 from ..data import PreferenceData, as_data
 from ..errors import InputError, SolverError
 from ..losses import check_beta, dpo_loss
+from .ball import on_boundary, project_ball
 from .result import ExactResult
 from .status import REGIME_COLLAPSE, REGIME_DPO, REGIME_SHIFT, STATUS_OPTIMAL
 
@@ -429,20 +430,18 @@ def wdpo_continuous_p(
             options={"maxiter": max_iter, "ftol": 1e-16},
         )
 
-    if bounded and np.linalg.norm(th) > radius:
-        th = th * radius / np.linalg.norm(th)
+    th = project_ball(th, radius)
     z = np.append(th, math.log(max(eta0, 1e-300)))
     for _restart in range(4):  # restarts from the re-optimised eta polish the answer
         opt = run(z)
         z = opt.x.copy()
-        if bounded and np.linalg.norm(z[:d]) > radius:
-            z[:d] *= radius / np.linalg.norm(z[:d])
+        z[:d] = project_ball(z[:d], radius)
         if not np.all(np.isfinite(z)) or np.linalg.norm(z[:d] - tref) > 1e6:
             break
         _, eta_z = prob.best_eta(z[:d])
         z[d] = math.log(max(eta_z, 1e-300))
         _, gt, _ = prob.value_grad(z[:d], eta_z)
-        if bounded and np.linalg.norm(z[:d]) >= radius * (1 - 1e-6):
+        if on_boundary(z[:d], radius):
             u = z[:d] / np.linalg.norm(z[:d])
             gt = gt - min(float(gt @ u), 0.0) * u
         if np.linalg.norm(gt) <= 1e-7:
@@ -456,8 +455,8 @@ def wdpo_continuous_p(
         )
     value, eta = prob.best_eta(theta)
     _, gt, _ = prob.value_grad(theta, eta)
-    on_boundary = bool(bounded and np.linalg.norm(theta) >= radius * (1 - 1e-6))
-    if on_boundary:  # KKT residual: the gradient's part not along -theta
+    at_bound = on_boundary(theta, radius)
+    if at_bound:  # KKT residual: the gradient's part not along -theta
         u = theta / np.linalg.norm(theta)
         resid = gt - min(float(gt @ u), 0.0) * u
     else:
@@ -470,7 +469,7 @@ def wdpo_continuous_p(
         seconds=time.perf_counter() - t0,
         grad_norm=grad_norm,
         iterations=int(opt.nit),
-        on_boundary=on_boundary,
+        on_boundary=at_bound,
         primal_value=primal,
         transport_budget_used=(1 - t) * prob.transport(d_lo, float(np.linalg.norm(theta - tref)))
         + t * prob.transport(d_hi, float(np.linalg.norm(theta - tref))),

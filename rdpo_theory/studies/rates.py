@@ -41,6 +41,7 @@ from .. import _validate as V
 from .. import theory as T
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
+from ..exact.wasserstein import default_cost
 from ..figures import register
 from ..losses import dpo_losses, dpo_risk
 from ..worlds import World
@@ -345,13 +346,6 @@ def w_finite_robust_risk(
     return transport_primal_sup(lc, data.weights, np.asarray(cost, float) ** p, rho**p)[0]
 
 
-def _cost_matrix(X, y, Xc, yc, kappa=math.inf) -> np.ndarray:
-    """``d(z, z') = ||x - x'||_2 + kappa 1[y != y']`` (rows: support, columns: candidates)."""
-    D = np.linalg.norm(X[:, None, :] - Xc[None, :, :], axis=-1)
-    flip = y[:, None] != yc[None, :]
-    return np.where(flip, kappa, D) if math.isinf(kappa) else D + kappa * flip
-
-
 # ---------------------------------------------------------------------------- study context
 @dataclass
 class RatesContext:
@@ -409,7 +403,7 @@ def build_context(
         solver=solver,
         lam0=T.coverage_p0(pop),
         candidates=PreferenceData(Xc, yc),
-        cost=_cost_matrix(pop.X, pop.y, Xc, yc),
+        cost=default_cost(pop.X, pop.y, Xc, yc, math.inf),
         approx_options=dict(approx_options or {"max_steps": 4000, "gtol": 1e-7, "lr": 0.05}),
     )
     for name in methods:
