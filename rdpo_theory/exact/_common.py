@@ -1,53 +1,16 @@
-"""Argument handling shared by the robust exact solvers (KLDPO, WDPO)."""
+"""Argument checks and conic-solve helpers shared by the robust exact solvers (KLDPO, WDPO);
+the setup object itself is :class:`.problem.Problem`."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _validate as V
-from ..data import PreferenceData, as_data
 from ..errors import SolverError
-from ..losses import check_beta
-from .ball import project_ball
 from .dpo import recession_direction
 from .result import solve_problem
 
 SOLVERS = V.SOLVER_PATHS
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Validated common inputs of a robust solve.
-
-    ``c = sy * beta`` (n,) multiplies ``x_i . (theta - theta_ref)`` into the margin
-    ``m_i = c_i x_i . (theta - theta_ref)``; ``radius`` is None when unconstrained.
-    """
-
-    data: PreferenceData
-    beta: float
-    tref: np.ndarray
-    radius: float | None
-
-    @property
-    def c(self) -> np.ndarray:
-        return self.data.signed_labels * self.beta
-
-    def margins(self, theta) -> np.ndarray:
-        return self.c * (self.data.X @ (np.asarray(theta, dtype=float) - self.tref))
-
-    def feasible_ref(self) -> np.ndarray:
-        """``theta_ref`` projected onto the parameter ball."""
-        return project_ball(self.tref, self.radius)
-
-
-def prepare(X, y, weights, *, beta, theta_ref, radius) -> Problem:
-    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
-    r = V.radius(radius)
-    if r is not None and not np.isfinite(r):
-        r = None
-    return Problem(data, check_beta(beta), V.as_theta(theta_ref, data.d), r)
 
 
 def check_rho(rho) -> float:

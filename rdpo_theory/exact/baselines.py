@@ -33,10 +33,11 @@ import numpy as np
 
 from .. import _validate as V
 from .. import losses as L
-from ..data import PreferenceData, as_data
+from ..data import as_data
 from ..errors import InputError, SolverError
 from .ball import project_ball
 from .dpo import informative_rows, recession_direction
+from .problem import prepare
 from .result import ExactResult, solve_problem
 from .status import (
     REGIME_COLLAPSE,
@@ -50,21 +51,18 @@ NO_FAST = " (the baselines are solved as conic programs only; there is no fast p
 
 
 class _Setup:
-    """Shared preprocessing: validated data, informative rows and their margin matrix."""
+    """The conic layer over the shared :class:`.problem.Problem` (validated data, beta,
+    theta_ref, radius): informative rows, their margin matrix and the cvxpy variable."""
 
     def __init__(self, X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, method):
         # every baseline here is a conic program: "cvxpy" is its only path
         V.solver_path(solver, method=method, valid=("cvxpy",), why=NO_FAST)
         self.cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method=method)
-        if isinstance(X, PreferenceData):
-            self.data = as_data(X) if y is None and weights is None else as_data(X, y, weights)
-        else:
-            self.data = as_data(X, y, weights)
-        self.beta = L.check_beta(beta)
-        self.radius = V.radius(radius)
-        self.bounded = self.radius is not None and np.isfinite(self.radius)
+        prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+        self.problem = prob
+        self.data, self.beta, self.tref, self.radius = prob.data, prob.beta, prob.tref, prob.radius
+        self.bounded = prob.bounded
         d = self.data
-        self.tref = V.as_theta(theta_ref, d.d)
         self.keep = informative_rows(d.X, d.weights)
         self.A = d.signed_labels[self.keep, None] * self.beta * d.X[self.keep]  # rows sy beta x
         self.p = d.weights[self.keep]

@@ -9,11 +9,11 @@ import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
-from ..data import as_data
 from ..errors import SolverError
-from ..losses import check_beta, dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from .ball import on_boundary, project_ball
 from .fast import require_converged
+from .problem import prepare
 from .result import ExactResult, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -136,11 +136,9 @@ def dpo(
     """
     solver = V.solver_path(solver, method="dpo")
     cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo")
-    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
-    beta = check_beta(beta)
-    radius = V.radius(radius)
-    tref = V.as_theta(theta_ref, data.d)
-    bounded = radius is not None and np.isfinite(radius)
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    data, beta, tref, radius = prob.data, prob.beta, prob.tref, prob.radius
+    bounded = prob.bounded
     keep = informative_rows(data.X, data.weights)
     coef = data.signed_labels[keep, None] * beta * data.X[keep]  # rows: sy_i beta x_i
     t0 = time.perf_counter()

@@ -34,10 +34,11 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
-from ._common import Problem, check_rho, check_solver, prepare, raise_if_separable
+from ._common import check_rho, check_solver, raise_if_separable
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .fast import LOG2
+from .problem import Problem, prepare
 from .result import ExactResult, solve_problem
 from .status import (
     REGIME_COLLAPSE,

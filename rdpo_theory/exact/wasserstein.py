@@ -37,16 +37,10 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
-from ._common import (
-    Problem,
-    check_rho,
-    check_solver,
-    prepare,
-    raise_if_separable,
-    solve_with_retries,
-)
+from ._common import check_rho, check_solver, raise_if_separable, solve_with_retries
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
+from .problem import Problem, prepare
 from .result import ExactResult
 from .status import (
     REGIME_COLLAPSE,
