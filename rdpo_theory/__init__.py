@@ -4,8 +4,16 @@ Heavy pieces (torch, cvxpy programs, studies) live in submodules and are importe
 """
 
 from .data import PreferenceData
-from .errors import InputError, RDPOError, SolverError
+from .errors import InputError, NonFiniteError, RDPOError, SolverError
 from .worlds import World
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "PreferenceData", "RDPOError", "SolverError", "World", "__version__"]
+__all__ = [
+    "InputError",
+    "NonFiniteError",
+    "PreferenceData",
+    "RDPOError",
+    "SolverError",
+    "World",
+    "__version__",
+]

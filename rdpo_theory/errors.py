@@ -31,3 +31,22 @@ class SolverError(RDPOError):
         self.hint = hint
         full = message if not hint else f"{message} Hint: {hint}"
         super().__init__(full)
+
+
+class NonFiniteError(RDPOError, ArithmeticError):
+    """A computation produced NaN or inf where a finite value is required (a training step's
+    loss or gradient norm, a model about to be saved).
+
+    Attributes
+    ----------
+    step : int or None
+        The optimizer step (1-based) at which it happened, if in a training loop.
+    quantity : str
+        The first non-finite quantity found (e.g. ``"loss"``, ``"grad_norm"``,
+        ``"reference_chosen_logps"``, a parameter name).
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, quantity: str = ""):
+        self.step = step
+        self.quantity = quantity
+        super().__init__(message)

@@ -18,6 +18,7 @@ from .baselines import (
     rdpo_pair_losses,
     update_group_weights,
 )
+from .guards import debug_enabled, set_debug
 from .losses import (
     LossOutput,
     dpo_loss,
@@ -33,6 +34,8 @@ from .losses import (
 
 __all__ = [
     "LossOutput",
+    "debug_enabled",
+    "set_debug",
     "dpo_loss",
     "dpo_margins",
     "dpo_pair_losses",

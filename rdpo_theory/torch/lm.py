@@ -58,13 +58,19 @@ def encode_pairs(
     *,
     max_length: int | None = None,
     add_eos: bool = True,
+    stats: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenize B preference pairs into a right-padded batch of 2B rows (see module docstring).
 
     Prompt and completion are tokenized separately (so the prompt/completion boundary is exact)
-    and concatenated; ``add_eos`` appends the tokenizer's eos token to each completion. Rows
-    longer than ``max_length`` lose prompt tokens from the left first, then completion tokens
-    from the right.
+    and concatenated; ``add_eos`` appends the tokenizer's eos token to each completion.
+
+    Truncation rule (``docs/reliability.md``): a row longer than ``max_length`` keeps the
+    *end* of its prompt and the *start* of its completion. Prompt tokens are dropped from the
+    left first, down to one prompt token; then completion tokens are dropped from the right.
+    Truncated rows are counted: into ``stats["truncated"]`` (and all rows into
+    ``stats["sequences"]``) when a ``stats`` dict is given, else in a warning.
+    To stay within a model's positions use :func:`effective_max_length`.
     """
     B = len(prompts)
     if B == 0:
@@ -78,6 +84,7 @@ def encode_pairs(
         raise InputError(f"max_length must be >= 2, got {max_length}")
     eos = tokenizer.eos_token_id if add_eos else None
     rows, comp = [], []
+    n_cut = 0
     p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     for completions in (chosen, rejected):
         for p, c in zip(p_ids, completions):
@@ -88,11 +95,23 @@ def encode_pairs(
                 raise InputError("a completion tokenizes to zero tokens; nothing to score")
             p_cur = list(p)
             if max_length is not None and len(p_cur) + len(c_ids) > max_length:
+                n_cut += 1
                 keep_p = max(1, max_length - len(c_ids))
                 p_cur = p_cur[-keep_p:] if p_cur else []
                 c_ids = c_ids[: max_length - len(p_cur)]
             rows.append(p_cur + c_ids)
             comp.append([0] * len(p_cur) + [1] * len(c_ids))
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + n_cut
+        stats["sequences"] = stats.get("sequences", 0) + 2 * B
+    elif n_cut:
+        import warnings
+
+        warnings.warn(
+            f"{n_cut} of {2 * B} sequences were longer than max_length={max_length} tokens and "
+            "were truncated (the prompt's end and the completion's start are kept)",
+            stacklevel=2,
+        )
     T = max(len(r) for r in rows)
     pad = _pad_id(tokenizer)
     ids = torch.full((2 * B, T), pad, dtype=torch.long)
@@ -103,6 +122,38 @@ def encode_pairs(
         att[r, : len(row)] = 1
         cm[r, : len(row)] = torch.tensor(cmask)
     return {"input_ids": ids, "attention_mask": att, "completion_mask": cm}
+
+
+def max_positions(model) -> int | None:
+    """The number of positions ``model`` can embed (``n_positions``,
+    ``max_position_embeddings`` or ``n_ctx`` of its config), or None when it has no such
+    limit (e.g. rotary embeddings without a declared maximum)."""
+    conf = getattr(_unwrap(model), "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(conf, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def effective_max_length(model, max_length: int | None) -> int | None:
+    """``max_length`` capped at the model's positions (:func:`max_positions`), so that no
+    sequence can index past them. ``None`` means the model's limit. A ``max_length`` above
+    the limit is lowered with a warning."""
+    limit = max_positions(model)
+    if limit is None:
+        return max_length
+    if max_length is None:
+        return limit
+    if max_length > limit:
+        import warnings
+
+        warnings.warn(
+            f"max_length={max_length} exceeds the model's {limit} positions; using {limit}",
+            stacklevel=2,
+        )
+        return limit
+    return max_length
 
 
 def check_batch(batch) -> int:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .. import _validate as V
 from ..errors import InputError
+from .guards import check_finite_inputs
 
 KL_VARIANTS = ("normalized", "clipped")
 WDPO_VARIANTS = ("sqrt-mean", "per-pair")
@@ -98,12 +99,14 @@ def _check_logps(*tensors: torch.Tensor) -> None:
                 f"{name} has shape {tuple(t.shape)}; expected {tuple(shape)} "
                 "like policy_chosen_logps"
             )
+    check_finite_inputs(zip(_LOGP_NAMES, tensors))  # only under set_debug / RDPO_DEBUG
 
 
 def _check_per_pair(per_pair) -> None:
     if not isinstance(per_pair, torch.Tensor) or per_pair.ndim != 1 or per_pair.numel() == 0:
         shape = tuple(per_pair.shape) if isinstance(per_pair, torch.Tensor) else type(per_pair)
         raise InputError(f"per_pair must be a non-empty tensor of shape (B,), got {shape}")
+    check_finite_inputs([("per_pair", per_pair)])
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -214,11 +217,27 @@ def _check_kl_args(tau, variant, clip) -> tuple[float, float]:
 def _check_kl_inputs(per_pair, tau, variant, clip, base_weights) -> tuple[float, float]:
     tau, clip = _check_kl_args(tau, variant, clip)
     _check_per_pair(per_pair)
-    if base_weights is not None and (
-        not isinstance(base_weights, torch.Tensor) or base_weights.shape != per_pair.shape
-    ):
-        raise InputError(f"base_weights must be a tensor of shape {tuple(per_pair.shape)}")
+    check_prob_weights(base_weights, per_pair, "base_weights")
     return tau, clip
+
+
+def check_prob_weights(weights, like: torch.Tensor, name: str, *, group=None) -> None:
+    """``weights`` is None or a finite, non-negative tensor shaped like ``like`` that sums to
+    1 (checked outside ``torch.distributed``, where the sum runs over the global batch).
+    One synchronisation per call; :class:`InputError` naming ``name`` otherwise."""
+    if weights is None:
+        return
+    if not isinstance(weights, torch.Tensor) or weights.shape != like.shape:
+        got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise InputError(f"{name} must be a tensor of shape {tuple(like.shape)}, got {got}")
+    w = weights.detach()
+    lo, total = (float(v) for v in torch.stack([w.min(), w.sum()]).to(torch.float64))
+    if not math.isfinite(total):
+        raise InputError(f"{name} contains NaN or inf")
+    if lo < 0:
+        raise InputError(f"{name} must be non-negative; min is {lo:.3g}")
+    if _world_size(group) == 1 and abs(total - 1.0) > 1e-4 * max(1.0, w.numel() ** 0.5):
+        raise InputError(f"{name} must sum to 1 over the batch; they sum to {total:.8g}")
 
 
 def _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights=None):
@@ -240,7 +259,9 @@ def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
     glob = local if single else _gather(local, group)
     p = None if base_weights is None else _gather(base_weights, group).to(glob.dtype)
     if variant == "normalized":
-        z = glob / tau
+        # centre at the max so that a tiny tau gives the max-loss limit, not inf - inf = NaN
+        top = glob.max()
+        z = (glob - top) / tau
         if p is None and single:  # w = N softmax(l / tau): one fused kernel
             w = torch.softmax(z, dim=0).mul_(glob.numel())
             return w, w
@@ -249,7 +270,7 @@ def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
         else:  # w_i = q_i / p_i with q ∝ p exp(l / tau)
             log_norm = torch.logsumexp(torch.log(p) + z, dim=0)
         w_glob = (z - log_norm).exp_()
-        return (w_glob if single else (local / tau - log_norm).exp_()), w_glob
+        return (w_glob if single else ((local - top) / tau - log_norm).exp_()), w_glob
     centre = glob.mean() if p is None else torch.dot(p, glob)
     w_glob = (glob - centre).div_(tau).exp_().clamp_(max=clip)
     if single:

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +35,27 @@ import numpy as np
 import torch
 
 from .. import _validate as V
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ..rng import make_rng, stream_seed
 from . import losses as TL
-from .lm import _unwrap, check_batch, embed_tokens, encode_pairs, pair_logps, sequence_logps
+from .guards import all_finite, check_finite_parameters, first_nonfinite
+from .lm import (
+    _unwrap,
+    check_batch,
+    effective_max_length,
+    embed_tokens,
+    encode_pairs,
+    pair_logps,
+    sequence_logps,
+)
+from .run_config import CONFIG_FILE, check_output_dir, run_record
 
 CORE_METHODS = ("dpo", "kldpo", "wdpo")
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 WDPO_HVP = ("double-backward", "finite-difference")
 FD_PRECISIONS = ("float32", "autocast")
+ON_NONFINITE = ("raise", "skip")
 
 
 def resolve_loss(method: str):
@@ -127,6 +139,15 @@ class TrainConfig:
         Measured on a 4-layer GPT-2 in bf16 (CPU autocast), relative error of the penalty
         gradient against the float32 exact one: float32 passes, eps 1e-3: 0.15%; autocast,
         eps 1e-2: 2.6% (1e-3: 19%, 3e-2: 15%); bf16 double backward itself: 16%.
+    on_nonfinite : str
+        What a step does when the loss of a micro-batch or the global gradient norm is NaN or
+        inf (checked every step, one synchronisation): ``raise`` (default) stops with
+        :class:`~rdpo_theory.errors.NonFiniteError` naming the step and the first non-finite
+        quantity (e.g. ``reference_chosen_logps``), before the optimizer touches the weights;
+        ``skip`` drops that update (gradients zeroed, the step, its data and the learning-rate
+        schedule still advance) and counts it in the metrics (``skipped``,
+        ``skipped_total``). Under fp16 loss scaling the gradient norm is left to the scaler.
+        A model with non-finite parameters is never saved.
     """
 
     method: str = "dpo"
@@ -154,6 +175,7 @@ class TrainConfig:
     wdpo_hvp: str = "double-backward"
     wdpo_fd_eps: float = 1e-3
     wdpo_fd_precision: str = "float32"
+    on_nonfinite: str = "raise"
 
     def __post_init__(self):
         resolve_loss(self.method)
@@ -198,11 +220,49 @@ class TrainConfig:
         for k in self.loss_kwargs:
             if k not in params or k in ("beta", "inputs") or k.endswith("_logps"):
                 raise InputError(f"loss_kwargs has {k!r}, which {self.method}_loss does not take")
+        check_run_fields(self)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["output_dir"] = None if self.output_dir is None else str(self.output_dir)
         return d
+
+
+def check_run_fields(cfg: TrainConfig) -> None:
+    """Checks of :class:`TrainConfig` beyond the method: ``seed``, ``output_dir``,
+    ``max_length``, ``on_nonfinite`` and the values in ``loss_kwargs`` (probed by calling the
+    method's loss once on a two-pair dummy batch, so the loss's own checks name the bad
+    parameter, e.g. ``tau``)."""
+    _positive_int(cfg.seed, "seed", allow_zero=True)
+    if cfg.output_dir is not None and not isinstance(cfg.output_dir, str | Path):
+        raise InputError(
+            f"output_dir must be a str, a Path or None, got {type(cfg.output_dir).__name__}"
+        )
+    if cfg.max_length is not None:
+        _positive_int(cfg.max_length, "max_length")
+        if cfg.max_length < 2:
+            raise InputError(f"max_length must be >= 2 (prompt + completion), got {cfg.max_length}")
+    if cfg.on_nonfinite not in ON_NONFINITE:
+        raise InputError(f"on_nonfinite must be one of {ON_NONFINITE}, got {cfg.on_nonfinite!r}")
+    for name in ("resume", "add_eos", "disable_dropout", "save_final_model", "progress"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise InputError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return  # the probe would run collectives (KLDPO's all_gather); names were checked above
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    kw = dict(cfg.loss_kwargs)
+    if cfg.method == "wdpo":
+        kw["inputs"] = x
+    if not all(isinstance(v, int | float | str | None) for v in cfg.loss_kwargs.values()):
+        return  # per-batch tensors (e.g. groups) are checked by the loss at the first step
+    try:
+        resolve_loss(cfg.method)(x * 1.0, x * 0.0, x * 0.0, x * 0.0, beta=cfg.beta, **kw)
+    except InputError as exc:
+        raise InputError(f"loss_kwargs for method {cfg.method!r}: {exc}") from None
+    except TypeError:
+        return  # a per-batch argument the probe cannot supply: checked at the first step
 
 
 def _positive_int(v, name, *, allow_zero=False):
@@ -459,6 +519,8 @@ def train_preference(
     from tqdm.auto import tqdm
 
     cfg = config
+    if not isinstance(cfg, TrainConfig):
+        raise InputError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     rows = check_rows(rows)
     acc = accelerator if accelerator is not None else make_accelerator(cfg)
     from accelerate.utils import set_seed
@@ -466,6 +528,13 @@ def train_preference(
     set_seed(cfg.seed)
     if ref_model is None:
         ref_model = copy.deepcopy(model)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir is not None else None
+    ckpt = None
+    if out_dir is not None:  # refuse to mix runs before anything is written
+        record = run_record(cfg, rows, model, ref_model, num_processes=acc.num_processes)
+        ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
+        check_output_dir(out_dir, record, resume=cfg.resume, has_checkpoint=ckpt is not None)
+    max_length = effective_max_length(model, cfg.max_length)
     if cfg.disable_dropout:
         _disable_dropout(model)
     ref_model.eval().requires_grad_(False).to(acc.device)
@@ -479,18 +548,18 @@ def train_preference(
     acc.register_for_checkpointing(sched)
     model.train()
 
-    out_dir = Path(cfg.output_dir) if cfg.output_dir is not None else None
-    start, metrics = 0, []
-    if out_dir is not None and cfg.resume:
-        ckpt = latest_checkpoint(out_dir)
-        if ckpt is not None:
-            acc.load_state(str(ckpt))
-            start = json.loads((ckpt / STATE_FILE).read_text())["step"]
-            metrics = [m for m in _read_metrics(out_dir) if m["step"] <= start]
+    # running statistics restored on resume (saved in every checkpoint's trainer_state.json)
+    start, metrics, running = 0, [], {"skipped_total": 0, "truncated_total": 0}
+    if out_dir is not None and cfg.resume and ckpt is not None:
+        acc.load_state(str(ckpt))
+        saved = json.loads((ckpt / STATE_FILE).read_text())
+        start = saved["step"]
+        running.update(saved.get("running", {}))
+        metrics = [m for m in _read_metrics(out_dir) if m["step"] <= start]
     if out_dir is not None and acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics(out_dir, metrics)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
 
     world, rank = acc.num_processes, acc.process_index
     gbatch = cfg.batch_size * world
@@ -501,9 +570,11 @@ def train_preference(
         disable=not (cfg.progress and acc.is_local_main_process),
         leave=False,
     )
+    enc_stats = {"truncated": 0, "sequences": 0}
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
+        losses, batches, skipped = [], [], 0
         for a in range(cfg.grad_accum):
             idx = micro_batch_indices(len(rows), gbatch, step * cfg.grad_accum + a, cfg.seed)
             mine = [rows[i] for i in idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]]
@@ -512,23 +583,61 @@ def train_preference(
                 [r["prompt"] for r in mine],
                 [r["chosen"] for r in mine],
                 [r["rejected"] for r in mine],
-                max_length=cfg.max_length,
+                max_length=max_length,
                 add_eos=cfg.add_eos,
+                stats=enc_stats,
             )
             batch = {k: v.to(acc.device) for k, v in batch.items()}
+            batches.append(batch)
             with acc.accumulate(model):
                 out = loss_and_backward(cfg, model, ref_model, batch, accelerator=acc)
-                if acc.sync_gradients and cfg.max_grad_norm is not None:
-                    gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    sums["grad_norm"] = torch.as_tensor(gn, dtype=torch.float32).detach()
-                opt.step()
-                opt.zero_grad()
+                losses.append(out.loss.detach())
+                if acc.sync_gradients:
+                    clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+                    gn = acc.clip_grad_norm_(model.parameters(), clip)
+                    gn = None if gn is None else torch.as_tensor(gn, dtype=torch.float32)
+                    if gn is not None:
+                        sums["grad_norm"] = gn.detach()
+                    # fp16 loss scaling: inf gradients are the scaler's business
+                    check_gn = gn is not None and getattr(acc, "scaler", None) is None
+                    bad = _nonfinite_step(acc, losses, gn if check_gn else None)
+                    if bad:
+                        what = _diagnose_nonfinite(cfg, model, ref_model, batches, losses, acc)
+                        if cfg.on_nonfinite == "raise":
+                            raise NonFiniteError(
+                                f"step {step + 1}: non-finite {what}; training stopped before "
+                                "the optimizer step, the weights are unchanged (use "
+                                "TrainConfig(on_nonfinite='skip') to drop such steps)",
+                                step=step + 1,
+                                quantity=what.split(" ")[0],
+                            )
+                        skipped = 1
+                        running["skipped_total"] += 1
+                    else:
+                        opt.step()
+                    opt.zero_grad()
+                else:
+                    opt.step()  # accelerate defers the update to the synchronising micro-batch
+                    opt.zero_grad()
             stats = {"loss": out.loss.detach(), **out.stats}
             for k, v in stats.items():
                 v = torch.as_tensor(v, dtype=torch.float32, device=acc.device)
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
         sched.step()
         done = step + 1
+        running["truncated_total"] += enc_stats["truncated"]
+        if enc_stats["truncated"] and not running.get("warned_truncation"):
+            import warnings
+
+            warnings.warn(
+                f"{enc_stats['truncated']} of {enc_stats['sequences']} sequences at step {done} "
+                f"were longer than max_length={max_length} tokens and were truncated (the "
+                "prompt's end and the completion's start are kept); metrics count them in "
+                "'truncated_total'",
+                stacklevel=2,
+            )
+            running["warned_truncation"] = 1
+        enc_stats.update(truncated=0, sequences=0)
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             row = {"step": done, "method": cfg.method}
             for k, v in sums.items():
@@ -537,19 +646,26 @@ def train_preference(
             row["reward_margin"] = row["reward_chosen"] - row["reward_rejected"]
             row["lr"] = float(sched.get_last_lr()[0])
             row["step_seconds"] = time.perf_counter() - t0
+            row["skipped"] = skipped
+            row["skipped_total"] = running["skipped_total"]
+            row["truncated_total"] = running["truncated_total"]
             metrics.append(row)
             if out_dir is not None and acc.is_main_process:
                 with open(out_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(_json_line(row))
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}")
         bar.update(1)
         if out_dir is not None and (
             (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps
         ):
-            save_checkpoint(acc, out_dir, done)
+            check_finite_parameters(
+                acc.unwrap_model(model), what=f"save the step-{done} checkpoint"
+            )
+            save_checkpoint(acc, out_dir, done, running=running)
     bar.close()
     unwrapped = acc.unwrap_model(model)
     if out_dir is not None and cfg.save_final_model:
+        check_finite_parameters(unwrapped, what="save the final model")
         acc.wait_for_everyone()
         unwrapped.save_pretrained(
             out_dir / "final", is_main_process=acc.is_main_process, save_function=acc.save
@@ -559,12 +675,56 @@ def train_preference(
     return TrainResult(unwrapped, metrics, out_dir, max(start, cfg.max_steps))
 
 
-def save_checkpoint(acc, out_dir: Path, step: int) -> Path:
-    """``accelerator.save_state`` to ``out_dir/checkpoints/step-{step}`` plus the step count."""
+def _nonfinite_step(acc, losses: list, grad_norm) -> bool:
+    """Whether any micro-batch loss (or the gradient norm) of this step is non-finite, on any
+    process. One synchronisation."""
+    ok = all_finite(losses + ([grad_norm] if grad_norm is not None else []))
+    bad = (~ok).to(device=acc.device, dtype=torch.float32)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    return bool(bad > 0)
+
+
+@torch.no_grad()
+def _diagnose_nonfinite(cfg, model, ref_model, batches, losses, acc) -> str:
+    """Name the first non-finite quantity of a failed step (runs only on failure): the
+    log-probs of the first micro-batch whose loss is non-finite, else that loss, else the
+    first parameter with a non-finite gradient."""
+    for a, (batch, loss) in enumerate(zip(batches, losses)):
+        if bool(torch.isfinite(loss)):
+            continue
+        with acc.autocast():
+            pc, pr, _ = pair_logps(model, batch)
+            rc, rr, _ = pair_logps(ref_model, batch)
+        names = ("policy_chosen_logps", "policy_rejected_logps")
+        names += ("reference_chosen_logps", "reference_rejected_logps")
+        bad = first_nonfinite(zip(names, (pc, pr, rc, rr)))
+        where = f" in micro-batch {a}" if len(batches) > 1 else ""
+        return f"{bad}{where}" if bad else f"loss{where} (value {float(loss)})"
+    for name, p in _unwrap(model).named_parameters():
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return f"grad_norm (first non-finite gradient: {name})"
+    return "grad_norm"
+
+
+def _json_line(row: dict) -> str:
+    """One metrics line; NaN and inf become null (JSON has no such numbers)."""
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+    }
+    return json.dumps(clean) + "\n"
+
+
+def save_checkpoint(acc, out_dir: Path, step: int, *, running: dict | None = None) -> Path:
+    """``accelerator.save_state`` (weights, optimizer, scheduler, every RNG) to
+    ``out_dir/checkpoints/step-{step}``, plus ``trainer_state.json`` holding the step count and
+    the ``running`` statistics (skip and truncation counters; other running state such as group
+    weights or robust normalisers belongs here too), all restored by ``resume=True``."""
     path = Path(out_dir) / "checkpoints" / f"step-{step}"
     acc.save_state(str(path))
     if acc.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps({"step": step}))
+        state = {"step": step, "running": dict(running or {})}
+        (path / STATE_FILE).write_text(json.dumps(state))
     acc.wait_for_everyone()
     return path
 
@@ -579,7 +739,7 @@ def _read_metrics(out_dir: Path) -> list[dict]:
 def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
     with open(Path(out_dir) / METRICS_FILE, "w") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(_json_line(r))
 
 
 def read_metrics(out_dir) -> list[dict]:

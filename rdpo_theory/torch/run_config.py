@@ -1,0 +1,175 @@
+"""The recorded configuration of a training run, and the check that keeps runs from mixing.
+
+Every output directory of :func:`rdpo_theory.torch.train.train_preference` holds
+``config.json``: the :class:`~rdpo_theory.torch.train.TrainConfig` fields plus a ``run`` block
+with the data hash (SHA-256 of the rows), the policy's and the reference's identity (class,
+``name_or_path``, SHA-256 of the model config), the number of processes, the global batch and
+the package, torch and transformers versions. ``resume=True`` compares the recorded
+configuration with the new one field by field and refuses a directory whose configuration
+differs, naming every differing field; only the fields in :data:`RESUMABLE_FIELDS` may change
+between an interrupted run and its continuation. See ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+CONFIG_FILE = "config.json"
+
+#: TrainConfig fields that may differ when a run is resumed: they change what is logged,
+#: saved or shown, or how far the run goes, never the numbers of a step.
+#: (``max_steps`` changes the learning rate of ``schedule="linear"``, so it is compared then.)
+RESUMABLE_FIELDS = frozenset(
+    {"max_steps", "log_every", "save_every", "output_dir", "resume", "save_final_model", "progress"}
+)
+
+
+def data_hash(rows) -> str:
+    """SHA-256 of the preference rows (their JSON with sorted keys, in order)."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def model_identity(model) -> dict:
+    """Class, ``name_or_path`` and the SHA-256 of the model's config (architecture, vocabulary,
+    dropout, ...). Weights are not hashed: a resumed run loads them from its checkpoint."""
+    while hasattr(model, "module"):
+        model = model.module
+    conf = getattr(model, "config", None)
+    if conf is not None and hasattr(conf, "to_dict"):
+        d = {k: v for k, v in conf.to_dict().items() if k not in ("_name_or_path",)}
+        d.pop("transformers_version", None)
+        text = json.dumps(d, sort_keys=True, default=str)
+        name = str(getattr(conf, "_name_or_path", "") or getattr(conf, "name_or_path", ""))
+    else:
+        text, name = repr(model), ""
+    return {
+        "class": type(model).__name__,
+        "name_or_path": name,
+        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def run_record(cfg, rows, model, ref_model, *, num_processes: int) -> dict:
+    """The configuration written to ``config.json``: ``cfg.to_dict()`` plus a ``run`` block."""
+    import torch
+
+    from .. import __version__
+
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except ImportError:  # pragma: no cover
+        tf_version = None
+    rec = cfg.to_dict()
+    rec["run"] = {
+        "data_sha256": data_hash(rows),
+        "n_rows": len(rows),
+        "model": model_identity(model),
+        "reference_model": model_identity(ref_model),
+        "num_processes": int(num_processes),
+        "global_batch": cfg.batch_size * cfg.grad_accum * int(num_processes),
+        "package_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "transformers_version": tf_version,
+    }
+    return rec
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k in ("run", "model", "reference_model"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differing_fields(recorded: dict, current: dict) -> list[str]:
+    """``"field: recorded X, now Y"`` for every compared field that differs."""
+    a, b = _flatten(recorded), _flatten(current)
+    skip = set(RESUMABLE_FIELDS)
+    if a.get("schedule") == "linear" or b.get("schedule") == "linear":
+        skip.discard("max_steps")
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in skip:
+            continue
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if json.dumps(va, sort_keys=True, default=str) != json.dumps(
+            vb, sort_keys=True, default=str
+        ):
+            out.append(f"{k}: recorded {va!r}, now {vb!r}")
+    return out
+
+
+def read_record(out_dir) -> dict | None:
+    """The recorded configuration of ``out_dir`` (None when there is none)."""
+    p = Path(out_dir) / CONFIG_FILE
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"output_dir {str(out_dir)!r}: cannot read {CONFIG_FILE}: {exc}") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"output_dir {str(out_dir)!r}: {CONFIG_FILE} is not a JSON object")
+    return rec
+
+
+def check_output_dir(out_dir, record: dict, *, resume: bool, has_checkpoint: bool) -> None:
+    """Refuse to mix runs in ``out_dir``.
+
+    * ``resume=True``: the recorded configuration (if any) must equal ``record`` on every
+      field except :data:`RESUMABLE_FIELDS`; otherwise :class:`InputError` names each
+      differing field. A directory with checkpoints but no recorded configuration (written
+      by an older version) is refused too.
+    * ``resume=False``: a directory that already holds checkpoints is refused (a later
+      ``resume=True`` would otherwise continue from the other run's checkpoint).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output_dir {str(out_dir)!r} exists and is not a directory")
+    old = read_record(out_dir)
+    if not resume:
+        if has_checkpoint:
+            raise InputError(
+                f"output_dir {str(out_dir)!r} already holds checkpoints of a run; pass "
+                "resume=True (--resume) to continue it, or choose a new directory"
+            )
+        return
+    if old is None:
+        if has_checkpoint:
+            raise InputError(
+                f"output_dir {str(out_dir)!r} holds checkpoints but no {CONFIG_FILE}: cannot "
+                "check that they belong to this run; choose a new directory"
+            )
+        return
+    diff = differing_fields(old, json.loads(json.dumps(record, default=str)))
+    if diff:
+        raise InputError(
+            f"resume=True refuses output_dir {str(out_dir)!r}: its recorded configuration "
+            f"differs in {len(diff)} field(s): " + "; ".join(diff)
+        )
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "RESUMABLE_FIELDS",
+    "check_output_dir",
+    "data_hash",
+    "differing_fields",
+    "model_identity",
+    "read_record",
+    "run_record",
+]
