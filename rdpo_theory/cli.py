@@ -11,7 +11,7 @@ from . import __version__
 from .errors import RDPOError
 
 #: Subcommand modules, in help order.
-COMMANDS = ["solve", "figures", "rates", "shift", "llm", "compare"]
+COMMANDS = ["solve", "figures", "rates", "shift", "llm", "compare", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..studies.sweep import DEFAULT_CACHE_DIR
 
 
 def add_parser(sub) -> None:
@@ -70,7 +71,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--cache",
         type=Path,
-        default=Path(".cache/rdpo"),
+        default=DEFAULT_CACHE_DIR,
         help="per-run cache folder (reused by reruns; default .cache/rdpo)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")

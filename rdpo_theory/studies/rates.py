@@ -449,7 +449,12 @@ def run_one(params: dict, seed, ctx: RatesContext) -> dict:
     try:
         fit = spec.fit(data, ctx, rho)
     except SolverError as exc:
-        row.update(status=f"error: {exc.status}", ok=False, seconds=time.perf_counter() - t0)
+        row.update(
+            status=f"error: {exc.status}",
+            reason=str(exc)[:500],
+            ok=False,
+            seconds=time.perf_counter() - t0,
+        )
         return row
     row["seconds"] = time.perf_counter() - t0
     target = ctx.targets[(method, rho)]

@@ -25,11 +25,17 @@ progress=True, desc=None) -> SweepResult``
       same numbers.
     * **Cache**: with ``cache_dir``, each finished task's rows are written (atomically, as
       JSON) to ``cache_dir/<namespace>/<key[:2]>/<key>.json`` by the *calling* process as soon
-      as the task returns, where ``key`` is a SHA-256 of ``(namespace, params, seed)``. A
+      as the task returns, where ``key`` is a SHA-256 of ``(namespace, params, seed, code)``
+      and ``code`` is :func:`code_fingerprint`: the package version and a SHA-256 of the
+      source of every module of the package. Any code change therefore misses the cache
+      (nothing computed by other code is ever served), and a run that failed (rows with
+      ``ok`` false; the payload records ``failed`` and the rows' ``status``/``reason``) is
+      retried as soon as the code changes. A
       rerun, an interrupted sweep or an extended grid (more n, more seeds) reads those files
       back and computes only what is missing. ``namespace`` must name everything that changes
-      results but is not in ``params`` (the world, solver tolerances, a code version): build
-      it with :func:`fingerprint`. ``shared`` is *not* hashed.
+      results but is not in ``params`` or the code (the world, solver tolerances): build
+      it with :func:`fingerprint`. ``shared`` is *not* hashed. :func:`clear_cache` (``rdpo
+      cache clear``) deletes the cache files under a root.
     * **Parallelism**: ``jobs`` is joblib's ``n_jobs`` (``-1`` = all cores). ``jobs=1`` with
       ``backend=None`` runs in-process without joblib. ``backend`` is any joblib backend
       name: ``"loky"`` (default for ``jobs != 1``), ``"threading"``, ``"multiprocessing"``,
@@ -166,14 +172,74 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def task_key(task: Task, namespace: str) -> str:
-    """SHA-256 hex key of ``(namespace, params, seed)``."""
+def task_key(task: Task, namespace: str, *, code: str | None = None) -> str:
+    """SHA-256 hex key of ``(namespace, params, seed, code)``; ``code`` defaults to
+    :func:`code_fingerprint`, so runs computed by different code never share a key."""
+    code = code_fingerprint() if code is None else code
     text = json.dumps(
-        _canonical([namespace, task.params, list(task.seed)]),
+        _canonical([namespace, task.params, list(task.seed), code]),
         sort_keys=True,
         separators=(",", ":"),
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: Where ``rdpo`` commands keep their per-run cache by default (relative to the current
+#: directory).
+DEFAULT_CACHE_DIR = Path(".cache") / "rdpo"
+
+
+def package_sources() -> dict[str, bytes]:
+    """The source bytes of every module of the ``rdpo_theory`` package, by relative path.
+
+    A task may call any solver, loss or world of the package, so all of them count as its
+    code (hashing only what a task imports would miss lazily imported modules)."""
+    root = Path(__file__).resolve().parents[1]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.py"))}
+
+
+_CODE_FINGERPRINT: dict[tuple, str] = {}
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (hex) of the package version and :func:`package_sources`, computed once per
+    process and version. Part of every cache key (:func:`task_key`)."""
+    from .. import __version__
+
+    memo = (__version__, package_sources)
+    if memo not in _CODE_FINGERPRINT:
+        h = hashlib.sha256(f"rdpo-theory {__version__}\n".encode())
+        for name, src in package_sources().items():
+            h.update(name.encode() + b"\0" + hashlib.sha256(src).digest())
+        _CODE_FINGERPRINT.clear()
+        _CODE_FINGERPRINT[memo] = h.hexdigest()
+    return _CODE_FINGERPRINT[memo]
+
+
+def clear_cache(root: str | Path) -> int:
+    """Delete every cache file (``<namespace>/<xx>/<key>.json`` and torn ``.tmp`` files)
+    under ``root`` and the folders left empty; return the number of files deleted. Other
+    files are left alone, so pointing this at the wrong folder deletes nothing else."""
+    import re
+
+    root = Path(root)
+    if not root.exists():
+        return 0
+    if not root.is_dir():
+        raise InputError(f"cache folder {str(root)!r} is not a directory")
+    pattern = re.compile(r"^([0-9a-f]{64}\.json|.*\.tmp)$")
+    n = 0
+    for p in sorted(root.glob("*/*/*")):
+        if p.is_file() and pattern.match(p.name) and len(p.parent.name) == 2:
+            p.unlink()
+            n += 1
+    for d in sorted(root.glob("*/*"), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    for d in sorted(root.glob("*")):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return n
 
 
 class RunCache:
@@ -201,12 +267,24 @@ class RunCache:
             return None  # a torn or foreign file is recomputed
 
     def put(self, key: str, task: Task, rows: list[dict]) -> None:
-        """Write a run's rows atomically (temporary file + rename)."""
+        """Write a run's rows atomically (temporary file + rename), with the code fingerprint
+        and, for a failed run (a row with ``ok`` false), the reasons."""
         p = self.path(key)
         if p is None:
             return
         p.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"params": task.params, "seed": list(task.seed), "rows": rows}
+        from .. import __version__
+
+        failed = [r for r in rows if r.get("ok", True) is False]
+        payload = {
+            "params": task.params,
+            "seed": list(task.seed),
+            "rows": rows,
+            "version": __version__,
+            "code": code_fingerprint(),
+            "failed": bool(failed),
+            "reasons": [str(r.get("reason", r.get("status", ""))) for r in failed],
+        }
         fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -292,7 +370,8 @@ def run_sweep(
     if isinstance(jobs, bool) or int(jobs) != jobs or jobs == 0:
         raise InputError(f"jobs must be a non-zero int (joblib n_jobs), got {jobs!r}")
     cache = RunCache(cache_dir, namespace)
-    keys = [task_key(t, namespace) for t in tasks]
+    code = code_fingerprint()
+    keys = [task_key(t, namespace, code=code) for t in tasks]
     if len(set(keys)) != len(keys):
         raise InputError("tasks contain duplicates (same params and seed)")
     t0 = time.perf_counter()
