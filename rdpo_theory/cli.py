@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(WDPO, KLDPO) on log-linear policies and language models.",
     )
     parser.add_argument("--version", action="version", version=f"rdpo-theory {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of a one-line message",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"rdpo_theory.commands.{name}").add_parser(sub)
@@ -28,16 +33,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rdpo``. Every error the package raises on purpose (:class:`RDPOError`: bad input,
+    an unreadable file, a solver that could not certify its answer, a non-finite training
+    step) becomes one line on stderr and exit status 2; ``--debug`` re-raises it with its
+    traceback. Every command checks all of its arguments before it starts any work or writes
+    any file."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before COMMAND
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
     try:
         return int(args.func(args) or 0)
     except RDPOError as exc:
-        print(f"rdpo {args.command}: error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        msg = " ".join(str(exc).split())  # one line
+        print(f"rdpo {args.command}: error: {msg} (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"rdpo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

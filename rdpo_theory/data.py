@@ -91,28 +91,13 @@ class PreferenceData:
 
     @classmethod
     def load(cls, path: str | Path) -> PreferenceData:
-        """Read a file written by :meth:`save`. A CSV without a ``weight`` column is uniform."""
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"path {str(path)!r} does not exist")
-        if path.suffix == ".npz":
-            with np.load(path) as f:
-                missing = {"X", "y"} - set(f.files)
-                if missing:
-                    raise InputError(f"path {path.name!r} lacks arrays {sorted(missing)}")
-                w = f["weights"] if "weights" in f.files else None
-                return cls(f["X"], f["y"], w)
-        if path.suffix == ".csv":
-            import pandas as pd
+        """Read a file written by :meth:`save` (``.npz`` or ``.csv``). A CSV without a
+        ``weight`` column is uniform. Every problem raises
+        :class:`~rdpo_theory.errors.FileFormatError` naming the file and the line or column
+        (:mod:`rdpo_theory.io`)."""
+        from .io import read_preference_data
 
-            df = pd.read_csv(path)
-            xcols = [c for c in df.columns if c.startswith("x")]
-            if "y" not in df.columns or not xcols:
-                raise InputError(f"path {path.name!r} needs columns x0.. and y")
-            xcols.sort(key=lambda c: int(c[1:]))
-            w = df["weight"].to_numpy() if "weight" in df.columns else None
-            return cls(df[xcols].to_numpy(), df["y"].to_numpy(), w)
-        raise InputError(f"path must end in .npz or .csv, got {path.name!r}")
+        return read_preference_data(path)
 
 
 def as_data(X, y=None, weights=None) -> PreferenceData:

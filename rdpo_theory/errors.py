@@ -50,3 +50,23 @@ class NonFiniteError(RDPOError, ArithmeticError):
         self.step = step
         self.quantity = quantity
         super().__init__(message)
+
+
+class FileFormatError(InputError):
+    """A file cannot be read as the expected format. The message names the file, the line
+    (1-based) or column where it applies, what was expected and what was found.
+
+    Attributes
+    ----------
+    path : str
+    line : int or None
+    column : str or None
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "", line: int | None = None, column: str | None = None
+    ):
+        self.path = path
+        self.line = line
+        self.column = column
+        super().__init__(message)

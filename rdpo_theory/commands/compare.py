@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import InputError
-
 DEFAULT_OUT = Path("figures")
 
 
@@ -30,9 +28,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..studies.approx_vs_exact import ApproxConfig, study
+    from . import checks as C
 
-    if args.jobs == 0:
-        raise InputError("--jobs must be nonzero (-1 = all cores)")
+    C.jobs(args.jobs)
+    C.output_dir(args.out)
     cfg = ApproxConfig.full() if args.full else ApproxConfig.quick()
     t0 = time.perf_counter()
     paths = study(args.out, cfg=cfg, jobs=args.jobs)

@@ -35,6 +35,10 @@ def run(args) -> int:
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise InputError(f"--only names unknown figures {unknown}; known: {sorted(registry)}")
+    from . import checks as C
+
+    C.jobs(args.jobs)
+    C.output_dir(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     if not names:
         print("no figures are registered yet")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import dumps_json
 
 
 def add_parser(sub) -> None:
@@ -60,9 +60,14 @@ def run(args) -> int:
 
 def _run_tiny(args) -> int:
     from ..torch.emotion import EmotionConfig, run_emotion, write_outputs
+    from . import checks as C
 
+    if args.dataset is not None:
+        raise InputError("--dataset does not apply to --tiny (it generates its own pairs)")
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    C.jobs(args.jobs)
+    C.output_dir(args.out)
     cfg = (
         EmotionConfig.smoke()
         if args.smoke
@@ -87,20 +92,60 @@ def _print_summary(table) -> None:
 
 
 def load_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines preference file (each needs string prompt, chosen, rejected)."""
-    from ..torch.train import check_rows
+    """Rows of a JSON-lines preference file (each needs string prompt, chosen, rejected);
+    errors name the file and line (:func:`rdpo_theory.io.read_preference_jsonl`)."""
+    from ..io import read_preference_jsonl
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"--dataset {path} does not exist")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"--dataset line {i + 1} is not JSON: {exc}") from None
-    return check_rows(rows)
+    return read_preference_jsonl(path, flag="--dataset")
+
+
+def check_model_path(name: str) -> None:
+    """A local ``--model`` folder must hold a Hugging Face model (``config.json``); anything
+    that is not a local path is left to ``from_pretrained`` (a hub name)."""
+    p = Path(name)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--model {name!r} is a file; give a model folder or a hub name")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise InputError(
+            f"--model {name!r} is a folder without config.json: not a Hugging Face model "
+            "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))"
+        )
+
+
+def build_configs(args) -> dict:
+    """One validated TrainConfig per ``--methods`` entry, built before any work so that a bad
+    method or parameter (``--tau 0``, ``--rho0 -1``, ``--max-length 1``) stops the command
+    before anything is trained or written."""
+    from ..torch.train import TrainConfig, latest_checkpoint
+
+    if len(set(args.methods)) != len(args.methods):
+        raise InputError(f"--methods lists a method twice: {args.methods}")
+    configs = {}
+    for method in args.methods:
+        try:
+            configs[method] = TrainConfig(
+                method=method,
+                beta=args.beta,
+                loss_kwargs=_loss_kwargs(args, method),
+                learning_rate=args.lr,
+                batch_size=args.batch_size,
+                grad_accum=args.grad_accum,
+                max_steps=args.steps,
+                warmup_steps=args.warmup,
+                max_length=args.max_length,
+                seed=args.seed,
+                output_dir=args.out / method,
+                save_every=args.save_every,
+                resume=args.resume,
+            )
+        except InputError as exc:
+            raise InputError(f"--methods {method}: {exc}") from None
+        if not args.resume and latest_checkpoint(args.out / method) is not None:
+            raise InputError(
+                f"--out {str(args.out / method)!r} already holds checkpoints of a run; pass "
+                "--resume to continue it, or choose a new --out"
+            )
+    return configs
 
 
 def _loss_kwargs(args, method: str) -> dict:
@@ -119,43 +164,35 @@ def _run_model(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..rng import make_rng
-    from ..torch.lm import encode_pairs, pair_logps
+    from ..torch.lm import effective_max_length, encode_pairs, pair_logps
     from ..torch.losses import dpo_margins
-    from ..torch.train import TrainConfig, make_accelerator, train_preference
+    from ..torch.train import make_accelerator, train_preference
+    from . import checks as C
 
     if args.dataset is None:
         raise InputError("--model needs --dataset FILE (JSON lines: prompt, chosen, rejected)")
     if not 0 <= args.eval_fraction < 1:
         raise InputError(f"--eval-fraction must lie in [0, 1), got {args.eval_fraction}")
+    C.output_dir(args.out)
+    C.integer(args.seed, "--seed", minimum=0)
+    configs = build_configs(args)
     rows = load_jsonl(args.dataset)
+    check_model_path(args.model)
     perm = make_rng(args.seed).permutation(len(rows))
     n_eval = int(round(args.eval_fraction * len(rows)))
     held = [rows[i] for i in perm[:n_eval]]
     train_rows = [rows[i] for i in perm[n_eval:]]
     try:
         tok = AutoTokenizer.from_pretrained(args.model)
-    except OSError as exc:
-        raise InputError(f"--model {args.model!r}: cannot load a tokenizer: {exc}") from None
+    except (OSError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"--model {args.model!r}: cannot load a tokenizer: {msg}") from None
     summary = {}
-    for method in args.methods:
-        cfg = TrainConfig(
-            method=method,
-            beta=args.beta,
-            loss_kwargs=_loss_kwargs(args, method),
-            learning_rate=args.lr,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            max_steps=args.steps,
-            warmup_steps=args.warmup,
-            max_length=args.max_length,
-            seed=args.seed,
-            output_dir=args.out / method,
-            save_every=args.save_every,
-            resume=args.resume,
-        )
+    for method, cfg in configs.items():
         acc = make_accelerator(cfg)
         model = AutoModelForCausalLM.from_pretrained(args.model)
         ref = AutoModelForCausalLM.from_pretrained(args.model)
+        max_length = effective_max_length(model, args.max_length)
         res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
         ev = {"train_last": res.metrics[-1] if res.metrics else {}}
         if held:
@@ -170,7 +207,7 @@ def _run_model(args) -> int:
                         [r["prompt"] for r in part],
                         [r["chosen"] for r in part],
                         [r["rejected"] for r in part],
-                        max_length=args.max_length,
+                        max_length=max_length,
                     )
                     b = {k: v.to(acc.device) for k, v in b.items()}
                     pc, pr, _ = pair_logps(pol, b)
@@ -184,10 +221,10 @@ def _run_model(args) -> int:
             )
         summary[method] = ev
         if acc.is_main_process:
-            (args.out / method / "eval.json").write_text(json.dumps(ev, indent=2))
+            (args.out / method / "eval.json").write_text(dumps_json(ev, indent=2))
         del model, ref, res
     if args.out.exists():
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "summary.json").write_text(dumps_json(summary, indent=2))
     for method, ev in summary.items():
         acc_s = ev.get("heldout_accuracy")
         print(

@@ -87,8 +87,18 @@ def run(args) -> int:
         for name, spec in R.METHODS.items():
             print(f"{name:18s} {spec.family:9s} {spec.description}")
         return 0
-    if args.jobs == 0:
-        raise InputError("--jobs must be non-zero")
+    from . import checks as C
+
+    C.jobs(args.jobs)
+    C.integer(args.world_seed, "--world-seed", minimum=0)
+    C.joblib_backend(args.backend)
+    C.output_dir(args.out)
+    if not args.no_cache:
+        C.output_dir(args.cache, "--cache")
+    if args.seeds is not None:
+        C.integer(args.seeds, "--seeds", minimum=2)
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise InputError(f"--delta must lie in (0, 1), got {args.delta}")
     over = {
         "world": args.world,
         "world_seed": args.world_seed,

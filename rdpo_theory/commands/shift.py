@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "figures"
+DEFAULT_OUT = Path("figures")  # relative to the current directory, never the package
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..studies.shift import ShiftConfig, study
+    from . import checks as C
 
+    C.jobs(args.jobs)
+    C.output_dir(args.out)
     changes = {}
     if args.seeds is not None:
         if args.seeds < 1:

@@ -3,7 +3,6 @@ certificate gap."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from .._validate import SOLVER_PATHS
 from ..data import PreferenceData
 from ..errors import InputError
+from ..io import dumps_json
 from ..worlds import World
 
 BUILTIN_WORLDS = {
@@ -39,10 +39,12 @@ def add_parser(sub) -> None:
         "--n",
         type=int,
         default=None,
-        help="sample size drawn from the world (default: exact population)",
+        help="--world only: sample size drawn from the world (default: exact population)",
     )
-    p.add_argument("--seed", type=int, default=0, help="world and sample seed")
-    p.add_argument("--beta", type=float, default=None, help="beta (default: the world's, or 1)")
+    p.add_argument("--seed", type=int, default=None, help="--world only: world and sample seed (0)")
+    p.add_argument(
+        "--beta", type=float, default=None, help="beta > 0 (default: the world's; with --data 1)"
+    )
     p.add_argument("--radius", type=float, default=None, help="constraint ||theta|| <= radius")
     p.add_argument(
         "--method",
@@ -50,13 +52,15 @@ def add_parser(sub) -> None:
         default="dpo",
         help="objective: DPO, KL-robust DPO or Wasserstein-robust DPO (default dpo)",
     )
-    p.add_argument("--rho", type=float, default=0.0, help="uncertainty radius (default 0)")
-    p.add_argument("--p", type=float, default=1.0, help="Wasserstein order p >= 1 (default 1)")
+    p.add_argument(
+        "--rho", type=float, default=None, help="kldpo/wdpo: uncertainty radius >= 0 (default 0)"
+    )
+    p.add_argument("--p", type=float, default=None, help="wdpo: Wasserstein order p >= 1 (1)")
     p.add_argument(
         "--kappa",
         type=float,
-        default=float("inf"),
-        help="WDPO cost of a label flip (default inf: no flips)",
+        default=None,
+        help="wdpo: cost of a label flip > 0 (default inf: no flips)",
     )
     p.add_argument(
         "--solver",
@@ -73,25 +77,79 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--candidates",
         choices=["none", "world"],
-        default="world",
-        help="WDPO on a world: adversary over all of Z ('world', default) or continuous x",
+        default=None,
+        help="wdpo on a world: adversary over all of Z ('world', default) or continuous x",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
-def load_problem(args) -> tuple[PreferenceData, float, World | None]:
-    """The data, beta and (if any) world that ``args`` describe."""
+def check_args(args) -> None:
+    """Refuse bad values and options that do not apply, before any work; fill defaults."""
+    from . import checks as C
+
     if args.data is not None:
-        return PreferenceData.load(args.data), (args.beta or 1.0), None
-    world = BUILTIN_WORLDS[args.world](args.seed)
+        C.not_applicable(
+            args, {"n": "--n", "seed": "--seed"}, "with --data (they draw from a world)"
+        )
+    if args.n is not None:
+        C.integer(args.n, "--n", minimum=1)
+    if args.seed is not None:
+        C.integer(args.seed, "--seed", minimum=0)
+    if args.beta is not None:
+        C.number(args.beta, "--beta", minimum=0.0, strict=True)
+    if args.radius is not None:
+        C.number(args.radius, "--radius", minimum=0.0, strict=True, allow_inf=True)
+    method = getattr(args, "method", "dpo")
+    if method == "dpo":
+        C.not_applicable(
+            args,
+            {"rho": "--rho", "p": "--p", "kappa": "--kappa"},
+            "to --method dpo (they set the robust methods)",
+        )
+    if method != "wdpo":
+        C.not_applicable(
+            args,
+            {"p": "--p", "kappa": "--kappa", "candidates": "--candidates"},
+            f"to --method {method} (they set wdpo)",
+        )
+    if args.data is not None:
+        C.not_applicable(args, {"candidates": "--candidates"}, "with --data (no world)")
+    if args.rho is not None:
+        C.number(args.rho, "--rho", minimum=0.0, allow_inf=True)
+    if args.p is not None:
+        C.number(args.p, "--p", minimum=1.0, allow_inf=True)
+    if args.kappa is not None:
+        C.number(args.kappa, "--kappa", minimum=0.0, strict=True, allow_inf=True)
+    defaults = {
+        "seed": 0,
+        "rho": 0.0,
+        "p": 1.0,
+        "kappa": float("inf"),
+        "candidates": "world",
+    }
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+
+
+def load_problem(args) -> tuple[PreferenceData, float, World | None]:
+    """The data, beta and (if any) world that ``args`` describe. ``--beta`` defaults to the
+    world's beta, or 1 with ``--data``; an explicit value is always used."""
+    if args.data is not None:
+        from ..io import read_preference_data
+
+        data = read_preference_data(args.data, flag="--data")
+        return data, (1.0 if args.beta is None else args.beta), None
+    seed = 0 if args.seed is None else args.seed
+    world = BUILTIN_WORLDS[args.world](seed)
     if args.n is None:
         data = world.population.data
     else:
         if args.n < 1:
             raise InputError(f"--n must be >= 1, got {args.n}")
-        data = world.empirical(args.n, args.seed)
-    return data, (args.beta or world.beta), world
+        data = world.empirical(args.n, seed)
+    return data, (world.beta if args.beta is None else args.beta), world
 
 
 def solve(args, data, beta, world=None):
@@ -142,6 +200,7 @@ def worst_case_summary(res) -> dict:
 
 
 def run(args) -> int:
+    check_args(args)
     data, beta, world = load_problem(args)
     res = solve(args, data, beta, world)
     out = res.summary()
@@ -153,7 +212,7 @@ def run(args) -> int:
             out["theta_star"] = [float(t) for t in world.theta_star]
             out["error_to_theta_star"] = float(np.linalg.norm(res.theta - world.theta_star))
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
     else:
         for k, v in out.items():
             if isinstance(v, list):

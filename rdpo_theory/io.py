@@ -1,0 +1,276 @@
+"""Every file the package reads, validated in one place.
+
+Each reader raises :class:`~rdpo_theory.errors.FileFormatError` (an ``InputError``, so a
+``ValueError``) with one clear message per problem, naming the file, the line (1-based, the
+header is line 1) or column, what was expected and what was found:
+
+* the path: missing, a directory, unreadable (permissions), empty;
+* the encoding (UTF-8; the line of the first bad byte);
+* CSV (:func:`read_preference_csv`): the header must be ``x0, ..., x{d-1}, y`` and optionally
+  ``weight``, in any order; missing (``x0,x2`` without ``x1``), unknown (``xfoo``) and duplicate
+  columns are refused; every row has as many fields as the header; every value is a finite
+  number; ``y`` is 0 or 1; ``weight`` is >= 0 (weights are normalised by
+  :class:`~rdpo_theory.data.PreferenceData`'s rule: they must sum to 1);
+* NPZ (:func:`read_preference_npz`): a readable zip of ``.npy`` arrays, no pickled objects,
+  arrays ``X`` (n, d) and ``y`` (n,), optional ``weights`` (n,), numeric and finite, no others;
+* JSON lines (:func:`read_preference_jsonl`): one JSON object per non-blank line with string
+  ``prompt``, ``chosen`` and ``rejected`` (other keys are allowed and kept).
+
+:func:`json_safe` turns NaN into ``null`` and infinities into the strings ``"inf"`` and
+``"-inf"``, so every JSON the package writes is valid JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FileFormatError, InputError
+
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+_X_COL = re.compile(r"^x(0|[1-9][0-9]*)$")
+
+
+def _fail(path: Path, what: str, *, line: int | None = None, column: str | None = None):
+    where = str(path)
+    if line is not None:
+        where += f", line {line}"
+    if column is not None:
+        where += f", column {column!r}"
+    raise FileFormatError(f"{where}: {what}", path=str(path), line=line, column=column) from None
+
+
+def check_readable_file(path, *, flag: str = "path") -> Path:
+    """``path`` as a Path to an existing, readable, non-empty regular file."""
+    if not isinstance(path, str | Path):
+        raise InputError(f"{flag} must be a file path, got {type(path).__name__}")
+    p = Path(path)
+    if not p.exists():
+        raise FileFormatError(f"{flag} {str(p)!r} does not exist", path=str(p))
+    if p.is_dir():
+        raise FileFormatError(f"{flag} {str(p)!r} is a directory, not a file", path=str(p))
+    try:
+        with open(p, "rb") as f:
+            first = f.read(1)
+    except OSError as exc:
+        msg = f"{flag} {str(p)!r} cannot be read: {exc.strerror}"
+        raise FileFormatError(msg, path=str(p)) from None
+    if not first:
+        raise FileFormatError(f"{flag} {str(p)!r} is empty", path=str(p))
+    return p
+
+
+def read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a leading BOM is dropped); the line of a bad byte otherwise."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        _fail(
+            path, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})", line=line
+        )
+
+
+# ---------------------------------------------------------------------------- preference data
+def read_preference_data(path, *, flag: str = "path"):
+    """A :class:`~rdpo_theory.data.PreferenceData` from a ``.csv`` or ``.npz`` file, by suffix."""
+    p = check_readable_file(path, flag=flag)
+    if p.suffix == ".csv":
+        return read_preference_csv(p)
+    if p.suffix == ".npz":
+        return read_preference_npz(p)
+    raise FileFormatError(f"{flag} must end in .npz or .csv, got {p.name!r}", path=str(p))
+
+
+def _csv_columns(path: Path, header: list[str]) -> tuple[list[int], int, int | None]:
+    """Indices of x0..x{d-1}, of y and of weight (or None) in ``header``."""
+    names = [h.strip() for h in header]
+    seen: dict[str, int] = {}
+    for j, h in enumerate(names):
+        if h in seen:
+            _fail(path, f"duplicate column {h!r} (columns {seen[h] + 1} and {j + 1})", line=1)
+        seen[h] = j
+    unknown = [h for h in names if not (_X_COL.match(h) or h in ("y", "weight"))]
+    if unknown:
+        _fail(
+            path,
+            f"unknown columns {unknown}; expected x0, x1, ..., x{{d-1}}, y and optionally weight",
+            line=1,
+        )
+    xs = sorted((int(h[1:]), j) for h, j in seen.items() if _X_COL.match(h))
+    if not xs:
+        _fail(path, "has no feature columns; expected x0, x1, ..., x{d-1}", line=1)
+    missing = sorted(set(range(xs[-1][0] + 1)) - {k for k, _ in xs})
+    if missing:
+        _fail(
+            path,
+            f"feature columns must be x0..x{xs[-1][0]} without gaps; missing "
+            f"{', '.join(f'x{k}' for k in missing)}",
+            line=1,
+        )
+    if "y" not in seen:
+        _fail(path, "has no label column 'y'", line=1)
+    return [j for _, j in xs], seen["y"], seen.get("weight")
+
+
+def read_preference_csv(path):
+    """Read a CSV written by :meth:`PreferenceData.save` (header ``x0..x{d-1},y[,weight]``).
+
+    A file without a ``weight`` column is uniform. See the module docstring for every check."""
+    from .data import PreferenceData
+
+    p = check_readable_file(path)
+    text = read_text(p)
+    try:
+        records = list(csv.reader(_stdio.StringIO(text)))
+    except csv.Error as exc:
+        _fail(p, f"is not valid CSV: {exc}")
+    lines = [(i + 1, r) for i, r in enumerate(records) if r and any(c.strip() for c in r)]
+    if not lines:
+        _fail(p, "has no header: expected x0, x1, ..., y[, weight]")
+    (_, header), body = lines[0], lines[1:]
+    xcols, ycol, wcol = _csv_columns(p, header)
+    names = [h.strip() for h in header]
+    if not body:
+        _fail(p, "has a header but no data rows")
+    n, width = len(body), len(header)
+    X = np.empty((n, len(xcols)))
+    y = np.empty(n)
+    w = np.empty(n) if wcol is not None else None
+    for i, (lineno, rec) in enumerate(body):
+        if len(rec) != width:
+            _fail(p, f"has {len(rec)} fields, expected {width} like the header", line=lineno)
+        vals = []
+        for j, cell in enumerate(rec):
+            try:
+                v = float(cell)
+            except ValueError:
+                _fail(p, f"expected a number, got {cell.strip()!r}", line=lineno, column=names[j])
+            if not math.isfinite(v):
+                _fail(
+                    p, f"expected a finite number, got {cell.strip()}", line=lineno, column=names[j]
+                )
+            vals.append(v)
+        X[i] = [vals[j] for j in xcols]
+        if vals[ycol] not in (0.0, 1.0):
+            _fail(p, f"expected a label 0 or 1, got {rec[ycol].strip()}", line=lineno, column="y")
+        y[i] = vals[ycol]
+        if w is not None:
+            if vals[wcol] < 0:
+                _fail(p, f"expected a weight >= 0, got {vals[wcol]}", line=lineno, column="weight")
+            w[i] = vals[wcol]
+    try:
+        return PreferenceData(X, y, w)
+    except InputError as exc:
+        _fail(p, str(exc))
+
+
+def read_preference_npz(path):
+    """Read an ``.npz`` written by :meth:`PreferenceData.save` (arrays ``X``, ``y``,
+    optional ``weights``). Pickled (object) arrays are refused, never loaded."""
+    import zipfile
+
+    from .data import PreferenceData
+
+    p = check_readable_file(path)
+    with open(p, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            _fail(p, "is not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            names = set(f.files)
+            missing = {"X", "y"} - names
+            if missing:
+                _fail(p, f"lacks arrays {sorted(missing)}; has {sorted(names)}")
+            extra = names - {"X", "y", "weights"}
+            if extra:
+                _fail(p, f"has unexpected arrays {sorted(extra)}; expected X, y and weights")
+            arrays = {k: f[k] for k in sorted(names)}
+    except FileFormatError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        _fail(p, f"is not a readable .npz archive: {exc}")
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        _fail(p, f"holds an array that cannot be read without pickle (object dtype?): {exc}")
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            _fail(p, f"array {k!r} must be real numbers, got dtype {a.dtype}")
+    try:
+        return PreferenceData(arrays["X"], arrays["y"], arrays.get("weights"))
+    except InputError as exc:
+        _fail(p, str(exc))
+
+
+# ---------------------------------------------------------------------------- JSON lines
+def read_preference_jsonl(path, *, flag: str = "path") -> list[dict]:
+    """Preference rows ``{"prompt", "chosen", "rejected"}`` (strings) of a JSON-lines file.
+
+    Blank lines are skipped; every other line must be a JSON object with those three string
+    keys. Errors name the file and the line."""
+    p = check_readable_file(path, flag=flag)
+    text = read_text(p)
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            _fail(p, f"is not JSON: {exc.msg} (column {exc.colno})", line=i)
+        if not isinstance(obj, dict):
+            _fail(
+                p,
+                f"expected a JSON object with {list(PREFERENCE_KEYS)}, got a {type(obj).__name__}",
+                line=i,
+            )
+        for k in PREFERENCE_KEYS:
+            if k not in obj:
+                _fail(p, f"missing key {k!r} (has {sorted(obj)})", line=i)
+            if not isinstance(obj[k], str):
+                _fail(p, f"key {k!r} must be a string, got {type(obj[k]).__name__}", line=i)
+        rows.append(obj)
+    if not rows:
+        _fail(p, "has no rows: only blank lines")
+    return rows
+
+
+# ---------------------------------------------------------------------------- JSON out
+def json_safe(obj):
+    """A copy of ``obj`` that :func:`json.dumps` writes as valid JSON: NaN becomes None
+    (``null``), +-inf the strings ``"inf"``/``"-inf"``, numpy scalars and arrays Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def dumps_json(obj, **kw) -> str:
+    """:func:`json.dumps` of :func:`json_safe` ``(obj)``, refusing any remaining NaN/inf."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
+__all__ = [
+    "PREFERENCE_KEYS",
+    "check_readable_file",
+    "dumps_json",
+    "json_safe",
+    "read_preference_csv",
+    "read_preference_data",
+    "read_preference_jsonl",
+    "read_preference_npz",
+    "read_text",
+]
