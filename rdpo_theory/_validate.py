@@ -12,8 +12,17 @@ from .errors import InputError
 WEIGHT_SUM_TOL = 1e-8
 
 
+def _refuse_complex(x, name: str) -> None:
+    if np.iscomplexobj(x):
+        raise InputError(
+            f"{name} must be real; got complex values (the imaginary part would be lost)"
+        )
+
+
 def as_matrix(X, name: str = "X", *, allow_empty: bool = False) -> np.ndarray:
-    """Return ``X`` as a finite float64 array of shape (n, d), n >= 1 unless ``allow_empty``."""
+    """Return ``X`` as a finite float64 array of shape (n, d), n >= 1 unless ``allow_empty``.
+    Complex input is refused (never silently cast)."""
+    _refuse_complex(X, name)
     try:
         A = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -31,6 +40,7 @@ def as_matrix(X, name: str = "X", *, allow_empty: bool = False) -> np.ndarray:
 
 def as_vector(v, name: str, *, length: int | None = None) -> np.ndarray:
     """Return ``v`` as a finite float64 vector, optionally of a given length."""
+    _refuse_complex(v, name)
     try:
         a = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -77,7 +87,10 @@ def as_theta(theta, d: int, name: str = "theta_ref") -> np.ndarray:
 
 
 def positive(x, name: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
-    """Return ``x`` as float, checking it is > 0 (or >= 0 with ``allow_zero``)."""
+    """Return ``x`` as float, checking it is > 0 (or >= 0 with ``allow_zero``). Booleans and
+    complex numbers are refused (``True`` is not the number 1 here)."""
+    if isinstance(x, bool | np.bool_) or np.iscomplexobj(x):
+        raise InputError(f"{name} must be a real number, got {x!r}")
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -88,6 +101,26 @@ def positive(x, name: str, *, allow_zero: bool = False, allow_inf: bool = False)
         rel = ">= 0" if allow_zero else "> 0"
         raise InputError(f"{name} must be {rel}, got {v}")
     return v
+
+
+def seed(s, name: str = "seed"):
+    """A seed for :func:`rdpo_theory.rng.make_rng`: None, an integer >= 0, a
+    ``numpy.random.SeedSequence`` or ``Generator``, or a sequence of integers >= 0."""
+    if s is None or isinstance(s, np.random.SeedSequence | np.random.Generator):
+        return s
+    if isinstance(s, bool | np.bool_):
+        raise InputError(f"{name} must be a non-negative integer, got {s!r}")
+    if isinstance(s, int | np.integer):
+        if s < 0:
+            raise InputError(f"{name} must be a non-negative integer, got {s}")
+        return int(s)
+    if isinstance(s, list | tuple) and all(
+        isinstance(k, int | np.integer) and not isinstance(k, bool) and k >= 0 for k in s
+    ):
+        return [int(k) for k in s]
+    raise InputError(
+        f"{name} must be a non-negative integer (or a SeedSequence), got {type(s).__name__} {s!r}"
+    )
 
 
 def radius(r, name: str = "radius") -> float | None:
