@@ -458,6 +458,7 @@ def wdpo_penalty_coefficients(
     """
     rho0 = _check_wdpo_args(rho0, variant)
     _check_per_pair(sq_norms)
+    check_prob_weights(weights, sq_norms, "weights")
     sq = sq_norms.detach().to(_acc_dtype(sq_norms)).requires_grad_(True)
     with torch.enable_grad():
         pen = _wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, weights)[1]
@@ -482,6 +483,7 @@ def wdpo_objective(
     ``sum_i p_i`` (weighted data). ``sq_norms`` (B,), optional: precomputed differentiable
     ``||g_i||^2`` (e.g. the log-linear closed form); ``inputs`` is then not used."""
     rho0 = _check_wdpo_args(rho0, variant)
+    check_prob_weights(weights, per_pair, "weights")
     sq = input_grad_sq_norms(per_pair, inputs) if sq_norms is None else sq_norms
     return _wdpo_combine(per_pair, sq, rho0, variant, weights)[0], sq
 
