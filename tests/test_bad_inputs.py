@@ -483,6 +483,12 @@ COMMAND_CASES = {  # argv -> what the one-line error says (failure 4)
     "llm no dataset": (["llm", "--model", "emptydir"], "--model needs --dataset"),
     "llm tiny dataset": (["llm", "--tiny", "--dataset", "pairs.jsonl"], "does not apply"),
     "llm eval fraction": ([*LLM, "--eval-fraction", "1"], "--eval-fraction"),
+    "llm tau with dpo": ([*LLM, "--methods", "dpo", "--tau", "0.5"], "--tau sets kldpo"),
+    "llm eps default": ([*LLM, "--eps", "0.2"], "--eps sets cdpo/rdpo"),
+    "llm tiny beta": (["llm", "--tiny", "--beta", "0.2"], "--beta does not apply to --tiny"),
+    "llm tiny resume": (["llm", "--tiny", "--resume"], "--resume does not apply"),
+    "llm model seeds": ([*LLM, "--seeds", "2"], "--seeds does not apply to --model"),
+    "llm model smoke": ([*LLM, "--smoke"], "--tiny only"),
     "cache not a dir": (["cache", "clear", "--cache", "afile"], "not a directory"),
 }
 

@@ -25,34 +25,103 @@ def add_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="--tiny at figure-quick sizes")
     size.add_argument("--smoke", action="store_true", help="--tiny at test sizes (seconds)")
-    p.add_argument("--seeds", type=int, default=3, help="--tiny: number of seeds (default 3)")
-    p.add_argument("--jobs", type=int, default=-1, help="--tiny: parallel jobs (-1 = all cores)")
+    p.add_argument("--seeds", type=int, default=None, help="--tiny: number of seeds (default 3)")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="--tiny: parallel jobs (default -1 = all cores)"
+    )
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["dpo", "kldpo", "wdpo"],
-        help="--model: methods to train, each into OUT/METHOD (dpo kldpo wdpo or a baseline)",
+        default=None,
+        help="--model: methods to train, each into OUT/METHOD (dpo kldpo wdpo or a baseline; "
+        "default dpo kldpo wdpo)",
     )
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--tau", type=float, default=1.0, help="KLDPO temperature")
-    p.add_argument("--kl-variant", default="normalized", choices=["normalized", "clipped"])
-    p.add_argument("--rho0", type=float, default=0.01, help="WDPO radius coefficient")
-    p.add_argument("--wdpo-variant", default="sqrt-mean", choices=["sqrt-mean", "per-pair"])
-    p.add_argument("--eps", type=float, default=0.1, help="baselines' flip/smoothing rate")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=4, help="pairs per device micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--save-every", type=int, default=0)
+    opt = {
+        "--beta": (float, "DPO temperature"),
+        "--tau": (float, "KLDPO temperature"),
+        "--rho0": (float, "WDPO radius coefficient"),
+        "--eps": (float, "cdpo/rdpo flip or smoothing rate"),
+        "--steps": (int, "optimizer steps"),
+        "--batch-size": (int, "pairs per device micro-batch"),
+        "--grad-accum": (int, "micro-batches per optimizer step"),
+        "--lr": (float, "learning rate"),
+        "--warmup": (int, "warmup steps"),
+        "--max-length": (int, "token budget per row (capped at the model's positions)"),
+        "--save-every": (int, "checkpoint every N steps (0: only at the end)"),
+        "--eval-fraction": (float, "held-out share of pairs"),
+        "--seed": (int, "seed of the data split and training"),
+    }
+    for flag, (kind, text) in opt.items():
+        key = flag[2:].replace("-", "_")
+        p.add_argument(
+            flag, type=kind, default=None, help=f"--model: {text} (default {MODEL_DEFAULTS[key]})"
+        )
+    p.add_argument("--kl-variant", default=None, choices=["normalized", "clipped"])
+    p.add_argument("--wdpo-variant", default=None, choices=["sqrt-mean", "per-pair"])
     p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
-    p.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share of pairs")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
+#: Defaults of the --model options (None in the parser, so that a given option is detected).
+MODEL_DEFAULTS = {
+    "methods": ["dpo", "kldpo", "wdpo"],
+    "beta": 0.1,
+    "tau": 1.0,
+    "kl_variant": "normalized",
+    "rho0": 0.01,
+    "wdpo_variant": "sqrt-mean",
+    "eps": 0.1,
+    "steps": 100,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "lr": 5e-6,
+    "warmup": 10,
+    "max_length": 512,
+    "save_every": 0,
+    "eval_fraction": 0.1,
+    "seed": 0,
+}
+TINY_DEFAULTS = {"seeds": 3, "jobs": -1}
+#: Options that set one family of methods: refused when --methods has none of them.
+METHOD_OPTIONS = {
+    "tau": ({"kldpo"}, "--tau"),
+    "kl_variant": ({"kldpo"}, "--kl-variant"),
+    "rho0": ({"wdpo"}, "--rho0"),
+    "wdpo_variant": ({"wdpo"}, "--wdpo-variant"),
+    "eps": ({"cdpo", "rdpo"}, "--eps"),
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_args(args) -> None:
+    """Refuse options that do not apply to the chosen mode or methods; fill the defaults."""
+    from . import checks as C
+
+    if args.tiny:
+        given = {k: _flag(k) for k in MODEL_DEFAULTS}
+        C.not_applicable(args, given, "to --tiny (they set --model training)")
+        if args.resume:
+            raise InputError("--resume does not apply to --tiny")
+    else:
+        C.not_applicable(args, {k: _flag(k) for k in TINY_DEFAULTS}, "to --model (they set --tiny)")
+        if args.quick or args.smoke:
+            raise InputError("--quick and --smoke apply to --tiny only")
+        methods = set(args.methods or MODEL_DEFAULTS["methods"])
+        for key, (family, flag) in METHOD_OPTIONS.items():
+            if getattr(args, key) is not None and not family & methods:
+                raise InputError(
+                    f"{flag} sets {'/'.join(sorted(family))}, which --methods does not include"
+                )
+    for key, value in {**MODEL_DEFAULTS, **TINY_DEFAULTS}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
 def run(args) -> int:
+    check_args(args)
     if args.tiny:
         return _run_tiny(args)
     return _run_model(args)
