@@ -214,10 +214,23 @@ def read_preference_jsonl(path, *, flag: str = "path") -> list[dict]:
 
     Blank lines are skipped; every other line must be a JSON object with those three string
     keys. Errors name the file and the line."""
+    p, rows = Path(path), []
+    for i, obj in read_jsonl_objects(path, flag=flag, what=f"with {list(PREFERENCE_KEYS)}"):
+        for k in PREFERENCE_KEYS:
+            if k not in obj:
+                _fail(p, f"missing key {k!r} (has {sorted(obj)})", line=i)
+            if not isinstance(obj[k], str):
+                _fail(p, f"key {k!r} must be a string, got {type(obj[k]).__name__}", line=i)
+        rows.append(obj)
+    return rows
+
+
+def read_jsonl_objects(path, *, flag: str = "path", what: str = "") -> list[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines file; each line must
+    be one JSON object (``what`` describes the expected keys in errors). At least one."""
     p = check_readable_file(path, flag=flag)
-    text = read_text(p)
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    out = []
+    for i, line in enumerate(read_text(p).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -227,18 +240,13 @@ def read_preference_jsonl(path, *, flag: str = "path") -> list[dict]:
         if not isinstance(obj, dict):
             _fail(
                 p,
-                f"expected a JSON object with {list(PREFERENCE_KEYS)}, got a {type(obj).__name__}",
+                f"expected a JSON object {what}, got a {type(obj).__name__}".replace("  ", " "),
                 line=i,
             )
-        for k in PREFERENCE_KEYS:
-            if k not in obj:
-                _fail(p, f"missing key {k!r} (has {sorted(obj)})", line=i)
-            if not isinstance(obj[k], str):
-                _fail(p, f"key {k!r} must be a string, got {type(obj[k]).__name__}", line=i)
-        rows.append(obj)
-    if not rows:
+        out.append((i, obj))
+    if not out:
         _fail(p, "has no rows: only blank lines")
-    return rows
+    return out
 
 
 # ---------------------------------------------------------------------------- JSON out
@@ -270,6 +278,7 @@ __all__ = [
     "json_safe",
     "read_preference_csv",
     "read_preference_data",
+    "read_jsonl_objects",
     "read_preference_jsonl",
     "read_preference_npz",
     "read_text",

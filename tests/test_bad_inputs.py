@@ -614,3 +614,13 @@ def test_wasserstein_invariants(problem, rho, factor):
         assert q.min() >= -1e-9 and abs(q.sum() - 1.0) <= 1e-6
     fast = _solve(exact.wdpo, data, rho=rho, beta=beta, radius=3.0, solver="fast")
     assert fast.value == pytest.approx(r1.value, rel=1e-5, abs=1e-6)
+
+
+def test_metrics_log_reader(tmp_path):
+    pytest.importorskip("accelerate")
+    from rdpo_theory.torch.train import read_metrics
+
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": null}\n{"step": 2,\n')
+    with pytest.raises(FileFormatError, match="metrics.jsonl, line 2: is not JSON"):
+        read_metrics(tmp_path)

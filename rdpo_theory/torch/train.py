@@ -730,10 +730,12 @@ def save_checkpoint(acc, out_dir: Path, step: int, *, running: dict | None = Non
 
 
 def _read_metrics(out_dir: Path) -> list[dict]:
+    from ..io import read_jsonl_objects
+
     p = Path(out_dir) / METRICS_FILE
-    if not p.exists():
+    if not p.exists() or p.stat().st_size == 0:
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [obj for _, obj in read_jsonl_objects(p, what="(one metrics row)")]
 
 
 def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
