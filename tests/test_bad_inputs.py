@@ -446,7 +446,6 @@ COMMAND_CASES = {  # argv -> what the one-line error says (failure 4)
     "solve n with data": (["solve", "--data", "ok.csv", "--n", "5"], "--n does not apply"),
     "solve seed with data": (["solve", "--data", "ok.csv", "--seed", "1"], "--seed does not"),
     "solve p with kldpo": (["solve", "--method", "kldpo", "--p", "2"], "--p does not apply"),
-    "solve solver with dpo": (["solve", "--solver", "fast"], "--solver does not apply"),
     "solve rho -1": (["solve", "--method", "kldpo", "--rho", "-1"], "--rho must be >= 0"),
     "solve p 0.5": (["solve", "--method", "wdpo", "--p", "0.5"], "--p must be >= 1"),
     "solve n 0": (["solve", "--n", "0"], "--n must be >= 1"),
