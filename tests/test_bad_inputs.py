@@ -192,7 +192,7 @@ def test_losses_nan_logps_propagate_or_raise_in_debug(name):
         with pytest.raises(InputError, match="reference_chosen_logps .1 of 4"):
             _loss(name, (Z4, Z4, NAN4, Z4))
     finally:
-        RT.set_debug(False)
+        RT.set_debug(None)
 
 
 @pytest.mark.parametrize(

@@ -167,8 +167,7 @@ def test_losses_propagate_nan_unless_debug(monkeypatch):
         with pytest.raises(InputError, match="policy_rejected_logps"):
             kldpo_loss(x, bad, x, x, beta=1.0, tau=1.0)
     finally:
-        guards.set_debug(False)
-    guards._DEBUG = None
+        guards.set_debug(None)
     monkeypatch.setenv("RDPO_DEBUG", "1")
     with pytest.raises(InputError, match="reference_chosen_logps"):
         dpo_loss(x, x, bad, x, beta=1.0)

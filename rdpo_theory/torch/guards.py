@@ -29,16 +29,16 @@ from ..errors import InputError, NonFiniteError
 _DEBUG: bool | None = None  # None: read RDPO_DEBUG
 
 
-def set_debug(flag: bool = True) -> None:
-    """Turn the losses' value checks on (``True``) or off (``False``) for this process.
-
-    Overrides the environment variable ``RDPO_DEBUG``. With the flag on, every torch loss
+def set_debug(flag: bool | None = True) -> None:
+    """Turn the losses' value checks on (``True``) or off (``False``) for this process;
+    ``None`` goes back to the environment variable ``RDPO_DEBUG``, which ``True``/``False``
+    override. With the flag on, every torch loss
     raises :class:`~rdpo_theory.errors.InputError` on NaN or inf log-probs (one
     synchronisation per call); with it off (the default) non-finite inputs propagate to the
     outputs, and the trainer's own guards catch them.
     """
     global _DEBUG
-    _DEBUG = bool(flag)
+    _DEBUG = None if flag is None else bool(flag)
 
 
 def debug_enabled() -> bool:
