@@ -114,7 +114,13 @@ class TrainConfig:
     save_every : int
         Checkpoint every this many steps (0: only at the end).
     resume : bool
-        Continue from the latest checkpoint in ``output_dir`` if there is one.
+        Continue from the latest checkpoint in ``output_dir`` if there is one. The directory's
+        recorded configuration (``config.json``: these fields plus the data hash, the models'
+        identity, the number of processes and the versions; see
+        :mod:`rdpo_theory.torch.run_config`) must match this run except for ``max_steps``,
+        ``log_every``, ``save_every``, ``save_final_model`` and ``progress``; otherwise
+        :class:`~rdpo_theory.errors.InputError` names every differing field. Without
+        ``resume`` a directory that already holds checkpoints is refused.
     wdpo_hvp : str
         How WDPO differentiates its penalty (same gradient, up to the finite-difference error):
         ``double-backward`` (default, exact: ``create_graph`` backward through the network on
