@@ -431,6 +431,8 @@ def _write_inputs(tmp_path):
     (tmp_path / "afile").write_text("")
     (tmp_path / "adir").mkdir()
     (tmp_path / "emptydir").mkdir()
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text('{"model_type": "gpt2"}')
     (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     (tmp_path / "arr.jsonl").write_text("[1, 2]\n")
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\n")
@@ -476,6 +478,10 @@ COMMAND_CASES = {  # argv -> what the one-line error says (failure 4)
     "llm out file": ([*LLM, "--out", "afile"], "--out 'afile' is an existing file"),
     "llm empty model dir": (LLM, "folder without config.json"),  # was a sentencepiece message
     "llm model file": (["llm", "--model", "afile", "--dataset", "pairs.jsonl"], "is a file"),
+    "llm model without weights": (
+        ["llm", "--model", "noweights", "--dataset", "pairs.jsonl", "--methods", "dpo"],
+        "cannot load",
+    ),
     "llm array line": (["llm", "--model", "emptydir", "--dataset", "arr.jsonl"], "line 1"),
     "llm not utf-8": (["llm", "--model", "emptydir", "--dataset", "bin.jsonl"], "UTF-8"),
     "llm dataset dir": (["llm", "--model", "emptydir", "--dataset", "adir"], "directory"),

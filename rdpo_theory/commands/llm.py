@@ -181,6 +181,16 @@ def check_model_path(name: str) -> None:
         )
 
 
+def load_causal_lm(auto_class, name: str):
+    """``auto_class.from_pretrained(name)``, with a loading failure (missing weights, an
+    unknown architecture, no network for a hub name) as one :class:`InputError`."""
+    try:
+        return auto_class.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise InputError(f"--model {name!r}: cannot load a causal LM: {msg}") from None
+
+
 def build_configs(args) -> dict:
     """One validated TrainConfig per ``--methods`` entry, built before any work so that a bad
     method or parameter (``--tau 0``, ``--rho0 -1``, ``--max-length 1``) stops the command
@@ -259,8 +269,7 @@ def _run_model(args) -> int:
     summary = {}
     for method, cfg in configs.items():
         acc = make_accelerator(cfg)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-        ref = AutoModelForCausalLM.from_pretrained(args.model)
+        model, ref = (load_causal_lm(AutoModelForCausalLM, args.model) for _ in range(2))
         max_length = effective_max_length(model, args.max_length)
         res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
         ev = {"train_last": res.metrics[-1] if res.metrics else {}}
