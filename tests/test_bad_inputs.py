@@ -590,6 +590,8 @@ def _solve(fn, *a, **k):
 def test_kl_invariants(problem, rho, factor):
     data, beta = problem
     nominal = _solve(exact.dpo, data, beta=beta, radius=3.0)
+    nominal_fast = _solve(exact.dpo, data, beta=beta, radius=3.0, solver="fast")
+    assert nominal_fast.value == pytest.approx(nominal.value, rel=1e-6, abs=1e-7)
     r1 = _solve(exact.kldpo, data, rho=rho, beta=beta, radius=3.0)
     r2 = _solve(exact.kldpo, data, rho=rho * factor, beta=beta, radius=3.0)
     tol = 1e-6 * max(1.0, abs(r1.value))
