@@ -58,6 +58,13 @@ def add_parser(sub) -> None:
         )
     p.add_argument("--kl-variant", default=None, choices=["normalized", "clipped"])
     p.add_argument("--wdpo-variant", default=None, choices=["sqrt-mean", "per-pair"])
+    p.add_argument(
+        "--on-nonfinite",
+        default=None,
+        choices=["raise", "skip"],
+        help="--model: a step with a NaN/inf loss or gradient norm stops the run (raise, "
+        "default) or is dropped and counted (skip)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
     p.set_defaults(func=run)
 
@@ -80,6 +87,7 @@ MODEL_DEFAULTS = {
     "save_every": 0,
     "eval_fraction": 0.1,
     "seed": 0,
+    "on_nonfinite": "raise",
 }
 TINY_DEFAULTS = {"seeds": 3, "jobs": -1}
 #: Options that set one family of methods: refused when --methods has none of them.
@@ -216,6 +224,7 @@ def build_configs(args) -> dict:
                 output_dir=args.out / method,
                 save_every=args.save_every,
                 resume=args.resume,
+                on_nonfinite=args.on_nonfinite,
             )
         except InputError as exc:
             raise InputError(f"--methods {method}: {exc}") from None
