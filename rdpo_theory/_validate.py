@@ -169,3 +169,41 @@ def cvxpy_solver(name, *, method: str) -> str:
         f"The 'cvxpy_solver' parameter of {method} must be an installed cvxpy solver, one of "
         f"{installed}. Got {name!r} instead."
     )
+
+
+def unknown_keywords(given, valid, what: str) -> None:
+    """Refuse keyword names in ``given`` that are not in ``valid``, listing the valid names:
+    ``InputError("approx.dpo got unknown keyword 'lr_'; valid keywords: ...")``."""
+    bad = [k for k in given if k not in valid]
+    if bad:
+        names = ", ".join(repr(k) for k in bad)
+        s = "s" if len(bad) > 1 else ""
+        raise InputError(
+            f"{what} got unknown keyword{s} {names}; valid keywords: "
+            f"{', '.join(sorted(valid)) or '(none)'}"
+        )
+
+
+def renamed_keyword(old: str, new: str):
+    """Decorator keeping ``old`` as a deprecated alias of the keyword argument ``new``: a call
+    with ``old=`` warns (``DeprecationWarning``) and is passed on as ``new=``."""
+    import functools
+    import warnings
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if old in kwargs:
+                if new in kwargs:
+                    raise InputError(f"{fn.__name__} got both {old!r} and {new!r}; pass {new!r}")
+                warnings.warn(
+                    f"{fn.__name__}({old}=...) is deprecated; use {new}=...",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco

@@ -25,6 +25,7 @@ are weighted and minibatches draw rows with probability ``p_i``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -119,11 +120,11 @@ def _is_uniform(p: np.ndarray) -> bool:
     return bool(np.allclose(p, 1.0 / p.shape[0], rtol=0, atol=1e-15))
 
 
-def _uniform_batches(data: PreferenceData, fit_kwargs: dict) -> bool:
+def _uniform_batches(data: PreferenceData, options: FitOptions) -> bool:
     """True when every batch :func:`fit` forms has uniform weights: minibatches (rows drawn
     with probability p, each weighted 1/B) or uniform data weights. Objectives then use
     ``mean_i`` in place of the identical ``sum_i w_i`` (one tensor operation fewer)."""
-    return fit_kwargs.get("batch_size") is not None or _is_uniform(data.weights)
+    return options.batch_size is not None or _is_uniform(data.weights)
 
 
 def _sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
@@ -143,6 +144,115 @@ def _sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
         yield np.minimum(np.searchsorted(cdf, rng.random(batch_size), side="right"), n - 1)
 
 
+# ---------------------------------------------------------------------------- options
+def _help(text: str, default, **kw):
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class FitOptions:
+    """Training options of :func:`fit` and of every front end (:func:`dpo`, :func:`kldpo`,
+    :func:`wdpo`, :mod:`rdpo_theory.approx_reweight`).
+
+    The front ends take these fields as keyword arguments (``learning_rate=`` or its alias
+    ``lr=``) or a whole ``options=FitOptions(...)``; unknown keywords are refused with the
+    list of valid ones. Names follow :class:`rdpo_theory.torch.train.TrainConfig`
+    (``learning_rate``, ``schedule``, ``batch_size``, ``max_steps``, ``seed``). Each field's
+    help text is in ``dataclasses.fields(FitOptions)[i].metadata["help"]``; values are checked
+    at construction (:class:`~rdpo_theory.errors.InputError` naming the field).
+
+    Attributes
+    ----------
+    optimizer : {"adam", "sgd"}
+    learning_rate : float > 0
+        Peak step size.
+    momentum : float in [0, 1)
+        Heavy-ball momentum of ``sgd``.
+    schedule : {"constant", "cosine", "linear", "inverse-sqrt"}
+        Step size ``learning_rate * f(t)``; cosine and linear decay to 0 at ``max_steps``
+        (``constant`` and ``linear`` as in ``TrainConfig``, without warmup).
+    batch_size : int or None
+        Minibatch size; ``None`` trains full batch.
+    max_steps : int
+        Optimiser steps at most.
+    gtol : float >= 0
+        Stop when the full-batch gradient norm of the objective in theta is <= gtol; checked
+        every step in full batch, every ``check_every`` steps with minibatches (``gtol=0``
+        disables the minibatch check: pure training, e.g. for timing).
+    check_every : int or None
+        Minibatch steps between full-batch checks (default: one pass over the n rows).
+    seed : int or SeedSequence
+        Minibatch sampler seed.
+    theta0 : array_like (d,) or None
+        Start (default ``theta_ref``, the reference policy).
+    record_every : int
+        Keep every ``record_every``-th step in the trace (plus the last).
+    record_theta : bool
+        Add the iterates ``theta0..theta{d-1}`` to the trace.
+    progress : bool
+        Show a tqdm bar.
+    """
+
+    optimizer: str = _help("Optimiser: 'adam' or 'sgd'.", "adam")
+    learning_rate: float = _help("Peak step size (> 0).", 0.05)
+    momentum: float = _help("Heavy-ball momentum of 'sgd', in [0, 1).", 0.0)
+    schedule: str = _help(
+        "Step-size schedule: 'constant', 'cosine', 'linear' or 'inverse-sqrt'.", "constant"
+    )
+    batch_size: int | None = _help("Minibatch size; None trains full batch.", None)
+    max_steps: int = _help("Optimiser steps at most.", 2000)
+    gtol: float = _help("Stop when the full-batch gradient norm is <= gtol (>= 0).", 1e-6)
+    check_every: int | None = _help(
+        "Minibatch steps between full-batch checks (default: one pass over the rows).", None
+    )
+    seed: Any = _help("Minibatch sampler seed (int or numpy SeedSequence).", 0)
+    theta0: Any = _help("Start parameter (d,); default theta_ref.", None)
+    record_every: int = _help("Keep every record_every-th step in the trace.", 1)
+    record_theta: bool = _help("Add the iterates theta0..theta{d-1} to the trace.", False)
+    progress: bool = _help("Show a tqdm progress bar.", False)
+
+    #: Accepted spellings of field names (alias -> field).
+    ALIASES = {"lr": "learning_rate"}
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        self.learning_rate = V.positive(self.learning_rate, "learning_rate")
+        self.momentum = V.positive(self.momentum, "momentum", allow_zero=True)
+        if self.momentum >= 1:
+            raise InputError(f"momentum must lie in [0, 1), got {self.momentum}")
+        self.max_steps = _check_int(self.max_steps, "max_steps")
+        self.batch_size = _check_int(self.batch_size, "batch_size", allow_none=True)
+        self.record_every = _check_int(self.record_every, "record_every")
+        self.check_every = _check_int(self.check_every, "check_every", allow_none=True)
+        self.gtol = V.positive(self.gtol, "gtol", allow_zero=True)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Field names and their aliases: every keyword a front end accepts as an option."""
+        return [f.name for f in dataclasses.fields(cls)] + list(cls.ALIASES)
+
+    @classmethod
+    def build(cls, options=None, *, where: str = "fit", **kwargs) -> FitOptions:
+        """``options`` (a :class:`FitOptions`, or None for the defaults) with the fields in
+        ``kwargs`` replaced. ``lr`` is an alias of ``learning_rate``; unknown keywords are
+        refused with an :class:`InputError` listing the valid ones (``where`` names the
+        caller)."""
+        V.unknown_keywords(kwargs, cls.names(), where)
+        for alias, name in cls.ALIASES.items():
+            if alias in kwargs:
+                if name in kwargs:
+                    raise InputError(f"{where} got both {alias!r} and {name!r}; pass {name!r}")
+                kwargs[name] = kwargs.pop(alias)
+        if options is None:
+            return cls(**kwargs)
+        if not isinstance(options, cls):
+            raise InputError(f"options must be a FitOptions, got {type(options).__name__}")
+        return dataclasses.replace(options, **kwargs) if kwargs else options
+
+
 # ---------------------------------------------------------------------------- the trainer
 def fit(
     X,
@@ -152,24 +262,13 @@ def fit(
     objective: Callable,
     weights=None,
     theta_ref=None,
-    optimizer: str = "adam",
-    lr: float = 0.05,
-    momentum: float = 0.0,
-    schedule: str = "constant",
-    batch_size: int | None = None,
-    max_steps: int = 2000,
-    gtol: float = 1e-6,
-    check_every: int | None = None,
-    seed=0,
-    theta0=None,
+    options: FitOptions | None = None,
     input_grad: bool = True,
     pass_delta: bool = False,
-    record_every: int = 1,
-    record_theta: bool = False,
-    progress: bool = False,
     method: str = "custom",
     variant: str | None = None,
     hyper: dict | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
     """Train a log-linear policy on ``objective(per_pair_losses, x, batch_weights)``.
 
@@ -192,28 +291,16 @@ def fit(
     weights : array_like (n,), optional
         Data weights p (default uniform).
     theta_ref : array_like (d,), optional (default 0)
-    optimizer : {"adam", "sgd"}
-    lr : float > 0
-        Peak step size.
-    momentum : float in [0, 1)
-        Heavy-ball momentum for ``sgd``.
-    schedule : {"constant", "cosine", "linear", "inverse-sqrt"}
-        Step size ``lr * f(t)``; cosine and linear decay to 0 at ``max_steps``.
-    batch_size : int, optional
-        Minibatch size; ``None`` trains full batch.
-    max_steps : int
-    gtol : float >= 0
-        Stop when the full-batch gradient norm of the objective in theta is <= gtol. Checked
-        every step in full batch, every ``check_every`` steps (default: one pass over n rows)
-        with minibatches; ``gtol=0`` disables the minibatch check (pure training, e.g. for
-        timing).
-    seed : int or SeedSequence
-        Minibatch sampler seed.
-    theta0 : array_like (d,), optional
-        Start (default ``theta_ref``, the reference policy).
-    input_grad, pass_delta, record_every, record_theta, progress, method, variant, hyper
-        Expert options: see above; ``record_every`` thins the trace, ``record_theta`` adds
-        the iterates to it, ``progress`` shows a tqdm bar; the last three label the result.
+    options : FitOptions, optional
+        Training options (optimiser, learning rate, schedule, batch size, stopping rule,
+        seed, start, trace); default ``FitOptions()``.
+    input_grad, pass_delta : bool
+        What ``objective`` needs: ``x`` with gradient; the ``delta`` keyword.
+    method, variant, hyper
+        Labels of the result.
+    **option_kwargs
+        Fields of :class:`FitOptions` overriding ``options`` (``lr`` is an alias of
+        ``learning_rate``); unknown names are refused.
 
     Returns
     -------
@@ -222,10 +309,25 @@ def fit(
     Raises
     ------
     InputError
-        Malformed arguments.
+        Malformed arguments or unknown option names.
     SolverError
-        The objective became NaN or infinite (status ``"diverged"``): lower ``lr``.
+        The objective became NaN or infinite (status ``"diverged"``): lower the learning rate.
     """
+    opts = FitOptions.build(options, where="fit", **option_kwargs)
+    optimizer, lr, momentum, schedule = (
+        opts.optimizer,
+        opts.learning_rate,
+        opts.momentum,
+        opts.schedule,
+    )
+    batch_size, max_steps, gtol, check_every = (
+        opts.batch_size,
+        opts.max_steps,
+        opts.gtol,
+        opts.check_every,
+    )
+    seed, theta0 = opts.seed, opts.theta0
+    record_every, record_theta, progress = opts.record_every, opts.record_theta, opts.progress
     import torch
 
     from .torch.losses import dpo_pair_losses
@@ -234,20 +336,7 @@ def fit(
     beta = check_beta(beta)
     if not callable(objective):
         raise InputError(f"objective must be callable, got {type(objective).__name__}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    lr = V.positive(lr, "lr")
-    momentum = V.positive(momentum, "momentum", allow_zero=True)
-    if momentum >= 1:
-        raise InputError(f"momentum must lie in [0, 1), got {momentum}")
-    max_steps = _check_int(max_steps, "max_steps")
-    batch_size = _check_int(batch_size, "batch_size", allow_none=True)
-    record_every = _check_int(record_every, "record_every")
-    gtol = V.positive(gtol, "gtol", allow_zero=True)
     n, d = data.n, data.d
-    check_every = _check_int(check_every, "check_every", allow_none=True)
     if check_every is None:
         check_every = 1 if batch_size is None else max(1, math.ceil(n / batch_size))
     tref_np = V.as_theta(theta_ref, d)
@@ -316,7 +405,7 @@ def fit(
             raise SolverError(
                 f"{method} training diverged at step {step} (objective {lval}).",
                 status="diverged",
-                hint="lower lr or use schedule='cosine'.",
+                hint="lower learning_rate or use schedule='cosine'.",
             )
         if sampler is None:
             fg = gnorm
@@ -365,7 +454,7 @@ def fit(
             "final_grad_norm": final_fg,
             "optimizer": optimizer,
             "schedule": schedule,
-            "lr": lr,
+            "learning_rate": lr,
             "batch_size": batch_size,
             "n": n,
         },
@@ -373,13 +462,31 @@ def fit(
 
 
 # ---------------------------------------------------------------------------- front ends
-def dpo(X, y=None, *, beta: float, weights=None, theta_ref=None, **fit_kwargs) -> ApproxResult:
+def dpo(
+    X,
+    y=None,
+    *,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    options: FitOptions | None = None,
+    **option_kwargs,
+) -> ApproxResult:
     """Plain DPO, ``sum_i p_i l_i``, with the same trainer as the robust variants.
 
-    ``fit_kwargs`` are :func:`fit`'s training options (optimizer, lr, schedule, batch_size,
-    max_steps, gtol, seed, theta0, ...)."""
-
-    if _uniform_batches(_data(X, y, weights), fit_kwargs):
+    Parameters
+    ----------
+    X, y, weights, theta_ref, beta
+        As in :func:`fit`.
+    options : FitOptions, optional
+    **option_kwargs
+        Fields of :class:`FitOptions` (``learning_rate`` or ``lr``, ``optimizer``,
+        ``schedule``, ``batch_size``, ``max_steps``, ``gtol``, ``seed``, ``theta0``, ...);
+        unknown names are refused.
+    """
+    data = _data(X, y, weights)
+    opts = FitOptions.build(options, where="approx.dpo", **option_kwargs)
+    if _uniform_batches(data, opts):
 
         def objective(per, x, w):
             return per.mean()
@@ -390,15 +497,13 @@ def dpo(X, y=None, *, beta: float, weights=None, theta_ref=None, **fit_kwargs) -
             return (w * per).sum()
 
     return fit(
-        X,
-        y,
+        data,
         beta=beta,
         objective=objective,
-        weights=weights,
         theta_ref=theta_ref,
+        options=opts,
         input_grad=False,
         method="dpo",
-        **fit_kwargs,
     )
 
 
@@ -412,9 +517,11 @@ def wdpo(
     penalty: str = "autograd",
     weights=None,
     theta_ref=None,
-    **fit_kwargs,
+    options: FitOptions | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
-    """WDPO by the gradient regulariser (Algorithm 1 and the paper's per-pair code).
+    """WDPO by the gradient regulariser (Algorithm 1 and the paper's per-pair code;
+    docs/theory.md#algorithm-1-wdpo).
 
     ``sqrt-mean``: ``L = sum_i p_i l_i + rho0 sqrt(sum_i p_i ||grad_x l_i||^2)``;
     ``per-pair``: ``L = sum_i p_i (l_i + rho0 ||grad_x l_i||^2)``, with the batch weights in
@@ -431,26 +538,27 @@ def wdpo(
         ``autograd`` differentiates ``l_i`` in x (double backward, what language models need);
         ``closed-form`` uses ``||grad_x l_i||^2 = beta^2 sigmoid(-m_i)^2 ||theta - theta_ref||^2``
         (log-linear only; identical objective, one backward).
-    fit_kwargs
-        Training options of :func:`fit`.
+    options, **option_kwargs
+        Training options, as in :func:`dpo`.
     """
     import torch
 
-    from .torch.losses import _check_wdpo_args, _wdpo_combine, input_grad_sq_norms
+    from .torch.losses import check_wdpo_args, wdpo_objective
 
-    rho0 = _check_wdpo_args(rho0, variant)  # validated once, not at every step
+    rho0 = check_wdpo_args(rho0, variant)  # validated once, not at every step
     if penalty not in PENALTIES:
         raise InputError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
     beta_sq = check_beta(beta) ** 2
-    uniform = _uniform_batches(_data(X, y, weights), fit_kwargs)
+    data = _data(X, y, weights)
+    opts = FitOptions.build(options, where="approx.wdpo", **option_kwargs)
+    uniform = _uniform_batches(data, opts)
 
-    # both are torch.losses.wdpo_objective (its combination step, _wdpo_combine), with its
-    # per-step argument checks hoisted out of the loop
+    # torch.losses.wdpo_objective with its per-step argument checks hoisted out of the loop
     if penalty == "autograd":
 
         def objective(per, x, w):
-            sq = input_grad_sq_norms(per, x)
-            return _wdpo_combine(per, sq, rho0, variant, None if uniform else w)[0]
+            wts = None if uniform else w
+            return wdpo_objective(per, x, rho0=rho0, variant=variant, weights=wts, check=False)[0]
 
     else:
 
@@ -458,21 +566,22 @@ def wdpo(
             # ||grad_x l_i||^2 = beta^2 sigmoid(-m_i)^2 ||delta||^2, and
             # sigmoid(-m) = 1 - exp(-l) = -expm1(-l) since l = -log sigmoid(m)
             sq = torch.expm1(-per).square() * (beta_sq * (delta @ delta))
-            return _wdpo_combine(per, sq, rho0, variant, None if uniform else w)[0]
+            wts = None if uniform else w
+            return wdpo_objective(
+                per, None, rho0=rho0, variant=variant, weights=wts, sq_norms=sq, check=False
+            )[0]
 
     return fit(
-        X,
-        y,
+        data,
         beta=beta,
         objective=objective,
-        weights=weights,
         theta_ref=theta_ref,
+        options=opts,
         input_grad=penalty == "autograd",
         pass_delta=penalty == "closed-form",
         method="wdpo",
         variant=variant,
         hyper={"rho0": rho0, "penalty": penalty},
-        **fit_kwargs,
     )
 
 
@@ -486,14 +595,16 @@ def kldpo(
     clip: float = 10.0,
     weights=None,
     theta_ref=None,
-    **fit_kwargs,
+    options: FitOptions | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
-    """KLDPO by reweighting (Algorithm 2 and the paper's clipped code).
+    """KLDPO by reweighting (Algorithm 2 and the paper's clipped code;
+    docs/theory.md#algorithm-2-kldpo).
 
     ``normalized``: weights ``q_i ∝ p_i exp(l_i / tau)`` over the batch, held constant; loss
     ``sum_i q_i l_i`` (gradient of ``tau log sum_i p_i exp(l_i / tau)``). ``clipped``:
     ``w_i = min(exp((l_i - sum_j p_j l_j) / tau), clip)``, loss ``sum_i p_i w_i l_i``. Both are
-    :func:`rdpo_theory.torch.losses.kldpo_objective` with ``base_weights`` = batch weights.
+    :func:`rdpo_theory.torch.losses.kldpo_objective` with ``weights`` = batch weights.
 
     Parameters
     ----------
@@ -502,8 +613,10 @@ def kldpo(
     variant : {"normalized", "clipped"}
     clip : float > 0
         Weight cap of ``clipped``.
-    X, y, weights, theta_ref, beta, fit_kwargs
+    X, y, weights, theta_ref, beta
         As in :func:`fit`.
+    options, **option_kwargs
+        Training options, as in :func:`dpo`.
 
     Returns
     -------
@@ -513,39 +626,36 @@ def kldpo(
     """
     import torch
 
-    from .torch.losses import _check_kl_args, _kldpo_objective_unchecked, kl_weights
+    from .losses import dpo_losses
+    from .torch.losses import check_kl_args, kl_weights, kldpo_objective
 
-    tau, _ = _check_kl_args(tau, variant, clip)  # validated once, not at every step
+    tau, _ = check_kl_args(tau, variant, clip)  # validated once, not at every step
     clip = V.positive(clip, "clip")
-    uniform = _uniform_batches(_data(X, y, weights), fit_kwargs)
+    data = _data(X, y, weights)
+    opts = FitOptions.build(options, where="approx.kldpo", **option_kwargs)
+    uniform = _uniform_batches(data, opts)
 
-    def objective(per, x, w):  # torch.losses.kldpo_objective without per-step checks
-        return _kldpo_objective_unchecked(per, tau, variant, clip, None, None if uniform else w)[0]
+    def objective(per, x, w):
+        wts = None if uniform else w
+        return kldpo_objective(per, tau=tau, variant=variant, clip=clip, weights=wts, check=False)[
+            0
+        ]
 
     res = fit(
-        X,
-        y,
+        data,
         beta=beta,
         objective=objective,
-        weights=weights,
         theta_ref=theta_ref,
+        options=opts,
         input_grad=False,
         method="kldpo",
         variant=variant,
         hyper={"tau": tau, "clip": clip},
-        **fit_kwargs,
     )
-    data = _data(X, y, weights)
-    from .losses import dpo_losses
-
     l = dpo_losses(res.theta, data, beta=beta, theta_ref=theta_ref)
     p = torch.tensor(data.weights, dtype=torch.float64)
     w = kl_weights(
-        torch.as_tensor(l, dtype=torch.float64),
-        tau=tau,
-        variant=variant,
-        clip=clip,
-        base_weights=p,
+        torch.as_tensor(l, dtype=torch.float64), tau=tau, variant=variant, clip=clip, weights=p
     ).numpy()
     q = data.weights * w
     q = q / q.sum()

@@ -19,12 +19,20 @@ Minibatches use the batch's own empirical law (``1/B``), as a language-model tra
 from __future__ import annotations
 
 from . import _validate as V
-from .approx import ApproxResult, fit
+from .approx import ApproxResult, FitOptions, fit
 from .errors import InputError
 
 
 def chi2dpo(
-    X, y=None, *, rho: float, beta: float, weights=None, theta_ref=None, **fit_kwargs
+    X,
+    y=None,
+    *,
+    rho: float,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    options: FitOptions | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
     """chi-square DPO by best-response reweighting: loss ``sum_i q_i l_i`` with ``q`` the
     worst case of ``{q : 1/2 sum_i p_i (q_i/p_i - 1)^2 <= rho}`` (held constant each step).
@@ -35,15 +43,16 @@ def chi2dpo(
         As in :func:`rdpo_theory.approx.fit`.
     rho : float >= 0
         Chi-square radius.
-    fit_kwargs
-        Training options of :func:`rdpo_theory.approx.fit` (optimizer, lr, max_steps, ...).
+    options, **option_kwargs
+        Training options: a :class:`rdpo_theory.approx.FitOptions` and/or its fields as
+        keywords (``learning_rate`` or ``lr``, ``max_steps``, ``batch_size``, ...).
     """
     from .torch.baselines import chi2_objective
 
     rho = V.positive(rho, "rho", allow_zero=True)
 
     def objective(per, x, w):
-        return chi2_objective(per, rho=rho, base_weights=w)[0]
+        return chi2_objective(per, rho=rho, weights=w)[0]
 
     return fit(
         X,
@@ -55,12 +64,20 @@ def chi2dpo(
         input_grad=False,
         method="chi2dpo",
         hyper={"rho": rho},
-        **fit_kwargs,
+        options=FitOptions.build(options, where="approx_reweight.chi2dpo", **option_kwargs),
     )
 
 
 def cvardpo(
-    X, y=None, *, level: float, beta: float, weights=None, theta_ref=None, **fit_kwargs
+    X,
+    y=None,
+    *,
+    level: float,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    options: FitOptions | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
     """CVaR DPO by best-response reweighting: loss ``sum_i q_i l_i`` with ``q`` the worst
     ``level`` fraction of the batch's loss distribution (``q_i <= p_i / level``).
@@ -74,7 +91,7 @@ def cvardpo(
         raise InputError(f"level must lie in (0, 1], got {level}")
 
     def objective(per, x, w):
-        return cvar_objective(per, level=level, base_weights=w)[0]
+        return cvar_objective(per, level=level, weights=w)[0]
 
     return fit(
         X,
@@ -86,12 +103,20 @@ def cvardpo(
         input_grad=False,
         method="cvardpo",
         hyper={"level": level},
-        **fit_kwargs,
+        options=FitOptions.build(options, where="approx_reweight.cvardpo", **option_kwargs),
     )
 
 
 def drdpo(
-    X, y=None, *, beta_prime: float, beta: float, weights=None, theta_ref=None, **fit_kwargs
+    X,
+    y=None,
+    *,
+    beta_prime: float,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    options: FitOptions | None = None,
+    **option_kwargs,
 ) -> ApproxResult:
     """Dr. DPO (Wu et al. 2025): minimise ``-beta' log sum_i p_i exp(-l_i / beta')``.
 
@@ -103,7 +128,7 @@ def drdpo(
     bp = V.positive(beta_prime, "beta_prime")
 
     def objective(per, x, w):
-        return drdpo_objective(per, beta_prime=bp, base_weights=w)
+        return drdpo_objective(per, beta_prime=bp, weights=w)
 
     return fit(
         X,
@@ -115,5 +140,5 @@ def drdpo(
         input_grad=False,
         method="drdpo",
         hyper={"beta_prime": bp},
-        **fit_kwargs,
+        options=FitOptions.build(options, where="approx_reweight.drdpo", **option_kwargs),
     )

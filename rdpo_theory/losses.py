@@ -92,14 +92,15 @@ def check_beta(beta) -> float:
 
 # ---------------------------------------------------------------------------- KLDPO / WDPO
 # numpy mirrors of rdpo_theory.torch.losses (THEORY.md section 4); tests check they agree.
+@V.renamed_keyword("base_weights", "weights")
 def kl_weights(
-    l, *, tau: float, variant: str = "normalized", clip: float = 10.0, base_weights=None
+    l, *, tau: float, variant: str = "normalized", clip: float = 10.0, weights=None
 ) -> np.ndarray:
     """KLDPO weights of per-pair losses ``l`` (n,), no gradient through them.
 
     ``normalized`` (Algorithm 2): ``w_i = n softmax_i((l_i - mean l) / tau)`` (mean 1);
     ``clipped`` (the paper's code): ``w_i = min(exp((l_i - mean l) / tau), clip)``.
-    The KLDPO loss is ``mean_i w_i l_i``. With ``base_weights`` p (n,) (weighted data): the
+    The KLDPO loss is ``mean_i w_i l_i``. With data ``weights`` p (n,): the
     centre is ``sum_i p_i l_i``, ``normalized`` gives ``w_i = q_i / p_i`` with
     ``q_i ∝ p_i exp(l_i / tau)``, and the loss is ``sum_i p_i w_i l_i``.
     """
@@ -107,8 +108,8 @@ def kl_weights(
 
     tau = V.positive(tau, "tau")
     l = V.as_vector(l, "l")
-    if base_weights is not None:
-        p = V.as_weights(base_weights, l.shape[0], "base_weights")
+    if weights is not None:
+        p = V.as_weights(weights, l.shape[0], "weights")
         z = (l - p @ l) / tau
         if variant == "normalized":
             with np.errstate(divide="ignore"):

@@ -73,20 +73,20 @@ def test_weighted_kl_weights_numpy_torch_and_uniform_limit():
     p = rng.random(40)
     p /= p.sum()
     for variant in ("normalized", "clipped"):
-        wn = NL.kl_weights(l, tau=0.3, variant=variant, clip=3.0, base_weights=p)
+        wn = NL.kl_weights(l, tau=0.3, variant=variant, clip=3.0, weights=p)
         wt = TL.kl_weights(
-            torch.tensor(l), tau=0.3, variant=variant, clip=3.0, base_weights=torch.tensor(p)
+            torch.tensor(l), tau=0.3, variant=variant, clip=3.0, weights=torch.tensor(p)
         )
         assert wt.dtype == torch.float64
         np.testing.assert_allclose(wt.numpy(), wn, rtol=1e-12)
         u = np.full(40, 1 / 40)
         np.testing.assert_allclose(
-            NL.kl_weights(l, tau=0.3, variant=variant, clip=3.0, base_weights=u),
+            NL.kl_weights(l, tau=0.3, variant=variant, clip=3.0, weights=u),
             NL.kl_weights(l, tau=0.3, variant=variant, clip=3.0),
             rtol=1e-12,
         )
     # normalized: q = p w is the tilted law p exp(l / tau) / Z
-    q = p * NL.kl_weights(l, tau=0.3, base_weights=p)
+    q = p * NL.kl_weights(l, tau=0.3, weights=p)
     ref = p * np.exp(l / 0.3)
     np.testing.assert_allclose(q, ref / ref.sum(), rtol=1e-12)
 
@@ -175,7 +175,8 @@ def test_trace_schedule_and_result_fields(sample):
     [
         (dict(optimizer="lbfgs"), "optimizer"),
         (dict(schedule="step"), "schedule"),
-        (dict(lr=0.0), "lr"),
+        (dict(lr=0.0), "learning_rate"),
+        (dict(learning_rate=-1.0), "learning_rate"),
         (dict(batch_size=0), "batch_size"),
         (dict(max_steps=2.5), "max_steps"),
         (dict(momentum=1.0), "momentum"),
@@ -225,7 +226,7 @@ def test_fast_paths_equal_reference_objectives():
             fast = approx.kldpo(X, y, tau=0.4, variant=variant, clip=1.5, **b, **kw).theta
             slow = ref(
                 lambda l, x, w, v=variant: TL.kldpo_objective(
-                    l, tau=0.4, variant=v, clip=1.5, base_weights=w
+                    l, tau=0.4, variant=v, clip=1.5, weights=w
                 )[0],
                 input_grad=False,
                 **b,

@@ -142,6 +142,8 @@ def _cfg(tmp_path=None, **kw):
         ("kldpo", {"tau": 0.5}),
         ("wdpo", {"rho0": 0.5}),
         ("wdpo", {"rho0": 0.5, "variant": "per-pair"}),
+        ("chi2dpo", {"rho": 0.5}),  # accepted by TrainConfig, so it must run (issue 10)
+        ("cvardpo", {"level": 0.5}),
     ],
 )
 def test_training_increases_margins_and_logs(tok, method, kw):
@@ -307,7 +309,7 @@ def test_bad_configs():
         TrainConfig(method="wdpo")
     with pytest.raises(InputError, match="tau"):
         TrainConfig(method="kldpo")
-    with pytest.raises(InputError, match="does not take"):
+    with pytest.raises(InputError, match="unknown keyword 'tau'"):
         TrainConfig(method="dpo", loss_kwargs={"tau": 1.0})
     with pytest.raises(InputError, match="batch_size"):
         TrainConfig(batch_size=0)

@@ -60,7 +60,7 @@ class ApproxConfig:
     theta_norm: float = 2.0
     alpha0: float = 0.1
     max_steps: int = 1500
-    lr: float = 0.05
+    learning_rate: float = 0.05
     train: dict = field(default_factory=dict)
 
     @classmethod
@@ -162,7 +162,7 @@ def run_task(params: dict, seed, shared) -> list[dict]:
     beta = world.beta
     train = dict(
         optimizer="adam",
-        lr=cfg.lr,
+        learning_rate=cfg.learning_rate,
         schedule="cosine",
         max_steps=cfg.max_steps,
         gtol=1e-9,

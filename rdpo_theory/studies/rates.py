@@ -404,7 +404,9 @@ def build_context(
         lam0=T.coverage_p0(pop),
         candidates=PreferenceData(Xc, yc),
         cost=default_cost(pop.X, pop.y, Xc, yc, math.inf),
-        approx_options=dict(approx_options or {"max_steps": 4000, "gtol": 1e-7, "lr": 0.05}),
+        approx_options=dict(
+            approx_options or {"max_steps": 4000, "gtol": 1e-7, "learning_rate": 0.05}
+        ),
     )
     for name in methods:
         spec = METHODS[name]

@@ -225,7 +225,7 @@ def fit_method(
     from .. import approx, approx_reweight, exact
 
     ex = dict(beta=beta, radius=radius)
-    gd = dict(beta=beta, max_steps=steps, lr=0.05, gtol=1e-6)
+    gd = dict(beta=beta, max_steps=steps, learning_rate=0.05, gtol=1e-6)
     if method == "dpo":
         return exact.dpo(data, **ex).theta
     if method == "wdpo-exact":

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _validate as V
 from .. import losses as npl
 from ..errors import InputError
-from .losses import LossOutput, _margin_stats, _positive, dpo_margins, dpo_pair_losses
+from .losses import LossOutput, dpo_pair_losses, logp_loss
 
 
 # ---------------------------------------------------------------------------- per-pair losses
@@ -44,28 +45,27 @@ def rdpo_pair_losses(margins: torch.Tensor, *, eps: float) -> torch.Tensor:
 
 def ipo_pair_losses(margins: torch.Tensor, *, beta: float) -> torch.Tensor:
     """IPO per-pair loss ``(m / beta - 1 / (2 beta))^2`` with ``m / beta`` the log-ratio margin."""
-    beta = _positive(beta, "beta")
+    beta = V.positive(beta, "beta")
     return (margins / beta - 0.5 / beta) ** 2
 
 
 # ---------------------------------------------------------------------------- aggregates
-def drdpo_objective(
-    per_pair: torch.Tensor, *, beta_prime: float, base_weights=None
-) -> torch.Tensor:
-    """Dr. DPO ``-beta' log sum_i p_i exp(-l_i / beta')`` with ``p = base_weights`` (default
+@V.renamed_keyword("base_weights", "weights")
+def drdpo_objective(per_pair: torch.Tensor, *, beta_prime: float, weights=None) -> torch.Tensor:
+    """Dr. DPO ``-beta' log sum_i p_i exp(-l_i / beta')`` with ``p = weights`` (default
     ``1/B``); differentiable (its gradient weights are ``softmax_i(log p_i - l_i / beta')``)."""
-    bp = _positive(beta_prime, "beta_prime")
-    logp = _log_base(per_pair, base_weights)
+    bp = V.positive(beta_prime, "beta_prime")
+    logp = _log_base(per_pair, weights)
     return -bp * torch.logsumexp(logp - per_pair / bp, dim=0)
 
 
-def _log_base(per_pair: torch.Tensor, base_weights) -> torch.Tensor:
+def _log_base(per_pair: torch.Tensor, weights) -> torch.Tensor:
     B = per_pair.shape[0]
-    if base_weights is None:
+    if weights is None:
         return per_pair.new_full((B,), -float(np.log(B)))
-    w = torch.as_tensor(base_weights, dtype=per_pair.dtype, device=per_pair.device).detach()
+    w = torch.as_tensor(weights, dtype=per_pair.dtype, device=per_pair.device).detach()
     if w.shape != (B,) or torch.any(w < 0) or abs(float(w.sum()) - 1.0) > 1e-6:
-        raise InputError(f"base_weights must be non-negative, shape ({B},), summing to 1")
+        raise InputError(f"weights must be non-negative, shape ({B},), summing to 1")
     return torch.log(w)
 
 
@@ -101,15 +101,15 @@ def group_robust_objective(per_pair: torch.Tensor, groups, *, group_weights=None
 
 def update_group_weights(group_weights, group_losses, *, step: float) -> torch.Tensor:
     """Exponentiated-gradient ascent ``alpha_g <- alpha_g exp(step L_g) / Z`` (Ramesh et al.)."""
-    step = _positive(step, "step", allow_zero=True)
+    step = V.positive(step, "step", allow_zero=True)
     a = torch.as_tensor(group_weights, dtype=torch.float64)
     L = torch.as_tensor(group_losses, dtype=torch.float64).detach()
     z = torch.log(a) + step * L
     return torch.softmax(z, dim=0)
 
 
-def _np_weights(per_pair: torch.Tensor, fn, base_weights, **kw) -> torch.Tensor:
-    p = None if base_weights is None else torch.exp(_log_base(per_pair, base_weights))
+def _np_weights(per_pair: torch.Tensor, fn, weights, **kw) -> torch.Tensor:
+    p = None if weights is None else torch.exp(_log_base(per_pair, weights))
     q = fn(
         per_pair.detach().to(torch.float64).cpu().numpy(),
         weights=None if p is None else p.detach().to(torch.float64).cpu().numpy(),
@@ -118,178 +118,80 @@ def _np_weights(per_pair: torch.Tensor, fn, base_weights, **kw) -> torch.Tensor:
     return torch.as_tensor(q, dtype=per_pair.dtype, device=per_pair.device)
 
 
+@V.renamed_keyword("base_weights", "weights")
 def chi2_objective(
-    per_pair: torch.Tensor, *, rho: float, base_weights=None
+    per_pair: torch.Tensor, *, rho: float, weights=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, q)``: chi-square DRO best response on the batch, ``loss = sum_i q_i l_i`` with
     ``q`` the worst case of ``{q : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho}`` (held constant),
-    ``p = base_weights`` (default ``1/B``)."""
-    q = _np_weights(per_pair, npl.chi2_weights, base_weights, rho=rho)
+    ``p = weights`` (default ``1/B``)."""
+    q = _np_weights(per_pair, npl.chi2_weights, weights, rho=rho)
     return (q * per_pair).sum(), q
 
 
+@V.renamed_keyword("base_weights", "weights")
 def cvar_objective(
-    per_pair: torch.Tensor, *, level: float, base_weights=None
+    per_pair: torch.Tensor, *, level: float, weights=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, q)``: CVaR at tail fraction ``level`` on the batch, ``loss = sum_i q_i l_i`` with
-    ``q_i <= p_i / level`` on the largest losses (held constant), ``p = base_weights``
+    ``q_i <= p_i / level`` on the largest losses (held constant), ``p = weights``
     (default ``1/B``)."""
-    q = _np_weights(per_pair, npl.cvar_weights, base_weights, level=level)
+    q = _np_weights(per_pair, npl.cvar_weights, weights, level=level)
     return (q * per_pair).sum(), q
 
 
 # ---------------------------------------------------------------------------- full losses
-def cdpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    eps: float,
-) -> LossOutput:
+# Each is a function of the margins, turned into TRL's four-log-prob form by ``logp_loss``.
+@logp_loss
+def cdpo_loss(margins, *, beta: float, eps: float) -> LossOutput:
     """cDPO: ``mean_i cdpo(m_i)``."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = cdpo_pair_losses(m, eps=eps)
-    return LossOutput(per.mean(), per, m, stats=_margin_stats(m))
+    per = cdpo_pair_losses(margins, eps=eps)
+    return LossOutput(per.mean(), per, margins)
 
 
-def rdpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    eps: float,
-) -> LossOutput:
+@logp_loss
+def rdpo_loss(margins, *, beta: float, eps: float) -> LossOutput:
     """rDPO (known flip rate ``eps < 1/2``): ``mean_i rdpo(m_i)``."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = rdpo_pair_losses(m, eps=eps)
-    return LossOutput(per.mean(), per, m, stats=_margin_stats(m))
+    per = rdpo_pair_losses(margins, eps=eps)
+    return LossOutput(per.mean(), per, margins)
 
 
-def ipo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-) -> LossOutput:
+@logp_loss
+def ipo_loss(margins, *, beta: float) -> LossOutput:
     """IPO: ``mean_i (h_i - 1 / (2 beta))^2``."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = ipo_pair_losses(m, beta=beta)
-    return LossOutput(per.mean(), per, m, stats=_margin_stats(m))
+    per = ipo_pair_losses(margins, beta=beta)
+    return LossOutput(per.mean(), per, margins)
 
 
-def drdpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    beta_prime: float,
-) -> LossOutput:
+@logp_loss
+def drdpo_loss(margins, *, beta: float, beta_prime: float) -> LossOutput:
     """Dr. DPO on DPO per-pair losses."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
-    bp = _positive(beta_prime, "beta_prime")
+    per = dpo_pair_losses(margins)
+    bp = V.positive(beta_prime, "beta_prime")
     w = torch.softmax(-per.detach() / bp, dim=0)
-    return LossOutput(
-        drdpo_objective(per, beta_prime=bp), per, m, weights=w, stats=_margin_stats(m)
-    )
+    return LossOutput(drdpo_objective(per, beta_prime=bp), per, margins, weights=w)
 
 
-def group_dpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    groups,
-    group_weights=None,
-) -> LossOutput:
+@logp_loss
+def group_dpo_loss(margins, *, beta: float, groups, group_weights=None) -> LossOutput:
     """Group-robust DPO on DPO per-pair losses; ``groups`` (B,) labels each pair's group."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
+    per = dpo_pair_losses(margins)
     loss = group_robust_objective(per, groups, group_weights=group_weights)
-    stats = _margin_stats(m)
-    stats["worst_group_loss"] = float(group_means(per.detach(), groups).max())
-    return LossOutput(loss, per, m, stats=stats)
+    stats = {"worst_group_loss": float(group_means(per.detach(), groups).max())}
+    return LossOutput(loss, per, margins, stats=stats)
 
 
-def chi2dpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    rho: float,
-) -> LossOutput:
+@logp_loss
+def chi2dpo_loss(margins, *, beta: float, rho: float) -> LossOutput:
     """chi-square DPO: best-response reweighting of DPO per-pair losses."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
+    per = dpo_pair_losses(margins)
     loss, q = chi2_objective(per, rho=rho)
-    return LossOutput(loss, per, m, weights=q, stats=_margin_stats(m))
+    return LossOutput(loss, per, margins, weights=q)
 
 
-def cvardpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-    level: float,
-) -> LossOutput:
+@logp_loss
+def cvardpo_loss(margins, *, beta: float, level: float) -> LossOutput:
     """CVaR DPO: best-response reweighting of DPO per-pair losses."""
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
+    per = dpo_pair_losses(margins)
     loss, q = cvar_objective(per, level=level)
-    return LossOutput(loss, per, m, weights=q, stats=_margin_stats(m))
+    return LossOutput(loss, per, margins, weights=q)

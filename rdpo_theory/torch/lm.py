@@ -34,7 +34,7 @@ from ..errors import InputError
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
-def _unwrap(model):
+def unwrap_model(model):
     """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped model."""
     while hasattr(model, "module"):
         model = model.module
@@ -128,7 +128,7 @@ def max_positions(model) -> int | None:
     """The number of positions ``model`` can embed (``n_positions``,
     ``max_position_embeddings`` or ``n_ctx`` of its config), or None when it has no such
     limit (e.g. rotary embeddings without a declared maximum)."""
-    conf = getattr(_unwrap(model), "config", None)
+    conf = getattr(unwrap_model(model), "config", None)
     for key in ("n_positions", "max_position_embeddings", "n_ctx"):
         v = getattr(conf, key, None)
         if isinstance(v, int) and v > 0:
@@ -172,7 +172,7 @@ def check_batch(batch) -> int:
 
 def embed_tokens(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Token-embedding output ``E[input_ids]`` (N, T, H) of ``model``, with requires_grad."""
-    emb = _unwrap(model).get_input_embeddings()(input_ids)
+    emb = unwrap_model(model).get_input_embeddings()(input_ids)
     if not emb.requires_grad:  # frozen embedding table: still differentiate w.r.t. its output
         emb = emb.detach().requires_grad_(True)
     return emb
@@ -247,7 +247,7 @@ def sample_completions(
     """
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    m = _unwrap(model)
+    m = unwrap_model(model)
     was_training = m.training
     m.eval()
     device = next(m.parameters()).device

@@ -29,6 +29,8 @@ a host-device synchronisation; call ``float()`` on them when logging.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -43,7 +45,7 @@ from .guards import check_finite_inputs
 KL_VARIANTS = ("normalized", "clipped")
 WDPO_VARIANTS = ("sqrt-mean", "per-pair")
 
-_LOGP_NAMES = (
+LOGP_NAMES = (
     "policy_chosen_logps",
     "policy_rejected_logps",
     "reference_chosen_logps",
@@ -83,7 +85,7 @@ class LossOutput:
 # ---------------------------------------------------------------------------- checks
 def _check_logps(*tensors: torch.Tensor) -> None:
     shape = None
-    for name, t in zip(_LOGP_NAMES, tensors):
+    for name, t in zip(LOGP_NAMES, tensors):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 1:
@@ -109,14 +111,9 @@ def _check_per_pair(per_pair) -> None:
     check_finite_inputs([("per_pair", per_pair)])
 
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     """Accumulation dtype: float32 for half precisions, the tensor's own dtype otherwise."""
     return torch.promote_types(t.dtype, torch.float32)
-
-
-def _positive(x, name: str, *, allow_zero: bool = False) -> float:
-    """A finite number > 0 (>= 0 with ``allow_zero``); :class:`InputError` naming ``name``."""
-    return V.positive(x, name, allow_zero=allow_zero)
 
 
 # ---------------------------------------------------------------------------- DPO
@@ -140,7 +137,7 @@ def dpo_margins(
     _check_logps(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    beta = _positive(beta, "beta")
+    beta = V.positive(beta, "beta")
     return beta * (
         (policy_chosen_logps - reference_chosen_logps)
         - (policy_rejected_logps - reference_rejected_logps)
@@ -154,29 +151,77 @@ def dpo_pair_losses(margins: torch.Tensor) -> torch.Tensor:
     return F.softplus(-margins)
 
 
-def _margin_stats(m: torch.Tensor) -> dict[str, torch.Tensor]:
+def margin_stats(m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached 0-d diagnostics of margins ``m`` (B,): ``margin_mean`` and ``accuracy`` (the
+    fraction of pairs with ``m > 0``)."""
     m = m.detach()
     return {"margin_mean": m.mean(), "accuracy": (m > 0).float().mean()}
 
 
-def dpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    *,
-    beta: float,
-) -> LossOutput:
-    """Plain DPO: ``mean_i softplus(-m_i)`` (THEORY.md section 1)."""
-    m = dpo_margins(
+def logp_loss(margin_loss):
+    """Turn a loss of the margins into a loss of TRL's four log-prob tensors.
+
+    ``margin_loss(margins, *, beta, **params) -> LossOutput`` receives the scaled margins
+    ``m = beta * ((pc - rc) - (pr - rr))`` (B,) of :func:`dpo_margins` (which validates the four
+    tensors and ``beta``). The returned function is
+
+        loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+             reference_rejected_logps, *, beta, **params) -> LossOutput
+
+    with ``margin_loss``'s name, docstring and keyword-only parameters, so
+    ``inspect.signature`` lists exactly what the loss takes (the trainer validates
+    ``TrainConfig.loss_kwargs`` against it). ``stats`` gets ``margin_mean`` and ``accuracy``
+    (:func:`margin_stats`) unless ``margin_loss`` set them.
+    """
+    sig = inspect.signature(margin_loss)
+    params = [p for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if "beta" not in {p.name for p in params}:
+        raise TypeError(f"{margin_loss.__name__} must take a keyword-only 'beta'")
+
+    @functools.wraps(margin_loss)
+    def loss(
         policy_chosen_logps,
         policy_rejected_logps,
         reference_chosen_logps,
         reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
-    return LossOutput(per.mean(), per, m, stats=_margin_stats(m))
+        *,
+        beta: float,
+        **kwargs,
+    ) -> LossOutput:
+        m = dpo_margins(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+            beta=beta,
+        )
+        out = margin_loss(m, beta=beta, **kwargs)
+        for k, v in margin_stats(m).items():
+            out.stats.setdefault(k, v)
+        return out
+
+    logps = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in LOGP_NAMES
+    ]
+    loss.__signature__ = sig.replace(parameters=logps + params)
+    return loss
+
+
+def loss_parameters(loss) -> dict[str, inspect.Parameter]:
+    """The keyword-only parameters of a four-log-prob loss (``beta`` and the method's own),
+    by name, from its signature."""
+    return {
+        name: p
+        for name, p in inspect.signature(loss).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+@logp_loss
+def dpo_loss(margins: torch.Tensor, *, beta: float) -> LossOutput:
+    """Plain DPO: ``mean_i softplus(-m_i)`` (docs/theory.md#dpo-loss)."""
+    per = dpo_pair_losses(margins)
+    return LossOutput(per.mean(), per, margins)
 
 
 # ---------------------------------------------------------------------------- KLDPO
@@ -205,19 +250,21 @@ def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
-def _check_kl_args(tau, variant, clip) -> tuple[float, float]:
-    tau = _positive(tau, "tau")
+def check_kl_args(tau, variant, clip) -> tuple[float, float]:
+    """Validated ``(tau, clip)`` of KLDPO: ``tau > 0``, ``variant`` in :data:`KL_VARIANTS`,
+    ``clip > 0`` for ``clipped``; :class:`InputError` naming the argument otherwise."""
+    tau = V.positive(tau, "tau")
     if variant not in KL_VARIANTS:
         raise InputError(f"variant must be one of {KL_VARIANTS}, got {variant!r}")
     if variant == "clipped":
-        clip = _positive(clip, "clip")
+        clip = V.positive(clip, "clip")
     return tau, clip
 
 
-def _check_kl_inputs(per_pair, tau, variant, clip, base_weights) -> tuple[float, float]:
-    tau, clip = _check_kl_args(tau, variant, clip)
+def _check_kl_inputs(per_pair, tau, variant, clip, weights) -> tuple[float, float]:
+    tau, clip = check_kl_args(tau, variant, clip)
     _check_per_pair(per_pair)
-    check_prob_weights(base_weights, per_pair, "base_weights")
+    check_prob_weights(weights, per_pair, "weights")
     return tau, clip
 
 
@@ -240,12 +287,12 @@ def check_prob_weights(weights, like: torch.Tensor, name: str, *, group=None) ->
         raise InputError(f"{name} must sum to 1 over the batch; they sum to {total:.8g}")
 
 
-def _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights=None):
-    tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, base_weights)
-    return _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights)
+def _kl_weights_local_global(per_pair, tau, variant, clip, group, weights=None):
+    tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, weights)
+    return _kl_weights_unchecked(per_pair, tau, variant, clip, group, weights)
 
 
-def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
+def _kl_weights_unchecked(per_pair, tau, variant, clip, group, weights):
     """``(local, global)`` KLDPO weights from already-validated arguments.
 
     Outside ``torch.distributed`` the global batch is the local one and the weights are
@@ -254,10 +301,10 @@ def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
     ``mean l``: the softmax is shift-invariant, so ``softmax((l - c) / tau)`` is the same for
     every c (and ``softmax``/``logsumexp`` subtract the maximum internally for stability).
     """
-    local = per_pair.detach().to(_acc_dtype(per_pair))  # float64 stays exact
+    local = per_pair.detach().to(accumulation_dtype(per_pair))  # float64 stays exact
     single = _world_size(group) == 1
     glob = local if single else _gather(local, group)
-    p = None if base_weights is None else _gather(base_weights, group).to(glob.dtype)
+    p = None if weights is None else _gather(weights, group).to(glob.dtype)
     if variant == "normalized":
         # centre at the max so that a tiny tau gives the max-loss limit, not inf - inf = NaN
         top = glob.max()
@@ -278,15 +325,15 @@ def _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights):
     return (local - centre).div_(tau).exp_().clamp_(max=clip), w_glob
 
 
-def _kldpo_objective_unchecked(per_pair, tau, variant, clip, group, base_weights):
-    """:func:`kldpo_objective` from already-validated arguments (trainer inner loops)."""
-    w = _kl_weights_unchecked(per_pair, tau, variant, clip, group, base_weights)[0]
+def _kldpo_objective(per_pair, tau, variant, clip, group, weights):
+    w = _kl_weights_unchecked(per_pair, tau, variant, clip, group, weights)[0]
     wd = w.to(per_pair.dtype)
-    if base_weights is not None:
-        return (base_weights * wd * per_pair).sum(), w  # sum_i p_i w_i l_i
+    if weights is not None:
+        return (weights * wd * per_pair).sum(), w  # sum_i p_i w_i l_i
     return per_pair @ wd.div(per_pair.numel()), w  # mean_i w_i l_i, one autograd node
 
 
+@V.renamed_keyword("base_weights", "weights")
 def kl_weights(
     per_pair: torch.Tensor,
     *,
@@ -294,7 +341,7 @@ def kl_weights(
     variant: str = "normalized",
     clip: float = 10.0,
     group=None,
-    base_weights: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KLDPO weights of the local pairs, detached, shape (B,), from global-batch statistics.
 
@@ -307,15 +354,16 @@ def kl_weights(
     taken over every worker of ``group`` when ``torch.distributed`` is initialised.
     The numpy mirror is :func:`rdpo_theory.losses.kl_weights`.
 
-    ``base_weights`` (B,), optional: a base measure p (summing to 1 over the global batch), for
+    ``weights`` (B,), optional: a base measure p (summing to 1 over the global batch), for
     weighted data such as an aggregated empirical law. The weights are then likelihood ratios
     ``w_i = q_i / p_i`` with ``q_i ∝ p_i exp(l_i / tau)`` (``normalized``), the centre is
     ``sum_i p_i l_i``, and the loss is ``sum_i p_i w_i l_i``; uniform p gives the case above.
     Float64 losses give float64 weights.
     """
-    return _kl_weights_local_global(per_pair, tau, variant, clip, group, base_weights)[0]
+    return _kl_weights_local_global(per_pair, tau, variant, clip, group, weights)[0]
 
 
+@V.renamed_keyword("base_weights", "weights")
 def kldpo_objective(
     per_pair: torch.Tensor,
     *,
@@ -323,13 +371,18 @@ def kldpo_objective(
     variant: str = "normalized",
     clip: float = 10.0,
     group=None,
-    base_weights: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, weights)`` with ``loss = mean_i w_i l_i`` over the local batch and ``w`` from
-    :func:`kl_weights` (no gradient through ``w``); with ``base_weights`` p,
-    ``loss = sum_i p_i w_i l_i``."""
-    tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, base_weights)
-    return _kldpo_objective_unchecked(per_pair, tau, variant, clip, group, base_weights)
+    :func:`kl_weights` (no gradient through ``w``); with data ``weights`` p,
+    ``loss = sum_i p_i w_i l_i``.
+
+    ``check=False`` skips the argument checks (for trainer inner loops that validated
+    ``tau``, ``variant`` and ``clip`` once with :func:`check_kl_args`)."""
+    if check:
+        tau, clip = _check_kl_inputs(per_pair, tau, variant, clip, weights)
+    return _kldpo_objective(per_pair, tau, variant, clip, group, weights)
 
 
 def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -344,11 +397,9 @@ def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+@logp_loss
 def kldpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
+    margins: torch.Tensor,
     *,
     beta: float,
     tau: float,
@@ -356,24 +407,16 @@ def kldpo_loss(
     clip: float = 10.0,
     group=None,
 ) -> LossOutput:
-    """KLDPO (Algorithm 2, or the paper's clipped code) on DPO per-pair losses.
+    """KLDPO (Algorithm 2, or the paper's clipped code) on DPO per-pair losses
+    (docs/theory.md#algorithm-2-kldpo): ``mean_i w_i l_i`` with ``w`` from :func:`kl_weights`.
 
     ``stats`` holds the global batch's ``weight_entropy``, ``weight_max`` and ``kl_radius``
     (of the normalised weights), identical on every worker.
     """
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
+    per = dpo_pair_losses(margins)
     w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group)
     loss = (w.to(per.dtype) * per).mean()
-    stats = _margin_stats(m)
-    stats.update(weight_stats(w_glob))
-    return LossOutput(loss, per, m, weights=w, stats=stats)
+    return LossOutput(loss, per, margins, weights=w, stats=weight_stats(w_glob))
 
 
 # ---------------------------------------------------------------------------- WDPO
@@ -415,12 +458,17 @@ def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
     sq = None
     for g in grads:
         if g is not None:
-            part = g.to(_acc_dtype(g)).pow(2).reshape(B, -1).sum(dim=1).to(per_pair.dtype)
+            part = g.to(accumulation_dtype(g)).pow(2).reshape(B, -1).sum(dim=1).to(per_pair.dtype)
             sq = part if sq is None else sq + part
     return sq
 
 
-def _wdpo_combine(per_pair, sq, rho0, variant, weights=None):
+def wdpo_combine(per_pair, sq, rho0, variant, weights=None):
+    """``(objective, penalty)`` of WDPO from per-pair losses ``l`` (B,) and squared input-gradient
+    norms ``sq`` (B,), arguments already validated: ``sqrt-mean``
+    ``avg l + rho0 sqrt(avg sq)``, ``per-pair`` ``avg l + rho0 avg sq``, where ``avg`` is
+    ``mean_i`` or ``sum_i p_i`` with ``weights`` p."""
+
     def avg(t):  # mean_i, or sum_i p_i t_i for weighted data
         return t.mean() if weights is None else (weights * t).sum()
 
@@ -432,8 +480,9 @@ def _wdpo_combine(per_pair, sq, rho0, variant, weights=None):
     return avg(per_pair) + pen, pen
 
 
-def _check_wdpo_args(rho0, variant) -> float:
-    rho0 = _positive(rho0, "rho0", allow_zero=True)
+def check_wdpo_args(rho0, variant) -> float:
+    """Validated ``rho0 >= 0`` of WDPO, with ``variant`` in :data:`WDPO_VARIANTS`."""
+    rho0 = V.positive(rho0, "rho0", allow_zero=True)
     if variant not in WDPO_VARIANTS:
         raise InputError(f"variant must be one of {WDPO_VARIANTS}, got {variant!r}")
     return rho0
@@ -456,12 +505,12 @@ def wdpo_penalty_coefficients(
     finite-difference Hessian-vector product of the trainer
     (``TrainConfig(wdpo_hvp="finite-difference")``).
     """
-    rho0 = _check_wdpo_args(rho0, variant)
+    rho0 = check_wdpo_args(rho0, variant)
     _check_per_pair(sq_norms)
     check_prob_weights(weights, sq_norms, "weights")
-    sq = sq_norms.detach().to(_acc_dtype(sq_norms)).requires_grad_(True)
+    sq = sq_norms.detach().to(accumulation_dtype(sq_norms)).requires_grad_(True)
     with torch.enable_grad():
-        pen = _wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, weights)[1]
+        pen = wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, weights)[1]
         (c,) = torch.autograd.grad(pen, sq)
     return c.detach()
 
@@ -474,6 +523,7 @@ def wdpo_objective(
     variant: str = "sqrt-mean",
     weights: torch.Tensor | None = None,
     sq_norms: torch.Tensor | None = None,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, sq_norms)``. ``sqrt-mean``: ``mean l + rho0 sqrt(mean ||g_i||^2)``;
     ``per-pair``: ``mean (l_i + rho0 ||g_i||^2)``, with ``g_i = grad_z l_i``. Differentiable
@@ -481,25 +531,27 @@ def wdpo_objective(
 
     ``weights`` (B,), optional: probability weights p_i; every ``mean_i`` becomes
     ``sum_i p_i`` (weighted data). ``sq_norms`` (B,), optional: precomputed differentiable
-    ``||g_i||^2`` (e.g. the log-linear closed form); ``inputs`` is then not used."""
-    rho0 = _check_wdpo_args(rho0, variant)
-    check_prob_weights(weights, per_pair, "weights")
+    ``||g_i||^2`` (e.g. the log-linear closed form); ``inputs`` is then not used.
+    ``check=False`` skips the checks of ``rho0``, ``variant`` and ``weights`` (inner loops
+    that ran :func:`check_wdpo_args` once)."""
+    if check:
+        rho0 = check_wdpo_args(rho0, variant)
+        check_prob_weights(weights, per_pair, "weights")
     sq = input_grad_sq_norms(per_pair, inputs) if sq_norms is None else sq_norms
-    return _wdpo_combine(per_pair, sq, rho0, variant, weights)[0], sq
+    return wdpo_combine(per_pair, sq, rho0, variant, weights)[0], sq
 
 
+@logp_loss
 def wdpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
+    margins: torch.Tensor,
     *,
     beta: float,
     rho0: float,
     inputs,
     variant: str = "sqrt-mean",
 ) -> LossOutput:
-    """WDPO gradient-regularised DPO (Algorithm 1, or the paper's per-pair code).
+    """WDPO gradient-regularised DPO (Algorithm 1, or the paper's per-pair code;
+    docs/theory.md#algorithm-1-wdpo).
 
     ``inputs``: the policy's input-embedding tensors (requires_grad) that produced the chosen
     and rejected log-probs, each with leading dimension B (e.g. ``(emb_chosen, emb_rejected)``,
@@ -507,17 +559,9 @@ def wdpo_loss(
     ``stats["grad_rms"] = sqrt(mean ||g_i||^2)``.
     """
     _as_inputs(inputs)
-    rho0 = _check_wdpo_args(rho0, variant)
-    m = dpo_margins(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta=beta,
-    )
-    per = dpo_pair_losses(m)
+    rho0 = check_wdpo_args(rho0, variant)
+    per = dpo_pair_losses(margins)
     sq = input_grad_sq_norms(per, inputs)
-    loss, pen = _wdpo_combine(per, sq, rho0, variant)
-    stats = _margin_stats(m)
-    stats.update(penalty=pen.detach(), grad_rms=sq.detach().mean().sqrt())
-    return LossOutput(loss, per, m, penalty=sq, stats=stats)
+    loss, pen = wdpo_combine(per, sq, rho0, variant)
+    stats = {"penalty": pen.detach(), "grad_rms": sq.detach().mean().sqrt()}
+    return LossOutput(loss, per, margins, penalty=sq, stats=stats)

@@ -40,13 +40,13 @@ from ..rng import make_rng, stream_seed
 from . import losses as TL
 from .guards import all_finite, check_finite_parameters, first_nonfinite
 from .lm import (
-    _unwrap,
     check_batch,
     effective_max_length,
     embed_tokens,
     encode_pairs,
     pair_logps,
     sequence_logps,
+    unwrap_model,
 )
 from .run_config import CONFIG_FILE, check_output_dir, run_record
 
@@ -58,23 +58,75 @@ FD_PRECISIONS = ("float32", "autocast")
 ON_NONFINITE = ("raise", "skip")
 
 
+#: Loss keywords the trainer fills in itself, and what they are.
+TRAINER_KEYWORDS = {
+    "beta": "TrainConfig.beta",
+    "inputs": "the policy's input embeddings (WDPO)",
+}
+#: Loss keywords that carry per-pair data the trainer's rows do not have.
+PER_PAIR_KEYWORDS = {"groups": "a group label per pair"}
+
+
+def loss_methods() -> list[str]:
+    """Every method name :func:`resolve_loss` knows: the core methods, then each ``NAME`` with
+    a ``NAME_loss`` in :mod:`rdpo_theory.torch.baselines`."""
+    from . import baselines
+
+    extra = sorted(n[: -len("_loss")] for n in dir(baselines) if n.endswith("_loss"))
+    return list(CORE_METHODS) + [m for m in extra if m not in CORE_METHODS]
+
+
 def resolve_loss(method: str):
     """The loss function of ``method``: ``dpo``, ``kldpo``, ``wdpo`` from
     :mod:`rdpo_theory.torch.losses`, or ``NAME`` with ``NAME_loss`` in
     :mod:`rdpo_theory.torch.baselines` (``cdpo``, ``rdpo``, ``ipo``, ...)."""
     if method in CORE_METHODS:
         return getattr(TL, f"{method}_loss")
-    try:
-        from . import baselines
-    except ImportError:  # pragma: no cover - baselines ship with the package
-        baselines = None
-    fn = getattr(baselines, f"{method}_loss", None) if baselines is not None else None
+    from . import baselines
+
+    fn = getattr(baselines, f"{method}_loss", None) if isinstance(method, str) else None
     if fn is None:
-        known = list(CORE_METHODS)
-        if baselines is not None:
-            known += sorted(n[:-5] for n in dir(baselines) if n.endswith("_loss"))
-        raise InputError(f"method must be one of {known}, got {method!r}")
+        raise InputError(f"method must be one of {loss_methods()}, got {method!r}")
     return fn
+
+
+def check_loss_kwargs(method: str, loss_kwargs, *, name: str = "loss_kwargs") -> dict:
+    """Validate ``loss_kwargs`` for the trainer against the signature of ``method``'s loss.
+
+    Refuses, with :class:`InputError`: an unknown method; a keyword the loss does not take
+    (listing those it does); a keyword the trainer supplies itself (``beta``, ``inputs``); a
+    required keyword left out; and methods whose loss needs per-pair data the trainer's rows
+    do not carry (``group_dpo``'s ``groups``). ``name`` is the argument's name in messages.
+    Returns a copy of ``loss_kwargs``.
+    """
+    fn = resolve_loss(method)
+    if not isinstance(loss_kwargs, dict):
+        raise InputError(f"{name} must be a dict, got {type(loss_kwargs).__name__}")
+    params = TL.loss_parameters(fn)
+    per_pair = sorted(k for k in params if k in PER_PAIR_KEYWORDS)
+    if per_pair:
+        what = ", ".join(f"{k!r} ({PER_PAIR_KEYWORDS[k]})" for k in per_pair)
+        raise InputError(
+            f"method {method!r} cannot be trained by the preference trainers: {method}_loss "
+            f"needs {what}, which preference rows do not carry. Call {method}_loss in your own "
+            "training loop."
+        )
+    settable = [k for k in params if k not in TRAINER_KEYWORDS]
+    for k in loss_kwargs:
+        if k in TRAINER_KEYWORDS:
+            raise InputError(
+                f"{name} has {k!r}, which the trainer sets itself ({TRAINER_KEYWORDS[k]})"
+            )
+    V.unknown_keywords(loss_kwargs, settable, f"{name} of method {method!r}")
+    missing = [
+        k for k in settable if params[k].default is inspect.Parameter.empty and k not in loss_kwargs
+    ]
+    if missing:
+        raise InputError(
+            f"{name} must give {', '.join(map(repr, missing))} for method {method!r} "
+            f"({method}_loss takes {', '.join(settable)})"
+        )
+    return dict(loss_kwargs)
 
 
 @dataclass
@@ -84,13 +136,16 @@ class TrainConfig:
     Parameters
     ----------
     method : str
-        ``dpo``, ``kldpo``, ``wdpo`` or a baseline name (see :func:`resolve_loss`).
+        ``dpo``, ``kldpo``, ``wdpo`` or a baseline name (see :func:`loss_methods`); refused
+        at construction if the trainer cannot run it (``group_dpo`` needs per-pair groups).
     beta : float > 0
         DPO temperature.
     loss_kwargs : dict
         The method's parameters, passed to its loss: KLDPO ``tau``, ``variant``
         (``normalized``/``clipped``), ``clip``; WDPO ``rho0``, ``variant``
-        (``sqrt-mean``/``per-pair``); baselines e.g. ``eps``.
+        (``sqrt-mean``/``per-pair``); baselines e.g. ``eps``. Checked at construction against
+        the loss's signature (:func:`check_loss_kwargs`): unknown or missing keywords are
+        refused there, not at the first step.
     learning_rate, weight_decay : float
         AdamW settings.
     batch_size : int
@@ -184,7 +239,7 @@ class TrainConfig:
     on_nonfinite: str = "raise"
 
     def __post_init__(self):
-        resolve_loss(self.method)
+        resolve_loss(self.method)  # an unknown method is named first
         V.positive(self.beta, "beta")
         V.positive(self.learning_rate, "learning_rate")
         V.positive(self.weight_decay, "weight_decay", allow_zero=True)
@@ -218,14 +273,7 @@ class TrainConfig:
             raise InputError(
                 f"wdpo_fd_precision must be one of {FD_PRECISIONS}, got {self.wdpo_fd_precision!r}"
             )
-        if self.method == "wdpo" and "rho0" not in self.loss_kwargs:
-            raise InputError("loss_kwargs must give rho0 for method 'wdpo'")
-        if self.method == "kldpo" and "tau" not in self.loss_kwargs:
-            raise InputError("loss_kwargs must give tau for method 'kldpo'")
-        params = inspect.signature(resolve_loss(self.method)).parameters
-        for k in self.loss_kwargs:
-            if k not in params or k in ("beta", "inputs") or k.endswith("_logps"):
-                raise InputError(f"loss_kwargs has {k!r}, which {self.method}_loss does not take")
+        self.loss_kwargs = check_loss_kwargs(self.method, self.loss_kwargs)
         check_run_fields(self)
 
     def to_dict(self) -> dict:
@@ -400,7 +448,7 @@ class _full_precision:
     ``forward`` (restored on exit)."""
 
     def __init__(self, model):
-        self.inner = _unwrap(model)
+        self.inner = unwrap_model(model)
         self.device = next(self.inner.parameters()).device.type
 
     def __enter__(self):
@@ -469,7 +517,7 @@ def wdpo_fd_backward(
     backward(per.mean())
     scale = B * (acc.gradient_accumulation_steps if acc is not None else 1)
     g = emb.grad.detach() * scale
-    wide = TL._acc_dtype(g)  # float32, or float64 for float64 models
+    wide = TL.accumulation_dtype(g)  # float32, or float64 for float64 models
     e_norm = torch.linalg.vector_norm(emb.detach().to(wide))
     del emb
     sq = (g[:B].to(wide).pow(2).sum((1, 2)) + g[B:].to(wide).pow(2).sum((1, 2))).to(per.dtype)
@@ -485,8 +533,8 @@ def wdpo_fd_backward(
                 e_s = embed_tokens(model, ids) + (sign * h).to(u.dtype) * u
                 per_s = pair_losses(e_s)[0]
             backward(per_s.sum() * (sign / (2 * h)).to(per_s.dtype))
-    loss, pen = TL._wdpo_combine(per.detach(), sq, rho0, variant)
-    stats = TL._margin_stats(m)
+    loss, pen = TL.wdpo_combine(per.detach(), sq, rho0, variant)
+    stats = TL.margin_stats(m)
     stats.update(penalty=pen.detach(), grad_rms=sq.mean().sqrt(), fd_step=h.detach())
     pc, pr = lp[:B].detach(), lp[B:].detach()
     stats["reward_chosen"] = cfg.beta * (pc - rc).mean()
@@ -707,7 +755,7 @@ def _diagnose_nonfinite(cfg, model, ref_model, batches, losses, acc) -> str:
         bad = first_nonfinite(zip(names, (pc, pr, rc, rr)))
         where = f" in micro-batch {a}" if len(batches) > 1 else ""
         return f"{bad}{where}" if bad else f"loss{where} (value {float(loss)})"
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap_model(model).named_parameters():
         if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
             return f"grad_norm (first non-finite gradient: {name})"
     return "grad_norm"
@@ -758,6 +806,8 @@ def read_metrics(out_dir) -> list[dict]:
 __all__ = [
     "CORE_METHODS",
     "TrainConfig",
+    "check_loss_kwargs",
+    "loss_methods",
     "TrainResult",
     "check_rows",
     "compute_loss",

@@ -25,7 +25,7 @@ from trl import DPOTrainer
 
 from ..errors import InputError
 from .lm import pair_logps
-from .train import resolve_loss
+from .train import check_loss_kwargs, resolve_loss
 
 __all__ = ["RobustDPOTrainer"]
 
@@ -44,13 +44,10 @@ class RobustDPOTrainer(DPOTrainer):
     def __init__(
         self, *args, robust_method: str = "dpo", robust_kwargs: dict | None = None, **kwargs
     ):
-        resolve_loss(robust_method)
+        self.robust_kwargs = check_loss_kwargs(
+            robust_method, dict(robust_kwargs or {}), name="robust_kwargs"
+        )
         self.robust_method = robust_method
-        self.robust_kwargs = dict(robust_kwargs or {})
-        if robust_method == "kldpo" and "tau" not in self.robust_kwargs:
-            raise InputError("robust_kwargs must give tau for robust_method 'kldpo'")
-        if robust_method == "wdpo" and "rho0" not in self.robust_kwargs:
-            raise InputError("robust_kwargs must give rho0 for robust_method 'wdpo'")
         targs = kwargs.get("args", args[1] if len(args) > 1 else None)
         if robust_method == "wdpo" and getattr(targs, "gradient_checkpointing", False):
             raise InputError(

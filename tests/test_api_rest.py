@@ -1,0 +1,213 @@
+"""The API traps of issue 10 stay gone: one name per option (``learning_rate``, ``weights``),
+options as a dataclass, loss keywords checked from signatures before training, one wrapper for
+four-log-prob losses."""
+
+import dataclasses
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rdpo_theory import InputError, approx, approx_reweight
+from rdpo_theory import losses as NL
+from rdpo_theory.approx import FitOptions
+from rdpo_theory.torch import baselines as TB
+from rdpo_theory.torch import losses as TL
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = (rng.random(80) < 0.7).astype(float)
+    return X, y
+
+
+# ---------------------------------------------------------------------------- FitOptions
+def test_fit_options_have_help_and_defaults():
+    fields = dataclasses.fields(FitOptions)
+    assert len(fields) >= 10
+    for f in fields:
+        assert f.metadata.get("help"), f"FitOptions.{f.name} has no help text"
+    assert FitOptions().learning_rate == 0.05 and FitOptions().batch_size is None
+
+
+@pytest.mark.parametrize("front", ["dpo", "kldpo", "wdpo"])
+def test_front_ends_take_options_as_keywords_and_lr_alias(data, front):
+    X, y = data
+    fn = getattr(approx, front)
+    extra = {"dpo": {}, "kldpo": {"tau": 1.0}, "wdpo": {"rho0": 0.1}}[front]
+    kw = dict(beta=1.0, max_steps=25, gtol=0.0, batch_size=16, seed=3, schedule="cosine")
+    a = fn(X, y, learning_rate=0.03, optimizer="sgd", **kw, **extra)
+    b = fn(X, y, lr=0.03, optimizer="sgd", **kw, **extra)
+    c = fn(
+        X,
+        y,
+        options=FitOptions(learning_rate=0.03, optimizer="sgd", **kw_opts(kw)),
+        **extra,
+        beta=1.0,
+    )
+    np.testing.assert_array_equal(a.theta, b.theta)
+    np.testing.assert_array_equal(a.theta, c.theta)
+    assert a.extras["learning_rate"] == 0.03 and a.steps == 25
+    d = fn(X, y, lr=0.01, optimizer="sgd", **kw, **extra)  # the option is really used
+    assert not np.allclose(a.theta, d.theta)
+
+
+def kw_opts(kw):
+    return {k: v for k, v in kw.items() if k != "beta"}
+
+
+@pytest.mark.parametrize(
+    "fn, extra",
+    [
+        (approx.dpo, {}),
+        (approx.kldpo, {"tau": 1.0}),
+        (approx.wdpo, {"rho0": 0.1}),
+        (approx_reweight.chi2dpo, {"rho": 0.1}),
+        (approx_reweight.drdpo, {"beta_prime": 1.0}),
+    ],
+)
+def test_unknown_option_is_refused_with_valid_names(data, fn, extra):
+    X, y = data
+    with pytest.raises(InputError, match=r"unknown keyword 'lr_rate'.*learning_rate.*max_steps"):
+        fn(X, y, beta=1.0, lr_rate=0.1, **extra)
+
+
+def test_alias_and_name_together_and_bad_options(data):
+    X, y = data
+    with pytest.raises(InputError, match="both 'lr' and 'learning_rate'"):
+        approx.dpo(X, y, beta=1.0, lr=0.1, learning_rate=0.1)
+    with pytest.raises(InputError, match="learning_rate"):
+        FitOptions(learning_rate=0)
+    with pytest.raises(InputError, match="options must be a FitOptions"):
+        approx.dpo(X, y, beta=1.0, options={"max_steps": 3})
+
+
+def test_option_names_shared_with_train_config():
+    """learning_rate, schedule, batch_size, max_steps, seed mean the same in both."""
+    pytest.importorskip("accelerate")
+    from rdpo_theory.torch.train import TrainConfig
+
+    shared = {"learning_rate", "schedule", "batch_size", "max_steps", "seed"}
+    assert shared <= {f.name for f in dataclasses.fields(FitOptions)}
+    assert shared <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "lr" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    # the schedules both know decay the same way: linear reaches 0 at max_steps
+    res = approx.dpo(
+        np.eye(2), np.array([1.0, 0.0]), beta=1.0, schedule="linear", max_steps=4, gtol=0.0
+    )
+    np.testing.assert_allclose(res.trace["lr"], 0.05 * np.array([1, 0.75, 0.5, 0.25, 0.0]))
+
+
+# ---------------------------------------------------------------------------- weights
+def _all_signatures():
+    mods = (TL, TB, NL, approx, approx_reweight)
+    for mod in mods:
+        for name, fn in vars(mod).items():
+            if inspect.isfunction(fn) and not name.startswith("_"):
+                yield f"{mod.__name__}.{name}", inspect.signature(fn)
+
+
+def test_data_weights_are_called_weights_everywhere():
+    offenders = [n for n, sig in _all_signatures() if "base_weights" in sig.parameters]
+    assert offenders == []
+    for fn in (TL.kl_weights, TL.kldpo_objective, TB.chi2_objective, TB.drdpo_objective):
+        assert "weights" in inspect.signature(fn).parameters
+
+
+def test_base_weights_is_a_deprecated_alias():
+    rng = np.random.default_rng(1)
+    l = rng.random(6)
+    p = rng.random(6)
+    p /= p.sum()
+    pt, lt = torch.tensor(p), torch.tensor(l)
+    with pytest.warns(DeprecationWarning, match="base_weights"):
+        old = TL.kl_weights(lt, tau=0.5, base_weights=pt)
+    np.testing.assert_array_equal(old.numpy(), TL.kl_weights(lt, tau=0.5, weights=pt).numpy())
+    with pytest.warns(DeprecationWarning):
+        old_np = NL.kl_weights(l, tau=0.5, base_weights=p)
+    np.testing.assert_allclose(old_np, TL.kl_weights(lt, tau=0.5, weights=pt).numpy(), rtol=1e-12)
+    with pytest.raises(InputError, match="both"):
+        TL.kl_weights(lt, tau=0.5, weights=pt, base_weights=pt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TB.chi2_objective(lt, rho=0.1, weights=pt)  # the new name never warns
+
+
+# ---------------------------------------------------------------------------- four-log-prob form
+LOSSES = [
+    TL.dpo_loss,
+    TL.kldpo_loss,
+    TL.wdpo_loss,
+    TB.cdpo_loss,
+    TB.rdpo_loss,
+    TB.ipo_loss,
+    TB.drdpo_loss,
+    TB.group_dpo_loss,
+    TB.chi2dpo_loss,
+    TB.cvardpo_loss,
+]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda f: f.__name__)
+def test_every_loss_has_the_four_logp_signature(loss):
+    params = list(inspect.signature(loss).parameters.values())
+    assert [p.name for p in params[:4]] == list(TL.LOGP_NAMES)
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[4:])
+    assert "beta" in TL.loss_parameters(loss)
+
+
+def test_logp_loss_wrapper_forms_margins_and_stats():
+    @TL.logp_loss
+    def hinge_loss(margins, *, beta, gap: float = 1.0):
+        """Hinge on the margin."""
+        per = torch.relu(gap - margins)
+        return TL.LossOutput(per.mean(), per, margins)
+
+    pc, pr, rc, rr = (
+        torch.tensor(v, dtype=torch.float64)
+        for v in ([1.0, 0.0], [0.0, 0.5], [0.2, 0.1], [0.1, 0.1])
+    )
+    out = hinge_loss(pc, pr, rc, rr, beta=2.0, gap=1.0)
+    m = 2.0 * ((pc - rc) - (pr - rr))
+    torch.testing.assert_close(out.margins, m)
+    torch.testing.assert_close(out.loss, torch.relu(1.0 - m).mean())
+    assert float(out.stats["accuracy"]) == 0.5 and hinge_loss.__doc__ == "Hinge on the margin."
+    assert list(TL.loss_parameters(hinge_loss)) == ["beta", "gap"]
+    with pytest.raises(InputError, match="policy_rejected_logps"):
+        hinge_loss(pc, pr[:1], rc, rr, beta=1.0)
+
+
+# ---------------------------------------------------------------------------- TrainConfig
+def test_train_config_checks_loss_kwargs_from_signatures():
+    pytest.importorskip("accelerate")
+    from rdpo_theory.torch.train import TrainConfig, check_loss_kwargs, loss_methods, resolve_loss
+
+    with pytest.raises(InputError, match=r"must give 'rho' for method 'chi2dpo'"):
+        TrainConfig(method="chi2dpo")
+    with pytest.raises(InputError, match=r"must give 'level'"):
+        TrainConfig(method="cvardpo")
+    with pytest.raises(InputError, match=r"must give 'eps'"):
+        TrainConfig(method="cdpo")
+    with pytest.raises(InputError, match=r"unknown keyword 'radius'.*valid keywords: rho"):
+        TrainConfig(method="chi2dpo", loss_kwargs={"rho": 0.1, "radius": 1})
+    with pytest.raises(InputError, match="cannot be trained.*groups"):
+        TrainConfig(method="group_dpo")
+    with pytest.raises(InputError, match="trainer sets itself"):
+        TrainConfig(method="wdpo", loss_kwargs={"rho0": 0.1, "inputs": None})
+    with pytest.raises(InputError, match="method must be one of"):
+        TrainConfig(method="simpo")
+    # every other method the registry lists is accepted once its required keywords are given
+    for m in loss_methods():
+        if m == "group_dpo":
+            continue
+        params = TL.loss_parameters(resolve_loss(m))
+        kw = {
+            k: 0.1
+            for k, p in params.items()
+            if k not in ("beta", "inputs") and p.default is inspect.Parameter.empty
+        }
+        assert TrainConfig(method=m, loss_kwargs=kw).loss_kwargs == check_loss_kwargs(m, kw)
