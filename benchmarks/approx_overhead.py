@@ -30,12 +30,12 @@ import pandas as pd
 
 METHODS = [
     ("dpo", "dpo", {}),
-    ("kldpo-normalized", "kldpo", {"tau": 1.0, "variant": "normalized"}),
+    ("kldpo-alg2", "kldpo", {"tau": 1.0, "variant": "normalized"}),
     ("kldpo-clipped", "kldpo", {"tau": 1.0, "variant": "clipped"}),
-    ("wdpo-sqrt-mean (autograd)", "wdpo", {"rho0": 0.1, "variant": "sqrt-mean"}),
+    ("wdpo-alg1 (autograd)", "wdpo", {"rho0": 0.1, "variant": "sqrt-mean"}),
     ("wdpo-per-pair (autograd)", "wdpo", {"rho0": 0.1, "variant": "per-pair"}),
     (
-        "wdpo-sqrt-mean (closed form)",
+        "wdpo-alg1 (closed form)",
         "wdpo",
         {"rho0": 0.1, "variant": "sqrt-mean", "penalty": "closed-form"},
     ),

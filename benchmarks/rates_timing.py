@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     rows = []
     rows.append(timed("quick", R.quick_config(), args.jobs))
-    exact = ("dpo", "kldpo", "wdpo")
+    exact = ("dpo", "kldpo-exact", "wdpo-exact")
     small = {"ns": (50, 240, 1200, 5800, 20000), "seeds": 10, "methods": exact}
     fast = timed("quick-fast(exact)", R.quick_config(**small), args.jobs)
     peer = timed("quick-cvxpy(exact)", R.quick_config(**small, solver="cvxpy"), args.jobs)

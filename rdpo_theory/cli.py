@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -32,12 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _file_backend() -> None:
+    """The commands only write image files: use matplotlib's ``Agg`` backend unless the user
+    chose one (``MPLBACKEND``). Done here, not at import of :mod:`rdpo_theory.plots`, so the
+    library never switches a user's backend."""
+    if "MPLBACKEND" not in os.environ:
+        import matplotlib
+
+        matplotlib.use("Agg")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``rdpo``. Every error the package raises on purpose (:class:`RDPOError`: bad input,
     an unreadable file, a solver that could not certify its answer, a non-finite training
     step) becomes one line on stderr and exit status 2; ``--debug`` re-raises it with its
     traceback. Every command checks all of its arguments before it starts any work or writes
     any file."""
+    _file_backend()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before COMMAND

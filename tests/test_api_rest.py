@@ -211,3 +211,58 @@ def test_train_config_checks_loss_kwargs_from_signatures():
             if k not in ("beta", "inputs") and p.default is inspect.Parameter.empty
         }
         assert TrainConfig(method=m, loss_kwargs=kw).loss_kwargs == check_loss_kwargs(m, kw)
+
+
+# ---------------------------------------------------------------------------- method ids
+def test_every_study_uses_the_method_ids():
+    from pathlib import Path
+
+    import pandas as pd
+
+    from rdpo_theory import methods as M
+    from rdpo_theory.studies import rates as R
+    from rdpo_theory.studies import shift as S
+
+    assert set(R.METHODS) <= set(M.METHODS)
+    assert set(S.METHODS) <= set(M.METHODS)
+    figures = Path(__file__).resolve().parents[1] / "figures"
+    for name in ("rates_runs", "shift_runs", "approx_runs", "llm_tiny", "llm_tiny_metrics"):
+        path = figures / f"{name}.csv"
+        if not path.exists():
+            continue
+        used = set(pd.read_csv(path, usecols=["method"])["method"])
+        assert used <= set(M.METHODS), (name, used - set(M.METHODS))
+    with pytest.raises(InputError, match="method must be one of"):
+        M.check("kldpo(tau=0.1)")
+
+
+def test_method_ids_of_trained_losses_and_labels():
+    from rdpo_theory import methods as M
+
+    assert M.trained_id("kldpo") == M.trained_id("kldpo", "normalized") == "kldpo-alg2"
+    assert M.trained_id("kldpo", "clipped") == "kldpo-clipped"
+    assert M.trained_id("wdpo", "per-pair") == "wdpo-per-pair"
+    assert M.trained_id("cdpo") == "cdpo"
+    with pytest.raises(InputError):
+        M.trained_id("wdpo", "sqrt")
+    assert M.label("kldpo-alg2", tau=0.1, rho0=float("nan")) == "KLDPO (Alg. 2), tau=0.1"
+    assert M.family("wdpo-exact") == M.family("wdpo-alg1") == "wdpo"
+
+
+# ---------------------------------------------------------------------------- layering
+def test_importing_plots_keeps_the_users_backend():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import rdpo_theory.plots, "
+        "rdpo_theory.plots.rates, rdpo_theory.plots.shift; print(matplotlib.get_backend())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"

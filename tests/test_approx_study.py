@@ -29,10 +29,10 @@ def test_table_and_invariants(tiny):
     _, _, runs = tiny
     assert set(runs["method"]) == {
         "kldpo-exact",
-        "kldpo-normalized",
+        "kldpo-alg2",
         "kldpo-clipped",
         "wdpo-exact",
-        "wdpo-sqrt-mean",
+        "wdpo-alg1",
         "wdpo-per-pair",
         "dpo",
     }
@@ -41,12 +41,12 @@ def test_table_and_invariants(tiny):
     ex = runs[runs["method"].str.endswith("exact")]
     assert (ex["param_dist"] == 0).all() and (ex["robust_gap"] == 0).all()
     # Algorithm 2 at tau = lam* lands on the exact KLDPO optimum and its radius
-    kn = runs[runs["method"] == "kldpo-normalized"].iloc[0]
+    kn = runs[runs["method"] == "kldpo-alg2"].iloc[0]
     assert kn["param_dist"] < 1e-3 and kn["implied_rho"] == pytest.approx(0.01, rel=0.02)
     # DPO is not robust-optimal: a strictly positive gap in both families
     assert (runs.loc[runs["method"] == "dpo", "robust_gap"] > 1e-6).all()
     # sqrt-mean WDPO (rho0 = rho) is a first-order method: its gap grows with the radius
-    sm = runs[runs["method"] == "wdpo-sqrt-mean"].sort_values("radius_value")
+    sm = runs[runs["method"] == "wdpo-alg1"].sort_values("radius_value")
     assert sm["robust_gap"].iloc[0] < sm["robust_gap"].iloc[-1]
     rewards = [c for c in runs.columns if c.startswith("reward_alpha=")]
     assert len(rewards) == 3 and runs[rewards].notna().all().all()

@@ -65,9 +65,12 @@ def test_labels_follow_bradley_terry_on_the_mixture():
 def test_pipeline_smoke_end_to_end(tmp_path):
     cfg = E.EmotionConfig.smoke()
     table, metrics, pairs = E.run_emotion(cfg, seeds=(0,), jobs=1, progress=False)
-    methods = {m[0] for m in cfg.methods} | {"sft"}
-    assert set(table["method"]) == methods
-    assert len(table) == len(methods) * 2 * len(cfg.alphas)  # 2 evaluation mixtures
+    assert set(table["method"]) == {"dpo", "wdpo-alg1", "kldpo-alg2", "sft"}
+    assert len(table) == (len(cfg.methods) + 1) * 2 * len(cfg.alphas)  # 2 evaluation mixtures
+    # parameters in their own columns, never inside the method id
+    assert set(table.loc[table["method"] == "kldpo-alg2", "tau"]) == {1.0}
+    assert set(table.loc[table["method"] == "wdpo-alg1", "rho0"]) == {1.0}
+    assert table.loc[table["method"] == "dpo", ["tau", "rho0"]].isna().all().all()
     assert table["reward"].between(0, 1).all()
     # convex mixed reward is exactly linear between the two group rewards
     conv = table[table["eval_mixture"] == "convex"]

@@ -142,7 +142,7 @@ def test_bounds_table_flags_violations():
     const = pd.DataFrame(
         [
             {
-                "method": "wdpo",
+                "method": "wdpo-exact",
                 "rho": 0.1,
                 "bound": "thm1",
                 "d": 2,
@@ -158,7 +158,7 @@ def test_bounds_table_flags_violations():
     b = R.bound_values(const.iloc[0], 100, 0.05, "certified")
     runs = pd.DataFrame(
         [
-            {"method": "wdpo", "rho": 0.1, "n": 100, "seed": s, "ok": True, "error": e}
+            {"method": "wdpo-exact", "rho": 0.1, "n": 100, "seed": s, "ok": True, "error": e}
             for s, e in enumerate([0.5 * b, 0.9 * b, 2 * b])
         ]
     )
@@ -233,7 +233,7 @@ def test_cli_rates_writes_tables_and_figures(tmp_path, capsys):
         "toy",
         "--methods",
         "dpo",
-        "kldpo",
+        "kldpo-exact",
         "--ns",
         "200",
         "2000",
@@ -249,13 +249,13 @@ def test_cli_rates_writes_tables_and_figures(tmp_path, capsys):
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "slope" in text and "kldpo" in text
+    assert "slope" in text and "kldpo-exact" in text
     for name in ("runs", "slopes", "constants", "bounds"):
         assert (out / f"rates_{name}.csv").exists()
     for name in ("error", "bounds", "slopes"):
         assert (out / f"rates_{name}.png").stat().st_size > 1000
     runs = pd.read_csv(out / "rates_runs.csv")
-    assert set(runs["method"]) == {"dpo", "kldpo"} and len(runs) == 2 * 2 * 3
+    assert set(runs["method"]) == {"dpo", "kldpo-exact"} and len(runs) == 2 * 2 * 3
     # figures are redrawn from the CSVs alone
     from rdpo_theory.plots import rates as P
 

@@ -1,16 +1,19 @@
 """Matplotlib figures drawn from study tables. One module per study (``plots.rates``,
-``plots.approx``, ``plots.shift``, ``plots.llm``); this module holds the shared style."""
+``plots.approx``, ``plots.shift``, ``plots.llm``); this module holds the shared style.
+
+Importing it does not choose a matplotlib backend (the user's stays in force); the ``rdpo``
+command selects the non-interactive ``Agg`` backend when there is no display."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..methods import family, label
 
-#: One colour per method, shared by every figure so a method looks the same everywhere.
+#: One colour per method family (:func:`rdpo_theory.methods.family`), shared by every figure so
+#: a method looks the same everywhere.
 METHOD_COLORS = {
     "dpo": "#1f77b4",
     "kldpo": "#d62728",
@@ -22,13 +25,19 @@ METHOD_COLORS = {
     "gdpo": "#bcbd22",
     "chi2dpo": "#17becf",
     "cvardpo": "#ff7f0e",
+    "reference": "#555555",
 }
 
 
 def method_color(method: str) -> str:
-    """Colour of a method; variants like ``kldpo-exact`` share their family's colour."""
-    base = method.split("-")[0].split("(")[0].lower()
-    return METHOD_COLORS.get(base, "#333333")
+    """Colour of a method id; every estimator of a family (``kldpo-exact``, ``kldpo-alg2``)
+    shares its family's colour."""
+    return METHOD_COLORS.get(family(method), "#333333")
+
+
+def method_label(method: str, **params) -> str:
+    """Legend text of a method id with its parameters (:func:`rdpo_theory.methods.label`)."""
+    return label(method, **params)
 
 
 def new_figure(

@@ -8,15 +8,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from . import method_color, new_figure, savefig
+from ..methods import family
+from . import method_color, method_label, new_figure, savefig
 
 #: Robust gaps below this (nats) are shown at the floor of the log axis.
 GAP_FLOOR = 1e-12
 _STYLE = {
     "dpo": dict(color=method_color("dpo"), ls=":", marker="x"),
-    "kldpo-normalized": dict(color=method_color("kldpo"), ls="-", marker="o"),
+    "kldpo-alg2": dict(color=method_color("kldpo"), ls="-", marker="o"),
     "kldpo-clipped": dict(color="#ff9896", ls="--", marker="s", mfc="none"),
-    "wdpo-sqrt-mean": dict(color=method_color("wdpo"), ls="-", marker="o"),
+    "wdpo-alg1": dict(color=method_color("wdpo"), ls="-", marker="o"),
     "wdpo-per-pair": dict(color="#98df8a", ls="--", marker="s", mfc="none"),
 }
 
@@ -40,19 +41,19 @@ def robust_gap(runs: pd.DataFrame, path: Path) -> Path:
     against the radius, per variant; WDPO with ``rho0 = rho``. Mean over n and seeds."""
     fig, axes = new_figure(2, width=4.6)
     for ax, fam, methods, xlabel in (
-        (axes[0, 0], "kl", ["dpo", "kldpo-normalized", "kldpo-clipped"], "KL radius rho (nats)"),
-        (axes[0, 1], "w2", ["dpo", "wdpo-sqrt-mean", "wdpo-per-pair"], "W2 radius rho"),
+        (axes[0, 0], "kl", ["dpo", "kldpo-alg2", "kldpo-clipped"], "KL radius rho (nats)"),
+        (axes[0, 1], "w2", ["dpo", "wdpo-alg1", "wdpo-per-pair"], "W2 radius rho"),
     ):
         sub = runs[runs["family"] == fam]
         for meth in methods:
             d = sub[sub["method"] == meth]
-            if "rho0_ratio" in d and meth.startswith("wdpo"):
+            if "rho0_ratio" in d and family(meth) == "wdpo":
                 d = d[np.isclose(d["rho0_ratio"], 1.0)]
             if d.empty:
                 continue
             g = d.groupby("radius_value", as_index=False)["robust_gap"].mean()
             y = np.maximum(g["robust_gap"].to_numpy(), GAP_FLOOR)
-            label = meth + (" (rho0 = rho)" if meth.startswith("wdpo") else "")
+            label = method_label(meth) + (", rho0 = rho" if family(meth) == "wdpo" else "")
             ax.plot(g["radius_value"], y, label=label, **_STYLE[meth])
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -78,12 +79,12 @@ def tau_vs_rho(runs: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("tau = lam*(rho)")
     ax.set_title("temperature that targets radius rho")
     ax = axes[0, 1]
-    for meth in ("kldpo-normalized", "kldpo-clipped"):
+    for meth in ("kldpo-alg2", "kldpo-clipped"):
         d = kl[kl["method"] == meth]
         if d.empty:
             continue
         g = d.groupby("radius_value", as_index=False)["implied_rho"].mean()
-        ax.plot(g["radius_value"], g["implied_rho"], label=meth, **_STYLE[meth])
+        ax.plot(g["radius_value"], g["implied_rho"], label=method_label(meth), **_STYLE[meth])
     lim = [kl["radius_value"].min(), kl["radius_value"].max()]
     ax.plot(lim, lim, color="0.6", lw=0.8, label="implied = rho")
     ax.set_xscale("log")
@@ -100,8 +101,8 @@ def theta_paths(runs: pd.DataFrame, path: Path) -> Path:
     cell = _first_cell(runs)
     fig, axes = new_figure(2, width=4.3)
     for ax, fam, exact, methods in (
-        (axes[0, 0], "kl", "kldpo-exact", ["kldpo-normalized", "kldpo-clipped"]),
-        (axes[0, 1], "w2", "wdpo-exact", ["wdpo-sqrt-mean", "wdpo-per-pair"]),
+        (axes[0, 0], "kl", "kldpo-exact", ["kldpo-alg2", "kldpo-clipped"]),
+        (axes[0, 1], "w2", "wdpo-exact", ["wdpo-alg1", "wdpo-per-pair"]),
     ):
         sub = cell[cell["family"] == fam].sort_values("radius_value")
         e = sub[sub["method"] == exact]
@@ -112,7 +113,7 @@ def theta_paths(runs: pd.DataFrame, path: Path) -> Path:
             d = sub[sub["method"] == meth]
             if "rho0_ratio" in d and fam == "w2":
                 d = d[np.isclose(d["rho0_ratio"], 1.0)]
-            ax.plot(d["theta0"], d["theta1"], ms=4, label=meth, **_STYLE[meth])
+            ax.plot(d["theta0"], d["theta1"], ms=4, label=method_label(meth), **_STYLE[meth])
         dp = sub[sub["method"] == "dpo"].iloc[:1]
         ax.plot(
             dp["theta0"],

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import method_color, new_figure, savefig
+from ..methods import family, series_columns
+from . import method_color, method_label, new_figure, savefig
 
 _STYLES = ["-", "--", ":", "-."]
 
 
-def _summary(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["method", "alpha"])["reward"]
+def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    g = df.groupby(keys + ["alpha"], dropna=False)["reward"]
     s = g.agg(["mean", "std", "count"]).reset_index()
     s["half"] = 1.96 * s["std"].fillna(0.0) / np.sqrt(s["count"])
     return s
@@ -22,24 +23,29 @@ def _summary(df: pd.DataFrame) -> pd.DataFrame:
 def plot_emotion(table, path, *, alpha0: float = 0.1) -> Path:
     """Mixed reward of generated text vs alpha, one panel per mixture (train = eval mixture).
 
-    ``table`` is ``llm_tiny.csv`` (or its DataFrame). Lines are means over seeds, bands are
-    mean +- 1.96 standard errors; the dotted vertical line marks the training mixture alpha0.
+    ``table`` is ``llm_tiny.csv`` (or its DataFrame). One curve per method id and parameter
+    values (:func:`rdpo_theory.methods.series_columns`), labelled by
+    :func:`rdpo_theory.methods.label`. Lines are means over seeds, bands are mean +- 1.96
+    standard errors; the dotted vertical line marks the training mixture alpha0.
     """
     df = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
+    keys = series_columns(df)
+    params = keys[1:]
     mixtures = [m for m in ("convex", "geometric") if m in set(df["train_mixture"])]
     fig, axes = new_figure(ncols=len(mixtures), width=4.6)
     for ax, mix in zip(axes[0], mixtures):
         sub = df[(df["train_mixture"] == mix) & (df["eval_mixture"] == mix)]
-        s = _summary(sub)
-        methods = list(dict.fromkeys(sub["method"]))
+        s = _summary(sub, keys)
         family_count: dict[str, int] = {}
-        for m in methods:
-            fam = m.split("(")[0]
+        for key, r in s.groupby(keys, dropna=False, sort=False):
+            m = key[0]
+            fam = family(m)
             k = family_count.get(fam, 0)
             family_count[fam] = k + 1
-            r = s[s["method"] == m].sort_values("alpha")
-            colour = "#555555" if m == "sft" else method_color(fam)
-            ax.plot(r["alpha"], r["mean"], _STYLES[k % 4], color=colour, label=m, lw=1.6)
+            r = r.sort_values("alpha")
+            colour = method_color(m)
+            name = method_label(m, **dict(zip(params, key[1:])))
+            ax.plot(r["alpha"], r["mean"], _STYLES[k % 4], color=colour, label=name, lw=1.6)
             ax.fill_between(
                 r["alpha"],
                 r["mean"] - r["half"],

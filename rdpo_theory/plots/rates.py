@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import method_color, new_figure, savefig
+from ..methods import family
+from . import method_color, method_label, new_figure, savefig
 
 _STYLES = ["-", "--", ":", "-."]
 
 
 def _label(method: str, rho: float) -> str:
-    return method if rho == 0 else f"{method} rho={rho:g}"
+    return method_label(method) if rho == 0 else method_label(method, rho=rho)
 
 
 def _style(runs: pd.DataFrame):
@@ -23,7 +24,7 @@ def _style(runs: pd.DataFrame):
     out = {}
     seen: dict[str, int] = {}
     for method, rho in runs[["method", "rho"]].drop_duplicates().itertuples(index=False):
-        base = method.split("-")[0]
+        base = family(method)
         k = seen.get(base, 0)
         seen[base] = k + 1
         out[(method, rho)] = (method_color(method), _STYLES[k % len(_STYLES)])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import method_color, new_figure, savefig
+from . import method_color, method_label, new_figure, savefig
 
 #: methods drawn in the busy panels, in legend order
 SHOWN = (
@@ -37,7 +37,7 @@ def _curves(ax, d: pd.DataFrame, *, col: str, selection: str, refs: bool = True)
         g = d[(d["method"] == m) & (d["selection"] == selection)].sort_values("shift")
         if g.empty:
             continue
-        ax.plot(g["shift"], g[f"{col}_mean"], label=m, **_style(m))
+        ax.plot(g["shift"], g[f"{col}_mean"], label=method_label(m), **_style(m))
         ax.fill_between(
             g["shift"], g[f"{col}_lo"], g[f"{col}_hi"], color=method_color(m), alpha=0.12, lw=0
         )
@@ -50,7 +50,7 @@ def _curves(ax, d: pd.DataFrame, *, col: str, selection: str, refs: bool = True)
                     g[f"{col}_mean"],
                     ls,
                     lw=1.5,
-                    label="pi* (DPO target)" if m == "pi*" else "best action",
+                    label=method_label(m),
                 )
 
 
@@ -105,7 +105,7 @@ def plot_tradeoff(tr: pd.DataFrame, path) -> Path:
                 marker="o",
                 ms=3,
                 lw=1,
-                label=m,
+                label=method_label(m),
             )
         ax.set_title(f"{mixture}, {setting}", fontsize=10)
         ax.set_xlabel("nominal reward (alpha0)")
@@ -134,7 +134,7 @@ def plot_radar(summary: pd.DataFrame, path, *, selection: str = "validation") ->
                 continue
             v = g["score_mean"].to_numpy()
             st = {"color": "k", "ls": ":", "lw": 1.5} if m == "pi*" else _style(m)
-            ax.plot(np.r_[ang, ang[:1]], np.r_[v, v[:1]], label=m, **st)
+            ax.plot(np.r_[ang, ang[:1]], np.r_[v, v[:1]], label=method_label(m), **st)
         trained = {int(t) for t in pair.split("+")}
         ax.set_xticks(ang)
         ax.set_xticklabels([f"r{k}{'*' if k in trained else ''}" for k in range(K)])

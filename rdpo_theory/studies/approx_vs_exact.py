@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..errors import SolverError
 from ..figures import register
+from ..methods import trained_id
 from ..worlds import World, mixture_reward, preference_shift
 from .sweep import fingerprint, grid_tasks, run_sweep
 
@@ -202,7 +203,7 @@ def run_task(params: dict, seed, shared) -> list[dict]:
                 res = approx.kldpo(data, tau=lam, beta=beta, variant=variant, **train)
                 rows.append(
                     _row(
-                        f"kldpo-{variant}",
+                        trained_id("kldpo", variant),
                         variant,
                         res.theta,
                         ex.theta,
@@ -251,7 +252,7 @@ def run_task(params: dict, seed, shared) -> list[dict]:
                 res = approx.wdpo(data, rho0=ratio * rho, beta=beta, variant=variant, **train)
                 rows.append(
                     _row(
-                        f"wdpo-{variant}",
+                        trained_id("wdpo", variant),
                         variant,
                         res.theta,
                         ex.theta,

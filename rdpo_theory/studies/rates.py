@@ -226,12 +226,16 @@ register_method(
 )
 register_method(
     MethodSpec(
-        "kldpo", "kl", _fit_kldpo, bound="thm2", description="exact KLDPO at radius rho (nats)"
+        "kldpo-exact",
+        "kl",
+        _fit_kldpo,
+        bound="thm2",
+        description="exact KLDPO at radius rho (nats)",
     )
 )
 register_method(
     MethodSpec(
-        "wdpo",
+        "wdpo-exact",
         "w",
         _fit_wdpo,
         bound="thm1",
@@ -258,7 +262,7 @@ register_method(
 )
 register_method(
     MethodSpec(
-        "wdpo-alg1-pp",
+        "wdpo-per-pair",
         "w",
         partial(_fit_alg1, variant="per-pair"),
         exact=False,
@@ -276,7 +280,7 @@ register_method(
 )
 register_method(
     MethodSpec(
-        "kldpo-alg2-clip",
+        "kldpo-clipped",
         "kl",
         partial(_fit_alg2, variant="clipped"),
         exact=False,
@@ -284,16 +288,16 @@ register_method(
     )
 )
 
-QUICK_METHODS = ("dpo", "kldpo", "wdpo", "kldpo-alg2", "wdpo-alg1")
+QUICK_METHODS = ("dpo", "kldpo-exact", "wdpo-exact", "kldpo-alg2", "wdpo-alg1")
 FULL_METHODS = (
     "dpo",
-    "kldpo",
-    "wdpo",
+    "kldpo-exact",
+    "wdpo-exact",
     "wdpo-finite",
     "wdpo-alg1",
-    "wdpo-alg1-pp",
+    "wdpo-per-pair",
     "kldpo-alg2",
-    "kldpo-alg2-clip",
+    "kldpo-clipped",
 )
 
 

@@ -38,6 +38,7 @@ from scipy.special import expit
 from .. import _validate as V
 from ..errors import InputError
 from ..figures import register
+from ..methods import trained_id
 from ..rng import make_rng, stream_seed
 from ..worlds import mixture_reward
 
@@ -51,17 +52,27 @@ FEAR = "afraid scared dread panic tremble terror anxious nervous fright hide shi
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 GROUPS = {"anger": ANGER, "fear": FEAR}
 
-#: Methods of the paper's Figure 2 (names, loss and parameters), with the parameters rescaled to
-#: the tiny model: WDPO (sqrt-mean) rho0 in {10, 50} (the embedding-gradient RMS here is ~1, so
-#: the penalty is comparable to the loss); KLDPO tau in {0.1, 0.5} (per-pair losses here spread
-#: over ~0.5 nats, so the paper's tau = 1 barely reweights).
-DEFAULT_METHODS: tuple[tuple[str, str, dict], ...] = (
-    ("dpo", "dpo", {}),
-    ("wdpo(rho0=10)", "wdpo", {"rho0": 10.0, "variant": "sqrt-mean"}),
-    ("wdpo(rho0=50)", "wdpo", {"rho0": 50.0, "variant": "sqrt-mean"}),
-    ("kldpo(tau=0.1)", "kldpo", {"tau": 0.1}),
-    ("kldpo(tau=0.5)", "kldpo", {"tau": 0.5}),
+#: Methods of the paper's Figure 2 as ``(loss, loss_kwargs)`` of
+#: :class:`~rdpo_theory.torch.train.TrainConfig`, with the parameters rescaled to the tiny model:
+#: WDPO (sqrt-mean) rho0 in {10, 50} (the embedding-gradient RMS here is ~1, so the penalty is
+#: comparable to the loss); KLDPO tau in {0.1, 0.5} (per-pair losses here spread over ~0.5 nats,
+#: so the paper's tau = 1 barely reweights). Tables name them by method id
+#: (:func:`rdpo_theory.methods.trained_id`) with the parameters in their own columns.
+DEFAULT_METHODS: tuple[tuple[str, dict], ...] = (
+    ("dpo", {}),
+    ("wdpo", {"rho0": 10.0, "variant": "sqrt-mean"}),
+    ("wdpo", {"rho0": 50.0, "variant": "sqrt-mean"}),
+    ("kldpo", {"tau": 0.1}),
+    ("kldpo", {"tau": 0.5}),
 )
+
+
+def method_columns(loss: str, loss_kwargs: dict) -> dict:
+    """Table columns of one trained method: ``method`` (its id), ``family`` (the loss) and one
+    column per numeric parameter (``tau``, ``rho0``, ...; the ``variant`` is in the id)."""
+    cols = {"method": trained_id(loss, loss_kwargs.get("variant")), "family": loss}
+    cols.update({k: v for k, v in loss_kwargs.items() if k != "variant"})
+    return cols
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ class EmotionConfig:
     warmup_steps: int = 10
     n_eval_prompts: int = 256
     alphas: tuple[float, ...] = tuple(np.round(np.linspace(0, 1, 11), 2))
-    methods: tuple[tuple[str, str, dict], ...] = field(default=DEFAULT_METHODS)
+    methods: tuple[tuple[str, dict], ...] = field(default=DEFAULT_METHODS)
 
     def __post_init__(self):
         for k in ("n_corpus", "seq_len", "prompt_len", "n_layer", "n_embd", "n_head"):
@@ -126,11 +137,7 @@ class EmotionConfig:
             batch_size=16,
             n_eval_prompts=32,
             warmup_steps=1,
-            methods=(
-                ("dpo", "dpo", {}),
-                ("wdpo(rho0=1)", "wdpo", {"rho0": 1.0}),
-                ("kldpo(tau=1)", "kldpo", {"tau": 1.0}),
-            ),
+            methods=(("dpo", {}), ("wdpo", {"rho0": 1.0}), ("kldpo", {"tau": 1.0})),
             mixtures=("convex",),
         )
         base.update(kw)
@@ -321,7 +328,7 @@ def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, th
     from .train import TrainConfig, train_preference
 
     torch.set_num_threads(threads)
-    label, method, kw = spec
+    method, kw = spec
     tok = build_tokenizer()
     ref = build_model(cfg, seed)
     ref.load_state_dict(state)
@@ -343,7 +350,9 @@ def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, th
     ev = evaluate_policy(res.model, tok, prompts, cfg, seed=seed * 7 + 5)
     met = pd.DataFrame(res.metrics)
     for df in (ev, met):
-        df["seed"], df["train_mixture"], df["method"], df["family"] = seed, mixture, label, method
+        df["seed"], df["train_mixture"] = seed, mixture
+        for k, v in method_columns(method, kw).items():
+            df[k] = v
     return ev, met
 
 
@@ -359,8 +368,10 @@ def run_emotion(
     Returns
     -------
     table : DataFrame
-        Tidy: ``seed, train_mixture, method, family, eval_mixture, alpha, reward, r_anger,
-        r_fear``. ``method = "sft"`` rows are the SFT policy (the shared starting point).
+        Tidy: ``seed, train_mixture, method, family``, one column per method parameter
+        (``rho0``, ``tau``; empty where it does not apply), ``eval_mixture, alpha, reward,
+        r_anger, r_fear``. ``method`` is an id of :mod:`rdpo_theory.methods`;
+        ``method = "sft"`` rows are the SFT policy (the shared starting point).
     metrics : DataFrame
         The training logs of every run (one row per step).
     pairs : DataFrame
@@ -396,18 +407,10 @@ def run_emotion(
             e["seed"], e["train_mixture"], e["method"], e["family"] = seed, mix, "sft", "sft"
             evals.append(e)
     table = pd.concat(evals, ignore_index=True)
-    cols = [
-        "seed",
-        "train_mixture",
-        "method",
-        "family",
-        "eval_mixture",
-        "alpha",
-        "reward",
-        "r_anger",
-        "r_fear",
-    ]
-    table = table[cols].sort_values(cols[:3] + ["eval_mixture", "alpha"], ignore_index=True)
+    params = sorted({k for _, kw in cfg.methods for k in kw if k != "variant"})
+    keys = ["seed", "train_mixture", "method", "family", *params]
+    cols = keys + ["eval_mixture", "alpha", "reward", "r_anger", "r_fear"]
+    table = table[cols].sort_values(keys + ["eval_mixture", "alpha"], ignore_index=True)
     pairs = pd.concat([p[5] for p in prep], ignore_index=True)
     return table, pd.concat(mets, ignore_index=True), pairs
 
