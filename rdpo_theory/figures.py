@@ -1,23 +1,24 @@
-"""Registry of the figures that ``rdpo figures`` regenerates.
+"""Registry of the figures that ``rdpo figures`` regenerates (the command layer).
 
-A study module registers a figure with :func:`register`. Its ``make`` function computes (or
-reuses) the study's tidy table, writes it as CSV under ``out`` and draws the PNG from that
-table alone, so a figure can be redrawn without recomputing.
+Studies (:mod:`rdpo_theory.studies`) only compute and return tidy tables. Each command module
+registers a figure group with :func:`register`; its ``make`` function runs the study, writes
+the tables as CSV under ``out`` (:func:`write_tables`) and draws the PNGs from those files
+alone (:mod:`rdpo_theory.plots`), so a figure can be redrawn without recomputing.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 #: Modules imported by :func:`load_all`; each registers its figures at import time.
 FIGURE_MODULES: list[str] = [
-    "rdpo_theory.studies.rates",
-    "rdpo_theory.studies.shift",
-    "rdpo_theory.torch.emotion",
-    "rdpo_theory.studies.approx_vs_exact",
+    "rdpo_theory.commands.rates",
+    "rdpo_theory.commands.shift",
+    "rdpo_theory.commands.llm",
+    "rdpo_theory.commands.compare",
 ]
 
 
@@ -52,3 +53,16 @@ def load_all() -> dict[str, FigureSpec]:
     for mod in FIGURE_MODULES:
         importlib.import_module(mod)
     return REGISTRY
+
+
+def write_tables(tables: Mapping, out, *, float_format: str | None = None) -> list[Path]:
+    """Write each DataFrame of ``tables`` (name -> table) as ``out/{name}.csv`` (no index) and
+    return the paths, in the order of ``tables``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, table in tables.items():
+        path = out / f"{name}.csv"
+        table.to_csv(path, index=False, float_format=float_format)
+        paths.append(path)
+    return paths

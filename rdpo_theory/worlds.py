@@ -463,3 +463,28 @@ def gaussian_preferences(
         X[lo:hi] = g[0] - g[1]
         y[lo:hi] = rng.random(hi - lo) < expit(beta * (X[lo:hi] @ (ts - tr)))
     return PreferenceData(X, y)
+
+
+# ---------------------------------------------------------------------------- built-in worlds
+def _toy(seed: int = 0) -> World:
+    return World.toy()
+
+
+def _random(seed: int = 0) -> World:
+    return World.random(8, 4, 3, seed=seed)
+
+
+def _random_large(seed: int = 0) -> World:
+    return World.random(20, 6, 8, seed=seed)
+
+
+#: Built-in worlds by name (``rdpo solve --world``, ``rdpo rates --world``, the rates study):
+#: name -> ``function(seed) -> World``.
+BUILTIN_WORLDS = {"toy": _toy, "random": _random, "random-large": _random_large}
+
+
+def builtin_world(name: str, seed: int = 0) -> World:
+    """The built-in world ``name`` (see :data:`BUILTIN_WORLDS`) drawn with ``seed``."""
+    if name not in BUILTIN_WORLDS:
+        raise InputError(f"world must be one of {sorted(BUILTIN_WORLDS)}, got {name!r}")
+    return BUILTIN_WORLDS[name](seed)

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from rdpo_theory.cli import build_parser
+from rdpo_theory.commands.compare import make as study
 from rdpo_theory.figures import load_all
-from rdpo_theory.studies.approx_vs_exact import ApproxConfig, run_task, study, summarise
+from rdpo_theory.studies.approx_vs_exact import ApproxConfig, run_task, summarise
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,9 @@ def test_pipeline_smoke_end_to_end(tmp_path):
     geo = table[table["eval_mixture"] == "geometric"].reset_index(drop=True)
     assert np.all(geo["reward"].to_numpy() <= conv["reward"].to_numpy() + 1e-12)
     assert {"loss", "reward_margin", "weight_entropy", "penalty"} <= set(metrics.columns)
-    paths = E.write_outputs(tmp_path, table, metrics, pairs, cfg)
+    from rdpo_theory.commands.llm import write_tiny_outputs
+
+    paths = write_tiny_outputs(tmp_path, table, metrics, pairs, cfg)
     assert all(p.exists() for p in paths)
     # the figure is drawn from the CSV alone
     from rdpo_theory.plots.llm import plot_emotion

@@ -101,7 +101,9 @@ def test_tiny_study_end_to_end(tmp_path):
         steps=200,
         methods={"dpo": [None], "cdpo": [0.05, 0.2], "chi2dpo": [0.01], "kldpo-alg2": [1.0]},
     )
-    paths = S.study(tmp_path, cfg=cfg, jobs=1, progress=False)
+    from rdpo_theory.commands.shift import make
+
+    paths = make(tmp_path, cfg=cfg, jobs=1, progress=False)
     assert all(p.exists() for p in paths)
     assert {p.suffix for p in paths} == {".csv", ".png"}
     runs = pd.read_csv(tmp_path / "shift_runs.csv")

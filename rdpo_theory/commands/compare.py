@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..figures import register, write_tables
+
 DEFAULT_OUT = Path("figures")
 
 
@@ -27,15 +29,31 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..studies.approx_vs_exact import ApproxConfig, study
+    from ..studies.approx_vs_exact import ApproxConfig
     from . import checks as C
 
     C.jobs(args.jobs)
     C.output_dir(args.out)
     cfg = ApproxConfig.full() if args.full else ApproxConfig.quick()
     t0 = time.perf_counter()
-    paths = study(args.out, cfg=cfg, jobs=args.jobs)
+    paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[compare] {time.perf_counter() - t0:.1f}s")
     for p in paths:
         print(f"  {p}")
     return 0
+
+
+@register(
+    "approx",
+    description="Algorithms 1-2 vs the exact minimax solution: robust gap vs radius, "
+    "tau vs implied rho, theta paths (KLDPO Alg. 2/clipped, WDPO Alg. 1/per-pair)",
+)
+def make(out, *, quick: bool = True, jobs: int = -1, cfg=None, progress: bool = True) -> list[Path]:
+    """Run the study (:func:`rdpo_theory.studies.approx_vs_exact.tables`), write
+    ``approx_runs.csv`` and ``approx_summary.csv`` under ``out`` and draw the figures from those
+    tables. Returns the written paths."""
+    from ..plots import approx as P
+    from ..studies.approx_vs_exact import tables
+
+    t = tables(cfg, quick=quick, jobs=jobs, progress=progress)
+    return write_tables(t, out) + P.draw_all(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..figures import register, write_tables
 from ..io import dumps_json
 
 
@@ -136,7 +137,7 @@ def run(args) -> int:
 
 
 def _run_tiny(args) -> int:
-    from ..torch.emotion import EmotionConfig, run_emotion, write_outputs
+    from ..torch.emotion import EmotionConfig, run_emotion
     from . import checks as C
 
     if args.dataset is not None:
@@ -153,7 +154,7 @@ def _run_tiny(args) -> int:
         else EmotionConfig()
     )
     table, metrics, pairs = run_emotion(cfg, seeds=range(args.seeds), jobs=args.jobs)
-    paths = write_outputs(args.out, table, metrics, pairs, cfg)
+    paths = write_tiny_outputs(args.out, table, metrics, pairs, cfg)
     _print_summary(table)
     for p in paths:
         print(p)
@@ -161,11 +162,61 @@ def _run_tiny(args) -> int:
 
 
 def _print_summary(table) -> None:
-    sub = table[table["train_mixture"] == table["eval_mixture"]]
+    from ..methods import label, series_columns
+
+    sub = table[table["train_mixture"] == table["eval_mixture"]].copy()
+    keys = series_columns(sub)
+    sub["series"] = [
+        label(r[0], **dict(zip(keys[1:], r[1:]))) for r in sub[keys].itertuples(index=False)
+    ]
     piv = sub.pivot_table(
-        index=["train_mixture", "alpha"], columns="method", values="reward", aggfunc="mean"
+        index=["train_mixture", "alpha"], columns="series", values="reward", aggfunc="mean"
     )
     print(piv.round(3).to_string())
+
+
+def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
+    """Write the tables of :func:`rdpo_theory.torch.emotion.run_emotion` under ``out``:
+    ``llm_tiny.csv``, ``llm_tiny_metrics.csv``, ``llm_tiny_pairs.jsonl``,
+    ``llm_tiny_config.json``, and the figure ``llm_tiny.png`` drawn from the CSV."""
+    import dataclasses
+    import json
+
+    from ..plots.llm import plot_emotion
+
+    out = Path(out)
+    paths = write_tables({"llm_tiny": table, "llm_tiny_metrics": metrics}, out)
+    pj = out / "llm_tiny_pairs.jsonl"
+    with open(pj, "w") as f:
+        for r in pairs.itertuples():
+            ch, rj = (r.a1, r.a2) if r.first_preferred else (r.a2, r.a1)
+            row = dict(
+                prompt=r.prompt,
+                chosen=" " + ch,
+                rejected=" " + rj,
+                mixture=r.mixture,
+                seed=int(r.seed),
+            )
+            f.write(json.dumps(row) + "\n")
+    cj = out / "llm_tiny_config.json"
+    cj.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    paths += [pj, cj, plot_emotion(paths[0], out / "llm_tiny.png", alpha0=cfg.alpha0)]
+    return paths
+
+
+@register(
+    "llm-tiny",
+    description="emotion experiment in miniature: mixed reward vs alpha "
+    "for DPO/WDPO/KLDPO on a tiny GPT-2 (paper Fig. 2)",
+)
+def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
+    """Run the miniature emotion experiment (quick: 2 seeds) and write its outputs."""
+    from ..torch.emotion import EmotionConfig, run_emotion
+
+    cfg = EmotionConfig.quick() if quick else EmotionConfig()
+    seeds = (0, 1) if quick else (0, 1, 2)
+    table, metrics, pairs = run_emotion(cfg, seeds=seeds, jobs=jobs)
+    return write_tiny_outputs(out, table, metrics, pairs, cfg)
 
 
 def load_jsonl(path: Path) -> list[dict]:

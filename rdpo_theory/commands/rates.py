@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..figures import register, write_tables
 from ..studies.sweep import DEFAULT_CACHE_DIR
 
 
 def add_parser(sub) -> None:
-    from .solve import BUILTIN_WORLDS
+    from ..worlds import BUILTIN_WORLDS
 
     p = sub.add_parser(
         "rates",
@@ -80,7 +81,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..plots import rates as P
     from ..studies import rates as R
 
     if args.list_methods:
@@ -121,7 +121,7 @@ def run(args) -> int:
         backend=args.backend,
         cache_dir=None if args.no_cache else args.cache,
     )
-    paths = res.write(args.out) + P.draw_all(args.out)
+    paths = write_outputs(res, args.out)
     print(
         f"rates: {res.n_computed} runs computed, {res.n_cached} reused from cache, "
         f"{time.perf_counter() - t0:.1f}s"
@@ -147,3 +147,27 @@ def run(args) -> int:
     for p in paths:
         print(f"  {p}")
     return 0
+
+
+def write_outputs(res, out) -> list[Path]:
+    """Write a :class:`~rdpo_theory.studies.rates.RatesResult`'s tables as CSV under ``out``
+    and draw the three figures from those files."""
+    from ..plots import rates as P
+
+    return write_tables(res.tables(), out, float_format="%.10g") + P.draw_all(out)
+
+
+@register("rates", description="estimation error vs n (log-log), bound vs observed, slopes")
+def make(
+    out: Path,
+    *,
+    quick: bool = True,
+    jobs: int = -1,
+    config=None,
+    cache_dir: str | Path | None = None,
+) -> list[Path]:
+    """Run the quick (or full) study, write its CSV tables and draw the three figures from them."""
+    from ..studies import rates as R
+
+    config = config or (R.quick_config() if quick else R.full_config())
+    return write_outputs(R.run_study(config, jobs=jobs, cache_dir=cache_dir), out)

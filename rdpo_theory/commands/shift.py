@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..figures import register, write_tables
 
 DEFAULT_OUT = Path("figures")  # relative to the current directory, never the package
 
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..studies.shift import ShiftConfig, study
+    from ..studies.shift import ShiftConfig
     from . import checks as C
 
     C.jobs(args.jobs)
@@ -42,8 +43,24 @@ def run(args) -> int:
         changes["seeds"] = args.seeds
     cfg = ShiftConfig.full(**changes) if args.full else ShiftConfig.quick(**changes)
     t0 = time.perf_counter()
-    paths = study(args.out, cfg=cfg, jobs=args.jobs)
+    paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[shift] {time.perf_counter() - t0:.1f}s")
     for p in paths:
         print(f"  {p}")
     return 0
+
+
+@register(
+    "shift",
+    description="distribution shift (paper Fig. 2/3): rewards vs alpha, "
+    "trade-off, multi-objective radars, context/behaviour shift; DPO, WDPO, KLDPO, baselines",
+)
+def make(out, *, quick: bool = True, jobs: int = -1, cfg=None, progress: bool = True) -> list[Path]:
+    """Run the study (:func:`rdpo_theory.studies.shift.tables`), write ``shift_runs.csv``,
+    ``shift_summary.csv`` and ``shift_tradeoff.csv`` under ``out`` and draw the figures from
+    those files. Returns the written paths."""
+    from ..plots import shift as P
+    from ..studies.shift import tables
+
+    t = tables(cfg, quick=quick, jobs=jobs, progress=progress)
+    return write_tables(t, out) + P.draw_all(out)

@@ -11,13 +11,7 @@ from .._validate import SOLVER_PATHS
 from ..data import PreferenceData
 from ..errors import InputError
 from ..io import dumps_json
-from ..worlds import World
-
-BUILTIN_WORLDS = {
-    "toy": lambda seed: World.toy(),
-    "random": lambda seed: World.random(8, 4, 3, seed=seed),
-    "random-large": lambda seed: World.random(20, 6, 8, seed=seed),
-}
+from ..worlds import BUILTIN_WORLDS, World, builtin_world
 
 
 def add_parser(sub) -> None:
@@ -142,7 +136,7 @@ def load_problem(args) -> tuple[PreferenceData, float, World | None]:
         data = read_preference_data(args.data, flag="--data")
         return data, (1.0 if args.beta is None else args.beta), None
     seed = 0 if args.seed is None else args.seed
-    world = BUILTIN_WORLDS[args.world](seed)
+    world = builtin_world(args.world, seed)
     if args.n is None:
         data = world.population.data
     else:

@@ -22,13 +22,11 @@ as the non-robust reference.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import SolverError
-from ..figures import register
 from ..methods import trained_id
 from ..worlds import World, mixture_reward, preference_shift
 from .sweep import fingerprint, grid_tasks, run_sweep
@@ -348,32 +346,15 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def study(
-    out,
+def tables(
+    cfg: ApproxConfig | None = None,
     *,
     quick: bool = True,
     jobs: int = -1,
     progress: bool = True,
-    cfg: ApproxConfig | None = None,
-) -> list[Path]:
-    """Run the study, write ``approx_runs.csv`` and ``approx_summary.csv`` under ``out`` and
-    draw the figures from those tables. Returns the written paths."""
-    from ..plots import approx as P
-
+) -> dict[str, pd.DataFrame]:
+    """Run the study and return its tables by file stem: ``approx_runs`` and
+    ``approx_summary`` (the command layer writes and draws them)."""
     cfg = cfg or (ApproxConfig.quick() if quick else ApproxConfig.full())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = run(cfg, jobs=jobs, progress=progress)
-    paths = [out / "approx_runs.csv", out / "approx_summary.csv"]
-    runs.to_csv(paths[0], index=False)
-    summarise(runs).to_csv(paths[1], index=False)
-    return paths + P.draw_all(out)
-
-
-@register(
-    "approx",
-    description="Algorithms 1-2 vs the exact minimax solution: robust gap vs radius, "
-    "tau vs implied rho, theta paths (KLDPO normalized/clipped, WDPO sqrt-mean/per-pair)",
-)
-def make(out, *, quick: bool = True, jobs: int = -1) -> list[Path]:
-    return study(out, quick=quick, jobs=jobs)
+    return {"approx_runs": runs, "approx_summary": summarise(runs)}

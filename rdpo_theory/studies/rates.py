@@ -42,9 +42,8 @@ from .. import theory as T
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
 from ..exact.wasserstein import default_cost
-from ..figures import register
 from ..losses import dpo_losses, dpo_risk
-from ..worlds import World
+from ..worlds import BUILTIN_WORLDS, World, builtin_world
 from .sweep import Task, fingerprint, run_sweep
 
 #: Bump when a change alters per-run results, so old cache entries are not reused.
@@ -490,7 +489,7 @@ class RatesConfig:
     Parameters
     ----------
     world : str
-        A built-in world name (``rdpo_theory.commands.solve.BUILTIN_WORLDS``).
+        A built-in world name (:data:`rdpo_theory.worlds.BUILTIN_WORLDS`).
     world_seed : int
     ns : sequence of int >= 2
         Sample sizes (sorted, distinct).
@@ -521,8 +520,6 @@ class RatesConfig:
     n_boot: int = 1000
 
     def __post_init__(self):
-        from ..commands.solve import BUILTIN_WORLDS
-
         if self.world not in BUILTIN_WORLDS:
             raise InputError(f"world must be one of {sorted(BUILTIN_WORLDS)}, got {self.world!r}")
         ns = tuple(self.ns)
@@ -557,9 +554,7 @@ class RatesConfig:
         object.__setattr__(self, "seeds", int(self.seeds))
 
     def make_world(self) -> World:
-        from ..commands.solve import BUILTIN_WORLDS
-
-        return BUILTIN_WORLDS[self.world](self.world_seed)
+        return builtin_world(self.world, self.world_seed)
 
     def tasks(self) -> list[Task]:
         out = []
@@ -786,16 +781,12 @@ class RatesResult:
     n_cached: int
     n_computed: int
 
-    def write(self, out: str | Path, *, prefix: str = "rates") -> list[Path]:
-        """Write ``{prefix}_{runs,slopes,constants,bounds}.csv`` under ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name in ("runs", "slopes", "constants", "bounds"):
-            p = out / f"{prefix}_{name}.csv"
-            getattr(self, name).to_csv(p, index=False, float_format="%.10g")
-            paths.append(p)
-        return paths
+    def tables(self, prefix: str = "rates") -> dict[str, pd.DataFrame]:
+        """The four tables by file stem: ``{prefix}_runs``, ``_slopes``, ``_constants``,
+        ``_bounds`` (the command layer writes them as CSV)."""
+        return {
+            f"{prefix}_{k}": getattr(self, k) for k in ("runs", "slopes", "constants", "bounds")
+        }
 
 
 def run_study(
@@ -859,21 +850,3 @@ def run_study(
     const = constants_table(ctx, runs, config)
     bnd = bounds_table(runs, const, delta=config.delta)
     return RatesResult(runs, sl, const, bnd, time.perf_counter() - t0, res.n_cached, res.n_computed)
-
-
-@register("rates", description="estimation error vs n (log-log), bound vs observed, slopes")
-def make(
-    out: Path,
-    *,
-    quick: bool = True,
-    jobs: int = -1,
-    config: RatesConfig | None = None,
-    cache_dir: str | Path | None = None,
-) -> list[Path]:
-    """Run the quick (or full) study, write its CSV tables and draw the three figures from them."""
-    from ..plots import rates as P
-
-    config = config or (quick_config() if quick else full_config())
-    res = run_study(config, jobs=jobs, cache_dir=cache_dir)
-    paths = res.write(out)
-    return paths + P.draw_all(out)

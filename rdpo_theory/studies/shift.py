@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +40,6 @@ import pandas as pd
 from .. import _validate as V
 from ..data import PreferenceData
 from ..errors import InputError, RDPOError
-from ..figures import register
 from ..rng import make_rng
 from ..worlds import World, behaviour_shift, context_shift, mixture_reward, preference_shift
 
@@ -556,34 +554,20 @@ def tradeoff(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).rename(columns={"param_key": "param"})
 
 
-def study(
-    out: str | Path,
+def tables(
+    cfg: ShiftConfig | None = None,
     *,
     quick: bool = True,
     jobs: int = 1,
-    cfg: ShiftConfig | None = None,
     progress: bool = True,
-) -> list[Path]:
-    """Run the study, write ``shift_runs.csv``, ``shift_summary.csv``, ``shift_tradeoff.csv``
-    under ``out`` and draw the figures from those files. Returns the written paths."""
-    from ..plots import shift as P
-
+) -> dict[str, pd.DataFrame]:
+    """Run the study and return its tables by file stem: ``shift_runs`` (with ``alpha0``),
+    ``shift_summary`` and ``shift_tradeoff`` (the command layer writes and draws them)."""
     cfg = cfg or (ShiftConfig.quick() if quick else ShiftConfig.full())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = run(cfg, jobs=jobs, progress=progress)
     runs["alpha0"] = cfg.alpha0
-    paths = [out / "shift_runs.csv", out / "shift_summary.csv", out / "shift_tradeoff.csv"]
-    runs.to_csv(paths[0], index=False)
-    summarise(runs).to_csv(paths[1], index=False)
-    tradeoff(runs).to_csv(paths[2], index=False)
-    return paths + P.draw_all(out)
-
-
-@register(
-    "shift",
-    description="distribution shift (paper Fig. 2/3): rewards vs alpha, "
-    "trade-off, multi-objective radars, context/behaviour shift; DPO, WDPO, KLDPO, baselines",
-)
-def make(out, *, quick: bool = True, jobs: int = -1) -> list[Path]:
-    return study(out, quick=quick, jobs=jobs)
+    return {
+        "shift_runs": runs,
+        "shift_summary": summarise(runs),
+        "shift_tradeoff": tradeoff(runs),
+    }

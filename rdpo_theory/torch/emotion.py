@@ -19,16 +19,15 @@ Pipeline (the paper's Figure 2, end to end):
 6. each policy generates completions for held-out prompts; the table holds the mean mixed reward
    ``E r_alpha`` for alpha on a grid in [0, 1], per seed.
 
-The study writes ``llm_tiny.csv`` (tidy: one row per seed, mixture, method, alpha),
+:func:`run_emotion` returns the tables; ``rdpo llm --tiny`` (:mod:`rdpo_theory.commands.llm`)
+writes ``llm_tiny.csv`` (tidy: one row per seed, mixture, method, alpha),
 ``llm_tiny_metrics.csv`` (the training logs) and ``llm_tiny.png`` (drawn from the CSV only).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,6 @@ from scipy.special import expit
 
 from .. import _validate as V
 from ..errors import InputError
-from ..figures import register
 from ..methods import trained_id
 from ..rng import make_rng, stream_seed
 from ..worlds import mixture_reward
@@ -423,49 +421,3 @@ def _n_jobs(jobs: int) -> int:
     if jobs < 0:
         return max(1, (os.cpu_count() or 1) + 1 + jobs)
     return int(jobs)
-
-
-def write_outputs(out, table, metrics, pairs, cfg: EmotionConfig) -> list[Path]:
-    """Write ``llm_tiny.csv``, ``llm_tiny_metrics.csv``, ``llm_tiny_pairs.jsonl``,
-    ``llm_tiny_config.json`` and the figure (drawn from the CSV)."""
-    import json
-
-    from ..plots.llm import plot_emotion
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "llm_tiny.csv", out / "llm_tiny_metrics.csv"]
-    table.to_csv(paths[0], index=False)
-    metrics.to_csv(paths[1], index=False)
-    pj = out / "llm_tiny_pairs.jsonl"
-    with open(pj, "w") as f:
-        for r in pairs.itertuples():
-            ch, rj = (r.a1, r.a2) if r.first_preferred else (r.a2, r.a1)
-            f.write(
-                json.dumps(
-                    dict(
-                        prompt=r.prompt,
-                        chosen=" " + ch,
-                        rejected=" " + rj,
-                        mixture=r.mixture,
-                        seed=int(r.seed),
-                    )
-                )
-                + "\n"
-            )
-    cj = out / "llm_tiny_config.json"
-    cj.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-    paths += [pj, cj, plot_emotion(paths[0], out / "llm_tiny.png", alpha0=cfg.alpha0)]
-    return paths
-
-
-@register(
-    "llm-tiny",
-    description="emotion experiment in miniature: mixed reward vs alpha "
-    "for DPO/WDPO/KLDPO on a tiny GPT-2 (paper Fig. 2)",
-)
-def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
-    cfg = EmotionConfig.quick() if quick else EmotionConfig()
-    seeds = (0, 1) if quick else (0, 1, 2)
-    table, metrics, pairs = run_emotion(cfg, seeds=seeds, jobs=jobs)
-    return write_outputs(out, table, metrics, pairs, cfg)
