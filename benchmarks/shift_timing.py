@@ -27,7 +27,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 def per_method(repeats: int) -> list[dict]:
     from rdpo_theory.studies.shift import (
         ShiftConfig,
-        _base_world,
+        base_world,
         draw,
         fit_method,
         reward_parameters,
@@ -35,7 +35,7 @@ def per_method(repeats: int) -> list[dict]:
     from rdpo_theory.worlds import preference_shift
 
     cfg = ShiftConfig.quick()
-    world = _base_world(cfg, [1, 2, 3, 4])
+    world = base_world(cfg, [1, 2, 3, 4])
     t1, t2 = reward_parameters(world, 2, norm=cfg.theta_norm, cosine=0.0, seed=0)
     tw = preference_shift(world, t1, t2, cfg.alpha0)
     data, groups = draw(tw, cfg.n, 0)

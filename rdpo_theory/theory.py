@@ -43,7 +43,8 @@ def _n(n) -> float:
     return a if a.ndim else float(a)
 
 
-def _delta(delta) -> float:
+def check_delta(delta) -> float:
+    """Validated confidence level ``delta`` in (0, 1) of the bounds."""
     v = V.positive(delta, "delta")
     if v >= 1:
         raise InputError(f"delta must lie in (0, 1), got {v}")
@@ -122,7 +123,7 @@ def proposition1(n, d: int, delta: float, beta: float, B: float, lam0: float, *,
     """
     n = _n(n)
     d = _dim(d)
-    delta = _delta(delta)
+    delta = check_delta(delta)
     lam0 = V.positive(lam0, "lam0")
     lam = lam0 if lam is None else V.positive(lam, "lam")
     g = gamma(beta, B)
@@ -139,7 +140,7 @@ def theorem1(n, delta: float, beta: float, B: float, lam0: float, *, squared: bo
     n^-1/4), or on the squared norm with ``squared=True``. Reconstructed (THEORY.md section 5).
     """
     n = _n(n)
-    delta = _delta(delta)
+    delta = check_delta(delta)
     lam0 = V.positive(lam0, "lam0")
     sq = 4 * K(beta, B) / (gamma(beta, B) * lam0) * np.sqrt(math.log(2 / delta) / (2 * n))
     return sq if squared else np.sqrt(sq)
@@ -170,7 +171,7 @@ def theorem2(
     Reconstructed (THEORY.md section 5).
     """
     n = _n(n)
-    delta = _delta(delta)
+    delta = check_delta(delta)
     lam0 = V.positive(lam0, "lam0")
     lam_lo = V.positive(lam_lo, "lam_lo")
     lam_hi = V.positive(lam_hi, "lam_hi")

@@ -266,3 +266,49 @@ def test_importing_plots_keeps_the_users_backend():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "svg"
+
+
+def test_no_module_imports_another_modules_underscore_names():
+    """Shared helpers are promoted (public names) or moved, never imported as ``_name``
+    (``_validate`` is the package's private validation module, imported by design)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for f in sorted((root / "rdpo_theory").rglob("*.py")) + sorted(
+        (root / "benchmarks").glob("*.py")
+    ):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                bad += [
+                    f"{f.name}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                    and not a.name.startswith("__")
+                    and a.name != "_validate"
+                ]
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id not in ("self", "cls")
+            ):
+                bad.append(f"{f.name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert bad == []
+
+
+def test_studies_import_nothing_from_commands_and_do_not_write():
+    import ast
+    from pathlib import Path
+
+    studies = Path(__file__).resolve().parents[1] / "rdpo_theory" / "studies"
+    for f in studies.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                assert "commands" not in mod and "plots" not in mod and mod != "figures", (f, mod)
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("to_csv", "savefig"), (f.name, node.lineno)

@@ -547,7 +547,7 @@ class RatesConfig:
             raise InputError(f"solver must be 'fast' or 'cvxpy', got {self.solver!r}")
         if int(self.base_seed) != self.base_seed or self.base_seed < 0:
             raise InputError(f"base_seed must be a non-negative integer, got {self.base_seed!r}")
-        T._delta(self.delta)
+        T.check_delta(self.delta)
         object.__setattr__(self, "ns", tuple(sorted(int(n) for n in set(ns))))
         object.__setattr__(self, "rhos", rhos)
         object.__setattr__(self, "methods", methods)

@@ -283,7 +283,8 @@ def fit_all(cfg: ShiftConfig, world: World, seed) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- one task
-def _base_world(cfg: ShiftConfig, seed_keys) -> World:
+def base_world(cfg: ShiftConfig, seed_keys) -> World:
+    """The random world of ``cfg``'s sizes drawn from the seed words ``seed_keys``."""
     return World.random(
         cfg.n_contexts,
         cfg.n_actions,
@@ -300,7 +301,7 @@ def run_task(params: dict, seed: np.random.SeedSequence, shared) -> list[dict]:
     cfg: ShiftConfig = shared
     kind, setting, mixture = params["kind"], params["setting"], params["mixture"]
     s_world, s_rewards, s_fit, s_shift = seed.spawn(4)
-    world = _base_world(cfg, s_world.generate_state(4))
+    world = base_world(cfg, s_world.generate_state(4))
     rows: list[dict] = []
 
     def emit(study, shift, method, param_name, param, value, refs, metric="reward"):
