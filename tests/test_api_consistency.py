@@ -130,7 +130,7 @@ def test_dpo_fast_path_matches_cvxpy(seed, radius, monkeypatch):
         raise AssertionError("fast DPO must not go through WDPO or cvxpy")
 
     monkeypatch.setattr(W, "wdpo", boom)
-    monkeypatch.setattr(W, "_w1_newton", boom)
+    monkeypatch.setattr(W, "w1_newton", boom)
     monkeypatch.setattr(cp.Problem, "solve", boom)
     b = exact.dpo(X, y, solver="fast", **kw)
     assert b.info["solver"] == "fast" and b.status == "optimal"

@@ -312,3 +312,47 @@ def test_studies_import_nothing_from_commands_and_do_not_write():
                 assert "commands" not in mod and "plots" not in mod and mod != "figures", (f, mod)
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("to_csv", "savefig"), (f.name, node.lineno)
+
+
+def test_robust_risk_lives_once_in_exact():
+    """exact.robust_risk against independent formulas; the studies call it (no own copy)."""
+    from pathlib import Path
+
+    from rdpo_theory.data import as_data
+    from rdpo_theory.exact import robust_risk
+    from rdpo_theory.exact.certificates import transport_primal_sup
+    from rdpo_theory.losses import dpo_losses, dpo_risk
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(12, 2))
+    y = (rng.random(12) < 0.6).astype(float)
+    data = as_data(X, y)
+    theta = np.array([0.7, -0.4])
+    base = dpo_risk(theta, data, beta=1.5)
+    assert robust_risk(theta, data, method="dpo", beta=1.5) == pytest.approx(base, rel=1e-15)
+    # W1, continuous x: E l + rho beta ||theta||
+    w1 = robust_risk(theta, data, method="wdpo", rho=0.1, beta=1.5)
+    assert w1 == pytest.approx(base + 0.1 * 1.5 * np.linalg.norm(theta), rel=1e-14)
+    # KL: the dual min_lam lam rho + lam log E exp(l / lam), by a grid
+    l = dpo_losses(theta, data, beta=1.5)
+    lams = np.geomspace(1e-3, 1e3, 200001)
+    from scipy.special import logsumexp
+
+    lse = logsumexp(np.outer(1 / lams, l), axis=1) - np.log(l.size)
+    dual = np.min(lams * 0.05 + lams * lse)
+    kl = robust_risk(theta, data, method="kldpo", rho=0.05, beta=1.5)
+    assert base < kl <= dual + 1e-9 and kl == pytest.approx(dual, rel=1e-6)
+    # finite candidates with label flips allowed at cost kappa: the transport LP
+    cand = as_data(np.vstack([X, X]), np.r_[y, 1 - y])
+    C = np.linalg.norm(X[:, None] - cand.X[None], axis=2) + 0.3 * (y[:, None] != cand.y[None])
+    ref = transport_primal_sup(dpo_losses(theta, cand, beta=1.5), data.weights, C, 0.5)[0]
+    got = robust_risk(theta, data, method="wdpo", rho=0.5, beta=1.5, candidates=cand, kappa=0.3)
+    assert got == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(InputError, match="method must be one of"):
+        robust_risk(theta, data, method="chi2", rho=0.1, beta=1.0)
+    with pytest.raises(InputError, match="rho must be 0"):
+        robust_risk(theta, data, method="dpo", rho=0.1, beta=1.0)
+    studies = Path(__file__).resolve().parents[1] / "rdpo_theory" / "studies"
+    for f in studies.glob("*.py"):
+        text = f.read_text()
+        assert "kl_primal_sup" not in text and "transport_primal_sup" not in text, f.name

@@ -8,6 +8,7 @@ from scipy.special import logsumexp
 
 from rdpo_theory import InputError, World
 from rdpo_theory.cli import main
+from rdpo_theory.exact import robust_risk
 from rdpo_theory.exact.wasserstein import default_cost
 from rdpo_theory.losses import dpo_losses
 from rdpo_theory.studies import rates as R
@@ -175,7 +176,7 @@ def test_kl_robust_risk_matches_dual_and_solver():
     pop = w.population.data
     theta = np.array([0.4, -0.3])
     rho = 0.01
-    val = R.kl_robust_risk(theta, pop, rho=rho, beta=w.beta)
+    val = robust_risk(theta, pop, method="kldpo", rho=rho, beta=w.beta)
     l = dpo_losses(theta, pop, beta=w.beta)
     dual = minimize_scalar(
         lambda t: math.exp(t) * rho + math.exp(t) * logsumexp(l / math.exp(t), b=pop.weights),
@@ -185,7 +186,7 @@ def test_kl_robust_risk_matches_dual_and_solver():
     )
     assert val == pytest.approx(dual.fun, rel=1e-8)
     res = kldpo(pop, rho=rho, beta=w.beta, radius=w.B, solver="fast", certificate="root")
-    assert R.kl_robust_risk(res.theta, pop, rho=rho, beta=w.beta) == pytest.approx(
+    assert robust_risk(res.theta, pop, method="kldpo", rho=rho, beta=w.beta) == pytest.approx(
         res.value, rel=1e-7
     )
 
@@ -198,7 +199,7 @@ def test_w_robust_risks_match_solvers_and_duals():
     pop = w.population.data
     rho = 0.02
     res = wdpo(pop, rho=rho, beta=w.beta, radius=w.B, solver="fast")
-    assert R.w_robust_risk(res.theta, pop, rho=rho, beta=w.beta) == pytest.approx(
+    assert robust_risk(res.theta, pop, method="wdpo", rho=rho, beta=w.beta) == pytest.approx(
         res.value, rel=1e-9
     )
     Xc, yc = w.candidates()
@@ -206,9 +207,13 @@ def test_w_robust_risks_match_solvers_and_duals():
     theta = np.array([0.3, 0.2])
     from rdpo_theory import PreferenceData
 
-    val = R.w_finite_robust_risk(
-        theta, pop, rho=rho, beta=w.beta, cost=C, candidates=PreferenceData(Xc, yc)
+    val = robust_risk(
+        theta, pop, method="wdpo", rho=rho, beta=w.beta, cost=C, candidates=PreferenceData(Xc, yc)
     )
+    # the default cost is the same ground distance (labels never flip)
+    assert robust_risk(
+        theta, pop, method="wdpo", rho=rho, beta=w.beta, candidates=PreferenceData(Xc, yc)
+    ) == pytest.approx(val, rel=1e-12)
     lc = dpo_losses(theta, PreferenceData(Xc, yc), beta=w.beta)
     # the dual min over eta (independent formulation), by a fine scan plus refinement
     etas = np.linspace(0, 20, 4001)

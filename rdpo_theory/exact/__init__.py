@@ -4,6 +4,7 @@ from .baselines import cdpo, chi2dpo, cvardpo, group_dpo, ipo, rdpo
 from .dpo import dpo
 from .kl import kldpo
 from .result import ExactResult
+from .risk import robust_risk
 from .wasserstein import wdpo
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ipo",
     "rdpo",
     "ExactResult",
+    "robust_risk",
     "dpo",
     "kldpo",
     "wdpo",

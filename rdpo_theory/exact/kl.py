@@ -148,9 +148,9 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
         )
         theta, info = res.theta, dict(res.info)
     else:
-        from .wasserstein import _w1_newton
+        from .wasserstein import w1_newton
 
-        theta, info = _w1_newton(prob, 0.0)
+        theta, info = w1_newton(prob, 0.0)
     l = dpo_loss(prob.margins(theta))
     value = float(prob.data.weights @ l)
     info.update(seconds=time.perf_counter() - t0, solver=solver)

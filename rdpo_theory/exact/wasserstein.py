@@ -209,8 +209,10 @@ def _check_cost(cost, data: PreferenceData, Xc, yc, kappa) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- continuous, p = 1
-def _w1_newton(prob: Problem, rho: float):
-    """Fast path for ``E_p l + rho beta ||theta - theta_ref||`` (rho = 0: plain DPO)."""
+def w1_newton(prob: Problem, rho: float):
+    """Fast exact path for ``min E_p l + rho beta ||theta - theta_ref||`` over the ball of
+    ``prob`` (rho = 0: plain DPO), by damped Newton; returns ``(theta, info)``. Shared by
+    :func:`wdpo` and the KLDPO rho = 0 case (docs/theory.md#w1-continuous)."""
     data = prob.data
     X, c, p = data.X, prob.c, data.weights
     info: dict = {"solver": "fast"}
@@ -314,10 +316,10 @@ def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> Exact
             theta = res.theta
             info.update(res.info)
         else:
-            theta, ninfo = _w1_newton(prob, 0.0)
+            theta, ninfo = w1_newton(prob, 0.0)
             info.update(ninfo)
     elif solver == "fast":
-        theta, ninfo = _w1_newton(prob, rho)
+        theta, ninfo = w1_newton(prob, rho)
         info.update(ninfo)
     else:
         theta = _sa_program(prob, rho, kappa, cvxpy_solver, info)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SolverError
+from ..exact.risk import robust_risk
 from ..methods import trained_id
 from ..worlds import World, mixture_reward, preference_shift
 from .sweep import fingerprint, grid_tasks, run_sweep
@@ -105,16 +106,11 @@ def _evaluate(world, r1, r2, theta) -> dict:
 
 # ---------------------------------------------------------------------------- one task
 def _kl_value(theta, data, rho, beta):
-    from ..exact.certificates import kl_primal_sup
-    from ..losses import dpo_losses
-
-    return kl_primal_sup(dpo_losses(theta, data, beta=beta), data.weights, rho, method="root")
+    return robust_risk(theta, data, method="kldpo", rho=rho, beta=beta)
 
 
 def _w_value(theta, data, rho, beta):
-    from ..exact.wasserstein_p import robust_value
-
-    return robust_value(theta, data, rho=rho, p=2.0, beta=beta)[0]
+    return robust_risk(theta, data, method="wdpo", rho=rho, p=2.0, beta=beta)
 
 
 def _row(method, variant, theta, exact_theta, value, opt, world, r1, r2, **extra) -> dict:

@@ -42,7 +42,6 @@ from .. import theory as T
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
 from ..exact.wasserstein import default_cost
-from ..losses import dpo_losses, dpo_risk
 from ..worlds import BUILTIN_WORLDS, World, builtin_world
 from .sweep import Task, fingerprint, run_sweep
 
@@ -300,55 +299,6 @@ FULL_METHODS = (
 )
 
 
-# ---------------------------------------------------------------------------- exact robust risk
-def kl_robust_risk(theta, data: PreferenceData, *, rho: float, beta: float, theta_ref=None):
-    """``sup_{KL(Q || P) <= rho} E_Q l(theta)`` at a fixed theta, exactly (THEORY.md 3.1).
-
-    The worst case is the tilt ``q ∝ p exp(l / lam)`` with ``KL(q || p) = rho``, or the argmax
-    set in the max-loss regime; computed by the exact solvers' certificate
-    (:func:`rdpo_theory.exact.certificates.kl_primal_sup`, scalar root find). Nats.
-    """
-    from ..exact.certificates import kl_primal_sup
-
-    rho = V.positive(rho, "rho", allow_zero=True)
-    l = dpo_losses(theta, data, beta=beta, theta_ref=theta_ref)
-    return kl_primal_sup(l, data.weights, rho, method="root")
-
-
-def w_robust_risk(theta, data: PreferenceData, *, rho: float, beta: float, theta_ref=None):
-    """``sup_{W_1(Q, P) <= rho} E_Q l(theta)`` over continuous x, labels fixed (kappa = inf):
-    ``E_P l + rho beta ||theta - theta_ref||_2`` exactly (THEORY.md 3.2)."""
-    rho = V.positive(rho, "rho", allow_zero=True)
-    d = np.asarray(theta, float) - V.as_theta(theta_ref, data.d)
-    return dpo_risk(theta, data, beta=beta, theta_ref=theta_ref) + rho * beta * float(
-        np.linalg.norm(d)
-    )
-
-
-def w_finite_robust_risk(
-    theta,
-    data: PreferenceData,
-    *,
-    rho: float,
-    beta: float,
-    cost,
-    candidates: PreferenceData,
-    theta_ref=None,
-    p: float = 1.0,
-) -> float:
-    """``sup_{W_p(Q, P) <= rho, Q on candidates} E_Q l(theta)`` at a fixed theta, exactly.
-
-    The transport LP ``max sum_ik pi_ik l(z'_k)`` over plans with row sums ``p_i`` and
-    ``sum pi_ik C_ik <= rho^p`` (``C = cost^p``, infinite entries forbidden), solved with HiGHS
-    by :func:`rdpo_theory.exact.certificates.transport_primal_sup` (THEORY.md 3.2). Nats.
-    """
-    from ..exact.certificates import transport_primal_sup
-
-    rho = V.positive(rho, "rho", allow_zero=True)
-    lc = dpo_losses(theta, candidates, beta=beta, theta_ref=theta_ref)
-    return transport_primal_sup(lc, data.weights, np.asarray(cost, float) ** p, rho**p)[0]
-
-
 # ---------------------------------------------------------------------------- study context
 @dataclass
 class RatesContext:
@@ -368,17 +318,27 @@ class RatesContext:
     approx_options: dict = field(default_factory=dict)
 
     def family_risk(self, family: str, theta, rho: float, data=None) -> float:
+        """The family's exact population (or ``data``) robust risk at ``theta``
+        (:func:`rdpo_theory.exact.robust_risk`)."""
+        from ..exact import robust_risk
+
         data = self.world.population.data if data is None else data
         kw = {"beta": self.beta, "theta_ref": self.tref}
         if family == "dpo":
-            return dpo_risk(theta, data, **kw)
+            return robust_risk(theta, data, method="dpo", **kw)
         if family == "kl":
-            return kl_robust_risk(theta, data, rho=rho, **kw)
+            return robust_risk(theta, data, method="kldpo", rho=rho, **kw)
         if family == "w":
-            return w_robust_risk(theta, data, rho=rho, **kw)
+            return robust_risk(theta, data, method="wdpo", rho=rho, **kw)
         if family == "w-finite":
-            return w_finite_robust_risk(
-                theta, data, rho=rho, cost=self.cost, candidates=self.candidates, **kw
+            return robust_risk(
+                theta,
+                data,
+                method="wdpo",
+                rho=rho,
+                candidates=self.candidates,
+                cost=self.cost,
+                **kw,
             )
         raise InputError(f"unknown family {family!r}")
 
