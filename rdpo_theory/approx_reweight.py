@@ -23,6 +23,29 @@ from .approx import ApproxResult, FitOptions, fit
 from .errors import InputError
 
 
+def _train(method, aggregate, hyper, X, y, *, beta, weights, theta_ref, options, option_kwargs):
+    """:func:`~rdpo_theory.approx.fit` on ``aggregate(per_pair, weights=batch_weights,
+    **hyper)`` (its first element when it returns ``(loss, q)``), labelled ``method``."""
+
+    def objective(per, x, w):
+        out = aggregate(per, weights=w, **hyper)
+        return out[0] if isinstance(out, tuple) else out
+
+    opts = FitOptions.build(options, where=f"approx_reweight.{method}", **option_kwargs)
+    return fit(
+        X,
+        y,
+        beta=beta,
+        objective=objective,
+        weights=weights,
+        theta_ref=theta_ref,
+        options=opts,
+        input_grad=False,
+        method=method,
+        hyper=hyper,
+    )
+
+
 def chi2dpo(
     X,
     y=None,
@@ -51,20 +74,17 @@ def chi2dpo(
 
     rho = V.positive(rho, "rho", allow_zero=True)
 
-    def objective(per, x, w):
-        return chi2_objective(per, rho=rho, weights=w)[0]
-
-    return fit(
+    return _train(
+        "chi2dpo",
+        chi2_objective,
+        {"rho": rho},
         X,
         y,
         beta=beta,
-        objective=objective,
         weights=weights,
         theta_ref=theta_ref,
-        input_grad=False,
-        method="chi2dpo",
-        hyper={"rho": rho},
-        options=FitOptions.build(options, where="approx_reweight.chi2dpo", **option_kwargs),
+        options=options,
+        option_kwargs=option_kwargs,
     )
 
 
@@ -90,20 +110,17 @@ def cvardpo(
     if level > 1:
         raise InputError(f"level must lie in (0, 1], got {level}")
 
-    def objective(per, x, w):
-        return cvar_objective(per, level=level, weights=w)[0]
-
-    return fit(
+    return _train(
+        "cvardpo",
+        cvar_objective,
+        {"level": level},
         X,
         y,
         beta=beta,
-        objective=objective,
         weights=weights,
         theta_ref=theta_ref,
-        input_grad=False,
-        method="cvardpo",
-        hyper={"level": level},
-        options=FitOptions.build(options, where="approx_reweight.cvardpo", **option_kwargs),
+        options=options,
+        option_kwargs=option_kwargs,
     )
 
 
@@ -127,18 +144,15 @@ def drdpo(
 
     bp = V.positive(beta_prime, "beta_prime")
 
-    def objective(per, x, w):
-        return drdpo_objective(per, beta_prime=bp, weights=w)
-
-    return fit(
+    return _train(
+        "drdpo",
+        drdpo_objective,
+        {"beta_prime": bp},
         X,
         y,
         beta=beta,
-        objective=objective,
         weights=weights,
         theta_ref=theta_ref,
-        input_grad=False,
-        method="drdpo",
-        hyper={"beta_prime": bp},
-        options=FitOptions.build(options, where="approx_reweight.drdpo", **option_kwargs),
+        options=options,
+        option_kwargs=option_kwargs,
     )
