@@ -356,3 +356,19 @@ def test_robust_risk_lives_once_in_exact():
     for f in studies.glob("*.py"):
         text = f.read_text()
         assert "kl_primal_sup" not in text and "transport_primal_sup" not in text, f.name
+
+
+def test_rdpo_llm_builds_a_config_for_every_trainable_method(tmp_path):
+    pytest.importorskip("accelerate")
+    from rdpo_theory.cli import build_parser
+    from rdpo_theory.commands.llm import build_configs, check_args
+    from rdpo_theory.torch.train import loss_methods
+
+    methods = [m for m in loss_methods() if m != "group_dpo"]
+    argv = ["llm", "--model", "m", "--dataset", "d.jsonl", "--out", str(tmp_path), "--methods"]
+    args = build_parser().parse_args(argv + methods)
+    check_args(args)
+    configs = build_configs(args)
+    assert set(configs) == set(methods)
+    assert configs["chi2dpo"].loss_kwargs == {"rho": 0.1}
+    assert configs["drdpo"].loss_kwargs == {"beta_prime": 1.0}

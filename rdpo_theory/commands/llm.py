@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
         "--tau": (float, "KLDPO temperature"),
         "--rho0": (float, "WDPO radius coefficient"),
         "--eps": (float, "cdpo/rdpo flip or smoothing rate"),
+        "--rho": (float, "chi2dpo chi-square radius"),
+        "--level": (float, "cvardpo CVaR tail fraction"),
+        "--beta-prime": (float, "drdpo soft-min temperature"),
         "--steps": (int, "optimizer steps"),
         "--batch-size": (int, "pairs per device micro-batch"),
         "--grad-accum": (int, "micro-batches per optimizer step"),
@@ -79,6 +82,9 @@ MODEL_DEFAULTS = {
     "rho0": 0.01,
     "wdpo_variant": "sqrt-mean",
     "eps": 0.1,
+    "rho": 0.1,
+    "level": 0.5,
+    "beta_prime": 1.0,
     "steps": 100,
     "batch_size": 4,
     "grad_accum": 1,
@@ -98,6 +104,9 @@ METHOD_OPTIONS = {
     "rho0": ({"wdpo"}, "--rho0"),
     "wdpo_variant": ({"wdpo"}, "--wdpo-variant"),
     "eps": ({"cdpo", "rdpo"}, "--eps"),
+    "rho": ({"chi2dpo"}, "--rho"),
+    "level": ({"cvardpo"}, "--level"),
+    "beta_prime": ({"drdpo"}, "--beta-prime"),
 }
 
 
@@ -294,7 +303,8 @@ def _loss_kwargs(args, method: str) -> dict:
         return {"rho0": args.rho0, "variant": args.wdpo_variant}
     if method in ("cdpo", "rdpo"):
         return {"eps": args.eps}
-    return {}
+    own = {"chi2dpo": "rho", "cvardpo": "level", "drdpo": "beta_prime"}
+    return {own[method]: getattr(args, own[method])} if method in own else {}
 
 
 def _run_model(args) -> int:

@@ -101,7 +101,7 @@ def _check_logps(*tensors: torch.Tensor) -> None:
                 f"{name} has shape {tuple(t.shape)}; expected {tuple(shape)} "
                 "like policy_chosen_logps"
             )
-    check_finite_inputs(zip(_LOGP_NAMES, tensors))  # only under set_debug / RDPO_DEBUG
+    check_finite_inputs(zip(LOGP_NAMES, tensors))  # only under set_debug / RDPO_DEBUG
 
 
 def _check_per_pair(per_pair) -> None:
