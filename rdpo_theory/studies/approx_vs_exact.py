@@ -164,104 +164,62 @@ def run_task(params: dict, seed, shared) -> list[dict]:
         **cfg.train,
     )
     theta_dpo = exact_dpo(data, beta=beta).theta
-    rows = []
     if params["family"] == "kl":
         rho = params["radius"]
         ex = _exact_kl(data, rho, beta)
         lam = float(ex.dual)
-        opt = _kl_value(ex.theta, data, rho, beta)
 
         def value(t):
             return _kl_value(t, data, rho, beta)
 
-        rows.append(
-            _row(
-                "kldpo-exact",
-                "exact",
-                ex.theta,
-                ex.theta,
-                opt,
-                opt,
-                world,
-                r1,
-                r2,
-                hyper=lam,
-                tau=lam,
-                implied_rho=rho,
-                converged=True,
-            )
+        exact_id, exact_row, dpo_row = (
+            "kldpo-exact",
+            {"hyper": lam, "tau": lam, "implied_rho": rho},
+            {},
         )
-        rows.append(_row("dpo", "dpo", theta_dpo, ex.theta, value(theta_dpo), opt, world, r1, r2))
-        if lam > 0:
-            for variant in ("normalized", "clipped"):
-                res = approx.kldpo(data, tau=lam, beta=beta, variant=variant, **train)
-                rows.append(
-                    _row(
-                        trained_id("kldpo", variant),
-                        variant,
-                        res.theta,
-                        ex.theta,
-                        value(res.theta),
-                        opt,
-                        world,
-                        r1,
-                        r2,
-                        hyper=lam,
-                        tau=lam,
-                        implied_rho=res.implied_rho,
-                        converged=res.converged,
-                        steps=res.steps,
-                        seconds=res.extras["seconds"],
-                    )
-                )
     else:
         g = np.linalg.norm((data.weights * data.signed_labels) @ data.X)
         rho = params["radius"] * g
         ex = exact_wdpo(data, rho=rho, beta=beta, p=2, solver="fast")
-        opt = _w_value(ex.theta, data, rho, beta)
 
         def value(t):
             return _w_value(t, data, rho, beta)
 
-        rows.append(
-            _row(
-                "wdpo-exact",
-                "exact",
-                ex.theta,
-                ex.theta,
-                opt,
-                opt,
-                world,
-                r1,
-                r2,
-                rho=rho,
-                converged=True,
-            )
+        exact_id, exact_row, dpo_row = "wdpo-exact", {"rho": rho}, {"rho": rho}
+    opt = value(ex.theta)
+
+    def row(method, variant, theta, val, **extra):
+        return _row(method, variant, theta, ex.theta, val, opt, world, r1, r2, **extra)
+
+    def trained(family, variant, res, **extra):
+        return row(
+            trained_id(family, variant),
+            variant,
+            res.theta,
+            value(res.theta),
+            **extra,
+            converged=res.converged,
+            steps=res.steps,
+            seconds=res.extras["seconds"],
         )
-        rows.append(
-            _row("dpo", "dpo", theta_dpo, ex.theta, value(theta_dpo), opt, world, r1, r2, rho=rho)
-        )
+
+    rows = [
+        row(exact_id, "exact", ex.theta, opt, **exact_row, converged=True),
+        row("dpo", "dpo", theta_dpo, value(theta_dpo), **dpo_row),
+    ]
+    if params["family"] == "kl":
+        if lam > 0:
+            for variant in ("normalized", "clipped"):
+                res = approx.kldpo(data, tau=lam, beta=beta, variant=variant, **train)
+                rows.append(
+                    trained("kldpo", variant, res, hyper=lam, tau=lam, implied_rho=res.implied_rho)
+                )
+    else:
         for ratio in cfg.rho0_ratios:
             for variant in ("sqrt-mean", "per-pair"):
                 res = approx.wdpo(data, rho0=ratio * rho, beta=beta, variant=variant, **train)
                 rows.append(
-                    _row(
-                        trained_id("wdpo", variant),
-                        variant,
-                        res.theta,
-                        ex.theta,
-                        value(res.theta),
-                        opt,
-                        world,
-                        r1,
-                        r2,
-                        rho=rho,
-                        hyper=ratio * rho,
-                        rho0_ratio=ratio,
-                        converged=res.converged,
-                        steps=res.steps,
-                        seconds=res.extras["seconds"],
-                    )
+                    trained("wdpo", variant, res, rho=rho, hyper=ratio * rho, rho0_ratio=ratio)
                 )
     for r in rows:
         r["radius_value"] = rho
