@@ -3,8 +3,10 @@
 Same conventions as :mod:`rdpo_theory.torch.losses`: each ``*_loss`` takes the four per-pair
 log-prob tensors of TRL's ``DPOTrainer`` (``policy_chosen_logps, policy_rejected_logps,
 reference_chosen_logps, reference_rejected_logps``, each (B,)), forms the scaled margin
-``m = beta * ((pc - rc) - (pr - rr))`` and returns a :class:`LossOutput`. The per-pair and
-aggregate formulas are the numpy ones of :mod:`rdpo_theory.losses` (tests check they agree):
+``m = beta * ((pc - rc) - (pr - rr))`` and returns a :class:`LossOutput` (each is written as
+a function of the margins and wrapped by :func:`rdpo_theory.torch.losses.logp_loss`). The
+per-pair and aggregate formulas are the numpy ones of :mod:`rdpo_theory.losses` (tests check
+they agree):
 
 * cDPO ``(1 - eps) softplus(-m) + eps softplus(m)``;
 * rDPO ``((1 - eps) softplus(-m) - eps softplus(m)) / (1 - 2 eps)``, ``eps < 1/2``;

@@ -23,6 +23,11 @@ equal local batch sizes the data-parallel average of the local gradients is then
 gradient. The numpy mirror of each formula is in :mod:`rdpo_theory.losses`; tests check they
 agree.
 
+Each ``*_loss`` is written as a function of the margins and turned into this four-tensor form
+by :func:`logp_loss` (one wrapper for every loss): call it as
+``dpo_loss(pc, pr, rc, rr, beta=0.1)``, ``kldpo_loss(pc, pr, rc, rr, beta=0.1, tau=1.0)``;
+``inspect.signature`` shows the four tensors and the keyword-only parameters.
+
 Diagnostics go in ``LossOutput.stats`` as detached 0-d tensors, so computing a loss never forces
 a host-device synchronisation; call ``float()`` on them when logging.
 """
