@@ -243,10 +243,10 @@ def test_tiny_tau_is_the_max_loss_limit_not_nan():
     ],
 )
 def test_loss_weights_are_checked(weights, match):
-    """Failure 5: negative or unnormalised base_weights returned NaN or a raw shape error."""
+    """Failure 5: negative or unnormalised data weights returned NaN or a raw shape error."""
     per = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
-    with pytest.raises(InputError, match=f"base_weights.*{match}"):
-        kldpo_objective(per, tau=1.0, base_weights=weights)
+    with pytest.raises(InputError, match=f"weights.*{match}"):
+        kldpo_objective(per, tau=1.0, weights=weights)
     z = torch.zeros(4, 2, dtype=torch.float64, requires_grad=True)
     with pytest.raises(InputError, match=f"weights.*{match}"):
         wdpo_objective(per + z.sum(1), z, rho0=0.1, weights=weights)
@@ -260,7 +260,7 @@ def test_loss_weights_are_checked(weights, match):
         ({"method": "kldpo", "loss_kwargs": {"tau": 1.0, "variant": "x"}}, "variant"),
         ({"method": "wdpo", "loss_kwargs": {"rho0": -1}}, "rho0"),
         ({"method": "cdpo", "loss_kwargs": {"eps": 2.0}}, "eps"),
-        ({"method": "dpo", "loss_kwargs": {"tau": 1.0}}, "does not take"),
+        ({"method": "dpo", "loss_kwargs": {"tau": 1.0}}, "unknown keyword 'tau'"),
         ({"method": "bogus"}, "method"),
         ({"seed": -1}, "seed"),
         ({"seed": "abc"}, "seed"),
