@@ -30,7 +30,7 @@ from scipy.optimize import linprog
 
 from ..errors import SolverError
 from .fast import LOG2, kl_lambda_for_theta, kl_tilt
-from .result import solve_problem
+from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
 #: Above this many rows the KL certificate uses the scalar root find instead of cvxpy.
 KL_CVXPY_MAX_ROWS = 20_000

@@ -41,7 +41,15 @@ class ExactResult:
         (continuous W_p, p > 1). None when the supremum is not attained (continuous W1: mass
         escapes to infinity) and for the non-robust objectives (DPO, IPO, cDPO, rDPO).
     gap : float or None
-        Certificate: dual value minus an independently computed primal value.
+        Certificate of the inner supremum: dual value minus an independently computed primal
+        value of the adversary's problem at ``theta`` (``docs/theory.md#certificates``).
+    optimality_gap : float or None
+        Certificate of the minimax optimum (nats): a certified upper bound on
+        ``value(theta) - min_theta max_Q E_Q l(theta)``, the certified robust value at
+        ``theta`` minus a weak-duality lower bound on the minimax value
+        (``docs/theory.md#optimality-gap``). ``status == "optimal"`` only when it is at most
+        ``tol * (1 + |value|)`` (see :func:`certify_optimal`). ``None`` where a solver does not
+        compute one.
     info : dict
         Solver name, timings and method-specific extras.
     transport_plan : ndarray or None
@@ -74,6 +82,7 @@ class ExactResult:
     dual: float | None = None
     worst_case: np.ndarray | None = None
     gap: float | None = None
+    optimality_gap: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
     transport_plan: np.ndarray | None = None
     regime: str | None = None
@@ -88,6 +97,7 @@ class ExactResult:
             "theta": [float(t) for t in self.theta],
             "dual": self.dual,
             "gap": self.gap,
+            "optimality_gap": self.optimality_gap,
         }
         if self.regime is not None:
             out["regime"] = self.regime
@@ -95,6 +105,70 @@ class ExactResult:
             if isinstance(v, (int, float, str, bool)) or v is None:
                 out[k] = v
         return out
+
+
+#: Default relative tolerance of :func:`certify_optimal`.
+OPTIMALITY_TOL = 1e-6
+
+
+def certify_optimal(
+    value: float, lower_bound: float, *, tol: float = OPTIMALITY_TOL, what: str
+) -> float:
+    """Certify that ``value`` is within ``tol * (1 + |value|)`` of the minimax optimum.
+
+    ``value`` must be the certified robust objective at the returned theta (an upper bound of
+    the minimax value) and ``lower_bound`` a weak-duality lower bound of the minimax value
+    ``min_theta max_Q E_Q l(theta)`` (``docs/theory.md#optimality-gap``). The optimality gap
+    ``value - lower_bound`` (nats) then bounds the suboptimality of theta from above.
+
+    Parameters
+    ----------
+    value, lower_bound : float
+        Upper and lower bounds of the minimax value (nats).
+    tol : float
+        Relative tolerance.
+    what : str
+        The solver, for the error message.
+
+    Returns
+    -------
+    float
+        The optimality gap ``value - lower_bound``. A slightly negative gap (within the
+        tolerance; floating-point round-off of two certified numbers) is returned as is.
+
+    Raises
+    ------
+    SolverError
+        When either bound is not finite, or the gap exceeds ``tol * (1 + |value|)`` (the
+        answer is not certified optimal), or the lower bound exceeds the value by more than
+        the tolerance (one of the two certificates is wrong).
+    """
+    value, lower_bound = float(value), float(lower_bound)
+    if not (np.isfinite(value) and np.isfinite(lower_bound)):
+        raise SolverError(
+            f"{what}: the optimality certificate is not finite (value {value!r}, lower "
+            f"bound {lower_bound!r}).",
+            status="uncertified",
+            hint="rescale beta or X, or try the other solver.",
+        )
+    gap = value - lower_bound
+    allowed = tol * (1.0 + abs(value))
+    if gap > allowed:
+        raise SolverError(
+            f"{what}: not certified optimal: the value {value:.10g} exceeds the weak-duality "
+            f"lower bound {lower_bound:.10g} of the minimax value by {gap:.3g} > "
+            f"{allowed:.3g} (tol {tol:g} relative).",
+            status="uncertified",
+            hint="try the other solver= path, or a larger tolerance.",
+        )
+    if gap < -allowed:
+        raise SolverError(
+            f"{what}: inconsistent certificates: the lower bound {lower_bound:.10g} of the "
+            f"minimax value exceeds the certified value {value:.10g} by {-gap:.3g}.",
+            status="uncertified",
+            hint="try the other solver= path.",
+        )
+    return gap
 
 
 def solve_problem(
