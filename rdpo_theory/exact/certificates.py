@@ -17,6 +17,12 @@ supremum at the returned theta). The functions here compute the adversary's *pri
   (rate attained only at infinity, so the supremum is not attained), flipping pair i costs
   ``kappa`` per unit mass and gains ``softplus(m_i) - softplus(-m_i)``; spend the budget rho on
   the best ratios first.
+
+The second certificate, ``ExactResult.optimality_gap``, bounds the distance of ``value`` to the
+*minimax* value (``docs/theory.md#optimality-gap``). Its lower end is a weak-duality bound:
+for any distribution ``q`` the adversary may pick, ``min_theta max_Q E_Q l >= min_theta E_q l``,
+and :func:`dpo_lower_bound` bounds ``min_theta E_q l`` from below by the Fenchel dual of
+weighted logistic regression (:func:`certify_optimal` turns the two ends into a status).
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
+from scipy.special import expit, xlog1py, xlogy
 
 from ..errors import SolverError
-from .fast import LOG2, kl_lambda_for_theta, kl_tilt
+from ..losses import dpo_loss
+from .fast import LOG2, kl_lambda_for_theta, kl_tilt, sum_noise
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
 #: Above this many rows the KL certificate uses the scalar root find instead of cvxpy.
@@ -141,6 +149,141 @@ def _kl_conic_certificate(ll, pp, rho) -> float:
     else:
         raise last
     return float(prob.value) + shift
+
+
+# ---------------------------------------------------------------------------- optimality
+def binary_entropy(a) -> np.ndarray:
+    """``H(a) = -a log a - (1 - a) log(1 - a)`` (nats), elementwise on ``[0, 1]``."""
+    a = np.asarray(a, dtype=float)
+    return -xlogy(a, a) - xlog1py(1.0 - a, -a)
+
+
+def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
+    """The Fenchel dual of weighted DPO at ``alpha``: a lower bound of its minimum.
+
+    ``softplus(-m) = max_{a in [0, 1]} H(a) - a m``, so for every ``alpha`` in ``[0, 1]^n``
+    (``docs/theory.md#optimality-gap``)::
+
+        min_{||theta|| <= B} sum_i q_i softplus(-a_i . (theta - theta_ref))
+            >= sum_i q_i H(alpha_i) + w . theta_ref - B ||w||,    w = sum_i q_i alpha_i a_i.
+
+    Without a radius (B = inf) the bound is finite only when ``w = 0``; a ``w`` within the
+    float64 rounding error of its own sum (:func:`.fast.sum_noise`, per coordinate) is taken as
+    0, otherwise ``-inf`` is returned.
+
+    Parameters
+    ----------
+    A : ndarray (n, d)
+        Rows ``a_i = c_i x_i`` (the margin is ``a_i . (theta - theta_ref)``).
+    q : ndarray (n,)
+        Nonnegative weights.
+    alpha : ndarray (n,)
+        Dual point in ``[0, 1]^n``.
+    theta_ref : ndarray (d,)
+    radius : float or None
+
+    Returns
+    -------
+    float
+        The lower bound (nats).
+    """
+    alpha = np.clip(np.asarray(alpha, dtype=float), 0.0, 1.0)
+    qa = q * alpha
+    w = A.T @ qa
+    base = float(q @ binary_entropy(alpha)) + float(w @ theta_ref)
+    if radius is not None:
+        return base - radius * float(np.linalg.norm(w))
+    noise = sum_noise(float(np.abs(A).max(initial=0.0)) * float(qa.sum()), A.shape[0])
+    return base if bool(np.all(np.abs(w) <= noise)) else -np.inf
+
+
+def dpo_lower_bound(A, q, theta, *, theta_ref, radius) -> float:
+    """A certified lower bound of ``min_{||theta|| <= radius} sum_i q_i softplus(-a_i . delta)``,
+    ``delta = theta - theta_ref``, from a (near-)minimiser ``theta``.
+
+    Two dual points of :func:`dpo_dual_value` are tried and the larger bound is returned:
+
+    * ``alpha_i = sigmoid(-m_i)`` at ``theta``: the bound is ``f(theta)`` minus the
+      Frank-Wolfe gap ``B ||w|| - w . theta`` (zero at a KKT point on the sphere);
+    * the same ``alpha`` moved by one Newton correction ``alpha_i (1 - alpha_i) a_i . z``, with
+      ``z`` solving ``H z = -w`` (``H`` the Hessian, in the row space of ``A``, rows scaled to
+      unit size so that the solve does not underflow), which makes ``w = 0`` (interior
+      minimisers, and the only finite bound without a radius).
+
+    Returns the bound in nats (``-inf`` when neither dual point gives a finite bound).
+    """
+    A = np.asarray(A, dtype=float)
+    q = np.asarray(q, dtype=float)
+    theta = np.asarray(theta, dtype=float)
+    m = A @ (theta - theta_ref)
+    alpha = expit(-m)
+    best = -np.inf
+    if radius is not None:
+        best = dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius)
+    scale = float(np.abs(A).max(initial=0.0))
+    if scale == 0 or not np.isfinite(scale):
+        return max(best, dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius))
+    As = A / scale
+    for _ in range(2):  # the correction is linear in alpha; a second pass removes round-off
+        w = As.T @ (q * alpha)
+        if not np.any(w):
+            break
+        D = q * alpha * (1.0 - alpha)
+        H = As.T @ (As * D[:, None])
+        z = np.linalg.lstsq(H, -w, rcond=1e-13)[0]
+        step = alpha * (1.0 - alpha) * (As @ z)
+        cand = alpha + step
+        if not np.all((cand >= 0) & (cand <= 1)):
+            break
+        alpha = cand
+    return max(best, dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius))
+
+
+def kl_into_ball(q, p, rho: float) -> np.ndarray:
+    """``q`` mixed with ``p`` so that ``KL(q || p) <= rho`` (convexity of KL in q):
+    ``(1 - e) q + e p`` with ``e = 1 - rho / KL(q || p)`` when ``KL(q || p) > rho``."""
+    q = np.asarray(q, dtype=float)
+    q = np.where(p > 0, np.clip(q, 0.0, None), 0.0)
+    q = q / q.sum()
+    kl = kl_divergence(q, p)
+    if kl <= rho:
+        return q
+    e = min(1.0, (1.0 - rho / kl) * (1.0 + 1e-12) + 1e-15)
+    return (1.0 - e) * q + e * p
+
+
+def kl_divergence(q, p) -> float:
+    """``KL(q || p)`` in nats (0 log 0 = 0)."""
+    q = np.asarray(q, dtype=float)
+    m = q > 0
+    return float(np.sum(q[m] * (np.log(q[m]) - np.log(p[m]))))
+
+
+def kl_minimax_lower_bound(A, p, rho, theta, candidates, *, theta_ref, radius) -> float:
+    """Weak-duality lower bound of the KLDPO minimax value (``docs/theory.md#optimality-gap``):
+    ``max`` over the candidate worst cases ``q`` (each first mixed into the KL ball by
+    :func:`kl_into_ball`, so it is feasible) of :func:`dpo_lower_bound` at ``theta``, plus the
+    exact worst case at ``theta`` (the tilted distribution with KL = rho, or the uniform law
+    on the argmax set when ``rho`` exceeds its ``-log`` mass)."""
+    p = np.asarray(p, dtype=float)
+    l = dpo_loss(A @ (np.asarray(theta, dtype=float) - theta_ref))
+    qs = [np.asarray(c, dtype=float) for c in candidates if c is not None]
+    pos = p > 0
+    lam = kl_lambda_for_theta(l, p, rho)
+    if lam > 0:
+        qt = np.zeros_like(p)
+        qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]
+        qs.append(qt)
+    else:
+        top = pos & (l >= l[pos].max() - 1e-14 * max(1.0, abs(float(l[pos].max()))))
+        qs.append(np.where(top, p, 0.0))
+    best = -np.inf
+    for q in qs:
+        if not (q.shape == p.shape and np.all(np.isfinite(q)) and q.sum() > 0):
+            continue
+        qb = kl_into_ball(q, p, rho)
+        best = max(best, dpo_lower_bound(A, qb, theta, theta_ref=theta_ref, radius=radius))
+    return best
 
 
 # ---------------------------------------------------------------------------- transport LP

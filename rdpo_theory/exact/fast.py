@@ -235,7 +235,7 @@ def kkt_residual(g, theta, radius) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- KL dual
 class _KLState:
-    __slots__ = ("m", "lam", "l", "logZ", "q", "q0", "lbar", "f")
+    __slots__ = ("m", "lam", "l", "lmax", "logZs", "logZ", "q", "q0", "lbar", "f")
 
 
 class KLDual:
@@ -261,17 +261,25 @@ class KLDual:
             s.f = np.inf
             return s
         s.l = dpo_loss(m)
-        a = np.where(self.pos, s.l / lam + self.logp, -np.inf)
-        a0 = LOG2 / lam + np.log(self.p0) if self.p0 > 0 else -np.inf
+        # losses shifted by their max before dividing by lam, so that the differences stay
+        # exact when lam is far below |l| (the max-loss end of the interior regime)
+        s.lmax = max(float(np.max(s.l[self.pos])), LOG2 if self.p0 > 0 else -np.inf)
+        a = np.where(self.pos, (s.l - s.lmax) / lam + self.logp, -np.inf)
+        a0 = (LOG2 - s.lmax) / lam + np.log(self.p0) if self.p0 > 0 else -np.inf
         M = max(float(a.max()), a0)
         e = np.exp(a - M)
         e0 = np.exp(a0 - M) if self.p0 > 0 else 0.0
         Z = float(e.sum()) + e0
-        s.logZ = M + np.log(Z)
+        s.logZs = M + np.log(Z)  # log E_p exp((l - lmax) / lam)
+        s.logZ = s.logZs + s.lmax / lam
         s.q, s.q0 = e / Z, e0 / Z
         s.lbar = float(s.q @ s.l) + s.q0 * LOG2
-        s.f = lam * self.rho + lam * s.logZ
+        s.f = lam * (self.rho + s.logZs) + s.lmax
         return s
+
+    def lam_gradient(self, s) -> float:
+        """``dF/dlam = rho + log E_p exp(l / lam) - E_q l / lam`` (shifted by lmax)."""
+        return self.rho + s.logZs + (s.lmax - s.lbar) / s.lam
 
     def derivs(self, s):
         lam, q, l = s.lam, s.q, s.l
@@ -289,13 +297,13 @@ class KLDual:
         H[:d, :d] = Htt
         H[:d, d] = H[d, :d] = -cov / lam**2
         H[d, d] = var / lam**3
-        grad = np.concatenate([u, [self.rho + s.logZ - s.lbar / lam]])
+        grad = np.concatenate([u, [self.lam_gradient(s)]])
         return grad, H
 
     def gradient(self, s):
         g = -expit(-s.m)
         u = self.X.T @ (s.q * g * self.c)
-        return np.concatenate([u, [self.rho + s.logZ - s.lbar / s.lam]])
+        return np.concatenate([u, [self.lam_gradient(s)]])
 
     def direction_margins(self, dth):
         return self.c * (self.X @ dth)
@@ -314,7 +322,8 @@ class KLDual:
         n = self.X.shape[0]
         w = float(np.sum(s.q * expit(-s.m) * np.abs(self.c)))
         nt = sum_noise(self._xmax * w, n)
-        nl = sum_noise(self.rho + abs(s.logZ) + (abs(s.lbar) + float(s.q @ np.abs(s.l))) / s.lam, n)
+        dev = float(s.q @ np.abs(s.l - s.lmax)) + s.q0 * abs(LOG2 - s.lmax)
+        nl = sum_noise(self.rho + abs(s.logZs) + (abs(s.lmax - s.lbar) + dev) / s.lam, n)
         return np.concatenate([np.full(self.X.shape[1], nt), [nl]])
 
     def stop(self, extra):
@@ -338,7 +347,9 @@ def kl_lambda_for_theta(l, p, rho, *, p0: float = 0.0, lam_max: float | None = N
 
 def kl_tilt(ll, pp, lam):
     """``(q, KL(q || p), E_q l)`` for ``q ∝ pp exp(ll / lam)``."""
-    a = ll / lam + np.log(pp)
+    # losses shifted by their max before dividing: at lam ~ spread << |l| the differences
+    # l_i - l_j stay exact (l / lam would carry an absolute error |l| eps / lam)
+    a = (ll - ll.max()) / lam + np.log(pp)
     a = a - a.max()
     e = np.exp(a)
     q = e / e.sum()

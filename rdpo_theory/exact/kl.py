@@ -38,15 +38,7 @@ from ._common import check_rho, check_solver, raise_if_separable
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .fast import LOG2
-from .problem import Problem, prepare
-from .result import ExactResult, solve_problem
-from .status import (
-    REGIME_COLLAPSE,
-    REGIME_DPO,
-    REGIME_INTERIOR,
-    REGIME_MAX_LOSS,
-    STATUS_OPTIMAL,
-)
+from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 
 #: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
 SMALL_LAM = 1e-6
@@ -121,11 +113,34 @@ def kldpo(
     collapsed, ray = _collapse(prob, rho)
     if collapsed is not None:
         return _finish(prob, rho, *collapsed, solver, certificate, t0)
-    if solver == "cvxpy":
-        theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver, ray)
-    else:
-        theta, lam, mu, info = _solve_fast(prob, rho, ray)
-    return _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0)
+    # the requested path first; when it ends uncertified, the other path (the cvxpy path only
+    # up to cert.KL_CVXPY_MAX_ROWS rows), then an error naming both reasons
+    paths = [solver]
+    other = "fast" if solver == "cvxpy" else "cvxpy"
+    if other == "fast" or prob.data.n <= cert.KL_CVXPY_MAX_ROWS:
+        paths.append(other)
+    failures = []
+    for path in paths:
+        try:
+            if path == "cvxpy":
+                theta, lam, mu, info = _solve_cvxpy(prob, rho, cvxpy_solver, ray)
+            else:
+                theta, lam, mu, info = _solve_fast(prob, rho, ray)
+            res = _finish(prob, rho, theta, lam, mu, info, path, certificate, t0)
+        except SolverError as exc:
+            if exc.status == "unbounded":  # separable data without a radius: no path helps
+                raise
+            failures.append((path, exc))
+            continue
+        if failures:
+            res.info["fallback_from"] = f"solver={solver!r}: {failures[0][1]}"
+        return res
+    reasons = "; ".join(f"solver={path!r}: {exc}" for path, exc in failures)
+    raise SolverError(
+        f"exact KLDPO: no path certified the minimax optimum ({reasons}).",
+        status=failures[-1][1].status,
+        hint="pass a finite radius= or rescale beta and X to moderate margins.",
+    )
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -153,7 +168,12 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
         theta, info = w1_newton(prob, 0.0)
     l = dpo_loss(prob.margins(theta))
     value = float(prob.data.weights @ l)
-    info.update(seconds=time.perf_counter() - t0, solver=solver)
+    A = prob.c[:, None] * prob.data.X
+    lower = cert.dpo_lower_bound(
+        A, prob.data.weights, theta, theta_ref=prob.tref, radius=prob.radius
+    )
+    opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what="exact KLDPO (rho = 0)")
+    info.update(seconds=time.perf_counter() - t0, solver=solver, lower_bound=lower)
     return ExactResult(
         theta=theta,
         value=value,
@@ -162,6 +182,7 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
         dual=float("inf"),
         worst_case=prob.data.weights.copy(),
         gap=0.0,  # the KL ball of radius 0 is {p}: the primal value is E_p l = value
+        optimality_gap=opt_gap,
         info=info,
         regime=REGIME_DPO,
     )
@@ -470,6 +491,14 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
     keep, _, _, pk, p0 = _split(prob)
     primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
     info.update(cinfo)
+    # optimality: value (an upper bound of the robust objective at theta, hence of the minimax
+    # value) minus a weak-duality lower bound of the minimax value (docs/theory.md#optimality-gap)
+    A = prob.c[:, None] * data.X
+    lower = cert.kl_minimax_lower_bound(
+        A, p, rho, theta, [q / q.sum()], theta_ref=prob.tref, radius=prob.radius
+    )
+    opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver})")
+    info["lower_bound"] = lower
     collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
     info.update(
         seconds=time.perf_counter() - t0,
@@ -492,6 +521,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         dual=float(lam),
         worst_case=q / q.sum(),
         gap=value - primal,
+        optimality_gap=opt_gap,
         info=info,
         regime=regime,
     )
