@@ -111,7 +111,9 @@ def damped_newton(
     ``gradient(state)``, ``direction_margins(d_theta)``,
     ``value_along(state, dm, theta, extra)``, ``max_step(extra, d_extra, theta, d_theta)``
     and ``grad_noise(state)``. Stops when the
-    Newton decrement ``-g.d`` is below ``tol * max(1, |f|)``.
+    Newton decrement ``-g.d`` is below ``tol * max(1, |f|)``. A negative decrement (a
+    non-descent direction from a numerically indefinite Hessian) is never taken as convergence:
+    that iteration steps along the minimiser of the diagonal model instead.
 
     Convergence is scale-aware: besides the decrement test, a point whose KKT residual
     (:func:`kkt_residual`) is below the float64 rounding error of the gradient's own sums
@@ -135,6 +137,7 @@ def damped_newton(
     it = 0
     H_fixed = None if hessian is None else np.asarray(hessian, dtype=float)
     exact_hessians = 0
+    fallback_steps = 0
     while it < max_iter:
         it += 1
         if H_fixed is not None:
@@ -145,6 +148,23 @@ def damped_newton(
         step = newton_direction(H, g, theta, radius, k)
         dec = float(-(g @ step))
         scale = max(1.0, abs(st.f))
+        if not dec >= 0:
+            # a non-descent "Newton" direction: H is numerically indefinite (e.g. the KL dual's
+            # lam^-3 curvature near lam = 0). Never a sign of convergence by itself: step along
+            # the minimiser of the model with the diagonal of H instead (a descent direction,
+            # its model value at 0 being 0), with exact Hessians from here on. Only when both
+            # decrements are below the float64 resolution of f is the point converged.
+            diag = np.abs(np.diag(H))
+            diag = np.where(diag > 0, diag, max(float(diag.max(initial=0.0)), 1.0))
+            step = newton_direction(np.diag(diag), g, theta, radius, k)
+            dec_newton, dec = dec, float(-(g @ step))
+            fallback_steps += 1
+            H_fixed = None
+            if max(abs(dec_newton), abs(dec)) <= 1e-13 * scale:
+                converged, criterion = True, "newton and diagonal decrements below resolution"
+                break
+            if not dec >= 0:  # the rounding of a projection onto the sphere: no progress
+                break
         if dec <= tol * scale:
             converged, criterion = True, "newton decrement"
             break
@@ -196,6 +216,7 @@ def damped_newton(
         {
             "iterations": it,
             "exact_hessians": exact_hessians,
+            "diagonal_fallback_steps": fallback_steps,
             "newton_decrement": dec,
             "converged": converged,
             "criterion": criterion,

@@ -246,15 +246,26 @@ def _ray_start(prob, X, c, p, rho, w, p0=0.0):
     return base + s * v, s, F(s)
 
 
-def _best_start(prob, X, c, p, rho, ray, p0=0.0):
-    """The lower of the descent start and the ray start: ``(theta, lam, which)``."""
+def _starts(prob, X, c, p, rho, ray, p0=0.0):
+    """Newton starts ``(theta, lam, which)``, the lower dual value first: the descent start
+    and, when the collapse test gave a ray, the ray start (with the multiplier that is optimal
+    at its theta: the ray's own lam, its length, can be tiny when it meets the ball early)."""
     th0 = _descent_start(prob, X, c, p)
     lam0 = _start_lambda(prob, X, c, p, p0, rho, th0)
-    f0 = fast.KLDual(X, c, p, rho, prob.tref, p0=p0).state(th0, [lam0]).f
+    obj = fast.KLDual(X, c, p, rho, prob.tref, p0=p0)
+    out = [(obj.state(th0, [lam0]).f, th0, lam0, "descent")]
     alt = _ray_start(prob, X, c, p, rho, ray, p0)
-    if alt is not None and alt[2] < f0:
-        return alt[0], alt[1], "ray"
-    return th0, lam0, "descent"
+    if alt is not None:
+        lam_r = _start_lambda(prob, X, c, p, p0, rho, alt[0])
+        f_r = min(alt[2], obj.state(alt[0], [lam_r]).f)
+        out.append((f_r, alt[0], lam_r, "ray"))
+    out.sort(key=lambda s: s[0])
+    return [s[1:] for s in out]
+
+
+def _best_start(prob, X, c, p, rho, ray, p0=0.0):
+    """The lower of the descent start and the ray start: ``(theta, lam, which)``."""
+    return _starts(prob, X, c, p, rho, ray, p0)[0]
 
 
 def _collapse(prob: Problem, rho: float):
@@ -331,7 +342,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     if theta.value is not None:
         th0 = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
         starts.append((th0, _start_lambda(prob, Xk, ck, pk, p0, rho, th0), "conic"))
-    starts.append(_best_start(prob, Xk, ck, pk, rho, ray, p0))
+    starts.extend(_starts(prob, Xk, ck, pk, rho, ray, p0))
     for th0, lam0, which in starts:
         th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, lam0, floor_rel=0.0)
         info["newton"], info["newton_start"] = ninfo, which
@@ -376,12 +387,19 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
         else:  # the subsample's Hessian at its optimum drives chord steps on the full data
             sobj = fast.KLDual(Xs, cs, ps, rho, prob.tref)
             H0 = sobj.derivs(sobj.state(th0, [lam0]))[1]
+        starts = [(th0, lam0, "subsample")]
     else:
-        th0, lam0, info["start"] = _best_start(prob, X, c, p, rho, ray)
-    th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0, hessian=H0)
-    info["newton"] = ninfo
-    if ninfo["converged"] and lm > SMALL_LAM * ninfo["scale"]:
-        return th, lm, None, info
+        starts = _starts(prob, X, c, p, rho, ray)
+    runs = []
+    for th0, lam0, which in starts:
+        th, lm, ninfo = _newton(prob, X, c, p, 0.0, rho, th0, lam0, hessian=H0)
+        info["newton"], info["start"] = ninfo, which
+        if ninfo["converged"] and lm > SMALL_LAM * ninfo["scale"]:
+            return th, lm, None, info
+        runs.append((th, lm, ninfo, which))
+    # no run converged with a clearly positive lam: prefer a converged one for the end game
+    th, lm, ninfo, which = next((r for r in runs if r[2]["converged"]), runs[0])
+    info["newton"], info["start"] = ninfo, which
     keep, Xk, ck, pk, p0 = _split(prob)
     if not keep.any():
         return _all_constant(prob, info)
@@ -406,18 +424,29 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     """Solve ``min_theta max_i l_i`` and test the saddle condition ``KL(mu || p) <= rho``.
 
     ``max_i l_i = softplus(-min_i m_i)``, so the limit is the max-margin program
-    ``max t`` s.t. ``m_i(theta) >= t`` (and ``t <= 0`` when x = 0 rows carry mass). The saddle
-    distribution minimises ``KL(mu || p)`` over distributions on the argmax set with
-    ``sum_i mu_i c_i x_i = nu theta`` (nu >= 0 only when the ball constraint is active): the
-    stationarity of ``theta`` for ``E_mu l``.
+    ``max t`` s.t. ``m_i(theta) >= t`` (and ``t <= 0`` when x = 0 rows carry mass), solved with
+    rows scaled to unit norm (every tolerance below is then relative to the data's scale). The
+    saddle distribution minimises ``KL(mu || p)`` over distributions on the active set with
+    ``sum_i mu_i a_i`` parallel to ``theta`` (``nu >= 0``, only when the ball constraint is
+    active; zero inside the ball): the stationarity of ``theta`` for ``E_mu l``.
+
+    The returned ``theta`` is only accurate to the conic solver's tolerance, so exact
+    stationarity at it can be infeasible when fewer than d rows are active. The active set is
+    therefore the rows within a relative tolerance of the minimal margin together with the rows
+    that carry the max-margin program's own multipliers, and the stationarity holds up to the
+    residual those multipliers attain (a feasible point of the saddle program by construction).
+    The answer is certified afterwards by the optimality gap, not by this test.
     """
     A = ck[:, None] * Xk
+    scale = float(np.linalg.norm(A, axis=1).max())
+    As = A / scale
     d = prob.data.d
     tref = prob.tref
     ref_ok = prob.radius is None or np.linalg.norm(tref) <= prob.radius
     theta = cp.Variable(d)
     t = cp.Variable()
-    cons = [A @ theta - A @ tref >= t]
+    margin = As @ theta - As @ tref >= t
+    cons = [margin]
     if p0 > 0:
         cons.append(t <= 0)
     if prob.radius is not None:
@@ -426,15 +455,28 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
         cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", cvxpy_solver=cvxpy_solver
     )
     th = np.asarray(theta.value, dtype=float)
-    tstar = float(t.value)
-    if ref_ok and tstar <= 1e-8:
-        th, tstar = tref.copy(), 0.0  # theta_ref attains margin 0 for every row
-    th = project_ball(th, prob.radius)
-    m = A @ (th - tref)
+    size = 1.0 + (prob.radius or 0.0) + float(np.linalg.norm(tref))  # margins' scale (unit rows)
+    dual = None
+    if ref_ok and float(t.value) <= 1e-9 * size:
+        th = tref.copy()  # theta_ref attains margin 0 for every row
+    elif margin.dual_value is not None:
+        dual = np.clip(np.asarray(margin.dual_value, dtype=float), 0.0, None)
+    th = _proj(th, prob.radius)
+    m = As @ (th - tref)
     tstar = min(float(m.min()), 0.0) if p0 > 0 else float(m.min())
-    tol = 1e-7 * (1.0 + abs(tstar))
+    tol = 1e-7 * size
     S = m <= tstar + tol
+    if dual is not None and dual.sum() > 0:
+        S |= dual > 1e-6 * dual.sum()
     use0 = p0 > 0 and tstar >= -tol
+    boundary = on_boundary(th, prob.radius)
+    u = th / np.linalg.norm(th) if boundary else np.zeros(d)
+    # the stationarity residual the max-margin multipliers attain on S (a feasible point)
+    eps = 1e-9
+    if dual is not None and dual[S].sum() > 0:
+        md = dual[S] / dual[S].sum()
+        g = As[S].T @ md
+        eps = max(eps, 2.0 * float(np.linalg.norm(g - max(float(g @ u), 0.0) * u)))
     mu = cp.Variable(int(S.sum()), nonneg=True)
     kl = cp.sum(cp.rel_entr(mu, pk[S]))
     total = cp.sum(mu)
@@ -442,15 +484,15 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
         mu0 = cp.Variable(nonneg=True)
         kl = kl + cp.rel_entr(mu0, p0)
         total = total + mu0
-    stat = A[S].T @ mu
+    stat = As[S].T @ mu
     mcons = [total == 1]
-    if on_boundary(th, prob.radius):
+    if boundary:
         nu = cp.Variable(nonneg=True)
-        mcons.append(stat == nu * th)
+        mcons.append(cp.norm(stat - nu * u, 2) <= eps)
     else:
-        mcons.append(stat == 0)
+        mcons.append(cp.norm(stat, 2) <= eps)
     kp = cp.Problem(cp.Minimize(kl), mcons)
-    info = {"max_margin": tstar, "argmax_rows": int(S.sum()) + int(use0)}
+    info = {"max_margin": tstar * scale, "argmax_rows": int(S.sum()) + int(use0)}
     try:
         solve_problem(kp, what="KLDPO saddle distribution", cvxpy_solver=cvxpy_solver)
     except SolverError as exc:
