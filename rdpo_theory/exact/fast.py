@@ -46,13 +46,13 @@ def gram(X: np.ndarray, w: np.ndarray, block: int = BLOCK) -> np.ndarray:
 def _trs(Hr: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
     """Minimise ``b.z + z^T Hr z / 2`` over ``||z|| <= radius`` (Hr symmetric PSD)."""
     e, V = np.linalg.eigh(Hr)
-    floor = 1e-13 * max(1.0, float(np.abs(e).max()))
-    e = np.maximum(e, floor)
+    e = np.maximum(e, eigen_floor(e))
     bt = V.T @ b
     z_norm = lambda nu: float(np.sqrt(np.sum((bt / (e + nu)) ** 2)))  # noqa: E731
     if z_norm(0.0) <= radius:
         return -V @ (bt / e)
-    lo, hi = 0.0, max(1.0, float(np.linalg.norm(b)) / radius)
+    # ||z(nu)|| <= ||b|| / nu, so the root of ||z(nu)|| = radius lies below ||b|| / radius
+    lo, hi = 0.0, float(np.linalg.norm(b)) / radius
     while z_norm(hi) > radius:
         hi *= 2.0
     for _ in range(200):  # bisection on the monotone secular equation, then clip to the sphere
@@ -66,6 +66,13 @@ def _trs(Hr: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
     z = -V @ (bt / (e + hi))
     nz = np.linalg.norm(z)
     return z * (radius / nz) if nz > radius else z
+
+
+def eigen_floor(e) -> float:
+    """Smallest eigenvalue kept in a Newton model: ``1e-13`` times the largest (relative, so
+    the model is the same whatever the scale of X and beta); 1 for a zero matrix."""
+    top = float(np.abs(e).max(initial=0.0))
+    return 1e-13 * top if top > 0 else 1.0
 
 
 def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
@@ -83,12 +90,12 @@ def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
         except np.linalg.LinAlgError:
             pass
         e, V = np.linalg.eigh(H)
-        e = np.maximum(e, 1e-13 * max(1.0, float(np.abs(e).max())))
+        e = np.maximum(e, eigen_floor(e))
         return -V @ ((V.T @ g) / e)
     Htt, Hte, Hee = H[:d, :d], H[:d, d:], H[d:, d:]
     gt, ge = g[:d], g[d:]
     if k:
-        Hee_inv = np.linalg.inv(Hee + 1e-300 * np.eye(k))
+        Hee_inv = np.linalg.pinv(Hee)
         Hr = Htt - Hte @ Hee_inv @ Hte.T
         gr = gt - Hte @ Hee_inv @ ge
     else:

@@ -294,12 +294,15 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     if prob.radius is None:
         raise_if_separable(A, "exact KLDPO")
     d = prob.data.d
-    theta = cp.Variable(d, name="theta")
+    # theta = phi / rs with rs the largest row norm: margins are O(1) in phi whatever the
+    # scales of X and beta (Clarabel's tolerances are absolute)
+    rs = float(np.linalg.norm(A, axis=1).max())
+    phi = cp.Variable(d, name="phi")
     lam = cp.Variable(nonneg=True, name="lam")
     t = cp.Variable(name="t")
     u = cp.Variable(Xk.shape[0], name="u")
     v = cp.Variable(Xk.shape[0], name="v")
-    m = A @ theta - A @ prob.tref
+    m = (A / rs) @ phi - A @ prob.tref
     cons = [u >= cp.logistic(-m), cp.constraints.ExpCone(u - t, lam * np.ones(Xk.shape[0]), v)]
     budget = pk @ v
     if p0 > 0:
@@ -308,7 +311,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
         budget = budget + p0 * v0
     cons.append(budget <= lam)
     if prob.radius is not None:
-        cons.append(cp.norm(theta, 2) <= prob.radius)
+        cons.append(cp.norm(phi, 2) <= prob.radius * rs)
     conic_error = None
     try:
         with warnings.catch_warnings():
@@ -327,8 +330,9 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
         + float(np.log(2.0))
         + float(np.abs(A).sum(axis=1).max()) * (2 * (prob.radius or 0) + np.linalg.norm(prob.tref))
     )
+    theta_value = None if phi.value is None else np.asarray(phi.value, dtype=float) / rs
     if conic_error is None and lam.value is not None and float(lam.value) > 1e-6 * scale:
-        th0 = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
+        th0 = _proj(theta_value, prob.radius)
         th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, float(lam.value))
         info["newton"] = ninfo
         if ninfo["converged"] and lm > SMALL_LAM * scale:
@@ -339,8 +343,8 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
         return limit["theta"], 0.0, limit["mu"], info
     # lam* is small but positive: Newton from the best available point
     starts = []
-    if theta.value is not None:
-        th0 = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
+    if theta_value is not None and np.all(np.isfinite(theta_value)):
+        th0 = _proj(theta_value, prob.radius)
         starts.append((th0, _start_lambda(prob, Xk, ck, pk, p0, rho, th0), "conic"))
     starts.extend(_starts(prob, Xk, ck, pk, rho, ray, p0))
     for th0, lam0, which in starts:
@@ -443,21 +447,25 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     d = prob.data.d
     tref = prob.tref
     ref_ok = prob.radius is None or np.linalg.norm(tref) <= prob.radius
-    theta = cp.Variable(d)
+    # theta = M phi with M the parameter's own scale, so that the program is O(1) whatever
+    # the scales of X, beta and the radius
+    M = max(prob.radius or 0.0, float(np.linalg.norm(tref)))
+    M = M if M > 0 and np.isfinite(M) else 1.0
+    phi = cp.Variable(d)
     t = cp.Variable()
-    margin = As @ theta - As @ tref >= t
+    margin = As @ phi - As @ (tref / M) >= t
     cons = [margin]
     if p0 > 0:
         cons.append(t <= 0)
     if prob.radius is not None:
-        cons.append(cp.norm(theta, 2) <= prob.radius)
+        cons.append(cp.norm(phi, 2) <= prob.radius / M)
     solve_problem(
         cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", cvxpy_solver=cvxpy_solver
     )
-    th = np.asarray(theta.value, dtype=float)
-    size = 1.0 + (prob.radius or 0.0) + float(np.linalg.norm(tref))  # margins' scale (unit rows)
+    th = M * np.asarray(phi.value, dtype=float)
+    size = M * 3.0  # the margins' scale (unit rows): M (1 + radius / M + ||theta_ref|| / M)
     dual = None
-    if ref_ok and float(t.value) <= 1e-9 * size:
+    if ref_ok and M * float(t.value) <= 1e-9 * size:
         th = tref.copy()  # theta_ref attains margin 0 for every row
     elif margin.dual_value is not None:
         dual = np.clip(np.asarray(margin.dual_value, dtype=float), 0.0, None)
