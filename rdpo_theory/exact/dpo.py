@@ -9,11 +9,9 @@ import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
-from ..errors import SolverError
-from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
-from .ball import on_boundary, project_ball
-from .fast import require_converged
-from .problem import prepare
+from ..data import PreferenceData, as_data
+from ..errors import InputError, SolverError
+from ..losses import check_beta, dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from .result import ExactResult, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -134,11 +132,14 @@ def dpo(
     SolverError
         The solver did not certify optimality (e.g. separable data without a radius).
     """
-    solver = V.solver_path(solver, method="dpo")
-    cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo")
-    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
-    data, beta, tref, radius = prob.data, prob.beta, prob.tref, prob.radius
-    bounded = prob.bounded
+    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
+    beta = check_beta(beta)
+    radius = V.radius(radius)
+    tref = V.as_theta(theta_ref, data.d)
+    scale = margin_scale(data.X, beta)
+    if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
+        return _rescaled(data, beta, tref, radius, solver)
+    bounded = radius is not None and np.isfinite(radius)
     keep = informative_rows(data.X, data.weights)
     coef = data.signed_labels[keep, None] * beta * data.X[keep]  # rows: sy_i beta x_i
     t0 = time.perf_counter()
@@ -256,6 +257,70 @@ def sphere_polish(theta, data, *, beta, theta_ref, radius, steps: int = 10) -> n
             break
         th, best = cand, r
     return th
+
+
+#: Outside this range of ``beta * max|X|`` exact DPO solves the equivalent problem in units
+#: where the margins' scale is 1 (conic solvers' tolerances are absolute).
+SCALE_RANGE = (1e-2, 1e2)
+
+
+def margin_scale(X, beta: float) -> float:
+    """``beta * max_ij |X_ij|``: the margins' scale per unit of ``theta``; 0 for X = 0.
+
+    Raises InputError when it overflows float64 (inf)."""
+    top = float(np.abs(X).max(initial=0.0))
+    scale = beta * top
+    if not np.isfinite(scale):
+        raise InputError(
+            f"beta * max|X| = {beta!r} * {top!r} overflows float64: the scale of the problem is "
+            "outside floating-point range. Rescale beta or X."
+        )
+    return scale
+
+
+def unit_scale(data, beta: float, tref, radius):
+    """The same problem in units ``theta' = scale * theta`` with ``scale = beta * max|X|``:
+    ``(data', theta_ref', radius', scale)`` with ``X' = X / max|X|`` and ``beta' = 1``, so every
+    margin (hence every loss, value and multiplier) is unchanged. Raises InputError when
+    ``theta_ref`` or the radius leaves float64 range in the new units."""
+    scale = margin_scale(data.X, beta)
+    top = float(np.abs(data.X).max())
+    tref_s = np.asarray(tref, dtype=float) * scale
+    rad_s = None if radius is None else radius * scale
+    if not np.all(np.isfinite(tref_s)) or (rad_s is not None and not 0 < rad_s < np.inf):
+        raise InputError(
+            f"theta_ref or radius times the margins' scale beta * max|X| = {scale:.3g} is "
+            "outside float64 range: the problem's scale is outside floating-point range."
+        )
+    scaled = PreferenceData(X=data.X / top, y=data.y, weights=data.weights)
+    return scaled, tref_s, rad_s, scale
+
+
+def theta_from_unit_scale(theta_s, scale: float, radius, what: str) -> np.ndarray:
+    """``theta_s / scale`` (see :func:`unit_scale`), projected on the ball against round-off;
+    SolverError when it leaves float64 range."""
+    theta = np.asarray(theta_s, dtype=float) / scale
+    if not np.all(np.isfinite(theta)):
+        raise SolverError(
+            f"{what}: the minimiser has size {np.linalg.norm(theta_s):.3g} / {scale:.3g}, "
+            "outside float64 range.",
+            status="out_of_range",
+            hint="rescale beta or X (the problem's scale is outside floating-point range).",
+        )
+    if radius is not None and np.linalg.norm(theta) > radius:
+        theta = theta * (radius / np.linalg.norm(theta))
+    return theta
+
+
+def _rescaled(data, beta, tref, radius, solver) -> ExactResult:
+    """Exact DPO solved in the units of :func:`unit_scale` (the same margins, so the same
+    minimum)."""
+    scaled, tref_s, rad_s, scale = unit_scale(data, beta, tref, radius)
+    res = dpo(scaled, beta=1.0, theta_ref=tref_s, radius=rad_s, solver=solver)
+    theta = theta_from_unit_scale(res.theta, scale, radius, "exact DPO")
+    info = dict(res.info, rescaled_by=scale)
+    value = dpo_risk(theta, data, beta=beta, theta_ref=tref)
+    return ExactResult(theta=theta, value=value, status=res.status, method="dpo", info=info)
 
 
 def kkt_certificate(theta, data, *, beta, theta_ref, radius=None) -> tuple[float, float]:

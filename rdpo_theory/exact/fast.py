@@ -177,7 +177,9 @@ def damped_newton(
             break
         r = kkt_residual(g, theta, radius)
         nz = obj.grad_noise(st)
-        resid, noise = float(np.max(np.abs(r) / nz)), float(np.linalg.norm(nz))
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0: an exact zero is met
+            ratio = np.where(r == 0, 0.0, np.abs(r) / nz)
+        resid, noise = float(np.max(ratio)), float(np.linalg.norm(nz))
         if resid <= 1.0:
             # every KKT component is below the rounding error of its own float64 sum: no
             # further progress can be measured, and the point is optimal to that precision
@@ -240,8 +242,8 @@ NOISE_FACTOR = 16.0
 
 def sum_noise(abs_sum: float, n: int) -> float:
     """Rounding error bound of a float64 sum of ``n`` terms whose absolute values sum to
-    ``abs_sum``."""
-    return NOISE_FACTOR * np.finfo(float).eps * np.sqrt(n + 1.0) * abs_sum + 1e-300
+    ``abs_sum`` (relative to ``abs_sum``, no absolute floor: it scales with the data)."""
+    return NOISE_FACTOR * np.finfo(float).eps * np.sqrt(n + 1.0) * abs_sum
 
 
 def kkt_residual(g, theta, radius) -> np.ndarray:

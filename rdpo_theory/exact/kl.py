@@ -34,9 +34,15 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
-from ._common import check_rho, check_solver, raise_if_separable
-from .ball import on_boundary, project_ball
-from .dpo import dpo, informative_rows
+from ._common import Problem, check_rho, check_solver, on_boundary, prepare, raise_if_separable
+from .dpo import (
+    SCALE_RANGE,
+    dpo,
+    informative_rows,
+    margin_scale,
+    theta_from_unit_scale,
+    unit_scale,
+)
 from .fast import LOG2
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 
@@ -107,6 +113,23 @@ def kldpo(
     rho = check_rho(rho)
     if certificate not in ("auto", "cvxpy", "root"):
         raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
+    scale = margin_scale(prob.data.X, prob.beta)
+    if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
+        # solve in units where the margins' scale is 1 (same margins, losses, value, lam, q)
+        data_s, tref_s, rad_s, scale = unit_scale(prob.data, prob.beta, prob.tref, prob.radius)
+        res = kldpo(
+            data_s,
+            rho=rho,
+            beta=1.0,
+            theta_ref=tref_s,
+            radius=rad_s,
+            solver=solver,
+            cvxpy_solver=cvxpy_solver,
+            certificate=certificate,
+        )
+        res.theta = theta_from_unit_scale(res.theta, scale, prob.radius, "exact KLDPO")
+        res.info["rescaled_by"] = scale
+        return res
     t0 = time.perf_counter()
     if rho == 0:
         return _rho_zero(prob, solver, cvxpy_solver, t0)
