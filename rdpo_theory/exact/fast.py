@@ -109,6 +109,19 @@ def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
     return np.concatenate([dt, de])
 
 
+def _safe_direction(H, g, theta, radius, k: int) -> np.ndarray:
+    """:func:`newton_direction`, or a vector of NaN when the model cannot be solved (overflow
+    in the eliminated block, eigen-solver failure): a non-descent direction to the caller."""
+    try:
+        with np.errstate(all="ignore"):
+            step = newton_direction(H, g, theta, radius, k)
+    except np.linalg.LinAlgError:
+        step = None
+    if step is None or not np.all(np.isfinite(step)):
+        return np.full(g.shape, np.nan)
+    return step
+
+
 def damped_newton(
     obj, theta0, extra0, *, radius, max_iter: int = 100, tol: float = 1e-20, hessian=None
 ):
@@ -152,7 +165,10 @@ def damped_newton(
         else:
             g, H = obj.derivs(st)
             exact_hessians += 1
-        step = newton_direction(H, g, theta, radius, k)
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+            criterion = "non-finite derivatives"  # not converged: the caller decides
+            break
+        step = _safe_direction(H, g, theta, radius, k)
         dec = float(-(g @ step))
         scale = max(1.0, abs(st.f))
         if not dec >= 0:
@@ -163,11 +179,11 @@ def damped_newton(
             # decrements are below the float64 resolution of f is the point converged.
             diag = np.abs(np.diag(H))
             diag = np.where(diag > 0, diag, max(float(diag.max(initial=0.0)), 1.0))
-            step = newton_direction(np.diag(diag), g, theta, radius, k)
+            step = _safe_direction(np.diag(diag), g, theta, radius, k)
             dec_newton, dec = dec, float(-(g @ step))
             fallback_steps += 1
             H_fixed = None
-            if max(abs(dec_newton), abs(dec)) <= 1e-13 * scale:
+            if max(abs(dec_newton), abs(dec)) <= 1e-13 * scale:  # (nan compares False)
                 converged, criterion = True, "newton and diagonal decrements below resolution"
                 break
             if not dec >= 0:  # the rounding of a projection onto the sphere: no progress

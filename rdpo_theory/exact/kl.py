@@ -481,17 +481,31 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     if p0 > 0:
         cons.append(t <= 0)
     if prob.radius is not None:
-        cons.append(cp.norm(phi, 2) <= prob.radius / M)
+        ball = cp.norm(phi, 2) <= prob.radius / M
+        cons.append(ball)
     solve_problem(
         cp.Problem(cp.Maximize(t), cons), what="KLDPO max-loss limit", cvxpy_solver=cvxpy_solver
     )
     th = M * np.asarray(phi.value, dtype=float)
     size = M * 3.0  # the margins' scale (unit rows): M (1 + radius / M + ||theta_ref|| / M)
     dual = None
+    boundary = False
     if ref_ok and M * float(t.value) <= 1e-9 * size:
         th = tref.copy()  # theta_ref attains margin 0 for every row
-    elif margin.dual_value is not None:
-        dual = np.clip(np.asarray(margin.dual_value, dtype=float), 0.0, None)
+    else:
+        if margin.dual_value is not None:
+            dual = np.clip(np.asarray(margin.dual_value, dtype=float), 0.0, None)
+        if prob.radius is not None:
+            # the ball is active when its multiplier is positive (the interior-point iterate
+            # may stop a relative 1e-6 inside the sphere): put theta on the sphere
+            ball_dual = (
+                float(np.asarray(ball.dual_value).ravel()[0])
+                if ball.dual_value is not None
+                else 0.0
+            )
+            boundary = on_boundary(th, prob.radius) or ball_dual > 1e-9
+            if boundary:
+                th = th * (prob.radius / np.linalg.norm(th))
     th = _proj(th, prob.radius)
     m = As @ (th - tref)
     tstar = min(float(m.min()), 0.0) if p0 > 0 else float(m.min())
@@ -500,7 +514,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     if dual is not None and dual.sum() > 0:
         S |= dual > 1e-6 * dual.sum()
     use0 = p0 > 0 and tstar >= -tol
-    boundary = on_boundary(th, prob.radius)
+    boundary = boundary or on_boundary(th, prob.radius)
     u = th / np.linalg.norm(th) if boundary else np.zeros(d)
     # the stationarity residual the max-margin multipliers attain on S (a feasible point)
     eps = 1e-9
