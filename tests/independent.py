@@ -1,0 +1,120 @@
+"""Independent references for the exact robust solvers, written for the tests only.
+
+Nothing here calls the package's solvers: the KL supremum comes from its one-dimensional dual
+minimised by scipy, the max-loss limit from a max-margin SOCP in cvxpy, and the minimax value
+from multi-start SLSQP (or a grid in d = 1) on the exact robust objective. Each reference is
+either exact (the SOCP) or an upper bound of the minimax value (a feasible theta's robust
+objective), which is what the honesty checks ``value - optimality_gap <= reference`` need.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+
+
+def softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def losses(theta, X, y, beta, theta_ref=None):
+    """DPO losses ``softplus(-(2y - 1) beta x . (theta - theta_ref))``."""
+    d = X.shape[1]
+    tref = np.zeros(d) if theta_ref is None else np.asarray(theta_ref, dtype=float)
+    return softplus(-(2 * y - 1) * beta * (X @ (np.asarray(theta, dtype=float) - tref)))
+
+
+def kl_sup(l, p, rho):
+    """``sup {E_q l : KL(q || p) <= rho}`` as ``inf_{lam > 0} lam rho + lam log E_p e^{l/lam}``
+    (strong duality), the infimum over a log-spaced grid refined by a bounded scalar search,
+    and the lam -> 0 limit ``max l`` (an upper bound of the supremum for every rho)."""
+    l, p = np.asarray(l, dtype=float)[p > 0], np.asarray(p, dtype=float)[p > 0]
+    top = float(l.max())
+    spread = top - float(l.min())
+    if rho == 0 or spread == 0:
+        return float(p @ l) if rho == 0 else top
+
+    def F(s):
+        lam = np.exp(s)
+        return lam * rho + top + lam * np.log(np.sum(p * np.exp((l - top) / lam)))
+
+    # F is convex in lam, hence unimodal in s = log lam: a bounded Brent search finds its min
+    lo, hi = np.log(spread) - 40.0, np.log(spread) + 12.0
+    res = minimize_scalar(F, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    return float(min(res.fun, F(hi), top))
+
+
+def kl_robust(theta, X, y, beta, rho, weights=None, theta_ref=None):
+    """The exact KL-robust objective at theta (nats)."""
+    n = X.shape[0]
+    p = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
+    return kl_sup(losses(theta, X, y, beta, theta_ref), p, rho)
+
+
+def max_loss_value(X, y, beta, radius, weights=None, theta_ref=None):
+    """``min_{||theta|| <= radius} max_{i: p_i > 0} l_i(theta) = softplus(-t*)`` with ``t*`` the
+    max-margin SOCP's value (rows scaled to unit norm, theta in units of the radius)."""
+    n, d = X.shape
+    p = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
+    tref = np.zeros(d) if theta_ref is None else np.asarray(theta_ref, dtype=float)
+    A = ((2 * y - 1) * beta)[:, None] * X
+    A = A[p > 0]
+    norms = np.linalg.norm(A, axis=1)
+    zero = norms == 0
+    A, norms = A[~zero], norms[~zero]
+    R = float(radius)
+    phi, t = cp.Variable(d), cp.Variable(A.shape[0])
+    # margin of row i: norms_i * R * (unit_i . phi - unit_i . tref / R); maximise the smallest
+    U = A / norms[:, None]
+    cons = [cp.norm(phi, 2) <= 1.0, t == cp.multiply(norms * R, U @ phi - U @ tref / R)]
+    s = cp.Variable()
+    cons.append(t >= s)
+    if zero.any():
+        cons.append(s <= 0)
+    cp.Problem(cp.Maximize(s), cons).solve(solver="CLARABEL")
+    return float(softplus(-s.value))
+
+
+def slsqp_minimax(robust, d, radius, *, starts=12, seed=0, scale=1.0):
+    """Multi-start SLSQP on a convex robust objective over ``||theta|| <= radius`` (or R^d);
+    returns the best value found: a feasible point's objective, an upper bound of the min.
+    ``scale`` is the natural size of theta (starts are drawn at that size)."""
+    rng = np.random.default_rng(seed)
+    best = robust(np.zeros(d))
+    R = np.inf if radius is None else float(radius)
+    size = min(R, scale)
+    cons = [] if radius is None else [{"type": "ineq", "fun": lambda z: 1.0 - z @ z}]
+    unit = R if radius is not None else size  # optimise over z = theta / unit
+
+    for _ in range(starts):
+        z0 = rng.normal(size=d)
+        z0 *= rng.uniform(0.1, 1.0) * size / unit / max(np.linalg.norm(z0), 1e-300)
+        res = minimize(
+            lambda z: robust(z * unit),
+            z0,
+            method="SLSQP",
+            constraints=cons,
+            options={"ftol": 1e-13, "maxiter": 500},
+        )
+        z = res.x
+        if radius is not None and np.linalg.norm(z) > 1.0:
+            z = z / np.linalg.norm(z)
+        best = min(best, robust(z * unit))
+    return float(best)
+
+
+def grid_minimax_1d(robust, radius, *, points=801):
+    """d = 1: the robust objective on a grid over ``[-radius, radius]`` refined by a bounded
+    scalar search around the best grid point (an upper bound of the min, tight to ~1e-12)."""
+    g = np.linspace(-radius, radius, points)
+    vals = np.array([robust(np.array([t])) for t in g])
+    k = int(np.argmin(vals))
+    lo, hi = g[max(k - 1, 0)], g[min(k + 1, points - 1)]
+    res = minimize_scalar(
+        lambda t: robust(np.array([t])),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-14 * max(radius, 1.0)},
+    )
+    return float(min(vals.min(), res.fun))
