@@ -12,6 +12,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
+from scipy.special import expit
 
 
 def softplus(z):
@@ -25,24 +26,36 @@ def losses(theta, X, y, beta, theta_ref=None):
     return softplus(-(2 * y - 1) * beta * (X @ (np.asarray(theta, dtype=float) - tref)))
 
 
-def kl_sup(l, p, rho):
+def kl_sup(l, p, rho, *, with_law=False):
     """``sup {E_q l : KL(q || p) <= rho}`` as ``inf_{lam > 0} lam rho + lam log E_p e^{l/lam}``
-    (strong duality), the infimum over a log-spaced grid refined by a bounded scalar search,
-    and the lam -> 0 limit ``max l`` (an upper bound of the supremum for every rho)."""
-    l, p = np.asarray(l, dtype=float)[p > 0], np.asarray(p, dtype=float)[p > 0]
-    top = float(l.max())
-    spread = top - float(l.min())
+    (strong duality), minimised by a bounded scalar search in log lam, and the lam -> 0 limit
+    ``max l`` (an upper bound of the supremum for every rho). With ``with_law`` also the
+    maximising law ``q ∝ p e^{l / lam*}`` (uniform on the argmax set in the limit)."""
+    l, p = np.asarray(l, dtype=float), np.asarray(p, dtype=float)
+    pos = p > 0
+    top = float(l[pos].max())
+    spread = top - float(l[pos].min())
     if rho == 0 or spread == 0:
-        return float(p @ l) if rho == 0 else top
+        val = float(p @ l) if rho == 0 else top
+        return (val, p.copy()) if with_law else val
+    lp = np.where(pos, np.log(np.where(pos, p, 1.0)), -np.inf)
 
     def F(s):
         lam = np.exp(s)
-        return lam * rho + top + lam * np.log(np.sum(p * np.exp((l - top) / lam)))
+        return lam * rho + top + lam * np.log(np.sum(np.exp((l - top) / lam + lp)))
 
     # F is convex in lam, hence unimodal in s = log lam: a bounded Brent search finds its min
     lo, hi = np.log(spread) - 40.0, np.log(spread) + 12.0
     res = minimize_scalar(F, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-    return float(min(res.fun, F(hi), top))
+    val = float(min(res.fun, F(hi), top))
+    if not with_law:
+        return val
+    if val == top:
+        q = np.where(pos & (l >= top - 1e-12 * max(1.0, abs(top))), p, 0.0)
+    else:
+        a = (l - top) / np.exp(res.x) + lp
+        q = np.exp(a - a.max())
+    return val, q / q.sum()
 
 
 def kl_robust(theta, X, y, beta, rho, weights=None, theta_ref=None):
@@ -50,6 +63,18 @@ def kl_robust(theta, X, y, beta, rho, weights=None, theta_ref=None):
     n = X.shape[0]
     p = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
     return kl_sup(losses(theta, X, y, beta, theta_ref), p, rho)
+
+
+def kl_robust_grad(theta, X, y, beta, rho, weights=None, theta_ref=None):
+    """``(value, gradient)`` of the KL-robust objective: by Danskin's theorem the gradient is
+    ``E_q* grad l`` for the maximising law q* (a subgradient in the max-loss limit)."""
+    n, d = X.shape
+    p = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
+    tref = np.zeros(d) if theta_ref is None else np.asarray(theta_ref, dtype=float)
+    c = (2 * y - 1) * beta
+    m = c * (X @ (np.asarray(theta, dtype=float) - tref))
+    val, q = kl_sup(softplus(-m), p, rho, with_law=True)
+    return val, X.T @ (q * c * -expit(-m))
 
 
 def max_loss_value(X, y, beta, radius, weights=None, theta_ref=None):
@@ -76,26 +101,40 @@ def max_loss_value(X, y, beta, radius, weights=None, theta_ref=None):
     return float(softplus(-s.value))
 
 
-def slsqp_minimax(robust, d, radius, *, starts=12, seed=0, scale=1.0):
+def slsqp_minimax(robust, d, radius, *, starts=12, seed=0, scale=1.0, grad=None):
     """Multi-start SLSQP on a convex robust objective over ``||theta|| <= radius`` (or R^d);
     returns the best value found: a feasible point's objective, an upper bound of the min.
-    ``scale`` is the natural size of theta (starts are drawn at that size)."""
+    ``scale`` is the natural size of theta (starts are drawn at that size); ``grad``, if
+    given, returns ``(value, gradient)``."""
     rng = np.random.default_rng(seed)
     best = robust(np.zeros(d))
     R = np.inf if radius is None else float(radius)
     size = min(R, scale)
-    cons = [] if radius is None else [{"type": "ineq", "fun": lambda z: 1.0 - z @ z}]
     unit = R if radius is not None else size  # optimise over z = theta / unit
+    cons = (
+        []
+        if radius is None
+        else [{"type": "ineq", "fun": lambda z: 1.0 - z @ z, "jac": lambda z: -2.0 * z}]
+    )
+    if grad is None:
+        fun, jac = (lambda z: robust(z * unit)), None
+    else:
 
+        def fun(z):
+            v, g = grad(z * unit)
+            return v, g * unit
+
+        jac = True
     for _ in range(starts):
         z0 = rng.normal(size=d)
         z0 *= rng.uniform(0.1, 1.0) * size / unit / max(np.linalg.norm(z0), 1e-300)
         res = minimize(
-            lambda z: robust(z * unit),
+            fun,
             z0,
+            jac=jac,
             method="SLSQP",
             constraints=cons,
-            options={"ftol": 1e-13, "maxiter": 500},
+            options={"ftol": 1e-14, "maxiter": 200},
         )
         z = res.x
         if radius is not None and np.linalg.norm(z) > 1.0:

@@ -299,7 +299,8 @@ def unit_scale(data, beta: float, tref, radius):
 def theta_from_unit_scale(theta_s, scale: float, radius, what: str) -> np.ndarray:
     """``theta_s / scale`` (see :func:`unit_scale`), projected on the ball against round-off;
     SolverError when it leaves float64 range."""
-    theta = np.asarray(theta_s, dtype=float) / scale
+    with np.errstate(over="ignore"):  # an overflow is refused just below
+        theta = np.asarray(theta_s, dtype=float) / scale
     if not np.all(np.isfinite(theta)):
         raise SolverError(
             f"{what}: the minimiser has size {np.linalg.norm(theta_s):.3g} / {scale:.3g}, "
