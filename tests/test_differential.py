@@ -157,7 +157,7 @@ def check(method: Method, seeds) -> dict:
         for path, res in answers.items():
             v, g = res.value, res.optimality_gap
             allowed = OPTIMALITY_TOL * (1 + abs(v))
-            assert res.status.startswith("optimal"), where
+            assert res.status == "optimal", where
             stats["optimal"] += 1
             assert g is not None and -allowed <= g <= allowed, f"{where}: {path} gap {g}"
             assert v - g <= ref + 1e-9 * (1 + abs(ref)), f"{where}: {path} {v} - {g} > {ref}"

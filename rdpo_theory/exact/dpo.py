@@ -9,9 +9,12 @@ import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
-from ..data import PreferenceData, as_data
+from ..data import PreferenceData
 from ..errors import InputError, SolverError
-from ..losses import check_beta, dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from .ball import on_boundary, project_ball
+from .fast import require_converged
+from .problem import prepare
 from .result import ExactResult, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -132,14 +135,14 @@ def dpo(
     SolverError
         The solver did not certify optimality (e.g. separable data without a radius).
     """
-    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
-    beta = check_beta(beta)
-    radius = V.radius(radius)
-    tref = V.as_theta(theta_ref, data.d)
+    solver = V.solver_path(solver, method="dpo")
+    cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo")
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    data, beta, tref, radius = prob.data, prob.beta, prob.tref, prob.radius
     scale = margin_scale(data.X, beta)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
-        return _rescaled(data, beta, tref, radius, solver)
-    bounded = radius is not None and np.isfinite(radius)
+        return _rescaled(data, beta, tref, radius, solver, cvxpy_solver)
+    bounded = prob.bounded
     keep = informative_rows(data.X, data.weights)
     coef = data.signed_labels[keep, None] * beta * data.X[keep]  # rows: sy_i beta x_i
     t0 = time.perf_counter()
@@ -313,15 +316,29 @@ def theta_from_unit_scale(theta_s, scale: float, radius, what: str) -> np.ndarra
     return theta
 
 
-def _rescaled(data, beta, tref, radius, solver) -> ExactResult:
+def _rescaled(data, beta, tref, radius, solver, cvxpy_solver) -> ExactResult:
     """Exact DPO solved in the units of :func:`unit_scale` (the same margins, so the same
     minimum)."""
     scaled, tref_s, rad_s, scale = unit_scale(data, beta, tref, radius)
-    res = dpo(scaled, beta=1.0, theta_ref=tref_s, radius=rad_s, solver=solver)
+    res = dpo(
+        scaled,
+        beta=1.0,
+        theta_ref=tref_s,
+        radius=rad_s,
+        solver=solver,
+        cvxpy_solver=cvxpy_solver,
+    )
     theta = theta_from_unit_scale(res.theta, scale, radius, "exact DPO")
     info = dict(res.info, rescaled_by=scale)
     value = dpo_risk(theta, data, beta=beta, theta_ref=tref)
-    return ExactResult(theta=theta, value=value, status=res.status, method="dpo", info=info)
+    return ExactResult(
+        theta=theta,
+        value=value,
+        status=res.status,
+        method="dpo",
+        info=info,
+        regime=res.regime,
+    )
 
 
 def kkt_certificate(theta, data, *, beta, theta_ref, radius=None) -> tuple[float, float]:

@@ -34,7 +34,8 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
-from ._common import Problem, check_rho, check_solver, on_boundary, prepare, raise_if_separable
+from ._common import check_rho, check_solver, raise_if_separable
+from .ball import on_boundary, project_ball
 from .dpo import (
     SCALE_RANGE,
     dpo,
@@ -44,7 +45,15 @@ from .dpo import (
     unit_scale,
 )
 from .fast import LOG2
+from .problem import Problem, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
+from .status import (
+    REGIME_COLLAPSE,
+    REGIME_DPO,
+    REGIME_INTERIOR,
+    REGIME_MAX_LOSS,
+    STATUS_OPTIMAL,
+)
 
 #: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
 SMALL_LAM = 1e-6
@@ -355,7 +364,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     )
     theta_value = None if phi.value is None else np.asarray(phi.value, dtype=float) / rs
     if conic_error is None and lam.value is not None and float(lam.value) > 1e-6 * scale:
-        th0 = _proj(theta_value, prob.radius)
+        th0 = project_ball(theta_value, prob.radius)
         th, lm, ninfo = _newton(prob, Xk, ck, pk, p0, rho, th0, float(lam.value))
         info["newton"] = ninfo
         if ninfo["converged"] and lm > SMALL_LAM * scale:
@@ -367,7 +376,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     # lam* is small but positive: Newton from the best available point
     starts = []
     if theta_value is not None and np.all(np.isfinite(theta_value)):
-        th0 = _proj(theta_value, prob.radius)
+        th0 = project_ball(theta_value, prob.radius)
         starts.append((th0, _start_lambda(prob, Xk, ck, pk, p0, rho, th0), "conic"))
     starts.extend(_starts(prob, Xk, ck, pk, rho, ray, p0))
     for th0, lam0, which in starts:
@@ -506,7 +515,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
             boundary = on_boundary(th, prob.radius) or ball_dual > 1e-9
             if boundary:
                 th = th * (prob.radius / np.linalg.norm(th))
-    th = _proj(th, prob.radius)
+    th = project_ball(th, prob.radius)
     m = As @ (th - tref)
     tstar = min(float(m.min()), 0.0) if p0 > 0 else float(m.min())
     tol = 1e-7 * size
