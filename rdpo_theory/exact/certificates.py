@@ -33,7 +33,7 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
-from scipy.special import expit, xlog1py, xlogy
+from scipy.special import expit, rel_entr, xlog1py, xlogy
 
 from ..errors import SolverError
 from ..losses import dpo_loss
@@ -253,10 +253,9 @@ def kl_into_ball(q, p, rho: float) -> np.ndarray:
 
 
 def kl_divergence(q, p) -> float:
-    """``KL(q || p)`` in nats (0 log 0 = 0)."""
-    q = np.asarray(q, dtype=float)
-    m = q > 0
-    return float(np.sum(q[m] * (np.log(q[m]) - np.log(p[m]))))
+    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges
+    p = 0)."""
+    return float(np.sum(rel_entr(np.asarray(q, dtype=float), np.asarray(p, dtype=float))))
 
 
 def kl_minimax_lower_bound(A, p, rho, theta, candidates, *, theta_ref, radius) -> float:

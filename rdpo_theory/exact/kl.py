@@ -601,7 +601,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         primal_value=primal,
         collapsed_to_theta_ref=collapsed,
         on_boundary=on_boundary(theta, prob.radius),
-        kl_worst_case=_kl(q / q.sum(), p),
+        kl_worst_case=cert.kl_divergence(q / q.sum(), p),
     )
     if collapsed:
         regime = REGIME_COLLAPSE
@@ -621,9 +621,3 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         info=info,
         regime=regime,
     )
-
-
-def _kl(q, p) -> float:
-    """``KL(q || p)`` in nats (0 log 0 = 0)."""
-    m = q > 0
-    return float(np.sum(q[m] * (np.log(q[m]) - np.log(p[m]))))
