@@ -62,6 +62,7 @@ def test_dpo_lower_bound_is_below_the_minimum_anywhere_and_tight_at_it(radius):
         assert dpo_lower_bound(A, q, th, theta_ref=tref, radius=radius) <= res.value + 1e-12
     lb = dpo_lower_bound(A, q, res.theta, theta_ref=tref, radius=radius)
     assert res.value - 1e-10 <= lb <= res.value + 1e-12
+    assert abs(res.optimality_gap) <= OPTIMALITY_TOL * (1 + res.value)
 
 
 def test_kl_into_ball_makes_any_law_feasible():

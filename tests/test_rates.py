@@ -293,3 +293,14 @@ def test_rates_figure_registered():
     from rdpo_theory.figures import load_all
 
     assert "rates" in load_all()
+
+
+def test_runs_record_the_certified_optimality_gap():
+    """Exact runs carry their solver's certified optimality gap; approximate ones NaN."""
+    cfg = R.RatesConfig(**{**TINY, "methods": ("dpo", "kldpo", "kldpo-alg2"), "seeds": 2})
+    runs = R.run_study(cfg, progress=False).runs
+    exact = runs[runs["method"].isin(["dpo", "kldpo"])]
+    assert exact["ok"].all()
+    gaps = exact["optimality_gap"]
+    assert gaps.notna().all() and (gaps.abs() <= 1e-6 * 2).all()
+    assert runs.loc[runs["method"] == "kldpo-alg2", "optimality_gap"].isna().all()

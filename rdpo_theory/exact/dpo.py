@@ -15,7 +15,7 @@ from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from .ball import on_boundary, project_ball
 from .fast import require_converged
 from .problem import prepare
-from .result import ExactResult, solve_problem
+from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
 
@@ -159,6 +159,7 @@ def dpo(
             value=float(np.log(2.0)),
             status=STATUS_OPTIMAL,
             method="dpo",
+            optimality_gap=0.0,  # every theta attains log 2
             info={"solver": "none (all losses constant)", "seconds": 0.0},
             regime=REGIME_NOMINAL,
         )
@@ -191,17 +192,26 @@ def dpo(
             hint="rescale beta or pass a finite radius=.",
         )
     value = dpo_risk(th, data, beta=beta, theta_ref=tref)
+    # the Fenchel dual bound of the weighted logistic objective at theta
+    # (docs/theory.md#optimality-gap): a certified lower bound of the minimum
+    from .certificates import dpo_lower_bound
+
+    A = (data.signed_labels * beta)[:, None] * data.X
+    lower = dpo_lower_bound(A, data.weights, th, theta_ref=tref, radius=rad)
+    opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what="exact DPO")
     info.update(
         seconds=time.perf_counter() - t0,
         kkt_residual=resid,
         kkt_tolerance=tol,
         on_boundary=on_boundary(th, radius),
+        lower_bound=lower,
     )
     return ExactResult(
         theta=th,
         value=value,
         status=STATUS_OPTIMAL,
         method="dpo",
+        optimality_gap=opt_gap,
         info=info,
         regime=REGIME_NOMINAL,
     )
@@ -336,6 +346,7 @@ def _rescaled(data, beta, tref, radius, solver, cvxpy_solver) -> ExactResult:
         value=value,
         status=res.status,
         method="dpo",
+        optimality_gap=res.optimality_gap,
         info=info,
         regime=res.regime,
     )

@@ -12,7 +12,10 @@ whatever n is. For a geometric grid of n and S seeds the study records, per
 * ``err_sigma = ||theta_n - theta_target||_{Sigma_D + lam0 I}`` (Proposition 1's norm),
 * ``excess_risk``: the family's exact population robust objective at theta_n minus its value
   at the exact target (DPO risk; KL sup over the ball around P0; W sup over the ball),
-* the solver status and whether the constraint ``||theta|| <= B`` is active.
+* the solver status and whether the constraint ``||theta|| <= B`` is active;
+* ``optimality_gap``: the exact solver's certified bound on its distance to the minimax value
+  (nats; NaN for approximate methods). An exact answer that cannot be certified raises
+  SolverError, and the run is recorded as an error (``ok = False``), never as a result.
 
 :func:`slopes` fits ``log(mean error) ~ a + b log n`` per (method, rho) with a percentile
 bootstrap over seeds; :func:`bounds_table` evaluates Proposition 1 / Theorems 1-2 at delta and
@@ -55,12 +58,14 @@ FULL_NS = (50, 120, 300, 700, 1700, 4000, 10000, 24000, 56000, 130000, 320000, 1
 # ---------------------------------------------------------------------------- method registry
 @dataclass
 class Fit:
-    """An estimator's answer: ``theta`` (d,), a status string, the dual multiplier if any."""
+    """An estimator's answer: ``theta`` (d,), a status string, the dual multiplier if any, and
+    the exact solver's certified ``optimality_gap`` (nats; None for approximate methods)."""
 
     theta: np.ndarray
     status: str
     dual: float | None = None
     path: str = ""
+    optimality_gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def _fit_dpo(data, ctx, rho) -> Fit:
     r, path = _with_fallback(
         ctx, lambda: dpo(data, solver="fast", **kw), lambda: dpo(data, solver="cvxpy", **kw)
     )
-    return Fit(r.theta, r.status, path=path)
+    return Fit(r.theta, r.status, path=path, optimality_gap=r.optimality_gap)
 
 
 def _fit_kldpo(data, ctx, rho) -> Fit:
@@ -138,7 +143,7 @@ def _fit_kldpo(data, ctx, rho) -> Fit:
         lambda: kldpo(data, solver="fast", certificate="root", **kw),
         lambda: kldpo(data, solver="cvxpy", **kw),
     )
-    return Fit(r.theta, r.status, r.dual, path)
+    return Fit(r.theta, r.status, r.dual, path, r.optimality_gap)
 
 
 def _fit_wdpo(data, ctx, rho) -> Fit:
@@ -155,7 +160,7 @@ def _fit_wdpo(data, ctx, rho) -> Fit:
     r, path = _with_fallback(
         ctx, lambda: wdpo(data, solver="fast", **kw), lambda: wdpo(data, solver="cvxpy", **kw)
     )
-    return Fit(r.theta, r.status, r.dual, path)
+    return Fit(r.theta, r.status, r.dual, path, r.optimality_gap)
 
 
 def _fit_wdpo_finite(data, ctx, rho) -> Fit:
@@ -173,7 +178,7 @@ def _fit_wdpo_finite(data, ctx, rho) -> Fit:
         candidates=(ctx.candidates.X, ctx.candidates.y),
         solver="cvxpy",
     )
-    return Fit(r.theta, r.status, r.dual, "cvxpy")
+    return Fit(r.theta, r.status, r.dual, "cvxpy", r.optimality_gap)
 
 
 def _approx_status(res) -> str:
@@ -437,6 +442,7 @@ def run_one(params: dict, seed, ctx: RatesContext) -> dict:
         theta_norm=float(np.linalg.norm(fit.theta)),
         on_boundary=bool(np.linalg.norm(fit.theta) >= ctx.B * (1 - 1e-6)),
         dual=np.nan if fit.dual is None else float(fit.dual),
+        optimality_gap=np.nan if fit.optimality_gap is None else float(fit.optimality_gap),
     )
     return row
 
