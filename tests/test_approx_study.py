@@ -41,6 +41,9 @@ def test_table_and_invariants(tiny):
     assert (runs["robust_gap_raw"] >= -1e-6).all()
     ex = runs[runs["method"].str.endswith("exact")]
     assert (ex["param_dist"] == 0).all() and (ex["robust_gap"] == 0).all()
+    # the exact KL reference carries its certified optimality gap
+    kl_gap = ex.loc[ex["method"] == "kldpo-exact", "optimality_gap"]
+    assert kl_gap.notna().all() and (kl_gap.abs() <= 2e-6).all()
     # Algorithm 2 at tau = lam* lands on the exact KLDPO optimum and its radius
     kn = runs[runs["method"] == "kldpo-alg2"].iloc[0]
     assert kn["param_dist"] < 1e-3 and kn["implied_rho"] == pytest.approx(0.01, rel=0.02)

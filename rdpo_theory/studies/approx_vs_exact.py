@@ -135,6 +135,12 @@ def _row(method, variant, theta, exact_theta, value, opt, world, r1, r2, **extra
     return row
 
 
+def _certified_gap(res) -> float:
+    """The exact reference's certified optimality gap (nats; NaN where its solver does not
+    compute one). Uncertified exact answers raise SolverError inside the solver."""
+    return float("nan") if res.optimality_gap is None else float(res.optimality_gap)
+
+
 def _exact_kl(data, rho, beta):
     """Exact KLDPO: the conic program, with the Newton path as a second chance."""
     from ..exact import kldpo as exact_kldpo
@@ -204,7 +210,15 @@ def run_task(params: dict, seed, shared) -> list[dict]:
         )
 
     rows = [
-        row(exact_id, "exact", ex.theta, opt, **exact_row, converged=True),
+        row(
+            exact_id,
+            "exact",
+            ex.theta,
+            opt,
+            **exact_row,
+            converged=True,
+            optimality_gap=_certified_gap(ex),
+        ),
         row("dpo", "dpo", theta_dpo, value(theta_dpo), **dpo_row),
     ]
     if params["family"] == "kl":
