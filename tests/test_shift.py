@@ -109,6 +109,11 @@ def test_tiny_study_end_to_end(tmp_path):
     runs = pd.read_csv(tmp_path / "shift_runs.csv")
     assert set(runs["study"]) == {"preference", "context", "behaviour", "multi"}
     assert (runs["error"].fillna("") == "").all()
+    # exact DPO runs carry their certified optimality gap; approximate ones NaN
+    fitted = runs[runs["method"].isin(["dpo", "kldpo-alg2"])]
+    dpo_gap = fitted.loc[fitted["method"] == "dpo", "optimality_gap"]
+    assert dpo_gap.notna().all() and (dpo_gap.abs() <= 2e-6).all()
+    assert fitted.loc[fitted["method"] == "kldpo-alg2", "optimality_gap"].isna().all()
     # reference rows: pi* scores between the reference policy and the ceiling
     pstar = runs[runs["method"] == "pi*"]
     assert ((pstar["score"] <= 1) | pstar["score"].isna()).all()

@@ -218,36 +218,46 @@ def fit_method(
     radius: float,
     groups: np.ndarray,
     steps: int,
-) -> np.ndarray:
-    """Train one method on ``data`` and return theta (d,)."""
+    with_gap: bool = False,
+):
+    """Train one method on ``data`` and return theta (d,); with ``with_gap``, ``(theta,
+    optimality_gap)`` with the exact solvers' certified optimality gap (nats; None for the
+    approximate methods and solvers without one)."""
+    res = _fit_result(method, param, data, beta=beta, radius=radius, groups=groups, steps=steps)
+    gap = getattr(res, "optimality_gap", None)
+    return (res.theta, gap) if with_gap else res.theta
+
+
+def _fit_result(method, param, data, *, beta, radius, groups, steps):
+    """The fitted method's result object (exact or approximate)."""
     from .. import approx, approx_reweight, exact
 
     ex = dict(beta=beta, radius=radius)
     gd = dict(beta=beta, max_steps=steps, learning_rate=0.05, gtol=1e-6)
     if method == "dpo":
-        return exact.dpo(data, **ex).theta
+        return exact.dpo(data, **ex)
     if method == "wdpo-exact":
-        return exact.wdpo(data, rho=param, **ex).theta
+        return exact.wdpo(data, rho=param, **ex)
     if method == "wdpo-alg1":
-        return approx.wdpo(data, rho0=param, penalty="closed-form", **gd).theta
+        return approx.wdpo(data, rho0=param, penalty="closed-form", **gd)
     if method == "kldpo-exact":
-        return exact.kldpo(data, rho=param, **ex).theta
+        return exact.kldpo(data, rho=param, **ex)
     if method == "kldpo-alg2":
-        return approx.kldpo(data, tau=param, **gd).theta
+        return approx.kldpo(data, tau=param, **gd)
     if method == "cdpo":
-        return exact.cdpo(data, eps=param, **ex).theta
+        return exact.cdpo(data, eps=param, **ex)
     if method == "rdpo":
-        return exact.rdpo(data, eps=param, **ex).theta
+        return exact.rdpo(data, eps=param, **ex)
     if method == "ipo":
-        return exact.ipo(data, beta=param, radius=radius).theta
+        return exact.ipo(data, beta=param, radius=radius)
     if method == "drdpo":
-        return approx_reweight.drdpo(data, beta_prime=param, **gd).theta
+        return approx_reweight.drdpo(data, beta_prime=param, **gd)
     if method == "gdpo":
-        return exact.group_dpo(data, groups=groups, **ex).theta
+        return exact.group_dpo(data, groups=groups, **ex)
     if method == "chi2dpo":
-        return exact.chi2dpo(data, rho=param, **ex).theta
+        return exact.chi2dpo(data, rho=param, **ex)
     if method == "cvardpo":
-        return exact.cvardpo(data, level=param, **ex).theta
+        return exact.cvardpo(data, level=param, **ex)
     raise InputError(f"unknown method {method!r}; known: {sorted(METHODS)}")
 
 
@@ -264,7 +274,7 @@ def fit_all(cfg: ShiftConfig, world: World, seed) -> list[dict]:
         for param in grid:
             rec = {"method": method, "param_name": METHODS[method][0], "param": param}
             try:
-                th = fit_method(
+                th, gap = fit_method(
                     method,
                     param,
                     train,
@@ -272,12 +282,15 @@ def fit_all(cfg: ShiftConfig, world: World, seed) -> list[dict]:
                     radius=world.B,
                     groups=groups,
                     steps=cfg.steps,
+                    with_gap=True,
                 )
                 if not np.all(np.isfinite(th)):
                     raise RDPOError("non-finite theta")
                 rec.update(theta=th, val_loss=dpo_risk(th, val, beta=cfg.beta), error="")
-            except RDPOError as exc:  # recorded, excluded from selection
+                rec["optimality_gap"] = float("nan") if gap is None else float(gap)
+            except RDPOError as exc:  # recorded (an uncertified exact answer raises), excluded
                 rec.update(theta=None, val_loss=float("nan"), error=str(exc)[:200])
+                rec["optimality_gap"] = float("nan")
             out.append(rec)
     return out
 
@@ -367,9 +380,13 @@ def run_task(params: dict, seed: np.random.SeedSequence, shared) -> list[dict]:
                         world.expected_reward(f["theta"], r),
                         refs,
                     )
-    vals = {(f["method"], f["param"]): (f["val_loss"], f["error"]) for f in fits}
+    vals = {
+        (f["method"], f["param"]): (f["val_loss"], f["error"], f["optimality_gap"]) for f in fits
+    }
     for row in rows:
-        row["val_loss"], row["error"] = vals.get((row["method"], row["param"]), (np.nan, ""))
+        row["val_loss"], row["error"], row["optimality_gap"] = vals.get(
+            (row["method"], row["param"]), (np.nan, "", np.nan)
+        )
     return rows
 
 
