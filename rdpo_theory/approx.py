@@ -53,7 +53,10 @@ class ApproxResult:
     Attributes
     ----------
     theta : ndarray, shape (d,)
-        Final parameter.
+        Final parameter: the last iterate in full batch; with minibatches the Polyak-Ruppert
+        tail average of the iterates over the last ``FitOptions.average_tail`` fraction of
+        the steps (default the last half; ``extras["average_from"]`` is the first averaged
+        step).
     trace : pandas.DataFrame
         One row per recorded step: ``step``, ``lr``, ``loss`` (the training objective on the
         step's batch, nats), ``grad_norm`` (its gradient norm in theta), ``full_grad_norm``
@@ -89,6 +92,8 @@ class ApproxResult:
     implied_rho: float | None = None
     weights: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    theta_last: np.ndarray | None = None
+    """The last iterate (d,) (equal to ``theta`` in full batch)."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -191,6 +196,10 @@ class FitOptions:
         Add the iterates ``theta0..theta{d-1}`` to the trace.
     progress : bool
         Show a tqdm bar.
+    average_tail : float in [0, 1)
+        Minibatch fits return as ``theta`` the average of the iterates of the last
+        ``average_tail`` fraction of the steps (Polyak-Ruppert tail averaging; 0.5 averages
+        the second half) and the last iterate as ``theta_last``; 0 returns the last iterate.
     """
 
     optimizer: str = _help("Optimiser: 'adam' or 'sgd'.", "adam")
@@ -210,6 +219,10 @@ class FitOptions:
     record_every: int = _help("Keep every record_every-th step in the trace.", 1)
     record_theta: bool = _help("Add the iterates theta0..theta{d-1} to the trace.", False)
     progress: bool = _help("Show a tqdm progress bar.", False)
+    average_tail: float = _help(
+        "Minibatch fits: average the iterates of this last fraction of the steps, in [0, 1).",
+        0.5,
+    )
 
     #: Accepted spellings of field names (alias -> field).
     ALIASES = {"lr": "learning_rate"}
@@ -228,6 +241,9 @@ class FitOptions:
         self.record_every = _check_int(self.record_every, "record_every")
         self.check_every = _check_int(self.check_every, "check_every", allow_none=True)
         self.gtol = V.positive(self.gtol, "gtol", allow_zero=True)
+        self.average_tail = V.positive(self.average_tail, "average_tail", allow_zero=True)
+        if self.average_tail >= 1:
+            raise InputError(f"average_tail must lie in [0, 1), got {self.average_tail}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -265,6 +281,7 @@ def fit(
     options: FitOptions | None = None,
     input_grad: bool = True,
     pass_delta: bool = False,
+    pass_training: bool = False,
     method: str = "custom",
     variant: str | None = None,
     hyper: dict | None = None,
@@ -287,15 +304,19 @@ def fit(
         requires grad when ``input_grad`` (WDPO's penalty differentiates through it);
         ``batch_weights`` sum to 1: the data weights p on the full batch, ``1/B`` on a
         minibatch drawn with probability p. With ``pass_delta`` it is also called with the
-        keyword ``delta = theta - theta_ref`` (d,) (closed-form penalties).
+        keyword ``delta = theta - theta_ref`` (d,) (closed-form penalties). With
+        ``pass_training`` it is also called with ``training=True`` on the batches of
+        optimiser steps and ``training=False`` on full-batch checks, so stateful objectives
+        (running normalisers) update their statistics on training batches only.
     weights : array_like (n,), optional
         Data weights p (default uniform).
     theta_ref : array_like (d,), optional (default 0)
     options : FitOptions, optional
         Training options (optimiser, learning rate, schedule, batch size, stopping rule,
         seed, start, trace); default ``FitOptions()``.
-    input_grad, pass_delta : bool
-        What ``objective`` needs: ``x`` with gradient; the ``delta`` keyword.
+    input_grad, pass_delta, pass_training : bool
+        What ``objective`` needs: ``x`` with gradient; the ``delta`` and ``training``
+        keywords.
     method, variant, hyper
         Labels of the result.
     **option_kwargs
@@ -371,7 +392,10 @@ def fit(
                 xb.requires_grad_(True)
         delta = theta - tref
         per = dpo_pair_losses(syb * (xb @ delta))
-        loss = objective(per, xb, wb, delta=delta) if pass_delta else objective(per, xb, wb)
+        kw = {"delta": delta} if pass_delta else {}
+        if pass_training:
+            kw["training"] = idx is not None or sampler is None
+        loss = objective(per, xb, wb, **kw)
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise InputError("objective must return a scalar tensor")
         return loss
@@ -384,6 +408,7 @@ def fit(
     rows: dict[str, list] = {k: [] for k in ("step", "lr", "loss", "grad_norm", "full_grad_norm")}
     rows["theta_norm"] = []
     thetas: list[np.ndarray] = []
+    iterates: list[np.ndarray] = []  # minibatch iterates, for the tail average
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -429,19 +454,27 @@ def fit(
             break
         opt.step()
         step += 1
+        if sampler is not None and opts.average_tail > 0:
+            iterates.append(theta.detach().numpy().copy())
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.thread_time() - c0
     final_fg = fg if math.isfinite(fg) else full_grad_norm()
+    theta_last = theta.detach().numpy().copy()
+    theta_out, average_from = theta_last, step
+    if iterates:  # iterates[k] is the iterate after step k + 1
+        average_from = max(1, step - int(opts.average_tail * step))
+        theta_out = np.mean(np.asarray(iterates[average_from - 1 :]), axis=0)
     trace = pd.DataFrame(rows)
     if record_theta:
         T = np.array(thetas)
         for j in range(d):
             trace[f"theta{j}"] = T[:, j]
     return ApproxResult(
-        theta=theta.detach().numpy().copy(),
+        theta=theta_out,
+        theta_last=theta_last,
         trace=trace,
         converged=converged,
         steps=step,
@@ -456,6 +489,7 @@ def fit(
             "schedule": schedule,
             "learning_rate": lr,
             "batch_size": batch_size,
+            "average_from": average_from,
             "n": n,
         },
     )
@@ -515,6 +549,8 @@ def wdpo(
     beta: float,
     variant: str = "sqrt-mean",
     penalty: str = "autograd",
+    normalizer: str = "batch",
+    decay: float = 0.01,
     weights=None,
     theta_ref=None,
     options: FitOptions | None = None,
@@ -538,23 +574,56 @@ def wdpo(
         ``autograd`` differentiates ``l_i`` in x (double backward, what language models need);
         ``closed-form`` uses ``||grad_x l_i||^2 = beta^2 sigmoid(-m_i)^2 ||theta - theta_ref||^2``
         (log-linear only; identical objective, one backward).
+    normalizer : {"batch", "running"}
+        ``sqrt-mean`` only. ``batch``: the minibatch's own ``mean_b ||grad_x l_i||^2`` inside
+        the square root (Algorithm 1 as written; its fixed point moves with the batch size).
+        ``running``: an exponential moving average ``S_t`` of it over training batches
+        (:mod:`rdpo_theory.torch.normalizers`), whose expected gradient is the full-batch one
+        (docs/theory.md#minibatch-fixed-point). Full batch, both are the same objective.
+    decay : float in (0, 1]
+        EMA weight ``a`` of ``normalizer="running"`` (memory about ``1 / a`` steps).
     options, **option_kwargs
         Training options, as in :func:`dpo`.
     """
     import torch
 
     from .torch.losses import check_wdpo_args, wdpo_objective
+    from .torch.normalizers import (
+        RunningStatistic,
+        check_decay,
+        check_normalizer,
+        running_wdpo_objective,
+    )
 
     rho0 = check_wdpo_args(rho0, variant)  # validated once, not at every step
+    normalizer = check_normalizer(normalizer, variant)
+    decay = check_decay(decay)
     if penalty not in PENALTIES:
         raise InputError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
     beta_sq = check_beta(beta) ** 2
     data = _data(X, y, weights)
     opts = FitOptions.build(options, where="approx.wdpo", **option_kwargs)
     uniform = _uniform_batches(data, opts)
+    running = normalizer == "running" and opts.batch_size is not None
+    stat = RunningStatistic(decay) if running else None
+
+    if running:
+        from .torch.losses import input_grad_sq_norms
+
+        def objective(per, x, w, *, training, delta=None):
+            if penalty == "autograd":
+                sq = input_grad_sq_norms(per, x)
+            else:
+                sq = torch.expm1(-per).square() * (beta_sq * (delta @ delta))
+            if not training:  # full-data check: the exact sqrt-mean objective
+                return wdpo_objective(
+                    per, None, rho0=rho0, variant=variant, weights=w, sq_norms=sq, check=False
+                )[0]
+            s = stat.update(sq.detach().mean())
+            return running_wdpo_objective(per, sq, rho0=rho0, mean_sq=s)
 
     # torch.losses.wdpo_objective with its per-step argument checks hoisted out of the loop
-    if penalty == "autograd":
+    elif penalty == "autograd":
 
         def objective(per, x, w):
             wts = None if uniform else w
@@ -579,9 +648,10 @@ def wdpo(
         options=opts,
         input_grad=penalty == "autograd",
         pass_delta=penalty == "closed-form",
+        pass_training=running,
         method="wdpo",
         variant=variant,
-        hyper={"rho0": rho0, "penalty": penalty},
+        hyper={"rho0": rho0, "penalty": penalty, "normalizer": normalizer, "decay": decay},
     )
 
 
@@ -593,6 +663,8 @@ def kldpo(
     beta: float,
     variant: str = "normalized",
     clip: float = 10.0,
+    normalizer: str = "batch",
+    decay: float = 0.01,
     weights=None,
     theta_ref=None,
     options: FitOptions | None = None,
@@ -613,6 +685,16 @@ def kldpo(
     variant : {"normalized", "clipped"}
     clip : float > 0
         Weight cap of ``clipped``.
+    normalizer : {"batch", "running"}
+        ``normalized`` only. ``batch``: the minibatch's own partition sum
+        ``mean_b exp(l_i / tau)`` (Algorithm 2 as written; its fixed point moves with the batch
+        size). ``running``: an exponential moving average ``Z_t`` of it over training batches
+        (kept in log space; :mod:`rdpo_theory.torch.normalizers`); weights
+        ``exp(l_i / tau) / Z_t``, whose expected gradient is the full-batch one, so the fixed
+        point is exact KLDPO at ``tau = lam*`` for every batch size
+        (docs/theory.md#minibatch-fixed-point). Full batch, both are the same objective.
+    decay : float in (0, 1]
+        EMA weight ``a`` of ``normalizer="running"`` (memory about ``1 / a`` steps).
     X, y, weights, theta_ref, beta
         As in :func:`fit`.
     options, **option_kwargs
@@ -624,18 +706,30 @@ def kldpo(
         With ``implied_rho = KL(q || p)`` (nats) and ``weights = q`` (n,), the normalised final
         full-batch weights (``q ∝ p_i w_i``).
     """
-    import torch
 
-    from .losses import dpo_losses
-    from .torch.losses import check_kl_args, kl_weights, kldpo_objective
+    from .torch.losses import check_kl_args, kldpo_objective
+    from .torch.normalizers import (
+        RunningStatistic,
+        batch_log_partition,
+        check_decay,
+        check_normalizer,
+        running_kldpo_objective,
+    )
 
     tau, _ = check_kl_args(tau, variant, clip)  # validated once, not at every step
     clip = V.positive(clip, "clip")
+    normalizer = check_normalizer(normalizer, variant)
+    decay = check_decay(decay)
     data = _data(X, y, weights)
     opts = FitOptions.build(options, where="approx.kldpo", **option_kwargs)
     uniform = _uniform_batches(data, opts)
+    running = normalizer == "running" and opts.batch_size is not None
+    stat = RunningStatistic(decay, log_space=True) if running else None
 
-    def objective(per, x, w):
+    def objective(per, x, w, training=False):
+        if training:  # running normaliser on a training minibatch
+            log_z = stat.update(batch_log_partition(per, tau))
+            return running_kldpo_objective(per, tau=tau, log_partition=log_z)[0]
         wts = None if uniform else w
         return kldpo_objective(per, tau=tau, variant=variant, clip=clip, weights=wts, check=False)[
             0
@@ -648,20 +742,44 @@ def kldpo(
         theta_ref=theta_ref,
         options=opts,
         input_grad=False,
+        pass_training=running,
         method="kldpo",
         variant=variant,
-        hyper={"tau": tau, "clip": clip},
+        hyper={"tau": tau, "clip": clip, "normalizer": normalizer, "decay": decay},
     )
-    l = dpo_losses(res.theta, data, beta=beta, theta_ref=theta_ref)
+    res.weights, res.implied_rho = kl_implied(
+        res.theta, data, tau=tau, beta=beta, variant=variant, clip=clip, theta_ref=theta_ref
+    )
+    return res
+
+
+def kl_implied(
+    theta,
+    data: PreferenceData,
+    *,
+    tau: float,
+    beta: float,
+    variant="normalized",
+    clip=10.0,
+    theta_ref=None,
+) -> tuple[np.ndarray, float]:
+    """``(q, KL(q || p))``: the full-data KLDPO weights at ``theta`` as a law
+    ``q ∝ p_i w_i(theta)`` (n,) and its KL divergence from the data law p (nats), the radius
+    whose exact KLDPO optimum the ``normalized`` variant at ``tau`` targets
+    (docs/theory.md#algorithm-2-kldpo)."""
+    import torch
+
+    from .losses import dpo_losses
+    from .torch.losses import kl_weights
+
+    l = dpo_losses(theta, data, beta=beta, theta_ref=theta_ref)
     p = torch.tensor(data.weights, dtype=torch.float64)
     w = kl_weights(
         torch.as_tensor(l, dtype=torch.float64), tau=tau, variant=variant, clip=clip, weights=p
     ).numpy()
     q = data.weights * w
     q = q / q.sum()
-    res.weights = q
-    res.implied_rho = kl_divergence(q, data.weights)
-    return res
+    return q, kl_divergence(q, data.weights)
 
 
 def kl_divergence(q, p) -> float:

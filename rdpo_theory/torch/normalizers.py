@@ -1,0 +1,176 @@
+"""Running normalisers: batch-size-independent KLDPO and WDPO ``sqrt-mean`` losses
+(docs/theory.md#minibatch-fixed-point).
+
+A minibatch KLDPO loss normalises its weights by the batch's own partition sum
+``Z_b = mean_b exp(l_i / tau)``, and WDPO ``sqrt-mean`` divides by the batch's own
+``sqrt(S_b)``, ``S_b = mean_b ||grad_z l_i||^2``. Both are nonlinear in the batch, so the
+expected minibatch gradient is not the full-data gradient and the fixed point moves with the
+batch size. The running normalisers replace the batch statistic by an exponential moving
+average over training batches, the moving-average inner estimate of stochastic compositional
+gradient methods:
+
+* KLDPO: ``Z_t = (1 - a) Z_{t-1} + a Z_b`` (kept in log space, ``log Z_t`` by ``logaddexp``,
+  so ``exp(l / tau)`` never overflows); weights ``w_i = exp(l_i / tau) / Z_t`` held constant,
+  loss ``mean_b w_i l_i``. With ``Z_t`` equal to the full-data ``E_p exp(l / tau)`` the expected
+  gradient is exactly the full-batch gradient of ``tau log E_p exp(l / tau)`` for every B.
+* WDPO ``sqrt-mean``: ``S_t = (1 - a) S_{t-1} + a S_b``; loss
+  ``mean_b l_i + rho0 (mean_b ||g_i||^2 + S_t) / (2 sqrt(S_t))``, whose gradient
+  ``grad mean l + rho0 grad mean ||g||^2 / (2 sqrt(S_t))`` is, at ``S_t = E_p ||g||^2``, an
+  unbiased estimate of the gradient of ``E l + rho0 sqrt(E ||g||^2)``; its value is the
+  ``sqrt-mean`` objective when ``S_b = S_t`` (the tangent majoriser of the square root).
+
+The statistic is updated with the current batch before it is used (so the first step uses the
+batch statistic) and initialised from the first batch. ``decay`` is ``a``: the average spans
+about ``1 / a`` steps, i.e. ``B / a`` pairs. Its finite-``a`` bias on the fixed point is
+``O(a)``: the relative bias of ``1 / Z_t`` is about ``a / (2 - a) * Var(Z_b) / Z^2``.
+
+Each statistic has ``state_dict`` / ``load_state_dict`` for checkpoints, and an optional
+``torch.distributed`` all-reduce of the batch statistic so every worker holds the same value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from .. import _validate as V
+from ..errors import InputError
+
+NORMALIZERS = ("batch", "running")
+#: Default EMA weight ``a`` of the running normalisers (about 100 steps of memory).
+DEFAULT_DECAY = 0.01
+
+
+def check_normalizer(normalizer: str, variant: str) -> str:
+    """Validated ``normalizer``: ``"batch"`` for every variant, ``"running"`` only for KLDPO
+    ``normalized`` and WDPO ``sqrt-mean`` (``clipped`` and ``per-pair`` have no batch
+    normaliser to replace)."""
+    if normalizer not in NORMALIZERS:
+        raise InputError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    if normalizer == "running" and variant not in ("normalized", "sqrt-mean"):
+        raise InputError(
+            f"normalizer='running' applies to variant 'normalized' (KLDPO) or 'sqrt-mean' "
+            f"(WDPO), got variant {variant!r}"
+        )
+    return normalizer
+
+
+def check_decay(decay) -> float:
+    """``decay`` in (0, 1]; :class:`InputError` naming it otherwise."""
+    decay = V.positive(decay, "decay")
+    if decay > 1:
+        raise InputError(f"The 'decay' parameter must lie in (0, 1]. Got {decay} instead.")
+    return decay
+
+
+def _all_reduce_mean(x: torch.Tensor, group=None) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return x
+    y = x.clone()
+    dist.all_reduce(y, group=group)
+    return y / dist.get_world_size(group)
+
+
+class RunningStatistic:
+    """An exponential moving average ``s_t = (1 - a) s_{t-1} + a x_t`` of a positive scalar,
+    stored as ``log s_t`` (``log_space=True``, updated with ``logaddexp``) or as ``s_t``.
+
+    Parameters
+    ----------
+    decay : float in (0, 1]
+        ``a``; ``1`` reproduces the batch statistic.
+    log_space : bool
+        Take and return logarithms (the KLDPO partition sum).
+    group : torch.distributed group, optional
+        Workers whose batch statistics are averaged before the update (equal local batch
+        sizes give the global batch's statistic), so every worker holds the same value.
+    """
+
+    def __init__(self, decay: float = DEFAULT_DECAY, *, log_space: bool = False, group=None):
+        self.decay = check_decay(decay)
+        self.log_space = bool(log_space)
+        self.group = group
+        self.value: torch.Tensor | None = None  # float64 0-d tensor
+        self.steps = 0
+
+    def update(self, batch_value: torch.Tensor) -> torch.Tensor:
+        """Fold one batch's statistic (log of it in log space; detached 0-d) into the average
+        and return the new value (detached, float64)."""
+        x = batch_value.detach().to(torch.float64)
+        if self.group is not None or (dist.is_available() and dist.is_initialized()):
+            if self.log_space:  # average Z over workers, in log space
+                x = _all_reduce_mean(x.exp(), self.group).log() if x.isfinite() else x
+            else:
+                x = _all_reduce_mean(x, self.group)
+        if not bool(torch.isfinite(x)):
+            raise InputError(f"running statistic received a non-finite batch value {float(x)}")
+        if self.value is None or self.decay == 1.0:
+            self.value = x
+        elif self.log_space:
+            a = self.decay
+            self.value = torch.logaddexp(self.value + math.log1p(-a), x + math.log(a))
+        else:
+            self.value = (1.0 - self.decay) * self.value + self.decay * x
+        self.steps += 1
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {
+            "decay": self.decay,
+            "log_space": self.log_space,
+            "value": None if self.value is None else self.value.clone(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if bool(state["log_space"]) != self.log_space:
+            raise InputError("load_state_dict: log_space of the saved statistic differs")
+        self.decay = check_decay(state["decay"])
+        v = state["value"]
+        self.value = None if v is None else torch.as_tensor(v, dtype=torch.float64).clone()
+        self.steps = int(state["steps"])
+
+
+def batch_log_partition(per_pair: torch.Tensor, tau: float) -> torch.Tensor:
+    """``log mean_b exp(l_i / tau)``, detached 0-d: the batch's log partition sum."""
+    z = per_pair.detach().to(torch.float64) / tau
+    return torch.logsumexp(z, dim=0) - math.log(z.shape[0])
+
+
+def running_kldpo_objective(
+    per_pair: torch.Tensor, *, tau: float, log_partition: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, w)``: ``w_i = exp(l_i / tau - log Z)`` (detached) and ``loss = mean_b w_i l_i``.
+
+    ``log_partition`` is ``log Z``, e.g. a :class:`RunningStatistic` in log space. With
+    ``log Z`` the batch's own :func:`batch_log_partition` this is KLDPO ``normalized``
+    (:func:`rdpo_theory.torch.losses.kldpo_objective`)."""
+    z = per_pair.detach().to(torch.float64) / tau
+    w = (z - log_partition).exp().to(per_pair.dtype)
+    return (w * per_pair).mean(), w
+
+
+def running_wdpo_objective(
+    per_pair: torch.Tensor, sq_norms: torch.Tensor, *, rho0: float, mean_sq: torch.Tensor
+) -> torch.Tensor:
+    """``mean_b l_i + rho0 (mean_b ||g_i||^2 + S) / (2 sqrt(S))`` with ``S = mean_sq``
+    (detached): the linearised WDPO ``sqrt-mean`` loss at the running ``S``. With ``S`` the
+    batch's own ``mean_b ||g_i||^2`` its value and gradient are those of ``sqrt-mean``."""
+    s = mean_sq.detach().to(per_pair.dtype).clamp_min(1e-30)
+    root = s.sqrt()
+    return per_pair.mean() + rho0 * (sq_norms.mean() + s) / (2.0 * root)
+
+
+def kl_weight_stats(w: torch.Tensor) -> dict[str, float]:
+    """Diagnostics of (unnormalised) KLDPO weights ``w`` (B,): effective sample size
+    ``(sum w)^2 / sum w^2`` (pairs), the largest normalised weight ``max w / sum w`` and the
+    mean weight (1 in expectation under the running normaliser)."""
+    w = w.detach().to(torch.float64)
+    s = w.sum()
+    return {
+        "ess": float(s * s / (w * w).sum()),
+        "weight_max": float(w.max() / s),
+        "weight_mean": float(w.mean()),
+    }
