@@ -298,12 +298,18 @@ def expected_gradient_fn(
 
 def _root(F, x0, *, xtol: float, what: str) -> tuple[np.ndarray, float]:
     """Powell's hybrid method (a quasi-Newton root finder; forward-difference Jacobian, then
-    Broyden updates): the KLDPO Jacobian is not symmetric, so no minimisation is implied."""
+    Broyden updates), with Levenberg-Marquardt as a second chance: the KLDPO Jacobian is not
+    symmetric, so no minimisation is implied."""
     from scipy.optimize import root
 
+    scale = max(1.0, float(np.linalg.norm(F(np.asarray(x0)))))
     sol = root(F, x0, method="hybr", options={"xtol": xtol})
     res = float(np.linalg.norm(F(sol.x)))
-    scale = max(1.0, float(np.linalg.norm(F(np.asarray(x0)))))
+    if not np.all(np.isfinite(sol.x)) or res > 1e-7 * scale:  # Levenberg-Marquardt fallback
+        sol = root(
+            F, sol.x if np.all(np.isfinite(sol.x)) else x0, method="lm", options={"xtol": xtol}
+        )
+        res = float(np.linalg.norm(F(sol.x)))
     if not np.all(np.isfinite(sol.x)) or res > 1e-7 * scale:
         raise SolverError(
             f"{what}: the root finder ended with ||F|| = {res:.3g} ({sol.message})",
@@ -354,7 +360,9 @@ def fixed_point(
         Relative step tolerance of the root finder.
     control_variate : bool
         Reduce the Monte Carlo error with the linear control variate of
-        :func:`expected_gradient_fn` (same expectation).
+        :func:`expected_gradient_fn` (same expectation). A set whose root cannot be found with
+        it (the control variate adds theta-dependent noise when it correlates poorly, e.g.
+        B = 1 at a small tau) is solved without it; ``info["control_variate"]`` lists which.
 
     Returns
     -------
@@ -394,21 +402,25 @@ def fixed_point(
             x0, np.zeros(d), x0[None, :].copy(), 0.0, None, est, {"batches": 0, "sets": 1}
         )
     burn = int(math.ceil(5.0 / est.decay)) if est.normalizer == "running" else 0
-    roots, resid = [], 0.0
+    roots, resid, cvs = [], 0.0, []
     for ss in spawn_seeds(seed, sets):
         idx = draw_batches(
             data.weights, int(batch_size), burn + batches, make_rng(ss), replace=replace
         )
-        F = expected_gradient_fn(
-            data,
-            est,
-            idx,
-            beta=beta,
-            theta_ref=theta_ref,
-            burn_in=burn,
-            control_variate=control_variate,
-        )
-        th, r = _root(F, x0, xtol=xtol, what=f"minibatch root (B = {batch_size})")
+        used = []
+        for cv in (True, False) if control_variate else (False,):
+            F = expected_gradient_fn(
+                data, est, idx, beta=beta, theta_ref=theta_ref, burn_in=burn, control_variate=cv
+            )
+            try:
+                th, r = _root(F, x0, xtol=xtol, what=f"minibatch root (B = {batch_size})")
+            except SolverError:
+                if not cv:
+                    raise
+                continue  # the control variate can remove the root when it correlates poorly
+            used.append(cv)
+            break
+        cvs.extend(used)
         roots.append(th)
         resid = max(resid, r)
     T = np.asarray(roots)
@@ -420,7 +432,13 @@ def fixed_point(
         resid,
         int(batch_size),
         est,
-        {"batches": batches, "sets": sets, "replace": replace, "burn_in": burn},
+        {
+            "batches": batches,
+            "sets": sets,
+            "replace": replace,
+            "burn_in": burn,
+            "control_variate": cvs,
+        },
     )
 
 

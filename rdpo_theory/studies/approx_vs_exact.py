@@ -97,7 +97,7 @@ def make_world(cfg: ApproxConfig):
     return world, base.reward_table(t1), base.reward_table(t2)
 
 
-def _evaluate(world, r1, r2, theta) -> dict:
+def evaluate_rewards(world, r1, r2, theta) -> dict:
     return {
         f"reward_alpha={a:g}": world.expected_reward(theta, mixture_reward(r1, r2, a))
         for a in EVAL_ALPHAS
@@ -130,7 +130,7 @@ def _row(method, variant, theta, exact_theta, value, opt, world, r1, r2, **extra
         "robust_gap_raw": float(gap),
     }
     row.update({f"theta{j}": float(t) for j, t in enumerate(theta)})
-    row.update(_evaluate(world, r1, r2, theta))
+    row.update(evaluate_rewards(world, r1, r2, theta))
     row.update(extra)
     return row
 
@@ -141,7 +141,7 @@ def _certified_gap(res) -> float:
     return float("nan") if res.optimality_gap is None else float(res.optimality_gap)
 
 
-def _exact_kl(data, rho, beta):
+def exact_kl(data, rho, beta):
     """Exact KLDPO: the conic program, with the Newton path as a second chance."""
     from ..exact import kldpo as exact_kldpo
 
@@ -172,7 +172,7 @@ def run_task(params: dict, seed, shared) -> list[dict]:
     theta_dpo = exact_dpo(data, beta=beta).theta
     if params["family"] == "kl":
         rho = params["radius"]
-        ex = _exact_kl(data, rho, beta)
+        ex = exact_kl(data, rho, beta)
         lam = float(ex.dual)
 
         def value(t):

@@ -1,0 +1,278 @@
+"""The minibatch fixed point (rdpo_theory.minibatch) and the running normalisers."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rdpo_theory import approx
+from rdpo_theory.data import PreferenceData
+from rdpo_theory.errors import InputError
+from rdpo_theory.exact import dpo as exact_dpo
+from rdpo_theory.exact import kldpo as exact_kldpo
+from rdpo_theory.minibatch import (
+    LAYOUTS,
+    Estimator,
+    Layout,
+    draw_batches,
+    expected_gradient_fn,
+    fixed_point,
+)
+from rdpo_theory.rng import make_rng
+from rdpo_theory.torch.losses import kldpo_objective, wdpo_objective
+from rdpo_theory.torch.normalizers import (
+    RunningStatistic,
+    batch_log_partition,
+    running_kldpo_objective,
+    running_wdpo_objective,
+)
+
+warnings.filterwarnings("ignore", message="There is a performance drop")
+
+ESTIMATORS = [
+    ("kldpo", "normalized", 0.5),
+    ("kldpo", "clipped", 0.5),
+    ("wdpo", "sqrt-mean", 0.2),
+    ("wdpo", "per-pair", 0.2),
+]
+
+
+@pytest.fixture(scope="module")
+def uniform_data():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(24, 3))
+    y = (X @ np.array([1.0, -0.5, 0.3]) + rng.normal(size=24) > 0).astype(float)
+    return PreferenceData(X, y)
+
+
+@pytest.mark.parametrize("method,variant,hyper", ESTIMATORS)
+def test_batch_n_without_replacement_is_the_full_batch_answer(uniform_data, method, variant, hyper):
+    est = Estimator(method, variant, hyper)
+    full = fixed_point(uniform_data, est, beta=1.0, batch_size=None)
+    n = uniform_data.n
+    fp = fixed_point(
+        uniform_data, est, beta=1.0, batch_size=n, batches=3, sets=2, control_variate=False
+    )
+    np.testing.assert_allclose(fp.thetas, np.tile(full.theta, (2, 1)), atol=1e-9)
+    # and the full-batch root is a root of the trainer's full-batch objective
+    F = expected_gradient_fn(uniform_data, est, None, beta=1.0)
+    assert np.linalg.norm(F(full.theta)) < 1e-9
+
+
+def test_full_batch_normalized_root_is_exact_kldpo_at_lam_star(uniform_data):
+    ex = exact_kldpo(uniform_data, rho=0.05, beta=1.0, solver="fast")
+    fp = fixed_point(
+        uniform_data, Estimator("kldpo", "normalized", ex.dual), beta=1.0, batch_size=None
+    )
+    np.testing.assert_allclose(fp.theta, ex.theta, atol=1e-6)
+
+
+def test_per_pair_is_linear_in_the_batch_and_sqrt_mean_is_not(uniform_data):
+    """Per-pair WDPO's SAA gradient over batches (M, B) equals the one over the same rows as
+    M*B batches of one pair (no dependence on B); sqrt-mean's differs."""
+    idx = draw_batches(uniform_data.weights, 4, 50, make_rng(0))
+    th = np.array([0.4, -0.2, 0.1])
+    for variant, same in (("per-pair", True), ("sqrt-mean", False)):
+        est = Estimator("wdpo", variant, 0.3)
+        kw = dict(beta=1.0, control_variate=False)
+        a = expected_gradient_fn(uniform_data, est, idx, **kw)(th)
+        b = expected_gradient_fn(uniform_data, est, idx.reshape(-1, 1), **kw)(th)
+        assert np.allclose(a, b, atol=1e-12) is same
+    # with the control variate, per-pair's F_B is the full-batch gradient exactly
+    est = Estimator("wdpo", "per-pair", 0.3)
+    np.testing.assert_allclose(
+        expected_gradient_fn(uniform_data, est, idx, beta=1.0)(th),
+        expected_gradient_fn(uniform_data, est, None, beta=1.0)(th),
+        atol=1e-14,
+    )
+
+
+def test_vmapped_batch_gradient_is_the_trainer_objectives_gradient(uniform_data):
+    """F over one batch equals autograd of the public torch objective on that batch."""
+    th = np.array([0.3, 0.1, -0.2])
+    idx = draw_batches(uniform_data.weights, 6, 1, make_rng(1))
+    X = torch.tensor(uniform_data.X[idx[0]])
+    sb = torch.tensor(uniform_data.signed_labels[idx[0]])
+    for method, variant, hyper in ESTIMATORS:
+        t = torch.tensor(th, requires_grad=True)
+        per = torch.nn.functional.softplus(-(sb * (X @ t)))
+        if method == "kldpo":
+            loss = kldpo_objective(per, tau=hyper, variant=variant)[0]
+        else:
+            sq = torch.expm1(-per).square() * (t @ t)
+            loss = wdpo_objective(per, None, rho0=hyper, variant=variant, sq_norms=sq)[0]
+        (g,) = torch.autograd.grad(loss, t)
+        F = expected_gradient_fn(
+            uniform_data, Estimator(method, variant, hyper), idx, beta=1.0, control_variate=False
+        )
+        np.testing.assert_allclose(F(th), g.numpy(), atol=1e-13)
+
+
+def test_control_variate_keeps_the_expectation(uniform_data):
+    """Over every batch of size 2 without replacement (all n(n-1) ordered pairs), the SAA is
+    the exact expectation; with and without the control variate it is the same."""
+    n = uniform_data.n
+    idx = np.array([(i, j) for i in range(n) for j in range(n) if i != j])
+    th = np.array([0.4, -0.2, 0.1])
+    for method, variant, hyper in ESTIMATORS:
+        est = Estimator(method, variant, hyper)
+        a = expected_gradient_fn(uniform_data, est, idx, beta=1.0)(th)
+        b = expected_gradient_fn(uniform_data, est, idx, beta=1.0, control_variate=False)(th)
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_normalized_at_batch_one_is_dpo(uniform_data):
+    """B = 1: the softmax over one pair is 1, so normalized KLDPO's fixed point is DPO's."""
+    fp = fixed_point(
+        uniform_data,
+        Estimator("kldpo", "normalized", 0.5),
+        beta=1.0,
+        batch_size=1,
+        batches=400,
+        sets=3,
+    )
+    ex = exact_dpo(uniform_data, beta=1.0, solver="fast")
+    assert np.all(np.abs(fp.theta - ex.theta) <= 4 * fp.theta_se + 1e-9)
+
+
+def test_running_normalizer_recovers_the_full_batch_fixed_point():
+    from rdpo_theory.studies.minibatch import MinibatchConfig, make_data
+
+    cfg = MinibatchConfig.quick()
+    data, world = make_data(cfg)[:2]
+    ex = exact_kldpo(data, rho=0.01, beta=1.0, solver="fast")
+    kw = dict(beta=1.0, batch_size=4, batches=300, sets=3)
+    run = fixed_point(data, Estimator("kldpo", "normalized", ex.dual, "running"), **kw)
+    bat = fixed_point(data, Estimator("kldpo", "normalized", ex.dual, "batch"), **kw)
+    d_run = np.linalg.norm(run.theta - ex.theta)
+    d_bat = np.linalg.norm(bat.theta - ex.theta)
+    assert d_bat > 0.05  # the batch normaliser at B = 4 is far off the exact optimum
+    assert d_run < 0.01 and d_run < 5 * np.linalg.norm(run.theta_se) + 2e-3
+
+
+# ---------------------------------------------------------------------------- normalisers
+def test_running_objectives_equal_batch_objectives_at_the_batch_statistic():
+    rng = np.random.default_rng(0)
+    th = torch.tensor(rng.normal(size=3), requires_grad=True)
+    X = torch.tensor(rng.normal(size=(7, 3)))
+    per = torch.nn.functional.softplus(-(X @ th))
+    sq = torch.expm1(-per).square() * (th @ th)
+    a = kldpo_objective(per, tau=0.3)[0]
+    b = running_kldpo_objective(per, tau=0.3, log_partition=batch_log_partition(per, 0.3))[0]
+    ga, gb = (torch.autograd.grad(v, th, retain_graph=True)[0] for v in (a, b))
+    assert float(a) == pytest.approx(float(b), rel=1e-13)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+    a = wdpo_objective(per, None, rho0=0.7, sq_norms=sq)[0]
+    b = running_wdpo_objective(per, sq, rho0=0.7, mean_sq=sq.detach().mean())
+    ga, gb = (torch.autograd.grad(v, th, retain_graph=True)[0] for v in (a, b))
+    assert float(a) == pytest.approx(float(b), rel=1e-13)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+def test_running_statistic_ema_and_state_dict():
+    s = RunningStatistic(0.25, log_space=True)
+    vals = [0.3, -1.0, 2.0, 0.5]
+    for v in vals:
+        s.update(torch.tensor(v, dtype=torch.float64))
+    ref = np.exp(vals[0])
+    for v in vals[1:]:
+        ref = 0.75 * ref + 0.25 * np.exp(v)
+    assert float(s.value) == pytest.approx(np.log(ref), rel=1e-14)
+    t = RunningStatistic(0.5, log_space=True)
+    t.load_state_dict(s.state_dict())
+    for r in (s, t):
+        r.update(torch.tensor(1.0, dtype=torch.float64))
+    assert float(s.value) == float(t.value) and t.steps == 5 and t.decay == 0.25
+    with pytest.raises(InputError, match="decay"):
+        RunningStatistic(0.0)
+    with pytest.raises(InputError, match="decay"):
+        RunningStatistic(1.5)
+
+
+def test_approx_running_decay_one_is_the_batch_normalizer_and_full_batch_is_unchanged(
+    uniform_data,
+):
+    kw = dict(beta=1.0, max_steps=40, gtol=0.0, lr=0.05)
+    for fn, hyper in ((approx.kldpo, dict(tau=0.5)), (approx.wdpo, dict(rho0=0.2))):
+        a = fn(uniform_data, batch_size=5, normalizer="batch", **hyper, **kw)
+        b = fn(uniform_data, batch_size=5, normalizer="running", decay=1.0, **hyper, **kw)
+        np.testing.assert_allclose(a.theta_last, b.theta_last, atol=1e-12)
+        c = fn(uniform_data, normalizer="running", **hyper, **kw)
+        d = fn(uniform_data, normalizer="batch", **hyper, **kw)
+        np.testing.assert_array_equal(c.theta, d.theta)
+        np.testing.assert_array_equal(c.theta, c.theta_last)  # full batch: no averaging
+
+
+def test_minibatch_fit_returns_tail_average_and_last_iterate(uniform_data):
+    res = approx.dpo(
+        uniform_data,
+        beta=1.0,
+        batch_size=4,
+        max_steps=50,
+        gtol=0.0,
+        lr=0.1,
+        record_theta=True,
+        record_every=1,
+    )
+    T = res.trace[[f"theta{j}" for j in range(3)]].to_numpy()  # row k: iterate before step k+1
+    assert res.extras["average_from"] == 25
+    np.testing.assert_allclose(res.theta, T[25:].mean(axis=0), atol=1e-14)
+    np.testing.assert_array_equal(res.theta_last, T[-1])
+    last = approx.dpo(
+        uniform_data, beta=1.0, batch_size=4, max_steps=50, gtol=0.0, lr=0.1, average_tail=0.0
+    )
+    np.testing.assert_array_equal(last.theta, res.theta_last)
+
+
+def test_normalizer_validation(uniform_data):
+    with pytest.raises(InputError, match="normalizer"):
+        approx.kldpo(uniform_data, tau=0.5, beta=1.0, normalizer="global")
+    with pytest.raises(InputError, match="running"):
+        approx.kldpo(uniform_data, tau=0.5, beta=1.0, variant="clipped", normalizer="running")
+    with pytest.raises(InputError, match="running"):
+        approx.wdpo(uniform_data, rho0=0.5, beta=1.0, variant="per-pair", normalizer="running")
+    with pytest.raises(InputError, match="batch_size"):
+        fixed_point(uniform_data, Estimator("wdpo", "per-pair", 0.1), beta=1.0, batch_size=0)
+    with pytest.raises(InputError, match="replace"):
+        draw_batches(np.array([0.5, 0.25, 0.25]), 2, 3, make_rng(0), replace=False)
+
+
+def test_layout_groups():
+    paper = LAYOUTS[0]
+    assert (paper.global_batch, paper.group_size) == (128, 32)
+    assert Layout("x", 8, 4, 4, gather=False).group_size == 4
+    assert Layout("x", 8, 4, 4, normalize="accumulated").group_size == 128
+    assert Layout("x", 2, 3, 5, gather=False, normalize="accumulated").group_size == 15
+
+
+@pytest.mark.slow
+def test_fixed_point_matches_averaged_sgd():
+    """Long SGD runs with tail averaging land on theta_B (batch) and on the full-batch answer
+    (running) at B = 4, within the SGD's own noise and O(lr) bias."""
+    from rdpo_theory.studies.minibatch import MinibatchConfig, make_data
+
+    data = make_data(MinibatchConfig.quick())[0]
+    ex = exact_kldpo(data, rho=0.01, beta=1.0, solver="fast")
+    for norm in ("batch", "running"):
+        fp = fixed_point(
+            data,
+            Estimator("kldpo", "normalized", ex.dual, norm),
+            beta=1.0,
+            batch_size=4,
+            batches=300,
+            sets=2,
+        )
+        sgd = approx.kldpo(
+            data,
+            tau=ex.dual,
+            beta=1.0,
+            batch_size=4,
+            normalizer=norm,
+            optimizer="sgd",
+            lr=0.02,
+            max_steps=30000,
+            gtol=0.0,
+            seed=5,
+        )
+        assert np.linalg.norm(sgd.theta - fp.theta) < 0.03, norm
