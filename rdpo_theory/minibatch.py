@@ -476,12 +476,14 @@ class Layout:
         return g * (self.accumulation if self.normalize == "accumulated" else 1)
 
 
-#: The layouts of the study. ``paper`` is the paper's code: micro-batch 4 per GPU on 8 GPUs,
-#: gathered, accumulated to a global batch of 128 and normalised per micro-batch.
+#: The layouts of the study, each with a global batch of 128. ``paper`` is the paper's KLDPO
+#: code: micro-batch 4 per GPU on 8 GPUs, gathered, accumulated (A = 4) to a global batch of
+#: 128 and normalised per micro-batch (group 32). ``1 GPU x 1`` is the paper's WDPO setting
+#: (micro-batch 1).
 LAYOUTS = (
-    Layout("paper: 8 GPUs x 4, gathered, per micro-batch (A=4)", 8, 4, 4, True),
-    Layout("8 GPUs x 4, per GPU (no gather), A=4", 8, 4, 4, False),
-    Layout("8 GPUs x 4, gathered, accumulated (A=4)", 8, 4, 4, True, "accumulated"),
+    Layout("paper: 8 GPUs x 4, gathered, A=4", 8, 4, 4, True),
+    Layout("8 GPUs x 4, per GPU, A=4", 8, 4, 4, False),
+    Layout("8 GPUs x 4, accumulated, A=4", 8, 4, 4, True, "accumulated"),
     Layout("1 GPU x 4, A=32", 1, 4, 32, True),
-    Layout("1 GPU x 1, A=128 (WDPO code)", 1, 1, 128, True),
+    Layout("1 GPU x 1, A=128", 1, 1, 128, True),
 )

@@ -241,6 +241,7 @@ def test_normalizer_validation(uniform_data):
 def test_layout_groups():
     paper = LAYOUTS[0]
     assert (paper.global_batch, paper.group_size) == (128, 32)
+    assert [lay.global_batch for lay in LAYOUTS] == [128] * len(LAYOUTS)
     assert Layout("x", 8, 4, 4, gather=False).group_size == 4
     assert Layout("x", 8, 4, 4, normalize="accumulated").group_size == 128
     assert Layout("x", 2, 3, 5, gather=False, normalize="accumulated").group_size == 15
@@ -248,21 +249,15 @@ def test_layout_groups():
 
 @pytest.mark.slow
 def test_fixed_point_matches_averaged_sgd():
-    """Long SGD runs with tail averaging land on theta_B (batch) and on the full-batch answer
-    (running) at B = 4, within the SGD's own noise and O(lr) bias."""
+    """Long SGD runs (from the exact optimum, tail averaging) at B = 4 land on theta_B: for the
+    batch normaliser that is ~0.1 away from the exact optimum, for the running one on it."""
     from rdpo_theory.studies.minibatch import MinibatchConfig, make_data
 
     data = make_data(MinibatchConfig.quick())[0]
     ex = exact_kldpo(data, rho=0.01, beta=1.0, solver="fast")
     for norm in ("batch", "running"):
-        fp = fixed_point(
-            data,
-            Estimator("kldpo", "normalized", ex.dual, norm),
-            beta=1.0,
-            batch_size=4,
-            batches=300,
-            sets=2,
-        )
+        est = Estimator("kldpo", "normalized", ex.dual, norm)
+        fp = fixed_point(data, est, beta=1.0, batch_size=4, batches=300, sets=2)
         sgd = approx.kldpo(
             data,
             tau=ex.dual,
@@ -271,8 +266,34 @@ def test_fixed_point_matches_averaged_sgd():
             normalizer=norm,
             optimizer="sgd",
             lr=0.02,
-            max_steps=30000,
+            max_steps=24000,
             gtol=0.0,
             seed=5,
+            theta0=ex.theta,
         )
-        assert np.linalg.norm(sgd.theta - fp.theta) < 0.03, norm
+        assert np.linalg.norm(sgd.theta - fp.theta) < 0.035, norm
+        if norm == "batch":
+            assert np.linalg.norm(sgd.theta - ex.theta) > 0.06
+
+
+@pytest.mark.slow
+def test_minibatch_command_writes_tables_and_figures(tmp_path):
+    from rdpo_theory.commands.minibatch import make
+    from rdpo_theory.studies.minibatch import MinibatchConfig
+
+    cfg = MinibatchConfig(
+        batch_sizes=(1, 4),
+        batches=20,
+        sets=2,
+        kl_path=(0.005, 0.02),
+        w_path=(0.1, 0.2),
+        sgd_steps=20,
+    )
+    paths = make(tmp_path, cfg=cfg, jobs=1, progress=False)
+    assert {p.name for p in paths} >= {"minibatch_runs.csv", "minibatch_layouts.png"}
+    import pandas as pd
+
+    runs = pd.read_csv(tmp_path / "minibatch_runs.csv")
+    full = runs[runs["batch"] == "full"]
+    assert (full[full["variant"] == "normalized"]["theta_dist"] < 1e-6).all()
+    assert (runs["robust_gap"] > -1e-6).all()

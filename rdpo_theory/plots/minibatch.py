@@ -116,10 +116,13 @@ def layouts(lay: pd.DataFrame, path: Path) -> Path:
         )
     ax.axhline(1.0, color="#555555", lw=0.8)
     groups = [int(lay[lay["layout"] == nm]["group_size"].iloc[0]) for nm in names]
-    ax.set_xticks(x, [f"{nm}\n(group {g})" for nm, g in zip(names, groups)], fontsize=6)
+    ax.set_xticks(
+        x, [f"{nm}\n(group {g})" for nm, g in zip(names, groups)], fontsize=7, rotation=12
+    )
     ax.set_ylabel("effective radius / intended radius")
     ax.set_title("What each training layout optimises")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_ylim(0, 1.25)
+    ax.legend(fontsize=6, ncol=3, loc="upper center")
     return savefig(fig, path)
 
 
