@@ -271,9 +271,11 @@ def test_fixed_point_matches_averaged_sgd():
             seed=5,
             theta0=ex.theta,
         )
-        assert np.linalg.norm(sgd.theta - fp.theta) < 0.035, norm
-        if norm == "batch":
-            assert np.linalg.norm(sgd.theta - ex.theta) > 0.06
+        to_fp = np.linalg.norm(sgd.theta - fp.theta)
+        assert to_fp < 0.05, norm  # the averaged SGD noise of 12000 steps is ~0.025
+        if norm == "batch":  # theta_B is 0.11 from the exact optimum: SGD lands on theta_B
+            assert np.linalg.norm(fp.theta - ex.theta) > 0.09
+            assert to_fp < 0.5 * np.linalg.norm(sgd.theta - ex.theta)
 
 
 @pytest.mark.slow
