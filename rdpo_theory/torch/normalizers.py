@@ -117,10 +117,11 @@ class RunningStatistic:
         return self.value
 
     def state_dict(self) -> dict:
+        """JSON-friendly state (``value`` a float64 number: its repr round-trips exactly)."""
         return {
             "decay": self.decay,
             "log_space": self.log_space,
-            "value": None if self.value is None else self.value.clone(),
+            "value": None if self.value is None else float(self.value),
             "steps": self.steps,
         }
 
@@ -174,3 +175,70 @@ def kl_weight_stats(w: torch.Tensor) -> dict[str, float]:
         "weight_max": float(w.max() / s),
         "weight_mean": float(w.mean()),
     }
+
+
+# ---------------------------------------------------------------------------- the trainer
+#: ``TrainConfig.robust_normalizer`` values implemented by the trainer.
+TRAINER_NORMALIZERS = ("micro-batch", "running")
+
+
+def check_trainer_normalizer(normalizer: str, method: str, loss_kwargs: dict) -> str:
+    """Validated ``TrainConfig.robust_normalizer``: ``"micro-batch"`` (every method; the
+    statistics of each forward pass, gathered over workers) or ``"running"`` (KLDPO
+    ``normalized`` and WDPO ``sqrt-mean``)."""
+    if normalizer not in TRAINER_NORMALIZERS:
+        raise InputError(
+            f"robust_normalizer must be one of {TRAINER_NORMALIZERS}, got {normalizer!r}"
+        )
+    if normalizer == "running":
+        if method not in ("kldpo", "wdpo"):
+            raise InputError(
+                f"robust_normalizer='running' applies to kldpo and wdpo, not {method!r}"
+            )
+        default = "normalized" if method == "kldpo" else "sqrt-mean"
+        check_normalizer("running", loss_kwargs.get("variant", default))
+    return normalizer
+
+
+def running_loss(
+    method: str,
+    stat: RunningStatistic,
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
+    *,
+    beta: float,
+    tau: float | None = None,
+    rho0: float | None = None,
+    inputs=None,
+    **_ignored,
+):
+    """KLDPO ``normalized`` or WDPO ``sqrt-mean`` with the running normaliser ``stat`` (updated
+    with this micro-batch, all-reduced over workers) on the four log-prob tensors; a
+    :class:`rdpo_theory.torch.losses.LossOutput` whose ``stats`` add ``normalizer`` (log Z or
+    S), and for KLDPO ``ess`` (pairs), ``weight_max`` (largest normalised weight) and
+    ``weight_mean`` of the local weights."""
+    from . import losses as TL
+
+    m = TL.dpo_margins(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        beta=beta,
+    )
+    per = TL.dpo_pair_losses(m)
+    md = m.detach()
+    stats = {"margin_mean": md.mean(), "accuracy": (md > 0).float().mean()}
+    if method == "kldpo":
+        log_z = stat.update(batch_log_partition(per, tau))
+        loss, w = running_kldpo_objective(per, tau=tau, log_partition=log_z)
+        stats.update({k: torch.tensor(v) for k, v in kl_weight_stats(w).items()})
+        stats["normalizer"] = log_z.float()
+        return TL.LossOutput(loss, per, m, weights=w.detach(), stats=stats)
+    sq = TL.input_grad_sq_norms(per, inputs)
+    s = stat.update(sq.detach().mean())
+    loss = running_wdpo_objective(per, sq, rho0=rho0, mean_sq=s)
+    stats.update(normalizer=s.float(), grad_rms=s.sqrt().float())
+    return TL.LossOutput(loss, per, m, penalty=sq, stats=stats)

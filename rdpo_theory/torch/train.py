@@ -237,6 +237,8 @@ class TrainConfig:
     wdpo_fd_eps: float = 1e-3
     wdpo_fd_precision: str = "float32"
     on_nonfinite: str = "raise"
+    robust_normalizer: str = "micro-batch"
+    robust_decay: float = 0.01
 
     def __post_init__(self):
         resolve_loss(self.method)  # an unknown method is named first
@@ -274,6 +276,12 @@ class TrainConfig:
                 f"wdpo_fd_precision must be one of {FD_PRECISIONS}, got {self.wdpo_fd_precision!r}"
             )
         self.loss_kwargs = check_loss_kwargs(self.method, self.loss_kwargs)
+        from .normalizers import check_decay, check_trainer_normalizer
+
+        check_trainer_normalizer(self.robust_normalizer, self.method, self.loss_kwargs)
+        check_decay(self.robust_decay)
+        if self.robust_normalizer == "running" and self.wdpo_hvp != "double-backward":
+            raise InputError("robust_normalizer='running' needs wdpo_hvp='double-backward'")
         check_run_fields(self)
 
     def to_dict(self) -> dict:
@@ -400,9 +408,11 @@ def latest_checkpoint(output_dir) -> Path | None:
 
 
 def compute_loss(
-    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None
+    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None, normalizer=None
 ) -> TL.LossOutput:
-    """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them."""
+    """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them
+    (``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here;
+    :func:`rdpo_theory.torch.normalizers.running_loss`)."""
     wdpo = cfg.method == "wdpo"
     pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
     ctx = accelerator.autocast() if accelerator is not None else _null()
@@ -411,7 +421,12 @@ def compute_loss(
     kw = dict(cfg.loss_kwargs)
     if wdpo:
         kw["inputs"] = emb
-    out = resolve_loss(cfg.method)(pc, pr, rc, rr, beta=cfg.beta, **kw)
+    if normalizer is not None:
+        from .normalizers import running_loss
+
+        out = running_loss(cfg.method, normalizer, pc, pr, rc, rr, beta=cfg.beta, **kw)
+    else:
+        out = resolve_loss(cfg.method)(pc, pr, rc, rr, beta=cfg.beta, **kw)
     out.stats["reward_chosen"] = cfg.beta * (pc - rc).detach().mean()
     out.stats["reward_rejected"] = cfg.beta * (pr - rr).detach().mean()
     return out
@@ -426,7 +441,7 @@ class _null:
 
 
 def loss_and_backward(
-    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None
+    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None, normalizer=None
 ) -> TL.LossOutput:
     """One micro-batch: the loss of ``cfg.method`` and its gradient accumulated into the
     parameters' ``.grad`` (through ``accelerator.backward`` when given, which divides by the
@@ -435,7 +450,7 @@ def loss_and_backward(
     The returned ``loss`` is the objective's value (detached on the finite-difference path)."""
     if cfg.method == "wdpo" and cfg.wdpo_hvp == "finite-difference":
         return wdpo_fd_backward(cfg, model, ref_model, batch, accelerator=accelerator)
-    out = compute_loss(cfg, model, ref_model, batch, accelerator=accelerator)
+    out = compute_loss(cfg, model, ref_model, batch, accelerator=accelerator, normalizer=normalizer)
     if accelerator is not None:
         accelerator.backward(out.loss)
     else:
@@ -610,6 +625,13 @@ def train_preference(
         start = saved["step"]
         running.update(saved.get("running", {}))
         metrics = [m for m in _read_metrics(out_dir) if m["step"] <= start]
+    normalizer = None  # robust_normalizer="running": the statistic, restored on resume
+    if cfg.robust_normalizer == "running":
+        from .normalizers import RunningStatistic
+
+        normalizer = RunningStatistic(cfg.robust_decay, log_space=cfg.method == "kldpo")
+        if running.get("normalizer") is not None:
+            normalizer.load_state_dict(running["normalizer"])
     if out_dir is not None and acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics(out_dir, metrics)
@@ -644,7 +666,9 @@ def train_preference(
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             batches.append(batch)
             with acc.accumulate(model):
-                out = loss_and_backward(cfg, model, ref_model, batch, accelerator=acc)
+                out = loss_and_backward(
+                    cfg, model, ref_model, batch, accelerator=acc, normalizer=normalizer
+                )
                 losses.append(out.loss.detach())
                 if acc.sync_gradients:
                     clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
@@ -715,6 +739,8 @@ def train_preference(
             check_finite_parameters(
                 acc.unwrap_model(model), what=f"save the step-{done} checkpoint"
             )
+            if normalizer is not None:
+                running["normalizer"] = normalizer.state_dict()
             save_checkpoint(acc, out_dir, done, running=running)
     bar.close()
     unwrapped = acc.unwrap_model(model)
