@@ -35,12 +35,16 @@ from .. import _validate as V
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
+from ._common import CLARABEL_RETRIES
 from .ball import project_ball
+from .certificates import TIGHT
 from .dpo import informative_rows, recession_direction
+from .optimality import logistic_lower_bound
 from .problem import prepare
-from .result import ExactResult, solve_problem
+from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
     REGIME_COLLAPSE,
+    REGIME_DPO,
     REGIME_INTERIOR,
     REGIME_NOMINAL,
     STATUS_OPTIMAL,
@@ -67,11 +71,50 @@ class _Setup:
         self.A = d.signed_labels[self.keep, None] * self.beta * d.X[self.keep]  # rows sy beta x
         self.p = d.weights[self.keep]
         self.tie_mass = float(d.weights[~self.keep].sum())
-        self.theta = cp.Variable(d.d, name="theta")
-        self.m = self.A @ self.theta - self.A @ self.tref
+        # unit scale: rows A / s (s a power of two, exact), variable theta_u = s theta, so
+        # Clarabel's absolute tolerances mean the same at every scale of beta and X
+        amax = float(np.abs(self.A).max()) if self.A.size else 0.0
+        self.s = 1.0 if not amax > 0 else float(2.0 ** np.round(np.log2(amax)))
+        self.Au = self.A / self.s
+        self.tref_u = self.tref * self.s
+        self.radius_u = self.radius * self.s if self.bounded else None
+        if not (np.all(np.isfinite(self.Au)) and np.all(np.isfinite(self.tref_u))) or (
+            self.bounded and not 0 < self.radius_u < np.inf
+        ):
+            raise SolverError(
+                f"exact baselines: the problem's scale is outside the range float64 can "
+                f"represent (beta * max|x| = {amax:.3g}, ||theta_ref|| = "
+                f"{float(np.linalg.norm(self.tref)):.3g}, radius = {self.radius}).",
+                status="scale_out_of_range",
+                hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
+            )
+        self.theta = cp.Variable(d.d, name="theta")  # theta_u = s theta
+        self.m = self.Au @ self.theta - self.Au @ self.tref_u
 
     def constraints(self):
-        return [cp.norm(self.theta, 2) <= self.radius] if self.bounded else []
+        return [cp.norm(self.theta, 2) <= self.radius_u] if self.bounded else []
+
+    def lower_bound(self, q, *, linear=None, flipped=None, tie_loss=LOG2):
+        """Certified lower bound of ``min_theta E_q l(theta) [+ linear term]`` at the last
+        solution (``docs/theory.md#optimality-gap``): rows ``A`` weighted by ``q`` (over
+        the informative rows), ``flipped`` weights on rows ``-A`` (label-smoothed losses),
+        the tie rows' constant mass, bounded by :func:`.optimality.logistic_lower_bound`
+        at unit scale. ``q`` sums to the informative rows' share; the tie rows carry
+        ``1 - sum(q) - sum(flipped)``."""
+        rows, w = self.Au, np.asarray(q, dtype=float)
+        if flipped is not None:
+            rows, w = np.vstack([self.Au, -self.Au]), np.concatenate([w, flipped])
+        tie = max(0.0, 1.0 - float(w.sum()))
+        b = None if linear is None else np.asarray(linear, dtype=float) / self.s
+        return logistic_lower_bound(
+            rows,
+            w,
+            self.theta_u_hat,
+            theta_ref=self.tref_u,
+            radius=self.radius_u,
+            linear=b,
+            constant=tie * tie_loss,
+        )
 
     def margins(self, theta) -> np.ndarray:
         d = self.data
@@ -83,6 +126,10 @@ class _Setup:
     def ref_theta(self) -> np.ndarray:
         return project_ball(self.tref, self.radius)
 
+    def set_theta(self, th) -> None:
+        """Record a solution found outside :meth:`solve` (for :meth:`lower_bound`)."""
+        self.theta_u_hat = np.asarray(th, dtype=float) * self.s
+
     def check_separable(self, what):
         if not self.bounded and recession_direction(self.A) is not None:
             raise SolverError(
@@ -91,10 +138,14 @@ class _Setup:
                 hint="pass a finite radius= (the parameter bound B).",
             )
 
-    def solve(self, problem, what):
+    def solve(self, problem, what, **options):
         t0 = time.perf_counter()
-        solve_problem(problem, what=what, cvxpy_solver=self.cvxpy_solver)
-        th = np.asarray(self.theta.value, dtype=float)
+        solve_problem(problem, what=what, cvxpy_solver=self.cvxpy_solver, **options)
+        thu = np.asarray(self.theta.value, dtype=float)
+        if self.bounded and np.linalg.norm(thu) > self.radius_u:
+            thu = thu * (self.radius_u / np.linalg.norm(thu))
+        self.theta_u_hat = thu
+        th = thu / self.s
         return (
             th,
             STATUS_OPTIMAL,
@@ -172,8 +223,15 @@ def cdpo(
     obj = s.p @ ((1 - eps) * cp.logistic(-s.m) + eps * cp.logistic(s.m)) + s.tie_mass * LOG2
     th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact cDPO")
     value = float(s.data.weights @ L.cdpo_loss(s.margins(th), eps=eps))
+    lower, info["optimality"] = s.lower_bound((1 - eps) * s.p, flipped=eps * s.p)
     return ExactResult(
-        theta=th, value=value, status=status, method="cdpo", info=info, regime=REGIME_NOMINAL
+        theta=th,
+        value=value,
+        status=status,
+        method="cdpo",
+        optimality_gap=certify_optimal(value, lower, what="exact cDPO"),
+        info=info,
+        regime=REGIME_NOMINAL,
     )
 
 
@@ -237,8 +295,16 @@ def rdpo(
     obj = s.p @ (cp.logistic(-s.m) - c * s.m) + s.tie_mass * LOG2
     th, status, info = s.solve(cp.Problem(cp.Minimize(obj), s.constraints()), "exact rDPO")
     value = float(s.data.weights @ L.rdpo_loss(s.margins(th), eps=eps))
+    # the linear part -c sum_i p_i m_i = -c (A^T p) . (theta - theta_ref)
+    lower, info["optimality"] = s.lower_bound(s.p, linear=-c * (s.A.T @ s.p))
     return ExactResult(
-        theta=th, value=value, status=status, method="rdpo", info=info, regime=REGIME_NOMINAL
+        theta=th,
+        value=value,
+        status=status,
+        method="rdpo",
+        optimality_gap=certify_optimal(value, lower, what="exact rDPO"),
+        info=info,
+        regime=REGIME_NOMINAL,
     )
 
 
@@ -331,11 +397,16 @@ def group_dpo(
     else:
         th, status, info = s.ref_theta(), STATUS_OPTIMAL, {"solver": "none (all losses constant)"}
         alpha = np.full(G, 1.0 / G)
+        s.set_theta(th)
     per = L.dpo_loss(s.margins(th))
     _, Lg = L.group_losses(per, idx, weights=d.weights)
     value = float(Lg.max())
     q = alpha[idx] * d.weights / mass[idx]
     info.update(group_weights=alpha, group_labels=labels, group_losses=Lg)
+    # weak duality: the group mixture alpha is an adversary's choice, so
+    # min_theta sum_g alpha_g L_g(theta) <= min_theta max_g L_g(theta)
+    lower, info["optimality"] = s.lower_bound(q[s.keep])
+    opt_gap = certify_optimal(value, lower, what="exact group-robust DPO")
     return ExactResult(
         theta=th,
         value=value,
@@ -343,6 +414,7 @@ def group_dpo(
         method="gdpo",
         worst_case=q,
         gap=value - float(alpha @ Lg),
+        optimality_gap=opt_gap,
         info=info,
         regime=_robust_regime(s, th),
     )
@@ -362,29 +434,75 @@ def collapse_certificate(X, y=None, *, kind: str, param: float, beta: float, wei
     """
     d = as_data(X) if y is None and weights is None else as_data(X, y, weights)
     beta = L.check_beta(beta)
-    keep = d.weights > 0
-    A = d.signed_labels[keep, None] * beta * d.X[keep]
-    p = d.weights[keep]
-    q = cp.Variable(p.shape[0], nonneg=True)
-    cons = [cp.sum(q) == 1, A.T @ q == 0]
-    if kind == "chi2":
-        prob = cp.Problem(cp.Minimize(0.5 * cp.sum(cp.multiply(1 / p, cp.square(q - p)))), cons)
-    elif kind == "cvar":
-        t = cp.Variable()
-        prob = cp.Problem(cp.Minimize(t), cons + [q <= t * p])
-    else:
+    if kind not in ("chi2", "cvar"):
         raise InputError(f"kind must be 'chi2' or 'cvar', got {kind!r}")
+    keep = d.weights > 0
+    return balancing_law(d.signed_labels[keep, None] * beta * d.X[keep], d.weights[keep], kind)[0]
+
+
+def balancing_law(A: np.ndarray, p: np.ndarray, kind: str) -> tuple[float, np.ndarray | None]:
+    """``(size, q)``: the law ``q`` closest to ``p`` (chi-square divergence, or the CVaR level
+    ``1 / max_i q_i / p_i``) with ``sum_i q_i a_i = 0`` (see :func:`collapse_certificate`),
+    or ``(inf or 0, None)`` when none exists. Rows are scaled to unit size first (the zero
+    set of ``A^T q`` does not change), so solver tolerances mean the same at every scale.
+    The CVaR program is an LP (HiGHS), the chi-square one a QP (Clarabel)."""
+    from scipy.optimize import linprog
+
+    amax = float(np.abs(A).max()) if A.size else 0.0
+    Au = A / amax if amax > 0 else A
+    n, dd = Au.shape
+    if kind == "cvar":  # variables (q, t): min t, q <= t p, sum q = 1, A^T q = 0
+        res = linprog(
+            np.r_[np.zeros(n), 1.0],
+            A_ub=np.hstack([np.eye(n), -p[:, None]]),
+            b_ub=np.zeros(n),
+            A_eq=np.vstack([np.r_[np.ones(n), 0.0], np.hstack([Au.T, np.zeros((dd, 1))])]),
+            b_eq=np.r_[1.0, np.zeros(dd)],
+            bounds=[(0, None)] * (n + 1),
+            method="highs",
+        )
+        if res.status == 2:
+            return 0.0, None
+        if res.status != 0:
+            raise SolverError("collapse certificate (LP) failed", status=f"highs_{res.status}")
+        q = np.clip(res.x[:n], 0.0, None)
+        return 1.0 / max(float(np.max(q / p)), 1e-300), q / q.sum()
+    q = cp.Variable(n, nonneg=True)
+    prob = cp.Problem(
+        cp.Minimize(0.5 * cp.sum(cp.multiply(1 / p, cp.square(q - p)))),
+        [cp.sum(q) == 1, Au.T @ q == 0],
+    )
     prob.solve(solver="CLARABEL")
     if prob.status == cp.INFEASIBLE:
-        return float("inf") if kind == "chi2" else 0.0
+        return float("inf"), None
     if prob.status != cp.OPTIMAL:
         raise SolverError("collapse certificate: solver did not finish", status=str(prob.status))
-    return float(prob.value) if kind == "chi2" else 1.0 / float(prob.value)
+    qv = np.clip(np.asarray(q.value, dtype=float), 0.0, None)
+    qv = qv / qv.sum()
+    return L.chi2_divergence(qv, p), qv
+
+
+def _into_ball(q, p, kind: str, param: float) -> np.ndarray:
+    """Mix ``q`` with ``p`` just enough to lie in the ball (``q`` from a solver may exceed
+    it by its tolerance); weak duality needs a feasible law."""
+    q = np.clip(np.asarray(q, dtype=float), 0.0, None)
+    q = q / q.sum()
+    if kind == "chi2":
+        D = L.chi2_divergence(q, p)
+        # D((1 - t) q + t p) = (1 - t)^2 D(q)
+        t = 0.0 if D <= param else 1.0 - np.sqrt(param / D)
+    else:
+        pos = p > 0
+        r = float(np.max(q[pos] / p[pos])) if pos.any() else 0.0
+        # max_i ((1 - t) q_i + t p_i) / p_i <= (1 - t) r + t <= 1 / level
+        t = 0.0 if r <= 1.0 / param else (r - 1.0 / param) / (r - 1.0)
+    return (1.0 - t) * q + t * p
 
 
 def _dual_program(s: _Setup, kind: str, param: float, what: str):
-    """Solve ``min eta + penalty(v)`` with ``v >= l(theta) - eta, v >= 0``; on an inaccurate
-    solve check whether theta_ref is certified optimal (the collapse regime)."""
+    """Solve ``min eta + penalty(v)`` with ``v >= l(theta) - eta, v >= 0``. Returns
+    ``(theta, status, info, eta, q_dual)``, ``q_dual`` the multipliers of the constraints
+    ``v >= u - eta`` (the saddle law on the informative rows)."""
     u = cp.Variable(s.A.shape[0], name="u")
     eta = cp.Variable(name="eta")
     v = cp.Variable(s.A.shape[0], nonneg=True, name="v")
@@ -394,23 +512,22 @@ def _dual_program(s: _Setup, kind: str, param: float, what: str):
         obj = eta + np.sqrt(1 + 2 * param) * pen
     else:
         obj = eta + (s.p @ v + s.tie_mass * vt) / param
-    cons = s.constraints() + [u >= cp.logistic(-s.m), v >= u - eta]
-    try:
-        th, status, info = s.solve(cp.Problem(cp.Minimize(obj), cons), what)
-        return th, status, info, float(eta.value)
-    except SolverError as err:
-        inside = not s.bounded or np.linalg.norm(s.tref) <= s.radius
-        size = collapse_certificate(s.data, kind=kind, param=param, beta=s.beta)
-        if inside and (size <= param * (1 + 1e-9) if kind == "chi2" else size >= param):
-            info = {
-                "solver": "cvxpy",
-                "cvxpy_solver": s.cvxpy_solver,
-                "solver_value": LOG2,
-                "collapse_ball_size": size,
-                "collapse_certified": True,
-            }
-            return s.tref.copy(), STATUS_OPTIMAL, info, LOG2
-        raise err
+    tail = v >= u - eta
+    cons = s.constraints() + [u >= cp.logistic(-s.m), tail]
+    problem = cp.Problem(cp.Minimize(obj), cons)
+    # tight tolerances first (the optimality certificate asks ~1e-6 of the value), then
+    # Clarabel's defaults and the settings that break degenerate stalls
+    clarabel = s.cvxpy_solver.upper() == "CLARABEL"
+    attempts = (TIGHT, *CLARABEL_RETRIES) if clarabel else ({},)
+    for k, options in enumerate(attempts):
+        try:
+            th, status, info = s.solve(problem, what, **options)
+            break
+        except SolverError:
+            if k == len(attempts) - 1:
+                raise
+    qd = None if tail.dual_value is None else np.asarray(tail.dual_value, dtype=float)
+    return th, status, info, float(eta.value), qd
 
 
 def chi2dpo(
@@ -483,29 +600,134 @@ def cvardpo(
 
 
 def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
-    """Shared body of :func:`chi2dpo` and :func:`cvardpo`: solve the dual program, then take
-    the value and worst case ``q`` from the exact numpy best response at the returned theta."""
+    """Shared body of :func:`chi2dpo` and :func:`cvardpo`: solve the dual program, take the
+    value and worst case ``q`` from the exact numpy best response at the returned theta, and
+    certify the minimax value (``docs/theory.md#optimality-gap``) by weak duality:
+    ``min_theta E_q l(theta) <= min_theta sup_ball E_Q l`` for any q in the ball (the best
+    response, or the program's multipliers, the saddle law, when the best response splits
+    ties differently). When the program fails or is not certified, the collapse
+    ``theta = theta_ref`` is tested (:func:`balancing_law`) and certified the same way."""
+    d = s.data
     if s.trivial():
         r = _trivial_result(s, method, LOG2, REGIME_COLLAPSE)
-        r.worst_case = s.data.weights.copy()
+        r.worst_case = d.weights.copy()
+        r.optimality_gap = 0.0
         return r
     if not s.bounded:
         s.check_separable(what)
-    th, status, info, eta = _dual_program(s, kind, param, what)
-    per = L.dpo_loss(s.margins(th))
-    if kind == "chi2":
-        q = L.chi2_weights(per, rho=param, weights=s.data.weights)
-    else:
-        q = L.cvar_weights(per, level=param, weights=s.data.weights)
-    value = float(q @ per)
-    return ExactResult(
-        theta=th,
-        value=value,
-        status=status,
-        method=method,
-        dual=eta,
-        worst_case=q,
-        gap=info["solver_value"] - value,
-        info=info,
-        regime=_robust_regime(s, th),
-    )
+    if param == (0.0 if kind == "chi2" else 1.0):  # the ball is {p}: DPO exactly
+        from .dpo import dpo
+
+        res = dpo(d, beta=s.beta, theta_ref=s.tref, radius=s.radius, cvxpy_solver=s.cvxpy_solver)
+        s.set_theta(res.theta)
+        lower, oinfo = s.lower_bound(s.p)
+        res.info["optimality"] = oinfo
+        res.method, res.worst_case, res.regime, res.gap = method, d.weights.copy(), REGIME_DPO, 0.0
+        res.optimality_gap = certify_optimal(res.value, lower, what=what)
+        return res
+
+    def best_response(th):
+        per = L.dpo_loss(s.margins(th))
+        if kind == "chi2":
+            return per, L.chi2_weights(per, rho=param, weights=d.weights)
+        return per, L.cvar_weights(per, level=param, weights=d.weights)
+
+    def certify(th, laws):
+        """The best lower bound over candidate laws q (n,), and the value at th."""
+        per, q = best_response(th)
+        value = float(q @ per)
+        best = (-np.inf, {})
+        for law in [q, *laws]:
+            if law is None:
+                continue
+            lower, oinfo = s.lower_bound(_into_ball(law, d.weights, kind, param)[s.keep])
+            if lower > best[0]:
+                best = (lower, oinfo)
+        return value, q, best
+
+    error = found = None
+    try:
+        th, status, info, eta, qd = _dual_program(s, kind, param, what)
+        laws = []
+        if qd is not None:
+            full = np.zeros(d.n)
+            full[s.keep] = np.clip(qd, 0.0, None)
+            full[~s.keep] = (
+                d.weights[~s.keep] * max(0.0, 1.0 - full.sum()) / max(s.tie_mass, 1e-300)
+            )
+            laws.append(full if full.sum() > 0 else None)
+        value, q, (lower, oinfo) = certify(th, laws)
+        near_collapse = value >= LOG2 - OPTIMALITY_TOL * (1.0 + LOG2)
+        if value - lower <= OPTIMALITY_TOL * (1.0 + abs(value)) and not near_collapse:
+            info["optimality"] = oinfo
+            return ExactResult(
+                theta=th,
+                value=value,
+                status=STATUS_OPTIMAL,
+                method=method,
+                dual=eta,
+                worst_case=q,
+                gap=info["solver_value"] - value,
+                optimality_gap=certify_optimal(value, lower, what=what),
+                info=info,
+                regime=REGIME_INTERIOR,
+            )
+        error = SolverError(
+            f"{what}: not certified optimal (optimality gap {value - lower:.3g}).",
+            status="uncertified",
+            hint="rescale beta or pass a finite radius=.",
+        )
+        if value - lower <= OPTIMALITY_TOL * (1.0 + abs(value)):
+            # certified, but within the tolerance of log 2: prefer the exact collapse below
+            # when it is certified; otherwise this answer stands
+            error = None
+            found = ExactResult(
+                theta=th,
+                value=value,
+                status=STATUS_OPTIMAL,
+                method=method,
+                dual=eta,
+                worst_case=q,
+                gap=info["solver_value"] - value,
+                optimality_gap=certify_optimal(value, lower, what=what),
+                info=info | {"optimality": oinfo},
+                regime=REGIME_INTERIOR,
+            )
+    except SolverError as err:
+        error = err
+    # switch path: is theta_ref optimal (the collapse)?
+    inside = not s.bounded or np.linalg.norm(s.tref) <= s.radius
+    if inside:
+        pos = d.weights > 0
+        size, qb = balancing_law(d.signed_labels[pos, None] * d.X[pos], d.weights[pos], kind)
+        ok = size <= param * (1 + 1e-9) if kind == "chi2" else size >= param * (1 - 1e-9)
+        if ok and qb is not None:
+            th = s.tref.copy()
+            s.set_theta(th)
+            full = np.zeros(d.n)
+            full[pos] = qb
+            value, q, (lower, oinfo) = certify(th, [full])
+            info = {
+                "solver": "cvxpy",
+                "cvxpy_solver": s.cvxpy_solver,
+                "collapse_ball_size": size,
+                "collapse_certified": True,
+                "optimality": oinfo,
+            }
+            if error is not None:
+                info["program_error"] = str(error)
+            return ExactResult(
+                theta=th,
+                value=value,
+                status=STATUS_OPTIMAL,
+                method=method,
+                dual=LOG2,
+                worst_case=q,
+                gap=0.0,
+                optimality_gap=certify_optimal(value, lower, what=what),
+                info=info,
+                regime=REGIME_COLLAPSE,
+            )
+    if found is not None:
+        return found
+    raise error

@@ -41,6 +41,22 @@ def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | Non
         return None
     from scipy.optimize import linprog
 
+    # Scale each row to max-abs 1 (a power of two, exact): positive row scales change neither
+    # the sign pattern of A v nor, hence, the answer, and the LP is then well scaled at any
+    # scale of beta and X (HiGHS fails on rows of size 1e20).
+    amax = np.abs(A).max(axis=1)
+    A = A[amax > 0]
+    if A.shape[0] == 0:
+        return None
+    with np.errstate(divide="ignore"):
+        A = A / (2.0 ** np.round(np.log2(amax[amax > 0])))[:, None]
+    if not np.all(np.isfinite(A)):
+        raise SolverError(
+            "separability check: the rows sy_i beta x_i are outside the range float64 can "
+            "represent.",
+            status="scale_out_of_range",
+            hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
+        )
     res = linprog(
         -A.sum(axis=0),
         A_ub=-A,
@@ -49,7 +65,11 @@ def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | Non
         method="highs",
     )
     if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
-        raise SolverError("separability check failed", status=f"linprog status {res.status}")
+        raise SolverError(
+            f"separability check failed: HiGHS ended with {res.message!r} on rows scaled to "
+            "unit size.",
+            status=f"linprog status {res.status}",
+        )
     if -float(res.fun) > tol * max(1.0, float(np.abs(A).sum())):
         return np.asarray(res.x)
     return None

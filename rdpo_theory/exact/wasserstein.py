@@ -40,8 +40,9 @@ from . import fast
 from ._common import check_rho, check_solver, raise_if_separable, solve_with_retries
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
-from .problem import Problem, prepare
-from .result import ExactResult
+from .optimality import logistic_lower_bound
+from .problem import Problem, Scale, prepare
+from .result import ExactResult, certify_optimal
 from .status import (
     REGIME_COLLAPSE,
     REGIME_DPO,
@@ -302,6 +303,23 @@ def w1_collapse(prob: Problem, rho: float) -> dict | None:
 
 
 def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> ExactResult:
+    """Continuous W1 at unit scale (:class:`._common.Scale`), answer in the caller's units.
+
+    A transport radius and a flip cost are in units of x, so they scale with ``1 / s``; the
+    multiplier lam (loss per unit of x) with ``1 / s`` too."""
+    sc = Scale.of(prob, "exact WDPO (Wasserstein-1)")
+    res = _continuous_p1_unit(sc.problem, rho / sc.s, kappa / sc.s, solver, cvxpy_solver, t0)
+    res.theta = sc.theta(res.theta)
+    res.dual = res.dual / sc.s
+    info = res.info
+    info["lipschitz"] = info["lipschitz"] / sc.s
+    if "rho_threshold" in info:
+        info["rho_threshold"] = info["rho_threshold"] * sc.s
+    info["scale"] = {"x": sc.s, "theta": sc.S}
+    return res
+
+
+def _continuous_p1_unit(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> ExactResult:
     data = prob.data
     info: dict = {"solver": solver}
     if rho == 0:
@@ -336,9 +354,14 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
         return prob.feasible_ref()
     A = prob.c[keep, None] * data.X[keep]
     ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
-    if np.isfinite(kappa) and ref_inside and _sa_collapse(A, pk, prob.beta, rho, kappa):
-        info["collapse_certified"] = True
-        return prob.tref.copy()
+    if np.isfinite(kappa) and ref_inside:
+        flips = _sa_collapse(A, pk, prob.beta, rho, kappa)
+        if flips is not None:
+            info["collapse_certified"] = True
+            f = np.zeros(data.n)
+            f[keep] = flips
+            info["collapse_flip_fraction"] = f
+            return prob.tref.copy()
     if not np.isfinite(kappa):
         collapse = w1_collapse(prob, rho)
         if collapse is not None:
@@ -354,7 +377,8 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     if np.isfinite(kappa):
         lam = cp.Variable(nonneg=True, name="lam")
         s = cp.Variable(A.shape[0], name="s")
-        cons += [s >= cp.logistic(-m), s >= cp.logistic(m) - lam * kappa, norm <= lam]
+        flip_con = s >= cp.logistic(m) - lam * kappa
+        cons += [s >= cp.logistic(-m), flip_con, norm <= lam]
         objective = lam * rho + pk @ s + p0 * np.log(2.0)
     else:
         objective = pk @ cp.logistic(-m) + p0 * np.log(2.0) + rho * norm
@@ -365,6 +389,11 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     )
     info["conic_status"] = status
     th = project_ball(np.asarray(theta.value, dtype=float), prob.radius)
+    if np.isfinite(kappa) and flip_con.dual_value is not None:
+        # the saddle flip fractions: the multipliers of the flip constraints over p_i
+        f = np.zeros(data.n)
+        f[keep] = np.clip(np.asarray(flip_con.dual_value, dtype=float) / pk, 0.0, 1.0)
+        info["saddle_flip_fraction"] = f
     if not np.isfinite(kappa):  # smooth away from theta_ref: polish with Newton
         obj = fast.W1Penalty(data.X[keep], prob.c[keep], pk, rho, prob.beta, prob.tref)
         f0 = obj.state(th, []).f
@@ -375,7 +404,7 @@ def _sa_program(prob: Problem, rho, kappa, cvxpy_solver, info) -> np.ndarray:
     return th
 
 
-def _sa_collapse(A, pk, beta, rho, kappa) -> bool:
+def _sa_collapse(A, pk, beta, rho, kappa) -> np.ndarray | None:
     """Is ``theta = theta_ref`` optimal for the Wasserstein-1 program with label flips?
 
     At theta_ref every loss is log 2. The one-sided derivative of the robust objective along a
@@ -383,13 +412,17 @@ def _sa_collapse(A, pk, beta, rho, kappa) -> bool:
     fractions ``f in [0, 1]^n`` with ``kappa sum_i p_i f_i <= rho``, where
     ``g(f) = sum_i p_i (f_i - 1/2) sy_i beta x_i``. By minimax it is >= 0 for every u exactly
     when some feasible f has ``||g(f)|| <= beta (rho - kappa sum_i p_i f_i)``: an SOCP.
+    Returns those flip fractions (n,), or None when theta_ref is not optimal. (The test is
+    a screen: the optimality certificate of the result checks the returned f exactly.)
     """
     f = cp.Variable(A.shape[0])
     g = A.T @ cp.multiply(pk, f - 0.5)
     slack = cp.norm(g, 2) - beta * (rho - kappa * (pk @ f))
     prob = cp.Problem(cp.Minimize(slack), [f >= 0, f <= 1, kappa * (pk @ f) <= rho])
     solve_with_retries(prob, what="WDPO collapse test")
-    return float(prob.value) <= 1e-9
+    if not float(prob.value) <= 1e-9 * (1.0 + beta * rho):
+        return None
+    return np.clip(np.asarray(f.value, dtype=float), 0.0, 1.0)
 
 
 def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
@@ -399,7 +432,19 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
     lip = prob.beta * float(np.linalg.norm(theta - prob.tref))
     value, lam = cert.w1_dual_min(l, lf, data.weights, lip, rho, kappa)
     primal, frac = cert.w1_primal_sup(l, lf, data.weights, lip, rho, kappa)
-    collapsed = bool(lip <= 1e-12 * prob.beta * (1 + np.linalg.norm(prob.tref)))
+    collapsed = bool(np.all(theta == prob.tref))
+    if "collapse_flip_fraction" in info:
+        frac = info.pop("collapse_flip_fraction")
+    lower, oinfo = w1_lower_bound(prob, rho, kappa, theta, frac)
+    if "saddle_flip_fraction" in info:  # the knapsack at theta may split ties wrongly
+        f_dual = info.pop("saddle_flip_fraction")
+        if kappa * float(data.weights @ f_dual) > rho:  # back inside the budget
+            f_dual = f_dual * (rho / (kappa * float(data.weights @ f_dual)))
+        lower2, oinfo2 = w1_lower_bound(prob, rho, kappa, theta, f_dual)
+        if lower2 > lower:
+            lower, oinfo = lower2, oinfo2 | {"flips": "conic multipliers"}
+    what = "exact WDPO (Wasserstein-1)"
+    opt_gap = certify_optimal(value, lower, what=what)
     info.update(
         seconds=time.perf_counter() - t0,
         primal_value=primal,
@@ -418,8 +463,59 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
         dual=lam,
         worst_case=None,
         gap=value - primal,
-        info=info,
+        optimality_gap=opt_gap,
+        info=info | {"optimality": oinfo},
         regime=REGIME_DPO if rho == 0 else (REGIME_COLLAPSE if collapsed else REGIME_PENALTY),
+    )
+
+
+def w1_lower_bound(prob: Problem, rho, kappa, theta, flip) -> tuple[float, dict]:
+    """Weak-duality lower bound of the continuous W1 minimax value
+    (``docs/theory.md#optimality-gap``).
+
+    For flip fractions ``f in [0, 1]^n`` with ``kappa sum_i p_i f_i <= rho`` and a unit vector
+    ``u``, the adversary can flip a share ``f_i`` of pair i and spend the rest of the budget,
+    ``r = rho - kappa sum_i p_i f_i``, moving a vanishing mass far along ``-sy_i u``; its gain
+    tends to ``r beta |u . (theta - theta_ref)|``. So for every theta
+
+        R(theta) >= sum_i p_i [(1 - f_i) l_i(theta) + f_i l_i^flip(theta)]
+                    + r beta u . (theta - theta_ref),
+
+    and the minimum over the parameter ball of the right side (a logistic objective plus a
+    linear term, bounded below by :func:`.optimality.logistic_lower_bound`) is a lower bound
+    of ``min R``. At the returned theta, ``f`` is the adversary's knapsack and ``u`` the
+    direction of ``theta - theta_ref`` (projected on the span of the data without a radius),
+    or, at ``theta = theta_ref``, ``u = -grad / max(||grad||, r beta)`` with ``grad`` the
+    gradient there of the flipped mixture, so that the right side is stationary.
+    """
+    data = prob.data
+    p = data.weights
+    A = prob.c[:, None] * data.X
+    f = np.zeros(data.n) if flip is None else np.asarray(flip, dtype=float)
+    rem = rho if not np.isfinite(kappa) else max(0.0, rho - kappa * float(p @ f))
+    rows = np.vstack([A, -A])
+    w = np.concatenate([p * (1.0 - f), p * f])
+    delta = theta - prob.tref
+    nd = float(np.linalg.norm(delta))
+    if rem == 0.0:
+        u = np.zeros(data.d)
+    elif nd > 0:
+        u = delta / nd
+        if prob.radius is None:  # keep u in the span of the rows (else unbounded below)
+            keep = informative_rows(data.X, p)
+            if keep.any():
+                coef, *_ = np.linalg.lstsq(A[keep].T, u, rcond=None)
+                u = A[keep].T @ coef
+                nu_ = float(np.linalg.norm(u))
+                u = u / nu_ if nu_ > 1.0 else u
+            else:
+                u = np.zeros(data.d)
+    else:
+        g = -0.5 * (rows.T @ w)
+        ng = float(np.linalg.norm(g))
+        u = -g / max(ng, rem * prob.beta) if ng > 0 else np.zeros(data.d)
+    return logistic_lower_bound(
+        rows, w, theta, theta_ref=prob.tref, radius=prob.radius, linear=rem * prob.beta * u
     )
 
 
@@ -467,13 +563,18 @@ def _finite(prob: Problem, rho, p, Xc, yc, C, cvxpy_solver, t0) -> ExactResult:
         raise_if_separable(A, "exact WDPO")
     Cm = np.where(_allowed_full(Cp, rows, allowed), Cp, np.inf)
     ref_inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
-    if ref_inside and rho > 0 and cert.collapse_plan(Ac, w, Cm, budget) is not None:
+    plan0 = cert.collapse_plan(Ac, w, Cm, budget) if ref_inside and rho > 0 else None
+    if plan0 is not None:
         info["collapse_certified_by_lp"] = True
+        info["collapse_plan"] = plan0
         return _finite_result(prob, rho, Xc, yc, Cm, budget, prob.tref.copy(), None, info, t0)
-    th, eta_val, status, iters = _cutting_planes(
+    th, eta_val, status, iters, dual = _cutting_planes(
         prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver
     )
     info.update(conic_status=status, cutting_plane_rounds=iters)
+    master = np.zeros(Cm.shape)
+    master[rows] = dual
+    info["master_plan"] = _feasible_plan(master, w, Cm, budget)
     return _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_val, info, t0)
 
 
@@ -523,7 +624,8 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
         ks, kpos = np.unique(kk, return_inverse=True)
         u = cp.Variable(ks.shape[0], name="u")
         inf_u = informative[ks]
-        cons = [lhs >= u[kpos]]
+        pair_con = lhs >= u[kpos]
+        cons = [pair_con]
         if inf_u.any():
             Ak = cc[ks[inf_u]]
             cons.append(u[np.flatnonzero(inf_u)] >= cp.logistic(-(Ak @ theta - Ak @ prob.tref)))
@@ -549,7 +651,12 @@ def _cutting_planes(prob, rho, rows, allowed, Cr, Ac, Xc, budget, cvxpy_solver, 
         if at_bound:
             art *= 10.0
         if not new.any() and not at_bound:
-            return project_ball(th, prob.radius), (ev if eta is not None else None), status, it
+            # the pair constraints' multipliers are the saddle transport plan (rows x K)
+            dual = np.zeros((nr, K))
+            if pair_con.dual_value is not None:
+                dual[ii, kk] = np.clip(np.asarray(pair_con.dual_value, dtype=float), 0.0, None)
+            th_out = project_ball(th, prob.radius)
+            return th_out, (ev if eta is not None else None), status, it, dual
         vv = np.where(new, viol, -np.inf)
         top = np.argsort(-vv, axis=1)[:, :per_row]
         r_idx = np.repeat(np.arange(nr), top.shape[1])
@@ -569,6 +676,22 @@ def _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_solver, info, t0) -> E
     primal, plan, eta_lp = cert.transport_primal_sup(Lc, w, Cm, budget)
     eta_val = eta_solver if eta_solver is not None else eta_lp
     value = cert.transport_dual_value(Lc, w, Cm, budget, eta_val)
+    # weak duality: a feasible plan's candidate law Q does not depend on theta, so
+    # min_theta E_Q l(theta) <= the minimax value (docs/theory.md#optimality-gap)
+    Ac = ((2.0 * yc - 1.0) * prob.beta)[:, None] * Xc
+    lower, oinfo = -np.inf, {}
+    for pl in (plan, info.pop("collapse_plan", None), info.pop("master_plan", None)):
+        # solvers meet the budget and row sums only to their tolerance: weak duality needs
+        # an exactly feasible plan
+        pl = None if pl is None else _feasible_plan(pl, w, Cm, budget)
+        if pl is not None:
+            lo, oi = logistic_lower_bound(
+                Ac, pl.sum(axis=0), th, theta_ref=prob.tref, radius=prob.radius
+            )
+            if lo > lower:
+                lower, oinfo = lo, oi
+    info["optimality"] = oinfo
+    opt_gap = certify_optimal(value, lower, what="exact WDPO (finite candidates)")
     info.update(
         seconds=time.perf_counter() - t0,
         primal_value=primal,
@@ -587,12 +710,36 @@ def _finite_result(prob, rho, Xc, yc, Cm, budget, th, eta_solver, info, t0) -> E
         dual=eta_val,
         worst_case=plan.sum(axis=0),
         gap=value - primal,
+        optimality_gap=opt_gap,
         info=info,
         transport_plan=plan,
         regime=REGIME_DPO
         if rho == 0
         else (REGIME_COLLAPSE if info["collapsed_to_theta_ref"] else REGIME_FINITE),
     )
+
+
+def _feasible_plan(plan, w, Cm, budget) -> np.ndarray | None:
+    """A solver's plan made exactly feasible: each row rescaled to its mass ``w_i``, then
+    mixed with the cheapest plan (every row to its cheapest candidate) just enough to meet
+    the budget. None when a row of the plan is empty."""
+    rows = w > 0
+    mass = plan.sum(axis=1)
+    if np.any(mass[rows] <= 0):
+        return None
+    out = np.zeros_like(plan)
+    out[rows] = plan[rows] * (w[rows] / mass[rows])[:, None]
+    C0 = np.where(np.isfinite(Cm), Cm, 0.0)
+    cost = float(np.sum(out * C0))
+    cheap = np.zeros_like(plan)
+    k = np.argmin(np.where(np.isfinite(Cm), Cm, np.inf), axis=1)
+    cheap[np.flatnonzero(rows), k[rows]] = w[rows]
+    need = float(np.sum(cheap * C0))
+    if cost > budget:
+        t = 1.0 if cost <= need else min(1.0, (cost - budget) / (cost - need))
+        out = (1.0 - t) * out + t * cheap
+    out[~np.isfinite(Cm)] = 0.0
+    return out
 
 
 def _allowed_full(Cp, rows, allowed) -> np.ndarray:
