@@ -210,7 +210,7 @@ def test_wp_tolerances_are_scale_free():
 def test_wp_honest_against_brute_force_d1(radius):
     X, y = _data(8, 1, 9)
     data = PreferenceData(X, y)
-    res = wdpo(X, y, rho=0.1, beta=1.0, p=2, radius=radius)
+    res = wdpo(X, y, rho=0.1, beta=1.0, p=2, radius=radius, solver="fast")
     B = radius if radius is not None else 6.0
 
     def f(th):
@@ -222,7 +222,7 @@ def test_wp_honest_against_brute_force_d1(radius):
 def test_wp_collapse_is_certified():
     X, y = _data(10, 2, 10)
     g = np.linalg.norm((2 * y - 1) @ X) / len(y)
-    res = wdpo(X, y, rho=1.01 * g, beta=1.0, p=2)
+    res = wdpo(X, y, rho=1.01 * g, beta=1.0, p=2, solver="fast")
     assert res.regime == "collapse" and res.status == "optimal"
     assert 0 <= res.optimality_gap < 1e-12
 

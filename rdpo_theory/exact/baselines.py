@@ -383,6 +383,8 @@ def group_dpo(
     if np.any(mass <= 0):
         raise InputError(f"groups {labels[mass <= 0].tolist()} have zero weight")
     tie = np.bincount(idx[~s.keep], weights=d.weights[~s.keep], minlength=G) / mass * LOG2
+    if not s.bounded:  # every group loss then tends to 0 along a ray: no minimiser
+        s.check_separable("exact group-robust DPO")
     t = cp.Variable(name="t")
     cons = s.constraints()
     if s.keep.any():
