@@ -14,7 +14,7 @@ variables, so the reference's own tolerances are meaningful at every scale). Ass
 * and a small one (``<= tol * (1 + |value|)``).
 
 A refusal (SolverError) is allowed, never a silent disagreement. The default run draws 200
-problems; the full set (2000, plus continuous W_p) is marked slow.
+problems; the full set (2000, plus 8 of continuous W_p, p = 2) is marked slow.
 """
 
 import numpy as np
@@ -191,6 +191,27 @@ def _case_finite(seed):
     return results
 
 
+def _case_wp(seed):
+    from rdpo_theory import PreferenceData
+    from rdpo_theory.exact.wasserstein_p import robust_value
+
+    P = _problem(seed)
+    X, y, sx, S, R = P["X"][:8, :2], P["y"][:8], P["sx"], P["S"], P["radius"]
+    Xu = X / sx
+    data_u = PreferenceData(Xu, y)
+    g = np.linalg.norm((2 * y - 1) @ Xu) / len(y)
+    rho_u = float(g * 10 ** (2 * P["u"] - 1.5))
+
+    def f_unit(phi):
+        return robust_value(phi, data_u, rho=rho_u, p=2.0, beta=1.0)[0]
+
+    reference, _ = _reference_min(f_unit, X.shape[1], None if R is None else R * S, seed, 1)
+    kw = dict(rho=rho_u * sx, beta=P["beta"], p=2, radius=R, solver="fast")
+    results = [_solve(wdpo, X, y, **kw)]
+    _check(results, f_unit, S, reference)
+    return results
+
+
 CASES = {  # method: (case, problems in the default run; the slow run draws 10x more)
     "w1": (lambda s: _case_w1(s, flips=False), 80),
     "w1-flips": (lambda s: _case_w1(s, flips=True), 35),
@@ -214,3 +235,9 @@ def test_differential_full(method):
     fn, count = CASES[method]
     answered = sum(any(r is not None for r in fn(seed)) for seed in range(count, 11 * count))
     assert answered >= 0.5 * 10 * count
+
+
+@pytest.mark.slow
+def test_differential_wp():
+    answered = sum(any(r is not None for r in _case_wp(seed)) for seed in range(8))
+    assert answered >= 4

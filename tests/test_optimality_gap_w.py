@@ -206,7 +206,8 @@ def test_wp_tolerances_are_scale_free():
     np.testing.assert_allclose(tiny_beta.theta * 1e-8, base.theta, rtol=1e-6)
 
 
-@pytest.mark.parametrize("radius", [None, pytest.param(0.4, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("radius", [None, 0.4])
 def test_wp_honest_against_brute_force_d1(radius):
     X, y = _data(8, 1, 9)
     data = PreferenceData(X, y)
