@@ -10,6 +10,7 @@ import sys
 
 from . import __version__
 from .errors import RDPOError
+from .extras import extra_of, install_hint
 
 #: Subcommand modules, in help order.
 COMMANDS = ["solve", "figures", "rates", "shift", "llm", "compare", "minibatch", "cache"]
@@ -71,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rdpo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        extra = extra_of(exc.name)
+        if extra is None or args.debug:
+            raise
+        print(
+            f"rdpo {args.command}: error: needs the '{extra}' extra (missing: {exc.name}); "
+            f"install it with: {install_hint(extra)}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,22 +28,30 @@ class FigureSpec:
     """A registered figure group.
 
     ``make(out: Path, *, quick: bool, jobs: int) -> list[Path]`` writes tables and PNGs under
-    ``out`` and returns the paths it wrote.
+    ``out`` and returns the paths it wrote. ``extra`` names the optional dependency group
+    (:data:`rdpo_theory.extras.EXTRAS`) the figure needs, or ``None`` for the core install.
     """
 
     name: str
     make: Callable[..., list[Path]]
     description: str
+    extra: str | None = None
+
+    def missing(self) -> list[str]:
+        """Modules of :attr:`extra` that are not installed (empty when it can run)."""
+        from .extras import missing
+
+        return missing(self.extra) if self.extra else []
 
 
 REGISTRY: dict[str, FigureSpec] = {}
 
 
-def register(name: str, *, description: str):
-    """Decorator registering ``make`` under ``name``."""
+def register(name: str, *, description: str, extra: str | None = None):
+    """Decorator registering ``make`` under ``name`` (``extra``: the pyproject extra it needs)."""
 
     def deco(make):
-        REGISTRY[name] = FigureSpec(name, make, description)
+        REGISTRY[name] = FigureSpec(name, make, description, extra)
         return make
 
     return deco
@@ -56,14 +64,13 @@ def load_all() -> dict[str, FigureSpec]:
     return REGISTRY
 
 
-def write_tables(tables: Mapping, out, *, float_format: str | None = None) -> list[Path]:
-    """Write each DataFrame of ``tables`` (name -> table) as ``out/{name}.csv`` (no index) and
-    return the paths, in the order of ``tables``."""
+def write_tables(tables: Mapping, out) -> list[Path]:
+    """Write each DataFrame of ``tables`` (name -> table) as ``out/{name}.csv`` and return the
+    paths, in the order of ``tables``. Every study CSV goes through
+    :func:`rdpo_theory.tables.write_csv` (fixed float format, no wall-clock columns), so
+    regenerating a figure with the same seeds gives the same files."""
+    from .tables import write_csv
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, table in tables.items():
-        path = out / f"{name}.csv"
-        table.to_csv(path, index=False, float_format=float_format)
-        paths.append(path)
-    return paths
+    return [write_csv(table, out / f"{name}.csv") for name, table in tables.items()]

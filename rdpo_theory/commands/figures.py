@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..extras import extra_of, install_hint
 from ..figures import load_all
 
 DEFAULT_OUT = Path("figures")
@@ -29,7 +30,8 @@ def run(args) -> int:
     registry = load_all()
     if args.list:
         for spec in registry.values():
-            print(f"{spec.name:24s} {spec.description}")
+            needs = f" [needs the '{spec.extra}' extra]" if spec.extra else ""
+            print(f"{spec.name:24s} {spec.description}{needs}")
         return 0
     names = list(registry) if not args.only else args.only
     unknown = [n for n in names if n not in registry]
@@ -43,10 +45,26 @@ def run(args) -> int:
     if not names:
         print("no figures are registered yet")
         return 0
+    skipped: dict[str, list[str]] = {}  # extra -> figure names it would make
     for name in names:
+        spec = registry[name]
+        if spec.missing():
+            skipped.setdefault(spec.extra, []).append(name)
+            continue
         t0 = time.perf_counter()
-        paths = registry[name].make(args.out, quick=args.quick, jobs=args.jobs)
+        try:
+            paths = spec.make(args.out, quick=args.quick, jobs=args.jobs)
+        except ModuleNotFoundError as exc:  # an optional module imported deep inside ``make``
+            extra = extra_of(exc.name)
+            if extra is None:
+                raise
+            skipped.setdefault(extra, []).append(name)
+            continue
         print(f"[{name}] {time.perf_counter() - t0:.1f}s")
         for p in paths:
             print(f"  {p}")
+    for extra, figs in skipped.items():
+        print(f"skipped {', '.join(figs)}: needs the '{extra}' extra; {install_hint(extra)}")
+    if skipped and args.only:
+        return 2  # the user asked for these figures by name and did not get them
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..extras import require
 from ..figures import register, write_tables
 from ..io import dumps_json
 
@@ -140,6 +141,7 @@ def check_args(args) -> None:
 
 def run(args) -> int:
     check_args(args)
+    require("llm", what="rdpo llm")
     if args.tiny:
         return _run_tiny(args)
     return _run_model(args)
@@ -217,6 +219,7 @@ def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
     "llm-tiny",
     description="emotion experiment in miniature: mixed reward vs alpha "
     "for DPO/WDPO/KLDPO on a tiny GPT-2 (paper Fig. 2)",
+    extra="llm",
 )
 def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
     """Run the miniature emotion experiment (quick: 2 seeds) and write its outputs."""

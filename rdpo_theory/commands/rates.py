@@ -154,7 +154,7 @@ def write_outputs(res, out) -> list[Path]:
     and draw the three figures from those files."""
     from ..plots import rates as P
 
-    return write_tables(res.tables(), out, float_format="%.10g") + P.draw_all(out)
+    return write_tables(res.tables(), out) + P.draw_all(out)
 
 
 @register("rates", description="estimation error vs n (log-log), bound vs observed, slopes")
