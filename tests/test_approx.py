@@ -124,6 +124,7 @@ def test_normalized_kldpo_reaches_exact_kldpo(sample):
         np.testing.assert_allclose(res.weights, ex.worst_case, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dpo_trainer_reaches_exact_dpo_and_minibatches_get_close(sample):
     w, data = sample
     ex = exact_dpo(data, beta=w.beta)

@@ -26,6 +26,7 @@ def tiny(tmp_path_factory):
     return out, paths, pd.read_csv(out / "approx_runs.csv")
 
 
+@pytest.mark.slow
 def test_table_and_invariants(tiny):
     _, _, runs = tiny
     assert set(runs["method"]) == {
@@ -56,6 +57,7 @@ def test_table_and_invariants(tiny):
     assert len(rewards) == 3 and runs[rewards].notna().all().all()
 
 
+@pytest.mark.slow
 def test_figures_and_summary(tiny):
     out, paths, runs = tiny
     names = {p.name for p in paths}

@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # language-model tests (minutes)
+
 from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.cli import main  # noqa: E402
 from rdpo_theory.torch import emotion as E  # noqa: E402

@@ -86,6 +86,7 @@ def test_cache_is_reused_and_extended(tmp_path):
 
 
 # ---------------------------------------------------------------- the DPO rate
+@pytest.mark.slow
 def test_dpo_slope_interval_contains_minus_half():
     # the 8-context, 4-action, d = 3 world (|Z| = 256)
     cfg = R.RatesConfig(
@@ -230,6 +231,7 @@ def test_w_robust_risks_match_solvers_and_duals():
 
 
 # ---------------------------------------------------------------- command line
+@pytest.mark.slow
 def test_cli_rates_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "o"
     argv = [

@@ -86,6 +86,7 @@ def test_selection_by_validation_and_oracle():
     assert row["score_hi"] - row["score_mean"] == pytest.approx(half, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
     cfg = S.ShiftConfig(
         n_contexts=4,

@@ -10,6 +10,8 @@ import torch.multiprocessing as mp
 
 from rdpo_theory.torch import losses as TL
 
+pytestmark = pytest.mark.slow  # spawns two gloo worker processes
+
 N_PAIRS = (5, 3)  # unequal local batches: the all_gather must handle them
 
 

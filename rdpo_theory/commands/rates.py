@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..extras import require
 from ..figures import register, write_tables
 from ..studies.sweep import DEFAULT_CACHE_DIR
 
@@ -65,8 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--backend",
         default=None,
-        help="joblib backend: loky (default), threading, or a registered cluster "
-        "backend such as dask or ray",
+        help="joblib backend: loky (default), threading, or dask (the 'cluster' extra; "
+        "uses the scheduler at DASK_SCHEDULER_ADDRESS, else a local dask cluster)",
     )
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
     p.add_argument(
@@ -115,12 +117,13 @@ def run(args) -> int:
         over["ns"] = tuple(args.ns)
     config = R.full_config(**over) if args.full else R.quick_config(**over)
     t0 = time.perf_counter()
-    res = R.run_study(
-        config,
-        jobs=args.jobs,
-        backend=args.backend,
-        cache_dir=None if args.no_cache else args.cache,
-    )
+    with cluster_client(args.backend):
+        res = R.run_study(
+            config,
+            jobs=args.jobs,
+            backend=args.backend,
+            cache_dir=None if args.no_cache else args.cache,
+        )
     paths = write_outputs(res, args.out)
     print(
         f"rates: {res.n_computed} runs computed, {res.n_cached} reused from cache, "
@@ -171,3 +174,17 @@ def make(
 
     config = config or (R.quick_config() if quick else R.full_config())
     return write_outputs(R.run_study(config, jobs=jobs, cache_dir=cache_dir), out)
+
+
+def cluster_client(backend: str | None):
+    """Context manager giving ``--backend dask`` a dask client; a no-op for other backends.
+
+    The client connects to ``DASK_SCHEDULER_ADDRESS`` (dask's ``scheduler-address`` setting)
+    when it is set, else starts a ``LocalCluster`` on this machine. Needs the ``cluster`` extra.
+    """
+    if backend != "dask":
+        return contextlib.nullcontext()
+    require("cluster", what="--backend dask")
+    from distributed import Client
+
+    return Client()

@@ -43,25 +43,23 @@ progress=True, desc=None) -> SweepResult``
       every finished task has been cached, so a rerun resumes.
     * **Progress**: a tqdm bar counting tasks (cached tasks count as done at the start).
 
-Cluster backends (not dependencies of this package)::
+Cluster backend (the ``cluster`` extra: ``pip install -e ".[cluster]"``)::
 
-    # dask: pip install "dask[distributed]"
     from dask.distributed import Client
-    client = Client("tcp://scheduler:8786")        # registers joblib's "dask" backend
+    client = Client("tcp://scheduler:8786")        # or Client(LocalCluster(...))
     run_sweep(fn, tasks, namespace=ns, jobs=-1, backend="dask")
 
-    # ray: pip install ray
-    from ray.util.joblib import register_ray
-    register_ray()
-    run_sweep(fn, tasks, namespace=ns, jobs=-1, backend="ray")
-
-Alternatively leave ``backend=None`` and wrap the call in
-``with joblib.parallel_config(backend=...)``. Workers on a cluster need not share the cache
+``backend`` is passed to :func:`joblib.parallel_config`, which registers joblib's ``"dask"``
+backend on first use; tasks then run on the client's cluster (tested against the joblib
+result on a ``distributed.LocalCluster``). Other joblib backends registered by the user with
+:func:`joblib.register_parallel_backend` work the same way but are not tested here. Workers
+on a cluster need not share the cache
 folder: only the calling process reads and writes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -352,7 +350,7 @@ def run_sweep(
     jobs : int
         joblib ``n_jobs``; 1 runs in-process unless a ``backend`` is given.
     backend : str, optional
-        joblib backend name (``"loky"``, ``"threading"``, ``"dask"``, ``"ray"``, ...).
+        joblib backend name (``"loky"``, ``"threading"``, ``"multiprocessing"``, ``"dask"``).
     progress : bool
         Show a tqdm bar.
     desc : str, optional
@@ -388,22 +386,26 @@ def run_sweep(
         disable=not progress,
         leave=False,
     )
+
+    def _store(i: int, rows: list[dict]) -> None:
+        cache.put(keys[i], tasks[i], rows)
+        results[i] = rows
+        bar.update(1)
+
     try:
         if todo and jobs == 1 and backend is None:
-            stream = (_run_one(fn, i, tasks[i], shared) for i in todo)
+            for i in todo:
+                _store(*_run_one(fn, i, tasks[i], shared))
         elif todo:
-            from joblib import Parallel, delayed
+            from joblib import Parallel, delayed, parallel_config
 
-            kw: dict[str, Any] = {"n_jobs": int(jobs), "return_as": "generator_unordered"}
-            if backend is not None:
-                kw["backend"] = backend
-            stream = Parallel(**kw)(delayed(_run_one)(fn, i, tasks[i], shared) for i in todo)
-        else:
-            stream = iter(())
-        for i, rows in stream:
-            cache.put(keys[i], tasks[i], rows)
-            results[i] = rows
-            bar.update(1)
+            # parallel_config (not Parallel(backend=...)) also registers joblib's external
+            # backends ("dask"), which Parallel alone rejects as unknown.
+            config = parallel_config(backend=backend) if backend else contextlib.nullcontext()
+            with config:
+                par = Parallel(n_jobs=int(jobs), return_as="generator_unordered")
+                for i, rows in par(delayed(_run_one)(fn, i, tasks[i], shared) for i in todo):
+                    _store(i, rows)
     finally:
         bar.close()
     out: list[dict] = []
