@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from rdpo_theory.tables import FLOAT_FORMAT, write_csv
 
@@ -20,3 +21,26 @@ def test_last_digit_noise_does_not_change_the_file(tmp_path):
     a = write_csv(pd.DataFrame({"v": v}), tmp_path / "a.csv").read_text()
     b = write_csv(pd.DataFrame({"v": v * (1 + 1e-15)}), tmp_path / "b.csv").read_text()
     assert a == b
+
+
+def test_timing_columns_are_left_out_unless_asked(tmp_path):
+    df = pd.DataFrame({"n": [1, 2], "seconds": [0.123, 4.5], "error": [0.5, 0.25]})
+    assert write_csv(df, tmp_path / "a.csv").read_text().splitlines()[0] == "n,error"
+    assert list(df.columns) == ["n", "seconds", "error"]  # the caller's table is unchanged
+    text = write_csv(df, tmp_path / "b.csv", timings=True).read_text()
+    assert text.splitlines()[0] == "n,seconds,error"
+
+
+@pytest.mark.slow
+def test_regenerating_a_study_gives_identical_csvs(tmp_path):
+    """Same seeds, different parallelism: byte-identical tables (the committed CSVs don't churn)."""
+    from rdpo_theory.cli import main
+
+    args = ["rates", "--ns", "100", "300", "--seeds", "2", "--methods", "dpo", "kldpo"]
+    args += ["--no-cache"]
+    assert main([*args, "--jobs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.csv"))
+    assert names and names == sorted(p.name for p in (tmp_path / "b").glob("*.csv"))
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
