@@ -40,4 +40,4 @@ def test_readme_is_short_and_has_the_two_ci_commands():
         i = lines.index(tag)
         assert lines[i + 1] == "```bash" and lines[i + 2].startswith("pip install torch==")
     main = lines[lines.index("<!-- ci:main-command -->") + 2]
-    assert main.endswith('pip install -e . && rdpo figures --quick')  # core dependencies only
+    assert main.endswith("pip install -e . && rdpo figures --quick")  # core dependencies only
