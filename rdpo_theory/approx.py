@@ -1,4 +1,5 @@
-"""The paper's scalable algorithms on log-linear data (THEORY.md section 4).
+"""The paper's scalable algorithms on log-linear data (docs/theory.md#algorithm-1-wdpo,
+docs/theory.md#algorithm-2-kldpo).
 
 Log-linear pairs have the oriented scaled margin ``m_i = sy_i * beta * (theta - theta_ref) . x_i``
 and the DPO per-pair loss ``l_i = softplus(-m_i)`` (nats). The robust algorithms only change

@@ -1,4 +1,4 @@
-"""Scalable versions of the aggregate baselines for log-linear policies (THEORY.md section 6).
+"""Scalable versions of the aggregate baselines for log-linear policies (docs/theory.md#baselines).
 
 Each front end trains with :func:`rdpo_theory.approx.fit` on a torch objective from
 :mod:`rdpo_theory.torch.baselines`, exactly as Algorithm 2 (KLDPO) reweights:

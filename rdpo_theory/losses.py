@@ -1,6 +1,7 @@
 """Per-pair preference losses and their gradients (numpy).
 
-Notation (THEORY.md sections 1, 2, 6): for a log-linear policy the implicit reward margin of
+Notation (docs/theory.md#dpo-loss, docs/theory.md#log-linear-policies,
+docs/theory.md#baselines): for a log-linear policy the implicit reward margin of
 pair i is ``h_i = (theta - theta_ref) . x_i``; with signed label ``sy_i = 2 y_i - 1`` the
 oriented, scaled margin is
 
@@ -91,7 +92,8 @@ def check_beta(beta) -> float:
 
 
 # ---------------------------------------------------------------------------- KLDPO / WDPO
-# numpy mirrors of rdpo_theory.torch.losses (THEORY.md section 4); tests check they agree.
+# numpy mirrors of rdpo_theory.torch.losses (docs/theory.md#algorithm-1-wdpo,
+# docs/theory.md#algorithm-2-kldpo); tests check they agree.
 @V.renamed_keyword("base_weights", "weights")
 def kl_weights(
     l, *, tau: float, variant: str = "normalized", clip: float = 10.0, weights=None
@@ -163,7 +165,7 @@ def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean", weig
 
 
 # ============================================================================ baselines
-# THEORY.md section 6. Per-pair baselines are functions of the oriented scaled margin m;
+# docs/theory.md#baselines. Per-pair baselines are functions of the oriented scaled margin m;
 # aggregate ones (Dr. DPO, group-robust, chi-square, CVaR) act on a vector of per-pair losses
 # with probability weights p. The torch mirrors are in ``rdpo_theory.torch.baselines`` and the
 # exact programs in ``rdpo_theory.exact.baselines``.

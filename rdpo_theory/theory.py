@@ -1,7 +1,8 @@
-"""Constants and estimation-error bounds of the robust-DPO theory (THEORY.md section 5).
+"""Constants and estimation-error bounds of the robust-DPO theory (docs/theory.md#bounds).
 
 Every bound is a plain function of its constants so a study can evaluate it on a grid of n.
-Items THEORY.md marks *(reconstructed)* (Proposition 1, Theorems 1 and 2) are rebuilt from
+Items docs/theory.md#bounds marks *(reconstructed)* (Proposition 1, Theorems 1 and 2) are
+rebuilt from
 the proofs of Xu et al. (arXiv 2502.01930), not copied from a statement: their docstrings say
 so, and a measured error above one of them is first evidence against the reconstruction.
 
@@ -66,7 +67,7 @@ def gamma(beta: float, B: float) -> float:
         gamma = beta^2 e^{4 beta B} / (1 + e^{4 beta B})^2
               = beta^2 sigmoid(4 beta B) sigmoid(-4 beta B)      (computed this way: stable).
 
-    Units: per squared parameter unit. THEORY.md section 5 (not reconstructed).
+    Units: per squared parameter unit. docs/theory.md#bounds (not reconstructed).
     """
     beta = V.positive(beta, "beta")
     B = V.positive(B, "B")
@@ -78,7 +79,7 @@ def K(beta: float, B: float) -> float:
     """Loss bound ``K = |log sigmoid(-4 beta B)| = log(1 + e^{4 beta B})`` (nats).
 
     The largest DPO loss on Theta (|h| <= 4B). It is also the loss bound ``L`` of Theorem 2.
-    THEORY.md section 5, Theorem 1 (reconstructed).
+    docs/theory.md#bounds, Theorem 1 (reconstructed).
     """
     beta = V.positive(beta, "beta")
     B = V.positive(B, "B")
@@ -104,10 +105,11 @@ def proposition1(n, d: int, delta: float, beta: float, B: float, lam0: float, *,
             <= sqrt( 16 beta^2 (d + log(1/delta)) / (gamma^2 n) + 8 lam B^2 ),
 
     with ``Sigma_D`` the empirical second moment ``(1/n) sum x_i x_i^T``, ``gamma`` from
-    :func:`gamma` and ``lam = lam0`` as THEORY.md states it. The proof's argument holds for any
+    :func:`gamma` and ``lam = lam0`` as docs/theory.md#bounds states it. The proof's argument
+    holds for any
     fixed ``lam > 0`` (pass ``lam``). With a fixed ``lam`` the bound has the floor
     ``sqrt(8 lam B^2)``: its n^-1/2 part is the first term. Reconstructed from the paper's
-    proof (THEORY.md section 5); compare it with the ``Sigma_D + lam I`` norm of the error.
+    proof (docs/theory.md#bounds); compare it with the ``Sigma_D + lam I`` norm of the error.
 
     Parameters
     ----------
@@ -137,7 +139,7 @@ def theorem1(n, delta: float, beta: float, B: float, lam0: float, *, squared: bo
 
     ``K`` from :func:`K`, ``gamma`` from :func:`gamma`, ``lam0`` the coverage constant over the
     Wasserstein ball (:func:`coverage_wasserstein`). Returns the bound on the norm (rate
-    n^-1/4), or on the squared norm with ``squared=True``. Reconstructed (THEORY.md section 5).
+    n^-1/4), or on the squared norm with ``squared=True``. Reconstructed (docs/theory.md#bounds).
     """
     n = _n(n)
     delta = check_delta(delta)
@@ -168,7 +170,7 @@ def theorem2(
     ``lam_hi = K / rho`` is certified (:func:`kl_multiplier_upper`); ``lam_lo`` has no a-priori
     value. Computed in log space; ``inf`` when the constant overflows a float (the bound is
     then vacuous). Returns the norm bound (rate n^-1/4), or its square with ``squared=True``.
-    Reconstructed (THEORY.md section 5).
+    Reconstructed (docs/theory.md#bounds).
     """
     n = _n(n)
     delta = check_delta(delta)
@@ -400,7 +402,8 @@ def coverage_wasserstein(
 ) -> CoverageBound:
     """Bracket ``inf { lambda_min(Sigma_Q) : W_p(Q, P0) <= rho }`` for a finite P0.
 
-    The ground cost is ``d(z, z') = ||x - x'||_2 + kappa 1[y != y']`` (THEORY.md 3.2) or a
+    The ground cost is ``d(z, z') = ||x - x'||_2 + kappa 1[y != y']``
+    (docs/theory.md#wasserstein-dro) or a
     user matrix ``cost`` (|support| x |candidates|, the distance d, not d^p). Q lives on
     ``candidates`` (rows of a PreferenceData or ``(Xc, yc)``), or on all of R^d when
     ``candidates`` is None (continuous case; then only the default cost is allowed).

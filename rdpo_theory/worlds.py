@@ -1,4 +1,5 @@
-"""Finite log-linear preference worlds with exact population laws (THEORY.md sections 1-2, 7).
+"""Finite log-linear preference worlds with exact population laws
+(docs/theory.md#log-linear-policies, docs/theory.md#shift-families).
 
 A world has ``S`` contexts, ``A`` actions per context and features ``psi[s, a] in R^d`` with
 ``||psi||_2 <= 1``. Log-linear policies are ``pi_theta(a|s) ∝ exp(theta . psi[s, a])``. Pairs
@@ -394,7 +395,7 @@ def behaviour_shift(world: World, pi0=None, *, toward=None, t: float = 1.0) -> W
 
 
 def mixture_reward(r1, r2, alpha: float, mixture: str = "convex") -> np.ndarray:
-    """Mixed reward table (THEORY.md section 7).
+    """Mixed reward table (docs/theory.md#shift-families).
 
     ``convex``: ``alpha r1 + (1 - alpha) r2``; ``geometric``: ``r1^alpha r2^(1 - alpha)``
     (requires ``r1, r2 > 0``).

@@ -41,3 +41,21 @@ def test_readme_is_short_and_has_the_two_ci_commands():
         assert lines[i + 1] == "```bash" and lines[i + 2].startswith("pip install torch==")
     main = lines[lines.index("<!-- ci:main-command -->") + 2]
     assert main.endswith("pip install -e . && rdpo figures --quick")  # core dependencies only
+
+
+def test_no_reference_points_outside_the_repository():
+    """The theory lives in docs/theory.md; nothing cites notes outside the repository."""
+    import subprocess
+
+    notes = "THE" + "ORY"  # spelled in two pieces so this file does not match itself
+    parts = [notes + r"\.md", notes + " [0-9]", notes + "'s", "shared" + " notes"]
+    pattern = "|".join([*parts, r"\.\./shared/", "/work" + "/shared"])
+    hits = subprocess.run(
+        ["git", "grep", "-nIE", pattern],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if hits.returncode == 128:  # not a git checkout (e.g. an sdist): nothing to check
+        return
+    assert hits.stdout == "", hits.stdout

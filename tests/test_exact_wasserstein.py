@@ -25,7 +25,7 @@ def test_continuous_kappa_inf_is_mean_loss_plus_lipschitz_penalty():
     rho, beta = 0.05, 0.8
     res = wdpo(data, rho=rho, beta=beta, theta_ref=tref)
 
-    def pen(t):  # THEORY 3.2 with the norm of theta - theta_ref
+    def pen(t):  # docs/theory.md#w1-continuous with the norm of theta - theta_ref
         m = margins(t, data.X, data.y, beta=beta, theta_ref=tref)
         return data.weights @ dpo_loss(m) + rho * beta * np.linalg.norm(t - tref)
 

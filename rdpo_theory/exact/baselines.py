@@ -1,4 +1,4 @@
-"""Exact convex programs for the baseline preference objectives (THEORY.md section 6).
+"""Exact convex programs for the baseline preference objectives (docs/theory.md#baselines).
 
 Log-linear policies: ``m_i = sy_i beta (theta - theta_ref) . x_i`` is linear in theta, so a
 loss that is convex in m gives a convex program in theta. Which baselines are convex:
@@ -552,7 +552,8 @@ def chi2dpo(
     Written with ``u_i >= l_i``, ``v_i >= u_i - eta``, ``v >= 0`` and a second-order cone.
 
     When the solver cannot finish because ``theta_ref`` is optimal (every loss log 2, the
-    adversary balances the margins: THEORY.md 3.1's collapse, here for chi-square) this is
+    adversary balances the margins: the collapse of docs/theory.md#kl-regimes, here for
+    chi-square) this is
     certified by :func:`collapse_certificate` and returned with status ``"optimal"`` and
     regime ``"collapse"`` (``info["collapse_certified"]``).
 

@@ -1,4 +1,5 @@
-"""Independent inner suprema: the certificates behind ``ExactResult.gap`` (THEORY.md 3.1, 3.2).
+"""Independent inner suprema: the certificates behind ``ExactResult.gap``
+(docs/theory.md#certificates).
 
 Every robust solver returns a dual value ``D(theta)`` (an upper bound of the adversary's
 supremum at the returned theta). The functions here compute the adversary's *primal* value
@@ -333,7 +334,8 @@ def transport_primal_sup(L, p, C, budget: float) -> tuple[float, np.ndarray, flo
 
 
 def transport_dual_value(L, p, C, budget: float, eta: float) -> float:
-    """``eta * budget + sum_i p_i max_k (L_k - eta C_ik)`` (THEORY.md 3.2), inf entries skipped."""
+    """``eta * budget + sum_i p_i max_k (L_k - eta C_ik)`` (docs/theory.md#finite-candidates),
+    inf entries skipped."""
     rows = p > 0
     with np.errstate(invalid="ignore"):
         inner = np.where(np.isfinite(C[rows]), L[None, :] - eta * C[rows], -np.inf)

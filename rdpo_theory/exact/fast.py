@@ -1,7 +1,8 @@
 """Fast exact paths for large n: damped (projected) Newton on smooth convex duals.
 
 Two objectives, both over log-linear DPO margins ``m_i = c_i x_i . (theta - theta_ref)`` with
-``c_i = sy_i beta`` and losses ``l_i = softplus(-m_i)`` (THEORY.md 3.1, 3.2):
+``c_i = sy_i beta`` and losses ``l_i = softplus(-m_i)`` (docs/theory.md#kl-dual,
+docs/theory.md#w1-continuous):
 
 * KL dual, jointly convex in ``(theta, lam)``, lam > 0::
 

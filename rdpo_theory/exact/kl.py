@@ -1,4 +1,4 @@
-"""Exact KLDPO for log-linear policies (THEORY.md 3.1).
+"""Exact KLDPO for log-linear policies (docs/theory.md#kl-dro).
 
     min_{||theta|| <= B}  sup_{KL(q || p) <= rho}  sum_i q_i l_i(theta)
   = min_{theta, lam >= 0}  lam rho + lam log sum_i p_i exp(l_i(theta) / lam),

@@ -1,4 +1,4 @@
-"""Exact WDPO for log-linear policies (THEORY.md 3.2).
+"""Exact WDPO for log-linear policies (docs/theory.md#wasserstein-dro).
 
     min_{||theta|| <= B}  sup_{W_p(P, P0) <= rho}  E_P l(z; theta)
 
@@ -11,7 +11,8 @@ Three cases, one model each:
                                         beta ||theta - theta_ref||_2 <= lam.
 
   The loss depends on x only through ``(theta - theta_ref) . x``, so its Lipschitz constant in
-  x is ``beta ||theta - theta_ref||`` (THEORY.md writes ``||theta||``, i.e. theta_ref = 0). With
+  x is ``beta ||theta - theta_ref||`` (the paper writes ``||theta||``, i.e. theta_ref = 0;
+  docs/theory.md#w1-continuous). With
   kappa = inf the program is exactly ``E_p l + rho beta ||theta - theta_ref||_2``: the supremum
   moves a vanishing share of mass to infinity and is not attained, so ``worst_case`` is None
   there. ``solver="fast"`` solves this kappa = inf case by Newton (:mod:`.fast`).

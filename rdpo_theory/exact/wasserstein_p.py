@@ -1,4 +1,4 @@
-"""Exact WDPO over continuous features for W_p, p > 1 (THEORY.md section 3.2, last item).
+"""Exact WDPO over continuous features for W_p, p > 1 (docs/theory.md#wp-continuous).
 
 Transport cost ``||x - x'||_2^p`` with labels fixed. The loss sees x only through ``theta . x``,
 so the cheapest way to lower pair i's margin ``m_i = sy_i beta (theta - theta_ref) . x_i`` by

@@ -1,4 +1,5 @@
-"""How far are the scalable algorithms from the exact minimax solution? (THEORY.md section 4)
+"""How far are the scalable algorithms from the exact minimax solution?
+(docs/theory.md#code-variants)
 
 For a finite log-linear world relabelled by a convex reward mixture at ``alpha0`` (the paper's
 emotion set-up in kind), an empirical sample of size n, and a grid of radii:

@@ -1,4 +1,5 @@
-"""Sample-complexity study: empirical estimation-error rates against the bounds (THEORY.md 5).
+"""Sample-complexity study: empirical estimation-error rates against the bounds
+(docs/theory.md#bounds).
 
 On a finite world every population quantity is exact: the targets theta* (DPO),
 theta^W(rho) and theta^KL(rho) are exact population optima over Z, and an empirical law of n

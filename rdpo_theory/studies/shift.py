@@ -1,5 +1,6 @@
 """Distribution-shift study: the paper's Figure 2 and Figure 3 on exact log-linear worlds,
-with seeds, 95% intervals and the baseline zoo (THEORY.md sections 6 and 7).
+with seeds, 95% intervals and the baseline zoo (docs/theory.md#baselines,
+docs/theory.md#shift-families).
 
 Variants (column ``study`` of the tidy table):
 

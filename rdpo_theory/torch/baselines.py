@@ -1,4 +1,5 @@
-"""Baseline preference losses in torch, on per-sequence log-probabilities (THEORY.md section 6).
+"""Baseline preference losses in torch, on per-sequence log-probabilities
+(docs/theory.md#baselines).
 
 Same conventions as :mod:`rdpo_theory.torch.losses`: each ``*_loss`` takes the four per-pair
 log-prob tensors of TRL's ``DPOTrainer`` (``policy_chosen_logps, policy_rejected_logps,

@@ -1,4 +1,4 @@
-"""The paper's emotion-alignment experiment in miniature (THEORY.md section 7), CPU-sized.
+"""The paper's emotion-alignment experiment in miniature (docs/theory.md#shift-families), CPU-sized.
 
 World. A word-level vocabulary with 48 neutral words and two "emotion" groups of 12 words each:
 group 1 (``anger``) and group 2 (``fear``). A sentence of ``seq_len`` words has a latent mood

@@ -1,4 +1,5 @@
-"""Preference losses in torch, on per-sequence log-probabilities (THEORY.md sections 1, 4, 6).
+"""Preference losses in torch, on per-sequence log-probabilities (docs/theory.md#dpo-loss,
+docs/theory.md#code-variants, docs/theory.md#baselines).
 
 Every loss takes the four per-pair log-prob tensors of TRL's ``DPOTrainer`` convention, each of
 shape (B,) and in nats:
@@ -392,7 +393,8 @@ def kldpo_objective(
 
 def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
     """Entropy (nats), largest mass and ``KL(q || uniform) = log N - H(q)`` of the normalised
-    weights ``q = w / sum w`` (THEORY.md section 4: the radius ``rho(tau)`` of a batch)."""
+    weights ``q = w / sum w`` (docs/theory.md#algorithm-2-kldpo: the radius ``rho(tau)`` of a
+    batch)."""
     q = global_weights / global_weights.sum()
     ent = -(q * torch.log(q.clamp_min(1e-30))).sum()
     return {

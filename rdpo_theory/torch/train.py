@@ -1,5 +1,5 @@
 """Preference training of Hugging Face causal LMs with DPO, KLDPO, WDPO (and the baselines),
-built on ``accelerate`` (THEORY.md section 4).
+built on ``accelerate`` (docs/theory.md#code-variants).
 
 :func:`train_preference` trains a policy against a frozen reference on rows
 ``{"prompt", "chosen", "rejected"}``:
