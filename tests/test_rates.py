@@ -299,9 +299,9 @@ def test_rates_figure_registered():
 
 def test_runs_record_the_certified_optimality_gap():
     """Exact runs carry their solver's certified optimality gap; approximate ones NaN."""
-    cfg = R.RatesConfig(**{**TINY, "methods": ("dpo", "kldpo", "kldpo-alg2"), "seeds": 2})
+    cfg = R.RatesConfig(**{**TINY, "methods": ("dpo", "kldpo-exact", "kldpo-alg2"), "seeds": 2})
     runs = R.run_study(cfg, progress=False).runs
-    exact = runs[runs["method"].isin(["dpo", "kldpo"])]
+    exact = runs[runs["method"].isin(["dpo", "kldpo-exact"])]
     assert exact["ok"].all()
     gaps = exact["optimality_gap"]
     assert gaps.notna().all() and (gaps.abs() <= 1e-6 * 2).all()
