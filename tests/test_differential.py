@@ -30,7 +30,7 @@ from rdpo_theory.exact import kldpo
 from rdpo_theory.exact.result import OPTIMALITY_TOL
 
 DEFAULT = 200
-FULL = 3000
+FULL = 1000  # with the W rows of test_differential_w.py: ~2300 problems in all
 #: At most this share of problems may be refused by every path (an accurate SolverError).
 MAX_REFUSED = 0.03
 

@@ -14,7 +14,7 @@ variables, so the reference's own tolerances are meaningful at every scale). Ass
 * and a small one (``<= tol * (1 + |value|)``).
 
 A refusal (SolverError) is allowed, never a silent disagreement. The default run draws 200
-problems; the full set (2000, plus 8 of continuous W_p, p = 2) is marked slow.
+problems; the full set (860, plus 4 of continuous W_p, p = 2) is marked slow.
 """
 
 import numpy as np
@@ -212,7 +212,7 @@ def _case_wp(seed):
     return results
 
 
-CASES = {  # method: (case, problems in the default run; the slow run draws 10x more)
+CASES = {  # method: (case, problems in the default run; the slow run draws 4x more)
     "w1": (lambda s: _case_w1(s, flips=False), 80),
     "w1-flips": (lambda s: _case_w1(s, flips=True), 35),
     "chi2": (lambda s: _case_ball(s, "chi2"), 30),
@@ -233,11 +233,11 @@ def test_differential_default(method):
 @pytest.mark.parametrize("method", list(CASES))
 def test_differential_full(method):
     fn, count = CASES[method]
-    answered = sum(any(r is not None for r in fn(seed)) for seed in range(count, 11 * count))
-    assert answered >= 0.5 * 10 * count
+    answered = sum(any(r is not None for r in fn(seed)) for seed in range(count, 5 * count))
+    assert answered >= 0.5 * 4 * count
 
 
 @pytest.mark.slow
 def test_differential_wp():
-    answered = sum(any(r is not None for r in _case_wp(seed)) for seed in range(8))
-    assert answered >= 4
+    answered = sum(any(r is not None for r in _case_wp(seed)) for seed in range(4))
+    assert answered >= 2
