@@ -89,7 +89,7 @@ def synthetic_batch(size: ModelSize, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": att, "completion_mask": cm}
 
 
-def _rss_kib() -> tuple[int, int]:
+def rss_kib() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process in KiB (Linux /proc)."""
     cur = peak = 0
     with open("/proc/self/status") as f:
@@ -156,7 +156,7 @@ def time_method(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_kib()[0] * 1024
+        base = rss_kib()[0] * 1024
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def time_method(
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib()[1] * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else rss_kib()[1] * 1024
     return dict(
         size=size.name,
         device=str(acc.device),
