@@ -36,10 +36,14 @@ BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
 def unwrap_model(model):
-    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped model."""
+    """The underlying model of a DDP/accelerate-wrapped one (a ``PreTrainedModel``, or a
+    ``PeftModel`` for LoRA runs)."""
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+_unwrap = unwrap_model  # the former private name
 
 
 def _pad_id(tokenizer) -> int:
