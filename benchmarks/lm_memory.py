@@ -53,7 +53,7 @@ def old_sequence_logps(model, input_ids, attention_mask, completion_mask, *, inp
     return (tok * mask).sum(-1)
 
 
-def _child(impl, method, pairs, length, threads, q):
+def _child(impl, method, pairs, length, threads, q, layers=12, width=768):
     from rdpo_theory.torch import bench, lm, train
 
     if impl == "old":  # the trainer reaches sequence_logps through lm and train
@@ -64,7 +64,10 @@ def _child(impl, method, pairs, length, threads, q):
         torch.set_num_threads(threads)
     kw, opts = METHODS[method]
     prompt = length // 4
-    size = bench.ModelSize("gpt2-124M", 12, 768, 12, 50257, pairs, prompt, length - prompt)
+    name = "gpt2-124M" if (layers, width) == (12, 768) else f"gpt2-{layers}L-{width}"
+    size = bench.ModelSize(
+        name, layers, width, max(1, width // 64), 50257, pairs, prompt, length - prompt
+    )
     cfg = train.TrainConfig(
         method=method.split("-")[0],
         beta=0.1,
@@ -93,6 +96,7 @@ def _child(impl, method, pairs, length, threads, q):
     peak = torch.cuda.max_memory_allocated() if cuda else bench.rss_kib()[1] * 1024
     q.put(
         dict(
+            model=name,
             method=method,
             logprobs=impl,
             pairs=pairs,
@@ -106,13 +110,18 @@ def _child(impl, method, pairs, length, threads, q):
     )
 
 
-def run(methods, pairs, length, threads) -> pd.DataFrame:
+IMPLS = ("old", "selective")
+
+
+def run(methods, pairs, length, threads, impls=IMPLS, layers=12, width=768) -> pd.DataFrame:
     ctx = mp.get_context("spawn")
     rows = []
     for method in methods:
-        for impl in ("old", "selective"):
+        for impl in impls:
             q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(impl, method, pairs, length, threads, q))
+            p = ctx.Process(
+                target=_child, args=(impl, method, pairs, length, threads, q, layers, width)
+            )
             p.start()
             r = q.get()
             p.join()
@@ -123,8 +132,9 @@ def run(methods, pairs, length, threads) -> pd.DataFrame:
                 flush=True,
             )
     df = pd.DataFrame(rows)
-    old = df[df["logprobs"] == "old"].set_index("method")["peak_over_start_GiB"]
-    df["peak_vs_old"] = df["peak_over_start_GiB"] / df["method"].map(old)
+    if "old" in impls:
+        old = df[df["logprobs"] == "old"].set_index("method")["peak_over_start_GiB"]
+        df["peak_vs_old"] = df["peak_over_start_GiB"] / df["method"].map(old)
     return df
 
 
@@ -134,9 +144,20 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--length", type=int, default=512, help="tokens per row")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    ap.add_argument("--logprobs", nargs="+", default=list(IMPLS), choices=IMPLS)
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=12,
+        help="GPT-2 blocks (12: GPT-2 124M; 2 with --width "
+        "128 isolates the logits on a CPU: the GPT-2 vocabulary on a thin body)",
+    )
+    ap.add_argument("--width", type=int, default=768, help="hidden size (heads = width / 64)")
     ap.add_argument("--out", type=Path, default=None, help="CSV path")
     args = ap.parse_args()
-    df = run(args.methods, args.pairs, args.length, args.threads)
+    df = run(
+        args.methods, args.pairs, args.length, args.threads, args.logprobs, args.layers, args.width
+    )
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.out is not None:
         df.to_csv(args.out, index=False)
