@@ -167,9 +167,17 @@ def test_lora_resume_equals_uninterrupted(tok, tmp_path):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
     for ma, mb in zip(full.metrics[2:], res.metrics[2:]):
         assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-5)
-    # a checkpoint of other adapters is refused
+    # a checkpoint that does not hold this model's adapters is refused, not half-loaded
+    from accelerate import Accelerator
+
+    from rdpo_theory.torch.adapters import load_adapter_checkpoint
+
+    small = peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)
+    with pytest.raises(InputError, match="does not hold this model's adapters"):
+        load_adapter_checkpoint(Accelerator(cpu=True), peft.get_peft_model(_model(), small), ck)
+    # resuming with other adapters is refused (the recorded configuration differs)
     other = dict(kw, peft_config=peft.LoraConfig(r=2, target_modules=["c_attn"]))
-    with pytest.raises(InputError, match="adapters"):
+    with pytest.raises(InputError, match="peft_config"):
         train_preference(
             _model(), tok, ROWS, _cfg(tmp_path / "b", max_steps=5, resume=True, **other)
         )

@@ -9,6 +9,7 @@ adapter configuration is given or a model is inspected.
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 from ..errors import InputError
@@ -48,7 +49,9 @@ def apply_peft(model, peft_config):
             "peft_config was given but the model already has adapters (a PeftModel); pass the "
             "base model, or the PeftModel with peft_config=None"
         )
-    return get_peft_model(model, peft_config)
+    # a copy: peft expands the config in place ("all-linear" -> module names), and the run's
+    # recorded configuration must stay the one the user gave
+    return get_peft_model(model, copy.deepcopy(peft_config))
 
 
 @contextlib.contextmanager
