@@ -9,11 +9,12 @@ GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
 ``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
 
     python experiments/gpu/run_gpu.py [--out DIR]          # GPU: all sections
-    python experiments/gpu/run_gpu.py --sections lora memory   # GPU: only these (~4 min)
+    python experiments/gpu/run_gpu.py --sections lora memory   # GPU: only these
     python experiments/gpu/run_gpu.py --smoke [--out DIR]  # CPU: tiny sizes, validates the script
 
-Sections: ``steps`` (~5 min on an H100), ``lora`` (~3 min), ``memory`` (~2 min: 8 processes),
-``e2e`` (~1 min). Outputs under ``--out`` (default ``$OUT``, else ``gpu_out``):
+Sections (H100 estimates; lora and memory not yet run on a GPU): ``steps`` (~5 min),
+``lora`` (~4 min), ``memory`` (~2-3 min: 8 processes), ``e2e`` (~1 min). Outputs under
+``--out`` (default ``$OUT``, else ``gpu_out``):
 ``step_times.csv``, ``lora_times.csv``, ``lm_memory.csv``, ``step_times.json`` (all rows plus
 the environment), ``train_metrics.jsonl``.
 """
