@@ -17,20 +17,13 @@ from rdpo_theory.torch import lm  # noqa: E402
 from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
     {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra intra-op threads only add contention on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

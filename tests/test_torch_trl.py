@@ -19,20 +19,14 @@ from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.trl import RobustDPOTrainer  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
     {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
