@@ -75,7 +75,8 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             node is not None
             and type(node).__name__ in _INPLACE_SAFE
             and logits.is_contiguous()
-            and logits._base is None
+            # the tensor spans its whole storage: not a slice of a larger (saved) tensor
+            and logits.untyped_storage().nbytes() == logits.numel() * logits.element_size()
         )
         return (picked - lse).view(targets.shape)
 
