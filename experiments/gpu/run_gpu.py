@@ -1,14 +1,22 @@
 """One prepared single-GPU run: step times and peak memory of DPO, KLDPO and WDPO on GPT-2
 sized models built from a config (no downloads) -- WDPO both by double backward (math attention)
 and by finite-difference Hessian-vector products (``bench.FD_ROWS``: float32 differenced passes,
-and bf16 ones; flash attention stays on) -- then a short end-to-end KLDPO training run
-through ``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
+and bf16 ones; flash attention stays on) -- then full fine-tuning against LoRA (rank 16, all
+linear layers; the base model with adapters disabled as the reference) and against a
+precomputed reference (no reference model in memory), the peak memory of one step with the
+selective log-softmax against the old float32 log-softmax (``benchmarks/lm_memory.py``,
+GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
+``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
 
-    python experiments/gpu/run_gpu.py [--out DIR]          # GPU: fits in ~8 minutes on an H100
-    python experiments/gpu/run_gpu.py --smoke [--out DIR]  # CPU: seconds, validates the script
+    python experiments/gpu/run_gpu.py [--out DIR]          # GPU: all sections
+    python experiments/gpu/run_gpu.py --sections lora memory   # GPU: only these
+    python experiments/gpu/run_gpu.py --smoke [--out DIR]  # CPU: tiny sizes, validates the script
 
-Outputs under ``--out`` (default ``$OUT``, else ``gpu_out``): ``step_times.csv``,
-``step_times.json`` (the same rows plus the environment), ``train_metrics.jsonl``.
+Sections (H100 estimates; lora and memory not yet run on a GPU): ``steps`` (~5 min),
+``lora`` (~4 min), ``memory`` (~2-3 min: 8 processes), ``e2e`` (~1 min). Outputs under
+``--out`` (default ``$OUT``, else ``gpu_out``):
+``step_times.csv``, ``lora_times.csv``, ``lm_memory.csv``, ``step_times.json`` (all rows plus
+the environment), ``train_metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -28,12 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from rdpo_theory.torch import bench  # noqa: E402
 
+SECTIONS = ("steps", "lora", "memory", "e2e")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU sizes (validates the script)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     ap.add_argument("--steps", type=int, default=None, help="timed steps per method")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the lora section")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,6 +57,32 @@ def main() -> int:
     else:
         sizes, steps, warmup = [bench.GPT2_SMALL, bench.GPT2_MEDIUM], args.steps or 15, 3
     t_start = time.perf_counter()
+    env = dict(
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        smoke=args.smoke,
+        sections=args.sections,
+    )
+    rows, lora_rows, mem_rows = [], [], []
+    if "steps" in args.sections:
+        rows = steps_section(sizes, steps, warmup, out)
+    if "lora" in args.sections:
+        lora_rows = lora_section(sizes, steps, warmup, args.lora_r, out)
+    if "memory" in args.sections:
+        mem_rows = memory_section(args.smoke, out)
+    if "e2e" in args.sections:
+        env.update(e2e_section(sizes[0], args.smoke, out))
+    env["total_seconds"] = time.perf_counter() - t_start
+    (out / "step_times.json").write_text(
+        json.dumps(dict(env=env, rows=rows, lora_rows=lora_rows, memory_rows=mem_rows), indent=2)
+    )
+    print(json.dumps(env, indent=2))
+    return 0
+
+
+def steps_section(sizes, steps, warmup, out) -> list[dict]:
+    """DPO, KLDPO, WDPO (double backward, both variants, finite differences): full steps."""
     rows = []
     plan = [(m, kw, {}) for m, kw in bench.METHODS]
     plan += [("wdpo", {"rho0": 0.01, "variant": "per-pair"}, {})]
@@ -71,12 +109,75 @@ def main() -> int:
             ["size", "method", "params", "hvp", "sec_per_step", "time_vs_dpo", "mem_vs_dpo"]
         ].to_string(index=False, float_format=lambda v: f"{v:.3g}")
     )
+    return rows
 
-    # end-to-end: the trainer itself on synthetic text pairs (checkpoint + metrics)
+
+def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
+    """Full fine-tuning vs LoRA, each with a reference model (a copy, or the adapters-disabled
+    base) and with precomputed reference log-probs, for DPO, KLDPO and WDPO."""
+    rows = []
+    for size in sizes:
+        for method, kw in bench.METHODS:
+            for r, reference in (
+                (0, "copy"),
+                (0, "precomputed"),
+                (lora_r, "copy"),
+                (lora_r, "precomputed"),
+            ):
+                row = bench.time_method(
+                    size, method, kw, steps=steps, warmup=warmup, lora_r=r, reference=reference
+                )
+                rows.append(row)
+                print(
+                    f"{size.name:12s} {method:6s} lora_r={r:<3d} {row['reference']:18s}"
+                    f" {row['sec_per_step'] * 1e3:9.1f} ms/step"
+                    f"  peak {row['peak_bytes'] / 2**30:6.2f} GiB"
+                    f"  trainable {row['trainable_params'] / 1e6:7.2f}M",
+                    flush=True,
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    df = pd.DataFrame(rows)
+    key = ["size", "method"]
+    full = df[(df["lora_r"] == 0) & (df["reference"] == "copy")].set_index(key)
+    for col, name in (("sec_per_step", "time_vs_full"), ("peak_bytes", "mem_vs_full")):
+        df[name] = df[col] / df.set_index(key).index.map(full[col]).to_numpy()
+    df.to_csv(out / "lora_times.csv", index=False)
+    print(
+        df[
+            [
+                *key,
+                "lora_r",
+                "reference",
+                "sec_per_step",
+                "peak_bytes",
+                "time_vs_full",
+                "mem_vs_full",
+            ]
+        ].to_string(index=False, float_format=lambda v: f"{v:.3g}")
+    )
+    return rows
+
+
+def memory_section(smoke, out) -> list[dict]:
+    """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax."""
+    if smoke:
+        print("memory section: skipped under --smoke (GPT-2 124M at 8 x 512 is GPU work)")
+        return []
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import lm_memory
+
+    df = lm_memory.run(list(lm_memory.METHODS), pairs=8, length=512, threads=1)
+    df.to_csv(out / "lm_memory.csv", index=False)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return df.to_dict("records")
+
+
+def e2e_section(size, smoke, out) -> dict:
+    """The trainer itself on synthetic text pairs (checkpoint + metrics)."""
     from rdpo_theory.torch.emotion import build_tokenizer
     from rdpo_theory.torch.train import TrainConfig, train_preference
 
-    size = sizes[0]
     tok = build_tokenizer()
     words = tok.get_vocab()
     vocab = [w for w in words if not w.startswith("<")]
@@ -85,7 +186,7 @@ def main() -> int:
     def text(n):
         return " ".join(vocab[i] for i in torch.randint(len(vocab), (n,), generator=g).tolist())
 
-    n_rows = 64 if args.smoke else 512
+    n_rows = 64 if smoke else 512
     rows_txt = [
         {"prompt": text(8), "chosen": " " + text(24), "rejected": " " + text(24)}
         for _ in range(n_rows)
@@ -100,7 +201,7 @@ def main() -> int:
         learning_rate=1e-4,
         batch_size=8,
         grad_accum=2,
-        max_steps=4 if args.smoke else 30,
+        max_steps=4 if smoke else 30,
         warmup_steps=2,
         output_dir=out / "e2e",
         save_every=0,
@@ -111,18 +212,7 @@ def main() -> int:
     res = train_preference(model, tok, rows_txt, cfg)
     e2e_s = time.perf_counter() - t0
     (out / "train_metrics.jsonl").write_text("\n".join(json.dumps(m) for m in res.metrics))
-    env = dict(
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
-        smoke=args.smoke,
-        e2e_seconds=e2e_s,
-        e2e_final_loss=res.metrics[-1]["loss"],
-        total_seconds=time.perf_counter() - t_start,
-    )
-    (out / "step_times.json").write_text(json.dumps(dict(env=env, rows=rows), indent=2))
-    print(json.dumps(env, indent=2))
-    return 0
+    return dict(e2e_seconds=e2e_s, e2e_final_loss=res.metrics[-1]["loss"])
 
 
 if __name__ == "__main__":

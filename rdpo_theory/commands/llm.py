@@ -71,6 +71,23 @@ def add_parser(sub) -> None:
         "default) or is dropped and counted (skip)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
+    p.add_argument(
+        "--lora-r",
+        type=int,
+        default=None,
+        help="--model: train LoRA adapters of this rank on all linear layers (needs peft); the "
+        "reference is the base model with adapters disabled (default 0: full fine-tuning)",
+    )
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 r)")
+    p.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0)")
+    p.add_argument(
+        "--precompute-ref",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--model: compute the reference log-probs once before training and cache them "
+        "beside the dataset (ref_logps-<hash>.json); no reference model in memory while training",
+    )
     p.set_defaults(func=run)
 
 
@@ -96,6 +113,10 @@ MODEL_DEFAULTS = {
     "eval_fraction": 0.1,
     "seed": 0,
     "on_nonfinite": "raise",
+    "lora_r": 0,
+    "lora_alpha": None,
+    "lora_dropout": 0.0,
+    "precompute_ref": False,
 }
 TINY_DEFAULTS = {"seeds": 3, "jobs": -1}
 #: Options that set one family of methods: refused when --methods has none of them.
@@ -288,6 +309,7 @@ def build_configs(args) -> dict:
                 save_every=args.save_every,
                 resume=args.resume,
                 on_nonfinite=args.on_nonfinite,
+                peft_config=_lora_config(args),
             )
         except InputError as exc:
             raise InputError(f"--methods {method}: {exc}") from None
@@ -310,6 +332,28 @@ def _loss_kwargs(args, method: str) -> dict:
     return {own[method]: getattr(args, own[method])} if method in own else {}
 
 
+def _lora_config(args):
+    """A ``peft.LoraConfig`` from ``--lora-r/--lora-alpha/--lora-dropout`` (None for r = 0)."""
+    if args.lora_r < 0:
+        raise InputError(f"--lora-r must be >= 0, got {args.lora_r}")
+    if args.lora_r == 0:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:  # pragma: no cover - peft ships with the lora extra
+        raise InputError(
+            "--lora-r needs the 'peft' package: pip install 'rdpo-theory[lora]'"
+        ) from None
+    alpha = 2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def _run_model(args) -> int:
     import numpy as np
     import torch
@@ -318,6 +362,12 @@ def _run_model(args) -> int:
     from ..rng import make_rng
     from ..torch.lm import effective_max_length, encode_pairs, pair_logps
     from ..torch.losses import dpo_margins
+    from ..torch.reference import (
+        BATCH_REF_KEYS,
+        ROW_REF_KEYS,
+        reference_logps,
+        with_reference_logps,
+    )
     from ..torch.train import make_accelerator, train_preference
     from . import checks as C
 
@@ -339,10 +389,29 @@ def _run_model(args) -> int:
     except (OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())[:300]
         raise InputError(f"--model {args.model!r}: cannot load a tokenizer: {msg}") from None
+    if args.precompute_ref:  # once for all methods (same base model), train and held-out rows
+        acc = make_accelerator(next(iter(configs.values())))
+        base = load_causal_lm(AutoModelForCausalLM, args.model).to(acc.device)
+        rows = with_reference_logps(
+            base,
+            tok,
+            rows,
+            cache_dir=args.dataset.resolve().parent,
+            batch_size=args.batch_size,
+            max_length=effective_max_length(base, args.max_length),
+            accelerator=acc,
+            progress=True,
+        )
+        held = [rows[i] for i in perm[:n_eval]]
+        train_rows = [rows[i] for i in perm[n_eval:]]
+        del base
     summary = {}
     for method, cfg in configs.items():
         acc = make_accelerator(cfg)
-        model, ref = (load_causal_lm(AutoModelForCausalLM, args.model) for _ in range(2))
+        model = load_causal_lm(AutoModelForCausalLM, args.model)
+        ref = None  # precomputed values, or the LoRA base model with adapters disabled
+        if cfg.peft_config is None and not args.precompute_ref:
+            ref = load_causal_lm(AutoModelForCausalLM, args.model)
         max_length = effective_max_length(model, args.max_length)
         res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
         ev = {"train_last": res.metrics[-1] if res.metrics else {}}
@@ -350,7 +419,8 @@ def _run_model(args) -> int:
             with torch.no_grad():
                 m_all = []
                 pol = res.model.eval()
-                ref = ref.to(acc.device)
+                if ref is not None:
+                    ref = ref.to(acc.device)
                 for lo in range(0, len(held), args.batch_size):
                     part = held[lo : lo + args.batch_size]
                     b = encode_pairs(
@@ -360,9 +430,13 @@ def _run_model(args) -> int:
                         [r["rejected"] for r in part],
                         max_length=max_length,
                     )
+                    if args.precompute_ref:
+                        for j, k in enumerate(BATCH_REF_KEYS):
+                            b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
                     b = {k: v.to(acc.device) for k, v in b.items()}
                     pc, pr, _ = pair_logps(pol, b)
-                    rc, rr, _ = pair_logps(ref, b)
+                    rc, rr = reference_logps(ref, pol, b, accelerator=acc)
+                    rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
                     m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
                 m = torch.cat(m_all).numpy()
             ev.update(

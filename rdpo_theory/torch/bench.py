@@ -32,6 +32,10 @@ FD_ROWS = (
 )
 
 
+#: Where the reference log-probs come from in :func:`time_method`.
+REFERENCES = ("copy", "precomputed")
+
+
 @dataclass(frozen=True)
 class ModelSize:
     """A GPT-2 configuration and a batch shape (pairs; prompt and max completion tokens)."""
@@ -89,7 +93,7 @@ def synthetic_batch(size: ModelSize, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": att, "completion_mask": cm}
 
 
-def _rss_kib() -> tuple[int, int]:
+def rss_kib() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process in KiB (Linux /proc)."""
     cur = peak = 0
     with open("/proc/self/status") as f:
@@ -111,6 +115,8 @@ def time_method(
     mixed_precision: str = "auto",
     seed: int = 0,
     train_options: dict | None = None,
+    lora_r: int = 0,
+    reference: str = "copy",
 ) -> dict:
     """Seconds per optimizer step (minimum and median over ``steps``) and peak memory of one
     method (fresh model).
@@ -121,6 +127,11 @@ def time_method(
 
     ``train_options``: extra :class:`~rdpo_theory.torch.train.TrainConfig` fields, e.g.
     ``{"wdpo_hvp": "finite-difference"}``; recorded in the row's ``hvp`` column.
+
+    ``lora_r > 0``: LoRA adapters of that rank on all linear layers (``peft``); only they train.
+    ``reference``: ``copy`` (a second model; with LoRA, ``adapters-disabled`` is used instead:
+    the base model is the reference) or ``precomputed`` (the batch's reference log-probs are
+    computed once before timing and no reference model is kept).
     """
     opts = dict(train_options or {})
     cfg = TrainConfig(
@@ -134,12 +145,32 @@ def time_method(
         progress=False,
         **opts,
     )
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     acc = make_accelerator(cfg)
-    model, ref = build(size, seed), build(size, seed)
-    ref.eval().requires_grad_(False).to(acc.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    model, opt = acc.prepare(model, opt)
+    model = build(size, seed)
     batch = {k: v.to(acc.device) for k, v in synthetic_batch(size, seed).items()}
+    ref = None
+    if reference == "precomputed":
+        from .reference import BATCH_REF_KEYS, reference_logps
+
+        model.to(acc.device).eval()
+        batch.update(zip(BATCH_REF_KEYS, reference_logps(model, model, batch, accelerator=acc)))
+        model.train()
+    elif lora_r == 0:
+        ref = build(size, seed).eval().requires_grad_(False).to(acc.device)
+    if lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear", fan_in_fan_out=True
+        )
+        model = get_peft_model(model, lora)
+        if reference == "copy":
+            reference = "adapters-disabled"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
+    model, opt = acc.prepare(model, opt)
     cuda = acc.device.type == "cuda"
 
     def step():
@@ -156,7 +187,7 @@ def time_method(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_kib()[0] * 1024
+        base = rss_kib()[0] * 1024
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -164,7 +195,7 @@ def time_method(
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib()[1] * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else rss_kib()[1] * 1024
     return dict(
         size=size.name,
         device=str(acc.device),
@@ -172,6 +203,9 @@ def time_method(
         method=method,
         params=str(loss_kwargs),
         hvp=_hvp_label(cfg),
+        lora_r=int(lora_r),
+        reference=reference,
+        trainable_params=int(sum(p.numel() for p in trainable)),
         pairs=size.pairs,
         tokens_per_row=size.prompt_len + size.completion_len,
         sec_per_step=float(np.min(times)),  # least disturbed by other load on the machine

@@ -30,15 +30,20 @@ except ImportError:  # pragma: no cover - older torch: the CPU/GPU default may l
     from contextlib import nullcontext as _math_attention
 
 from ..errors import InputError
+from .logprobs import selective_log_softmax
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
 def unwrap_model(model):
-    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped model."""
+    """The underlying model of a DDP/accelerate-wrapped one (a ``PreTrainedModel``, or a
+    ``PeftModel`` for LoRA runs)."""
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+_unwrap = unwrap_model  # the former private name
 
 
 def _pad_id(tokenizer) -> int:
@@ -191,6 +196,8 @@ def sequence_logps(
     ``log p(row) = sum_{t >= 1} m_t log softmax(logits_{t-1})[ids_t]`` with
     ``m_t = completion_mask_t * attention_mask_t``. Padding and prompt tokens contribute 0.
     With ``inputs_embeds`` (N, T, H) the model is called on embeddings instead of ids.
+    Token log-probs come from :func:`~rdpo_theory.torch.logprobs.selective_log_softmax`: no
+    float32 copy of the logits, which stay the only vocabulary-sized tensor of the step.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
@@ -198,12 +205,12 @@ def sequence_logps(
         out = model(input_ids=input_ids, **kwargs)
     else:
         out = model(inputs_embeds=inputs_embeds, **kwargs)
-    logits = out.logits[:, :-1]
-    acc = torch.promote_types(logits.dtype, torch.float32)
-    logits = logits.to(acc)
-    target = input_ids[:, 1:].unsqueeze(-1)
-    tok = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(acc)
+    logits = out.logits  # (N, T, V), model dtype; scored whole (a [:, :-1] slice would copy)
+    del out
+    target = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)  # last column: unused
+    tok = selective_log_softmax(logits, target)[:, :-1]
+    del logits
+    mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(tok.dtype)
     return (tok * mask).sum(-1)
 
 

@@ -38,6 +38,12 @@ from .. import _validate as V
 from ..errors import InputError, NonFiniteError
 from ..rng import make_rng, stream_seed
 from . import losses as TL
+from .adapters import (
+    apply_peft,
+    is_peft_model,
+    load_adapter_checkpoint,
+    register_adapter_checkpointing,
+)
 from .guards import all_finite, check_finite_parameters, first_nonfinite
 from .lm import (
     check_batch,
@@ -48,6 +54,7 @@ from .lm import (
     sequence_logps,
     unwrap_model,
 )
+from .reference import BATCH_REF_KEYS, reference_logps, row_reference_values, with_reference_logps
 from .run_config import CONFIG_FILE, check_output_dir, run_record
 
 CORE_METHODS = ("dpo", "kldpo", "wdpo")
@@ -209,6 +216,23 @@ class TrainConfig:
         schedule still advance) and counts it in the metrics (``skipped``,
         ``skipped_total``). Under fp16 loss scaling the gradient norm is left to the scaler.
         A model with non-finite parameters is never saved.
+    peft_config : peft.PeftConfig or None
+        E.g. ``peft.LoraConfig(r=16, target_modules="all-linear")``: the trainer wraps the model
+        with ``peft.get_peft_model`` and trains the adapters only. The reference is the same
+        model with its adapters disabled (the frozen base; no second copy in memory), so
+        ``ref_model`` must not be given. Checkpoints hold the adapters (and optimizer state);
+        ``final/`` holds the adapters (``PeftModel.save_pretrained``). A model that is already
+        a ``PeftModel`` gets the same treatment with ``peft_config=None``. Needs ``peft``
+        (extra ``rdpo-theory[lora]``).
+    precompute_ref : bool
+        Compute the reference log-probs of every row once, before training
+        (:func:`rdpo_theory.torch.reference.with_reference_logps`), then train without a
+        reference model in memory. Rows that already carry ``ref_chosen_logp`` and
+        ``ref_rejected_logp`` are used as they are, with or without this flag.
+    ref_cache_dir : str or Path or None
+        With ``precompute_ref``: the folder of the cache file ``ref_logps-<hash>.json``, keyed by
+        a hash of the rows, tokenizer, reference weights and scoring settings (None:
+        ``output_dir``; no file when both are None). ``rdpo llm`` puts it beside the dataset.
     """
 
     method: str = "dpo"
@@ -239,6 +263,9 @@ class TrainConfig:
     on_nonfinite: str = "raise"
     robust_normalizer: str = "micro-batch"
     robust_decay: float = 0.01
+    peft_config: object | None = None
+    precompute_ref: bool = False
+    ref_cache_dir: str | Path | None = None
 
     def __post_init__(self):
         resolve_loss(self.method)  # an unknown method is named first
@@ -287,6 +314,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["output_dir"] = None if self.output_dir is None else str(self.output_dir)
+        d["ref_cache_dir"] = None if self.ref_cache_dir is None else str(self.ref_cache_dir)
+        if self.peft_config is not None:  # sets and enums -> JSON-able
+            pc = self.peft_config
+            pc = pc.to_dict() if hasattr(pc, "to_dict") else dict(pc)
+            d["peft_config"] = json.loads(json.dumps(pc, default=_jsonable))
         return d
 
 
@@ -325,6 +357,10 @@ def check_run_fields(cfg: TrainConfig) -> None:
         raise InputError(f"loss_kwargs for method {cfg.method!r}: {exc}") from None
     except TypeError:
         return  # a per-batch argument the probe cannot supply: checked at the first step
+
+
+def _jsonable(v):
+    return sorted(v) if isinstance(v, set | frozenset) else str(v)
 
 
 def _positive_int(v, name, *, allow_zero=False):
@@ -414,10 +450,9 @@ def compute_loss(
     (``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here;
     :func:`rdpo_theory.torch.normalizers.running_loss`)."""
     wdpo = cfg.method == "wdpo"
+    rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
     pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
-    ctx = accelerator.autocast() if accelerator is not None else _null()
-    with torch.no_grad(), ctx:
-        rc, rr, _ = pair_logps(ref_model, batch)
+    rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
     kw = dict(cfg.loss_kwargs)
     if wdpo:
         kw["inputs"] = emb
@@ -509,13 +544,11 @@ def wdpo_fd_backward(
     B = check_batch(batch)
     ids, att, cm = (batch[k] for k in ("input_ids", "attention_mask", "completion_mask"))
     acc = accelerator
-    ctx = acc.autocast() if acc is not None else _null()
-    with torch.no_grad(), ctx:
-        rc, rr, _ = pair_logps(ref_model, batch)
+    rc, rr = reference_logps(ref_model, model, batch, accelerator=acc)
 
     def pair_losses(emb):
         lp = sequence_logps(model, ids, att, cm, inputs_embeds=emb)
-        m = TL.dpo_margins(lp[:B], lp[B:], rc, rr, beta=cfg.beta)
+        m = TL.dpo_margins(lp[:B], lp[B:], rc.to(lp.dtype), rr.to(lp.dtype), beta=cfg.beta)
         return TL.dpo_pair_losses(m), m, lp
 
     def backward(loss):
@@ -577,7 +610,10 @@ def train_preference(
         ``{"prompt": str, "chosen": str, "rejected": str}``.
     config : TrainConfig
     ref_model : PreTrainedModel, optional
-        The frozen reference; default a copy of ``model`` taken before training.
+        The frozen reference; default a copy of ``model`` taken before training -- or no
+        model at all with precomputed reference log-probs (``config.precompute_ref`` or rows
+        carrying them) or with adapters (``config.peft_config``; the base is the reference).
+        See :func:`setup_reference`.
     accelerator : accelerate.Accelerator, optional
         Default :func:`make_accelerator`.
 
@@ -595,23 +631,30 @@ def train_preference(
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    if ref_model is None:
-        ref_model = copy.deepcopy(model)
     out_dir = Path(cfg.output_dir) if cfg.output_dir is not None else None
     ckpt = None
     if out_dir is not None:  # refuse to mix runs before anything is written
-        record = run_record(cfg, rows, model, ref_model, num_processes=acc.num_processes)
+        # the reference is ref_model, or derived from model (a copy, its base, or precomputed)
+        ref_id = ref_model if ref_model is not None else model
+        record = run_record(cfg, rows, model, ref_id, num_processes=acc.num_processes)
         ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
         check_output_dir(out_dir, record, resume=cfg.resume, has_checkpoint=ckpt is not None)
     max_length = effective_max_length(model, cfg.max_length)
+    model, ref_model, rows, ref_values = setup_reference(
+        model, tokenizer, rows, cfg, ref_model, acc, max_length=max_length
+    )
     if cfg.disable_dropout:
         _disable_dropout(model)
-    ref_model.eval().requires_grad_(False).to(acc.device)
+    if ref_model is not None:
+        ref_model.eval().requires_grad_(False).to(acc.device)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
     )
+    peft = is_peft_model(model)
+    if peft:
+        register_adapter_checkpointing(acc)
     model, opt = acc.prepare(model, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     acc.register_for_checkpointing(sched)
@@ -620,7 +663,10 @@ def train_preference(
     # running statistics restored on resume (saved in every checkpoint's trainer_state.json)
     start, metrics, running = 0, [], {"skipped_total": 0, "truncated_total": 0}
     if out_dir is not None and cfg.resume and ckpt is not None:
-        acc.load_state(str(ckpt))
+        if peft:
+            load_adapter_checkpoint(acc, model, ckpt)
+        else:
+            acc.load_state(str(ckpt))
         saved = json.loads((ckpt / STATE_FILE).read_text())
         start = saved["step"]
         running.update(saved.get("running", {}))
@@ -663,6 +709,10 @@ def train_preference(
                 add_eos=cfg.add_eos,
                 stats=enc_stats,
             )
+            if ref_values is not None:
+                mine_idx = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                for j, k in enumerate(BATCH_REF_KEYS):
+                    batch[k] = torch.as_tensor(ref_values[mine_idx, j], dtype=torch.float64)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             batches.append(batch)
             with acc.accumulate(model):
@@ -775,7 +825,7 @@ def _diagnose_nonfinite(cfg, model, ref_model, batches, losses, acc) -> str:
             continue
         with acc.autocast():
             pc, pr, _ = pair_logps(model, batch)
-            rc, rr, _ = pair_logps(ref_model, batch)
+        rc, rr = reference_logps(ref_model, model, batch, accelerator=acc)
         names = ("policy_chosen_logps", "policy_rejected_logps")
         names += ("reference_chosen_logps", "reference_rejected_logps")
         bad = first_nonfinite(zip(names, (pc, pr, rc, rr)))
@@ -793,6 +843,56 @@ def _json_line(row: dict) -> str:
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
     }
     return json.dumps(clean) + "\n"
+
+
+def setup_reference(
+    model, tokenizer, rows, cfg: TrainConfig, ref_model=None, accelerator=None, *, max_length=None
+):
+    """Where the reference log-probs of a run come from; returns ``(model, ref_model, rows,
+    ref_values)``.
+
+    1. Rows carrying ``ref_chosen_logp``/``ref_rejected_logp``, or ``cfg.precompute_ref``
+       (values computed now, with ``ref_model`` or else the untrained ``model`` / its base,
+       cached under ``cfg.ref_cache_dir`` or ``cfg.output_dir``; rows scored with
+       ``max_length``, default ``cfg.max_length``): ``ref_values`` (n, 2) and
+       ``ref_model = None`` -- no reference model is kept.
+    2. ``cfg.peft_config``: ``model`` is wrapped by ``peft.get_peft_model``; with a PEFT model
+       and no ``ref_model`` the reference is the model with adapters disabled.
+    3. Otherwise ``ref_model``, by default a deep copy of ``model``.
+    """
+    ref_values = row_reference_values(rows)
+    if cfg.peft_config is not None and ref_model is not None:
+        raise InputError(
+            "ref_model must be None with peft_config: the reference is the base model with "
+            "its adapters disabled (no second copy)"
+        )
+    if ref_values is None and cfg.precompute_ref:
+        device = accelerator.device if accelerator is not None else None
+        if device is not None:
+            model.to(device)
+            if ref_model is not None:
+                ref_model.to(device)
+        cache = cfg.ref_cache_dir if cfg.ref_cache_dir is not None else cfg.output_dir
+        rows = with_reference_logps(
+            model,
+            tokenizer,
+            rows,
+            cache_dir=cache,
+            ref_model=ref_model,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length if max_length is None else max_length,
+            add_eos=cfg.add_eos,
+            accelerator=accelerator,
+            progress=cfg.progress,
+        )
+        ref_values = row_reference_values(rows)
+    if ref_values is not None:
+        ref_model = None
+    if cfg.peft_config is not None:
+        model = apply_peft(model, cfg.peft_config)
+    if ref_model is None and ref_values is None and not is_peft_model(model):
+        ref_model = copy.deepcopy(model)
+    return model, ref_model, rows, ref_values
 
 
 def save_checkpoint(acc, out_dir: Path, step: int, *, running: dict | None = None) -> Path:
@@ -844,6 +944,7 @@ __all__ = [
     "read_metrics",
     "resolve_loss",
     "save_checkpoint",
+    "setup_reference",
     "train_preference",
     "wdpo_fd_backward",
 ]

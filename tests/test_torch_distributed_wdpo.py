@@ -1,0 +1,110 @@
+"""WDPO by finite-difference Hessian-vector products under data parallelism: 2 gloo workers
+(accelerate, DDP on CPU) give the one-worker gradient (tiny GPT-2, float64)."""
+
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.torch.lm import encode_pairs  # noqa: E402
+from rdpo_theory.torch.train import TrainConfig, loss_and_backward  # noqa: E402
+
+ROWS = [
+    ("the day", " rage mad hate", " afraid hide"),
+    ("a river and of", " fury", " panic dread worry the"),
+    ("we", " angry slam door", " scared"),
+    ("they walk", " livid snarl", " tremble nervous"),
+]
+EPS = 1e-5  # float64: O(h^2) truncation ~1e-10, rounding ~1e-16 / 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(variant):
+    return TrainConfig(
+        method="wdpo",
+        beta=0.5,
+        loss_kwargs={"rho0": 0.5, "variant": variant},
+        wdpo_hvp="finite-difference",
+        wdpo_fd_eps=EPS,
+        mixed_precision="no",
+        progress=False,
+    )
+
+
+def _models():
+    cfg = EmotionConfig.smoke()
+    return build_model(cfg, 0).double(), build_model(cfg, 1).double().requires_grad_(False)
+
+
+def _batch(rows):
+    return encode_pairs(build_tokenizer(), *zip(*rows))
+
+
+def _grad(model):
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def _worker(rank, world, port, path):
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        ACCELERATE_USE_CPU="true",  # data parallel on CPU: accelerate picks gloo
+    )
+    torch.set_num_threads(1)
+    from rdpo_theory.torch.train import make_accelerator
+
+    res = {}
+    for variant in ("per-pair", "sqrt-mean"):
+        cfg = _cfg(variant)
+        acc = make_accelerator(cfg)
+        assert acc.num_processes == world
+        model, ref = _models()
+        model = acc.prepare(model)
+        half = len(ROWS) // world
+        batch = _batch(ROWS[rank * half : (rank + 1) * half])
+        out = loss_and_backward(cfg, model, ref, batch, accelerator=acc)
+        res[variant] = dict(grad=_grad(acc.unwrap_model(model)), loss=float(out.loss))
+    torch.save(res, f"{path}/rank{rank}.pt")
+    acc.end_training()
+
+
+@pytest.mark.slow
+def test_wdpo_finite_difference_two_gloo_workers_match_one_worker(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for variant in ("per-pair", "sqrt-mean"):
+        g0, g1 = parts[0][variant]["grad"], parts[1][variant]["grad"]
+        torch.testing.assert_close(g0, g1, rtol=0, atol=0)  # DDP: one gradient on all ranks
+        halves = []
+        for lo in (0, 2):  # one worker, each half its own micro-batch: the data-parallel mean
+            model, ref = _models()
+            loss_and_backward(_cfg(variant), model, ref, _batch(ROWS[lo : lo + 2]))
+            halves.append(_grad(model))
+        mean = (halves[0] + halves[1]) / 2
+        # same micro-batches, same step sizes h: equal up to the finite differences' rounding,
+        # ~1e-16 / EPS relative (measured 3e-11 absolute on entries of size ~1)
+        assert (g0 - mean).norm() <= 1e-9 * mean.norm()
+        assert (halves[0] - halves[1]).norm() > 1e-2 * mean.norm()  # the halves really differ
+    # per-pair: the penalty is a mean over pairs, so the two workers equal one worker on the
+    # whole batch (up to the O(h^2) difference of the two step sizes)
+    model, ref = _models()
+    loss_and_backward(_cfg("per-pair"), model, ref, _batch(ROWS))
+    full = _grad(model)
+    assert (parts[0]["per-pair"]["grad"] - full).norm() <= 1e-8 * full.norm()

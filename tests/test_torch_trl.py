@@ -1,0 +1,149 @@
+"""RobustDPOTrainer on TRL 1.16: its losses on TRL's own log-probs equal TRL's losses, and it
+runs under precomputed reference log-probs (tiny GPT-2)."""
+
+import copy
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+from rdpo_theory import InputError  # noqa: E402
+from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.torch.trl import RobustDPOTrainer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROWS = [
+    {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
+    {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
+    {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
+    {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
+] * 2
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=5e-3,
+        report_to=[],
+        logging_steps=1,
+        beta=0.5,
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+def _pair(tok, tmp_path, robust=None, args=None, policy_seed=0, **kw):
+    """A TRL DPOTrainer (robust is None) or a RobustDPOTrainer, on a policy that differs from
+    its reference (so the margins are not zero)."""
+    policy, ref = (
+        build_model(EmotionConfig.smoke(), policy_seed),
+        build_model(EmotionConfig.smoke(), 1),
+    )
+    common = dict(
+        model=policy,
+        ref_model=ref,
+        args=args or _args(tmp_path),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tok,
+    )
+    if robust is None:
+        return DPOTrainer(**common)
+    return RobustDPOTrainer(**common, robust_method=robust, **kw)
+
+
+def _loss(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer.compute_loss(trainer.model, batch)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"use_weighting": True}, {"precompute_ref_log_probs": True}],
+    ids=["plain", "wpo-weights", "precomputed-ref"],
+)
+def test_dpo_equals_trl_sigmoid_loss(tok, tmp_path, opts):
+    trl_loss = _loss(_pair(tok, tmp_path, args=_args(tmp_path, **opts)))
+    ours = _loss(_pair(tok, tmp_path, robust="dpo", args=_args(tmp_path, **opts)))
+    assert float(trl_loss) > 0.1
+    assert float(ours) == pytest.approx(float(trl_loss), rel=1e-6)
+    # the gradients agree too (same graph: TRL's fused forward)
+    t1, t2 = (
+        _pair(tok, tmp_path, args=_args(tmp_path, **opts)),
+        _pair(tok, tmp_path, robust="dpo", args=_args(tmp_path, **opts)),
+    )
+    grads = []
+    for t in (t1, t2):
+        _loss(t).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in t.model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_rdpo_with_label_smoothing_equals_trl_robust_loss(tok, tmp_path):
+    trl_loss = _loss(
+        _pair(tok, tmp_path, args=_args(tmp_path, loss_type=["robust"], label_smoothing=0.2))
+    )
+    ours = _loss(_pair(tok, tmp_path, robust="rdpo", args=_args(tmp_path, label_smoothing=0.2)))
+    assert float(ours) == pytest.approx(float(trl_loss), rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method,kw", [("kldpo", {"tau": 0.5}), ("wdpo", {"rho0": 0.5}), ("cdpo", {})]
+)
+def test_robust_methods_train_with_precomputed_reference(tok, tmp_path, method, kw):
+    args = _args(tmp_path, precompute_ref_log_probs=True, max_steps=3, label_smoothing=0.1)
+    if method != "cdpo":
+        args = _args(tmp_path, precompute_ref_log_probs=True, max_steps=3)
+    base = build_model(EmotionConfig.smoke(), 0)
+    tr = RobustDPOTrainer(
+        model=copy.deepcopy(base),
+        args=args,
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tok,
+        robust_method=method,
+        robust_kwargs=kw,
+    )
+    assert tr.ref_model is None  # precomputed: no reference model in memory
+    tr.train()
+    logs = [h for h in tr.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert logs[-1]["rewards/margins"] > 0
+    if method != "cdpo":
+        key = "robust/weight_entropy" if method == "kldpo" else "robust/penalty"
+        assert logs[-1][key] > 0
+
+
+def test_refuses_options_it_cannot_combine(tok, tmp_path):
+    bad = [
+        (dict(loss_type=["ipo"]), "kldpo", {"tau": 1.0}, "loss_type"),
+        (dict(label_smoothing=0.1), "kldpo", {"tau": 1.0}, "label_smoothing"),
+        (dict(label_smoothing=0.1), "cdpo", {"eps": 0.2}, "disagrees"),
+        (dict(use_weighting=True), "kldpo", {"tau": 1.0}, "use_weighting"),
+        (dict(ld_alpha=0.5), "dpo", {}, "ld_alpha"),
+        (dict(f_divergence_type="forward_kl"), "dpo", {}, "f_divergence_type"),
+        (dict(gradient_checkpointing=True), "wdpo", {"rho0": 1.0}, "gradient_checkpointing"),
+    ]
+    for opts, method, kw, match in bad:
+        with pytest.raises(InputError, match=match):
+            _pair(tok, tmp_path, robust=method, args=_args(tmp_path, **opts), robust_kwargs=kw)
