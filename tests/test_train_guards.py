@@ -99,8 +99,8 @@ def _inject_nan_at(monkeypatch, calls: set[int], *, grad_only=False):
     real = T.loss_and_backward
     count = {"n": 0}
 
-    def fake(cfg, model, ref_model, batch, *, accelerator=None):
-        out = real(cfg, model, ref_model, batch, accelerator=accelerator)
+    def fake(cfg, model, ref_model, batch, **kwargs):
+        out = real(cfg, model, ref_model, batch, **kwargs)
         count["n"] += 1
         if count["n"] in calls:
             p = next(p for p in model.parameters() if p.grad is not None)
