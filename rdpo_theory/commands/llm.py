@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
         "--jobs", type=int, default=None, help="--tiny: parallel jobs (default -1 = all cores)"
     )
     p.add_argument(
+        "--save-models",
+        action="store_true",
+        help="--tiny: save every trained policy, the SFT reference and the training pairs "
+        "under OUT/models/seed{S}/{mixture}/ (inputs for `rdpo audit`)",
+    )
+    p.add_argument(
         "--methods",
         nargs="+",
         default=None,
@@ -162,7 +168,10 @@ def _run_tiny(args) -> int:
         if args.quick
         else EmotionConfig()
     )
-    table, metrics, pairs = run_emotion(cfg, seeds=range(args.seeds), jobs=args.jobs)
+    save = args.out / "models" if args.save_models else None
+    table, metrics, pairs = run_emotion(
+        cfg, seeds=range(args.seeds), jobs=args.jobs, save_models=save
+    )
     paths = write_tiny_outputs(args.out, table, metrics, pairs, cfg)
     _print_summary(table)
     for p in paths:
