@@ -37,6 +37,9 @@ from .errors import InputError, SolverError
 
 #: The supported divergence balls.
 DIVERGENCES = ("kl", "chi2", "cvar")
+#: The four per-pair log-prob columns of an audit table (TRL names, nats): policy chosen,
+#: policy rejected, reference chosen, reference rejected.
+LOGP_COLUMNS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
 
 def check_divergence(divergence: str) -> str:
@@ -314,7 +317,7 @@ def radius_for_subpopulation(alpha: float, divergence: str = "kl") -> float:
     if a > 1:
         raise InputError(f"The 'alpha' parameter must lie in (0, 1]. Got {a} instead.")
     if divergence == "kl":
-        return float(-math.log(a))
+        return float(math.log(1.0 / a))
     if divergence == "chi2":
         return float((1.0 - a) / (2.0 * a))
     return float(a)

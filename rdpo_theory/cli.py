@@ -12,7 +12,7 @@ from . import __version__
 from .errors import RDPOError
 
 #: Subcommand modules, in help order.
-COMMANDS = ["solve", "figures", "rates", "shift", "llm", "compare", "cache"]
+COMMANDS = ["solve", "figures", "rates", "shift", "llm", "audit", "compare", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ FIGURE_MODULES: list[str] = [
     "rdpo_theory.commands.shift",
     "rdpo_theory.commands.llm",
     "rdpo_theory.commands.compare",
+    "rdpo_theory.commands.audit",
 ]
 
 
