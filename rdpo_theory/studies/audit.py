@@ -226,6 +226,7 @@ def score_models(
     batch_size: int = 16,
     max_length: int | None = None,
     device=None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Load each saved causal LM (``{name: path}``) and its tokenizer, score ``rows`` with
     :func:`rdpo_theory.torch.score.score_pairs` against the reference ``ref`` (or none) and
@@ -263,6 +264,7 @@ def score_models(
             batch_size=batch_size,
             max_length=max_length,
             device=dev,
+            progress=progress,
         )
         t.insert(0, "pair", np.arange(len(rows)))
         t.insert(0, "model", name)

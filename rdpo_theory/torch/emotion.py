@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -346,6 +347,7 @@ def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, th
     )
     res = train_preference(policy, tok, rows, tc, ref_model=ref)
     if out is not None:
+        label = method + "".join(f"_{k}={v:g}" for k, v in kw.items() if isinstance(v, int | float))
         save_model(res.model, tok, model_dir(out, seed, mixture, label))
     ev = evaluate_policy(res.model, tok, prompts, cfg, seed=seed * 7 + 5)
     met = pd.DataFrame(res.metrics)

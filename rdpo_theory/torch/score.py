@@ -52,11 +52,6 @@ def score_pairs(
     DataFrame, one row per pair: :data:`LOGP_COLUMNS` (float64, nats) and, with ``beta``,
     ``grad_sq_norm``.
     """
-    from tqdm.auto import tqdm
-
-    from .lm import encode_pairs, pair_logps
-    from .losses import dpo_margins, dpo_pair_losses, input_grad_sq_norms
-
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise InputError(
             f"The 'batch_size' parameter must be a positive integer. Got {batch_size}."
@@ -70,6 +65,25 @@ def score_pairs(
     model.eval()
     if ref_model is not None:
         ref_model.eval()
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # gradients are taken in the input embeddings only
+        p.requires_grad_(False)
+    try:
+        _score(
+            model, ref_model, tokenizer, rows, beta, batch_size, max_length, device, out, progress
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return pd.DataFrame({k: torch.cat(v).numpy() for k, v in out.items()})
+
+
+def _score(model, ref_model, tokenizer, rows, beta, batch_size, max_length, device, out, progress):
+    from tqdm.auto import tqdm
+
+    from .lm import encode_pairs, pair_logps
+    from .losses import dpo_margins, dpo_pair_losses, input_grad_sq_norms
+
     starts = range(0, len(rows), batch_size)
     for lo in tqdm(starts, desc="scoring pairs", disable=not progress):
         part = rows[lo : lo + batch_size]
@@ -93,7 +107,5 @@ def score_pairs(
             pc, pr, emb = pair_logps(model, b, with_embeddings=True)
             per = dpo_pair_losses(dpo_margins(pc, pr, rc, rr, beta=beta))
             out["grad_sq_norm"].append(input_grad_sq_norms(per, emb).detach().double().cpu())
-            model.zero_grad(set_to_none=True)
         for k, v in zip(LOGP_COLUMNS, (pc, pr, rc, rr)):
             out[k].append(v.detach().double().cpu())
-    return pd.DataFrame({k: torch.cat(v).numpy() for k, v in out.items()})
