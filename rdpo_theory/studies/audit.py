@@ -36,7 +36,7 @@ from ..figures import register
 ALPHAS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
 FIRST_ORDER = "wasserstein-first-order"
 #: rho0 values of the first-order Wasserstein rows in the ``audit-tiny`` figure.
-RHO0S = (0.01, 0.03, 0.1)
+RHO0S = (1.0, 3.0, 10.0)
 
 
 def check_logps(table: pd.DataFrame, what: str = "logps") -> pd.DataFrame:
