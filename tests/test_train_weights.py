@@ -189,3 +189,59 @@ def test_weighted_wdpo_finite_difference_equals_double_backward(tok, variant):
         losses.append(float(out.loss.detach()))
     assert losses[1] == pytest.approx(losses[0], rel=1e-12)
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-6
+
+
+def test_trl_weight_column_equals_repeated_rows(tok, tmp_path):
+    """RobustDPOTrainer honours a dataset weight column: one full-batch step on weighted rows
+    equals one on the repeated rows (float64 model), for DPO and KLDPO."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from rdpo_theory.torch.trl import RobustDPOTrainer
+
+    plain = [{k: v for k, v in r.items() if k != "group"} for r in BASE]
+    weighted = Dataset.from_list([dict(r, weight=float(c)) for r, c in zip(plain, COUNTS)])
+    repeated = Dataset.from_list([r for r, c in zip(plain, COUNTS) for _ in range(c)])
+    for method, kw in (("dpo", {}), ("kldpo", {"tau": 0.5})):
+        params = []
+        for name, ds in (("w", weighted), ("r", repeated)):
+            args = DPOConfig(
+                output_dir=str(tmp_path / f"{method}-{name}"),
+                per_device_train_batch_size=len(ds),
+                max_steps=1,
+                learning_rate=5e-3,
+                report_to=[],
+                beta=0.5,
+                save_strategy="no",
+                use_cpu=True,
+                bf16=False,
+                gradient_checkpointing=False,
+                max_grad_norm=0.0,
+            )
+            tr = RobustDPOTrainer(
+                model=_m(0),
+                ref_model=_m(0),
+                args=args,
+                train_dataset=ds,
+                processing_class=tok,
+                robust_method=method,
+                robust_kwargs=kw,
+            )
+            tr.train()
+            params.append(torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()]))
+        torch.testing.assert_close(params[0], params[1], atol=1e-9, rtol=1e-7)
+        assert not torch.allclose(params[0], _flat(_m(0)))  # it trained
+    bad = Dataset.from_list([dict(r, weight=-1.0) for r in plain])
+    with pytest.raises(InputError, match="row 0: weight"):
+        RobustDPOTrainer(
+            model=_m(0),
+            ref_model=_m(0),
+            args=DPOConfig(output_dir=str(tmp_path / "x"), report_to=[], use_cpu=True, bf16=False),
+            train_dataset=bad,
+            processing_class=tok,
+        )
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])

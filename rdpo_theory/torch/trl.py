@@ -35,6 +35,9 @@ class RobustDPOTrainer(DPOTrainer):
     baseline name) and its parameters ``robust_kwargs`` (e.g. ``{"tau": 1.0}`` or
     ``{"rho0": 50.0, "variant": "per-pair"}``); ``beta`` is ``args.beta``.
 
+    A ``weight`` column in the dataset (numbers >= 0) is honoured by every loss: a pair of
+    weight k counts as k copies of it (``weights`` of :mod:`rdpo_theory.torch.losses`).
+
     Logged metrics (TRL's log): ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
     ``rewards/accuracies`` and the loss's own stats under ``robust/<name>`` (e.g.
     ``robust/weight_entropy``, ``robust/penalty``). A reference model (or
@@ -48,6 +51,8 @@ class RobustDPOTrainer(DPOTrainer):
             robust_method, dict(robust_kwargs or {}), name="robust_kwargs"
         )
         self.robust_method = robust_method
+        train = kwargs.get("train_dataset", args[2] if len(args) > 2 else None)
+        self.has_weights = _check_weight_column(train)
         targs = kwargs.get("args", args[1] if len(args) > 1 else None)
         if robust_method == "wdpo" and getattr(targs, "gradient_checkpointing", False):
             raise InputError(
@@ -61,6 +66,13 @@ class RobustDPOTrainer(DPOTrainer):
             raise InputError(
                 "RobustDPOTrainer needs ref_model or args.precompute_ref_log_probs=True"
             )
+        if self.has_weights:  # pass the weight column through TRL's collator
+            self.data_collator = _WithWeights(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.has_weights and "weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "weight"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -75,6 +87,8 @@ class RobustDPOTrainer(DPOTrainer):
         kw = dict(self.robust_kwargs)
         if wdpo:
             kw["inputs"] = emb
+        if "weight" in inputs:
+            kw["weights"] = inputs["weight"].to(device=pc.device, dtype=pc.dtype)
         rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
         out = resolve_loss(self.robust_method)(pc, pr, rc, rr, beta=self.args.beta, **kw)
         beta = self.args.beta
@@ -91,3 +105,34 @@ class RobustDPOTrainer(DPOTrainer):
         if return_outputs:
             return out.loss, {"per_pair": out.per_pair.detach()}
         return out.loss
+
+
+def _check_weight_column(dataset) -> bool:
+    """Whether ``dataset`` has a ``weight`` column; its values must be finite and >= 0."""
+    import numpy as np
+
+    names = getattr(dataset, "column_names", None) or []
+    if "weight" not in names:
+        return False
+    w = np.asarray(dataset["weight"], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise InputError(
+            f"train_dataset row {int(bad[0])}: weight must be a finite number >= 0, "
+            f"got {w[bad[0]]!r}"
+        )
+    if not w.sum() > 0:
+        raise InputError("train_dataset: every weight is 0; at least one row needs weight > 0")
+    return True
+
+
+class _WithWeights:
+    """TRL's collator plus a ``weight`` tensor (B,) from the examples."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, examples):
+        out = self.base(examples)
+        out["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float64)
+        return out
