@@ -245,3 +245,27 @@ def test_trl_weight_column_equals_repeated_rows(tok, tmp_path):
 
 def _flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_rdpo_llm_cover_groups_and_group_dpo(tok, tmp_path, capsys):
+    from rdpo_theory.cli import main
+
+    model_dir = tmp_path / "tiny"
+    build_model(CFG, 0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    ds = tmp_path / "pairs.jsonl"
+    rows = [dict(r, weight=1.0) for r in BASE * 2]  # groups a: 4 rows, b: 2, c: 2 -> 0.25
+    ds.write_text("\n".join(json.dumps(r) for r in rows))
+    args = ["llm", "--model", str(model_dir), "--dataset", str(ds), "--out", str(tmp_path / "o")]
+    args += ["--methods", "chi2dpo", "cvardpo", "group_dpo", "--cover-groups", "--steps", "1"]
+    args += ["--batch-size", "2", "--eval-fraction", "0", "--group-step", "0.5"]
+    assert main(args) == 0
+    assert "smallest group share 0.25" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "o" / "chi2dpo" / "config.json").read_text())
+    assert cfg["loss_kwargs"] == {"rho": pytest.approx(1.5)}  # (1 - 0.25) / (2 * 0.25)
+    cfg = json.loads((tmp_path / "o" / "cvardpo" / "config.json").read_text())
+    assert cfg["loss_kwargs"] == {"level": pytest.approx(0.25)}
+    state = json.loads(
+        (tmp_path / "o" / "group_dpo" / "checkpoints" / "step-1" / "trainer_state.json").read_text()
+    )
+    assert state["group_labels"] == ["a", "b", "c"]
