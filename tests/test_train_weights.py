@@ -110,8 +110,9 @@ def test_group_weights_survive_resume(tok, tmp_path):
     state = json.loads(
         (tmp_path / "b" / "checkpoints" / "step-2" / "trainer_state.json").read_text()
     )
-    assert state["group_labels"] == ["a", "b", "c"] and len(state["group_weights"]) == 3
-    assert not np.allclose(state["group_weights"], 1 / 3)  # they moved
+    run = state["running"]
+    assert run["group_labels"] == ["a", "b", "c"] and len(run["group_weights"]) == 3
+    assert not np.allclose(run["group_weights"], 1 / 3)  # they moved
     resumed = train_preference(
         build_model(CFG, 9),
         tok,
@@ -124,7 +125,7 @@ def test_group_weights_survive_resume(tok, tmp_path):
     for pa, pb in zip(full.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
     other = [dict(r, group="z" if r["group"] == "c" else r["group"]) for r in rows]
-    with pytest.raises(InputError, match="same dataset"):
+    with pytest.raises(InputError, match="data_sha256"):  # the run record refuses first
         train_preference(
             build_model(CFG, 0),
             tok,
@@ -268,4 +269,4 @@ def test_rdpo_llm_cover_groups_and_group_dpo(tok, tmp_path, capsys):
     state = json.loads(
         (tmp_path / "o" / "group_dpo" / "checkpoints" / "step-1" / "trainer_state.json").read_text()
     )
-    assert state["group_labels"] == ["a", "b", "c"]
+    assert state["running"]["group_labels"] == ["a", "b", "c"]
