@@ -270,3 +270,50 @@ def test_rdpo_llm_cover_groups_and_group_dpo(tok, tmp_path, capsys):
         (tmp_path / "o" / "group_dpo" / "checkpoints" / "step-1" / "trainer_state.json").read_text()
     )
     assert state["running"]["group_labels"] == ["a", "b", "c"]
+
+
+def _ddp_worker(rank, world, port, path, method, kw):
+    """One of two gloo workers running train_preference under accelerate (MULTI_CPU)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True, mixed_precision="no")
+    rows = [dict(r, weight=float(c)) for r, c in zip(BASE, COUNTS)] * 2
+    cfg = _cfg(method=method, loss_kwargs=kw, batch_size=2)
+    res = train_preference(_m(0), build_tokenizer(), rows, cfg, ref_model=_m(0), accelerator=acc)
+    torch.save(
+        {"params": _flat(res.model), "alpha": res.group_weights}, f"{path}/{method}-{rank}.pt"
+    )
+    acc.wait_for_everyone()
+
+
+@pytest.mark.parametrize("method,kw", [("dpo", {}), ("group_dpo", {"group_step": 1.0})])
+def test_trainer_two_gloo_workers_equal_one_worker(tok, tmp_path, method, kw):
+    """Weighted rows through the trainer under DDP: 2 gloo workers with micro-batches of 2
+    train the model one worker trains with micro-batches of 4 (same global batches), and both
+    workers hold the one-worker group weights."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), method, kw), nprocs=2, join=True)
+    rows = [dict(r, weight=float(c)) for r, c in zip(BASE, COUNTS)] * 2
+    one = train_preference(
+        _m(0), tok, rows, _cfg(method=method, loss_kwargs=kw, batch_size=4), ref_model=_m(0)
+    )
+    for rank in range(2):
+        got = torch.load(tmp_path / f"{method}-{rank}.pt", weights_only=False)
+        torch.testing.assert_close(got["params"], _flat(one.model), atol=1e-9, rtol=1e-7)
+        if method == "group_dpo":
+            for g in "abc":
+                assert got["alpha"][g] == pytest.approx(one.group_weights[g], rel=1e-10)

@@ -709,7 +709,8 @@ def train_preference(
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             batches.append(batch)
             with acc.accumulate(model):
-                out = loss_and_backward(cfg, model, ref_model, batch, accelerator=acc, extra=extra)
+                more = {"extra": extra} if extra else {}  # weights / group-robust state
+                out = loss_and_backward(cfg, model, ref_model, batch, accelerator=acc, **more)
                 losses.append(out.loss.detach())
                 if out.group_weights is not None:
                     alpha = out.group_weights.detach().cpu()
