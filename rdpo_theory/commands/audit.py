@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..figures import register, write_tables
 
 
 def add_parser(sub) -> None:
@@ -137,3 +138,35 @@ def _print_summary(table) -> None:
     piv = sub.pivot_table(index="alpha", columns="model", values="worst_loss", sort=False)
     print(f"worst-case DPO loss ({sub['divergence'].iloc[0]} ball covering share alpha):")
     print(piv.sort_index(ascending=False).round(4).to_string())
+
+
+@register(
+    "audit-tiny",
+    description="robustness audit of the llm-tiny policies (DPO, KLDPO, WDPO): exact "
+    "worst-case loss and error vs covered subpopulation share",
+)
+def make_tiny(out, *, quick: bool = True, jobs: int = -1) -> list[Path]:
+    """Train the tiny emotion policies of the convex mixture (seed 0; ``rdpo llm --tiny``
+    sizes, or its quick sizes), audit them on their training pairs against the SFT reference
+    (:func:`rdpo_theory.studies.audit.audit_table`, first-order Wasserstein rows at
+    ``RHO0S``), write ``audit_tiny.csv`` and draw ``audit_tiny.png`` from it. The models live in
+    a temporary folder (tens of MB) and are not kept."""
+    import tempfile
+
+    from ..plots.audit import plot_audit
+    from ..studies import audit as S
+    from ..torch.emotion import EmotionConfig, run_emotion
+    from .llm import load_jsonl
+
+    cfg = (EmotionConfig.quick if quick else EmotionConfig)(mixtures=("convex",))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        run_emotion(cfg, seeds=(0,), jobs=jobs, save_models=root)
+        rows = load_jsonl(root / "seed0" / "convex" / "pairs.jsonl")
+        models = S.tiny_models(root)
+        logps = S.score_models(
+            models, rows, ref=root / "seed0" / "sft", beta=cfg.beta, device="cpu"
+        )
+    table = S.audit_table(logps, beta=cfg.beta, rho0s=S.RHO0S)
+    paths = write_tables({"audit_tiny": table}, out)
+    return paths + [plot_audit(paths[0], Path(out) / "audit_tiny.png")]

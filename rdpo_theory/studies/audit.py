@@ -19,8 +19,6 @@ Output tables (the command writes them; the figure is drawn from :func:`audit_ta
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,6 @@ from .. import audit as A
 from .. import losses as L
 from ..audit import LOGP_COLUMNS
 from ..errors import InputError
-from ..figures import register
 
 #: Default subpopulation shares: the x-axis of the audit figure.
 ALPHAS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
@@ -288,32 +285,3 @@ def tiny_models(root: Path, *, seed: int = 0, mixture: str = "convex") -> dict[s
     order = {"dpo": 0, "kldpo": 1, "wdpo": 2}
     found.sort(key=lambda p: (order.get(p.name.split("_")[0], 9), p.name))
     return {p.name: p for p in found}
-
-
-@register(
-    "audit-tiny",
-    description="robustness audit of the llm-tiny policies (DPO, KLDPO, WDPO): exact "
-    "worst-case loss and error vs covered subpopulation share",
-)
-def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
-    from ..plots.audit import plot_audit
-    from ..torch.emotion import EmotionConfig, run_emotion
-
-    out = Path(out)
-    cfg = (EmotionConfig.quick if quick else EmotionConfig)(mixtures=("convex",))
-    with tempfile.TemporaryDirectory() as tmp:  # the models are not kept (tens of MB)
-        root = Path(tmp)
-        run_emotion(cfg, seeds=(0,), jobs=jobs, save_models=root)
-        rows = [
-            json.loads(line)
-            for line in (root / "seed0" / "convex" / "pairs.jsonl").read_text().splitlines()
-        ]
-        logps = score_models(
-            tiny_models(root), rows, ref=root / "seed0" / "sft", beta=cfg.beta, device="cpu"
-        )
-    table = audit_table(logps, beta=cfg.beta, rho0s=RHO0S)
-    paths = [out / "audit_tiny.csv"]
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(paths[0], index=False)
-    paths.append(plot_audit(paths[0], out / "audit_tiny.png"))
-    return paths
