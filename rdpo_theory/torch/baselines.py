@@ -274,7 +274,7 @@ def _world(process_group) -> int:
     return dist.get_world_size(process_group)
 
 
-def _ball_loss(per, weights, group, fn, **kw):
+def _ball_objective(per, weights, group, fn, **kw):
     """Best response of a ball around ``p`` on the global batch (gathered like KLDPO), held
     constant: the local share of ``sum_{global} q_i l_i`` and the local q."""
     glob, start = gather_batch(per.detach().to(torch.float64), group)
@@ -292,7 +292,7 @@ def chi2dpo_loss(margins, *, beta: float, rho: float, weights=None, group=None) 
     """chi-square DPO: best-response reweighting of DPO per-pair losses over the global batch
     (every worker of ``group``), centred at ``p = w / sum w`` with ``weights``."""
     per = dpo_pair_losses(margins)
-    loss, q = _ball_loss(per, weights, group, npl.chi2_weights, rho=rho)
+    loss, q = _ball_objective(per, weights, group, npl.chi2_weights, rho=rho)
     return LossOutput(loss, per, margins, weights=q)
 
 
@@ -301,5 +301,5 @@ def cvardpo_loss(margins, *, beta: float, level: float, weights=None, group=None
     """CVaR DPO: best-response reweighting of DPO per-pair losses over the global batch
     (every worker of ``group``), centred at ``p = w / sum w`` with ``weights``."""
     per = dpo_pair_losses(margins)
-    loss, q = _ball_loss(per, weights, group, npl.cvar_weights, level=level)
+    loss, q = _ball_objective(per, weights, group, npl.cvar_weights, level=level)
     return LossOutput(loss, per, margins, weights=q)
