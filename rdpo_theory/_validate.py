@@ -207,3 +207,45 @@ def renamed_keyword(old: str, new: str):
         return wrapper
 
     return deco
+
+
+def row_weights_groups(rows, what: str = "dataset") -> tuple[np.ndarray | None, list | None]:
+    """The optional ``weight`` (>= 0, finite) and ``group`` (non-empty string) of preference rows.
+
+    A column is either on every row or on none. Returns ``(weights (n,) or None, groups
+    (n,) or None)``; the weights are raw (not normalised). Errors name the row.
+    """
+    rows = list(rows)
+    out: list = []
+    for key in ("weight", "group"):
+        has = [key in r and r[key] is not None for r in rows]
+        if not any(has):
+            out.append(None)
+            continue
+        if not all(has):
+            i = has.index(False)
+            raise InputError(
+                f"{what} row {i} has no {key!r} while other rows do: give a {key} on every row "
+                "or on none"
+            )
+        vals = []
+        for i, r in enumerate(rows):
+            v = r[key]
+            if key == "weight":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise InputError(f"{what} row {i}: weight must be a finite number, got {v!r}")
+                if v < 0:
+                    raise InputError(f"{what} row {i}: weight must be >= 0, got {v!r}")
+                vals.append(float(v))
+            else:
+                if not isinstance(v, str) or not v.strip():
+                    raise InputError(f"{what} row {i}: group must be a non-empty string, got {v!r}")
+                vals.append(v)
+        if key == "weight":
+            w = np.asarray(vals, dtype=np.float64)
+            if not w.sum() > 0:
+                raise InputError(f"{what}: every weight is 0; at least one row needs weight > 0")
+            out.append(w)
+        else:
+            out.append(vals)
+    return out[0], out[1]

@@ -39,7 +39,7 @@ import pandas as pd
 from . import _validate as V
 from .data import PreferenceData, as_data
 from .errors import InputError, SolverError
-from .losses import check_beta
+from .losses import check_beta, kl_divergence
 from .rng import make_rng
 
 OPTIMIZERS = ("adam", "sgd")
@@ -781,12 +781,3 @@ def kl_implied(
     q = data.weights * w
     q = q / q.sum()
     return q, kl_divergence(q, data.weights)
-
-
-def kl_divergence(q, p) -> float:
-    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges p = 0)."""
-    from scipy.special import rel_entr
-
-    q = np.asarray(q, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    return float(np.sum(rel_entr(q, p)))

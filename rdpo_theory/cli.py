@@ -13,7 +13,7 @@ from .errors import RDPOError
 from .extras import extra_of, install_hint
 
 #: Subcommand modules, in help order.
-COMMANDS = ["solve", "figures", "rates", "shift", "llm", "compare", "minibatch", "cache"]
+COMMANDS = ["solve", "figures", "rates", "shift", "llm", "audit", "compare", "minibatch", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ FIGURE_MODULES: list[str] = [
     "rdpo_theory.commands.llm",
     "rdpo_theory.commands.compare",
     "rdpo_theory.commands.minibatch",
+    "rdpo_theory.commands.audit",
 ]
 
 

@@ -400,6 +400,15 @@ def chi2_divergence(q, p) -> float:
     return float(0.5 * np.sum((q[k] - p[k]) ** 2 / p[k]))
 
 
+def kl_divergence(q, p) -> float:
+    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges p = 0)."""
+    from scipy.special import rel_entr
+
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.sum(rel_entr(q, p)))
+
+
 def cvar_weights(losses, *, level: float, weights=None) -> np.ndarray:
     """Worst case of the CVaR ball ``{q : q_i <= p_i / level}``: the top ``level`` fraction of
     the loss distribution, reweighted by ``1 / level`` (partial weight at the boundary).

@@ -76,3 +76,67 @@ def test_two_gloo_workers_match_one_worker(tmp_path):
     # the local mean loss alone would NOT match: the weights really are global
     loc = _losses(theta, X[: N_PAIRS[0]], ref[: N_PAIRS[0]], "normalized").weights.numpy()
     assert not np.allclose(loc, parts[0]["normalized"]["weights"])
+
+
+# ---------------------------------------------------------------------------- data weights
+WEIGHTED = [
+    ("dpo", {}),
+    ("kldpo", {"tau": 0.3}),
+    ("kldpo", {"tau": 0.3, "variant": "clipped", "clip": 3.0}),
+    ("chi2dpo", {"rho": 0.2}),
+    ("cvardpo", {"level": 0.4}),
+    ("group_dpo", {"group_step": 0.5, "n_groups": 3, "group_weights": [0.2, 0.3, 0.5]}),
+]
+WEIGHTS = torch.tensor([1.0, 0.5, 2.0, 0.0, 1.5, 3.0, 1.0, 0.25], dtype=torch.float64)
+GROUPS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def _weighted(name, kw, th, X, ref, w, g):
+    from rdpo_theory.torch import baselines as TB
+
+    z = torch.zeros(X.shape[0], dtype=torch.float64)
+    fn = getattr(TL, f"{name}_loss", None) or getattr(TB, f"{name}_loss")
+    kw = dict(kw, weights=w)
+    if name == "group_dpo":
+        kw["groups"] = g
+    return fn(X @ th, z, ref, z, beta=0.5, **kw)
+
+
+def _weighted_worker(rank, world, port, path):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        theta, X, ref = _batch()
+        lo = sum(N_PAIRS[:rank])
+        sl = slice(lo, lo + N_PAIRS[rank])
+        res = {}
+        for i, (name, kw) in enumerate(WEIGHTED):
+            th = theta.clone().requires_grad_()
+            out = _weighted(name, kw, th, X[sl], ref[sl], WEIGHTS[sl], GROUPS[sl])
+            (g,) = torch.autograd.grad(out.loss * N_PAIRS[rank], th)
+            dist.all_reduce(g)
+            res[i] = dict(
+                grad=g.numpy() / sum(N_PAIRS),
+                alpha=None if out.group_weights is None else out.group_weights.numpy(),
+            )
+        torch.save(res, f"{path}/w{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_weighted_losses_two_gloo_workers_match_one_worker(tmp_path):
+    """Weighted DPO and KLDPO, chi-square and CVaR (losses gathered across workers) and online
+    group-robust DPO (group sums all-reduced): the data-parallel gradient is the one-worker
+    gradient and every worker holds the same group weights."""
+    mp.spawn(_weighted_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"w{r}.pt", weights_only=False) for r in range(2)]
+    theta, X, ref = _batch()
+    for i, (name, kw) in enumerate(WEIGHTED):
+        th = theta.clone().requires_grad_()
+        one = _weighted(name, kw, th, X, ref, WEIGHTS, GROUPS)
+        (g_one,) = torch.autograd.grad(one.loss, th)
+        for p in parts:
+            np.testing.assert_allclose(p[i]["grad"], g_one.numpy(), rtol=1e-10, err_msg=name)
+            if one.group_weights is not None:
+                np.testing.assert_allclose(p[i]["alpha"], one.group_weights.numpy(), rtol=1e-12)

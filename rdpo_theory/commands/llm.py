@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
         "--jobs", type=int, default=None, help="--tiny: parallel jobs (default -1 = all cores)"
     )
     p.add_argument(
+        "--save-models",
+        action="store_true",
+        help="--tiny: save every trained policy, the SFT reference and the training pairs "
+        "under OUT/models/seed{S}/{mixture}/ (inputs for `rdpo audit`)",
+    )
+    p.add_argument(
         "--methods",
         nargs="+",
         default=None,
@@ -46,6 +52,7 @@ def add_parser(sub) -> None:
         "--rho": (float, "chi2dpo chi-square radius"),
         "--level": (float, "cvardpo CVaR tail fraction"),
         "--beta-prime": (float, "drdpo soft-min temperature"),
+        "--group-step": (float, "group_dpo exponentiated-gradient step of the group weights"),
         "--steps": (int, "optimizer steps"),
         "--batch-size": (int, "pairs per device micro-batch"),
         "--grad-accum": (int, "micro-batches per optimizer step"),
@@ -69,6 +76,13 @@ def add_parser(sub) -> None:
         choices=["raise", "skip"],
         help="--model: a step with a NaN/inf loss or gradient norm stops the run (raise, "
         "default) or is dropped and counted (skip)",
+    )
+    p.add_argument(
+        "--cover-groups",
+        action="store_true",
+        help="--model: set chi2dpo's --rho and cvardpo's --level to the balls that contain "
+        "every group's share alpha_min (the smallest group share of the training rows): "
+        "rho = (1 - alpha_min) / (2 alpha_min), level = alpha_min; rows need a 'group'",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
     p.add_argument(
@@ -103,6 +117,7 @@ MODEL_DEFAULTS = {
     "rho": 0.1,
     "level": 0.5,
     "beta_prime": 1.0,
+    "group_step": 0.01,
     "steps": 100,
     "batch_size": 4,
     "grad_accum": 1,
@@ -129,6 +144,7 @@ METHOD_OPTIONS = {
     "rho": ({"chi2dpo"}, "--rho"),
     "level": ({"cvardpo"}, "--level"),
     "beta_prime": ({"drdpo"}, "--beta-prime"),
+    "group_step": ({"group_dpo"}, "--group-step"),
 }
 
 
@@ -145,10 +161,16 @@ def check_args(args) -> None:
         C.not_applicable(args, given, "to --tiny (they set --model training)")
         if args.resume:
             raise InputError("--resume does not apply to --tiny")
+        if args.cover_groups:
+            raise InputError("--cover-groups does not apply to --tiny (it sets --model training)")
     else:
         C.not_applicable(args, {k: _flag(k) for k in TINY_DEFAULTS}, "to --model (they set --tiny)")
         if args.quick or args.smoke:
             raise InputError("--quick and --smoke apply to --tiny only")
+        if args.save_models:
+            raise InputError(
+                "--save-models applies to --tiny only (--model saves OUT/METHOD/final)"
+            )
         methods = set(args.methods or MODEL_DEFAULTS["methods"])
         for key, (family, flag) in METHOD_OPTIONS.items():
             if getattr(args, key) is not None and not family & methods:
@@ -185,7 +207,10 @@ def _run_tiny(args) -> int:
         if args.quick
         else EmotionConfig()
     )
-    table, metrics, pairs = run_emotion(cfg, seeds=range(args.seeds), jobs=args.jobs)
+    save = args.out / "models" if args.save_models else None
+    table, metrics, pairs = run_emotion(
+        cfg, seeds=range(args.seeds), jobs=args.jobs, save_models=save
+    )
     paths = write_tiny_outputs(args.out, table, metrics, pairs, cfg)
     _print_summary(table)
     for p in paths:
@@ -328,7 +353,7 @@ def _loss_kwargs(args, method: str) -> dict:
         return {"rho0": args.rho0, "variant": args.wdpo_variant}
     if method in ("cdpo", "rdpo"):
         return {"eps": args.eps}
-    own = {"chi2dpo": "rho", "cvardpo": "level", "drdpo": "beta_prime"}
+    own = {"chi2dpo": "rho", "cvardpo": "level", "drdpo": "beta_prime", "group_dpo": "group_step"}
     return {own[method]: getattr(args, own[method])} if method in own else {}
 
 
@@ -352,6 +377,21 @@ def _lora_config(args):
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
+
+
+def cover_groups(rows) -> float:
+    """The smallest group share ``alpha_min`` of preference rows (weighted by ``weight`` when
+    present); the rows need a ``group``."""
+    from .. import _validate as V
+
+    w, g = V.row_weights_groups(rows)
+    if g is None:
+        raise InputError("--cover-groups needs a 'group' on every dataset row")
+    w = [1.0] * len(g) if w is None else list(w)
+    share: dict[str, float] = {}
+    for wi, gi in zip(w, g):
+        share[gi] = share.get(gi, 0.0) + wi
+    return min(share.values()) / sum(share.values())
 
 
 def _run_model(args) -> int:
@@ -384,6 +424,18 @@ def _run_model(args) -> int:
     n_eval = int(round(args.eval_fraction * len(rows)))
     held = [rows[i] for i in perm[:n_eval]]
     train_rows = [rows[i] for i in perm[n_eval:]]
+    if args.cover_groups:  # the radii come from the training rows: rebuild the configs
+        from ..audit import radius_for_subpopulation
+
+        a = cover_groups(train_rows)
+        args.rho = radius_for_subpopulation(a, "chi2")
+        args.level = radius_for_subpopulation(a, "cvar")
+        print(
+            f"--cover-groups: smallest group share {a:.4g}: chi2dpo rho = {args.rho:.4g}, "
+            f"cvardpo level = {args.level:.4g} (KLDPO's tau and WDPO's rho0 are not radii and "
+            "are left as given)"
+        )
+        configs = build_configs(args)
     try:
         tok = AutoTokenizer.from_pretrained(args.model)
     except (OSError, ValueError) as exc:

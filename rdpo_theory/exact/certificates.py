@@ -34,10 +34,13 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
-from scipy.special import expit, rel_entr, xlog1py, xlogy
+from scipy.special import expit, xlog1py, xlogy
 
 from ..errors import SolverError
-from ..losses import dpo_loss
+from ..losses import (
+    dpo_loss,
+    kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)
+)
 from .fast import LOG2, kl_lambda_for_theta, kl_tilt, sum_noise
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
@@ -251,12 +254,6 @@ def kl_into_ball(q, p, rho: float) -> np.ndarray:
         return q
     e = min(1.0, (1.0 - rho / kl) * (1.0 + 1e-12) + 1e-15)
     return (1.0 - e) * q + e * p
-
-
-def kl_divergence(q, p) -> float:
-    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges
-    p = 0)."""
-    return float(np.sum(rel_entr(np.asarray(q, dtype=float), np.asarray(p, dtype=float))))
 
 
 def kl_minimax_lower_bound(A, p, rho, theta, candidates, *, theta_ref, radius) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -345,6 +346,9 @@ def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, th
         output_dir=None,
     )
     res = train_preference(policy, tok, rows, tc, ref_model=ref)
+    if out is not None:
+        label = method + "".join(f"_{k}={v:g}" for k, v in kw.items() if isinstance(v, int | float))
+        save_model(res.model, tok, model_dir(out, seed, mixture, label))
     ev = evaluate_policy(res.model, tok, prompts, cfg, seed=seed * 7 + 5)
     met = pd.DataFrame(res.metrics)
     for df in (ev, met):
@@ -360,8 +364,14 @@ def run_emotion(
     seeds=(0, 1, 2),
     jobs: int = 1,
     progress: bool = True,
+    save_models=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run the miniature emotion experiment.
+
+    With ``save_models`` (a folder) every trained policy is saved with ``save_pretrained``
+    (model and tokenizer) under ``save_models/seed{S}/{mixture}/{method}`` (see
+    :func:`model_dir`), the SFT reference under ``save_models/seed{S}/sft`` and the training
+    pairs under ``save_models/seed{S}/{mixture}/pairs.jsonl``, ready for ``rdpo audit``.
 
     Returns
     -------
@@ -388,9 +398,11 @@ def run_emotion(
     par = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential")
     try:
         prep = par(delayed(_prepare_seed)(cfg, s, threads) for s in seeds)
+        if save_models is not None:
+            _save_references(cfg, prep, Path(save_models))
         tasks = [(p, mix, spec) for p in prep for mix in cfg.mixtures for spec in cfg.methods]
         it = par(
-            delayed(_train_one)(cfg, p[0], p[1], p[2][mix], p[3], mix, spec, threads, None)
+            delayed(_train_one)(cfg, p[0], p[1], p[2][mix], p[3], mix, spec, threads, save_models)
             for p, mix, spec in tqdm(tasks, desc="llm-tiny runs", disable=not progress)
         )
     finally:
@@ -411,6 +423,38 @@ def run_emotion(
     table = table[cols].sort_values(keys + ["eval_mixture", "alpha"], ignore_index=True)
     pairs = pd.concat([p[5] for p in prep], ignore_index=True)
     return table, pd.concat(mets, ignore_index=True), pairs
+
+
+def model_dir(root, seed: int, mixture: str, label: str) -> Path:
+    """Folder of a saved policy: ``root/seed{seed}/{mixture}/{label}``, with the label's
+    parentheses dropped (``kldpo(tau=0.1)`` -> ``kldpo_tau=0.1``)."""
+    safe = label.replace("(", "_").replace(")", "").replace(",", "_").replace(" ", "")
+    return Path(root) / f"seed{int(seed)}" / mixture / safe
+
+
+def save_model(model, tokenizer, path) -> Path:
+    """``save_pretrained`` of a model and its tokenizer into ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _save_references(cfg: EmotionConfig, prep, root: Path) -> None:
+    import json
+
+    tok = build_tokenizer()
+    for seed, state, rows, _, _, _ in prep:
+        ref = build_model(cfg, seed)
+        ref.load_state_dict(state)
+        save_model(ref, tok, root / f"seed{seed}" / "sft")
+        for mix, mix_rows in rows.items():
+            d = root / f"seed{seed}" / mix
+            d.mkdir(parents=True, exist_ok=True)
+            with open(d / "pairs.jsonl", "w") as f:
+                for r in mix_rows:
+                    f.write(json.dumps(r) + "\n")
 
 
 def _n_jobs(jobs: int) -> int:

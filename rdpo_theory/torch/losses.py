@@ -86,6 +86,7 @@ class LossOutput:
     weights: torch.Tensor | None = None
     penalty: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_weights: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------- checks
@@ -224,10 +225,17 @@ def loss_parameters(loss) -> dict[str, inspect.Parameter]:
 
 
 @logp_loss
-def dpo_loss(margins: torch.Tensor, *, beta: float) -> LossOutput:
-    """Plain DPO: ``mean_i softplus(-m_i)`` (docs/theory.md#dpo-loss)."""
+def dpo_loss(
+    margins: torch.Tensor, *, beta: float, weights: torch.Tensor | None = None, group=None
+) -> LossOutput:
+    """Plain DPO: ``mean_i softplus(-m_i)`` (docs/theory.md#dpo-loss).
+
+    ``weights`` (B,), optional: non-negative per-pair data weights ``w_i``; the objective is
+    the weighted mean ``sum_i w_i l_i / sum_i w_i`` over the global batch (every worker of
+    ``group``), see :func:`weighted_mean`; a pair of weight k counts as k copies of it.
+    """
     per = dpo_pair_losses(margins)
-    return LossOutput(per.mean(), per, margins)
+    return LossOutput(weighted_mean(per, weights, group=group), per, margins)
 
 
 # ---------------------------------------------------------------------------- KLDPO
@@ -254,6 +262,55 @@ def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def gather_batch(x: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """``(global, start)``: the detached (B,) tensor ``x`` concatenated over the workers of
+    ``group`` in rank order, and the position of this worker's first entry in it."""
+    glob = _gather(x, group)
+    world = _world_size(group)
+    if world == 1:
+        return glob, 0
+    n = torch.tensor([x.numel()], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    rank = dist.get_rank(group)
+    return glob, int(sum(int(t.item()) for t in sizes[:rank]))
+
+
+def check_pair_weights(weights, per_pair: torch.Tensor) -> torch.Tensor:
+    """Validate per-pair data weights (raw, not normalised): a tensor of shape (B,), finite
+    and >= 0; returned detached in the losses' accumulation dtype."""
+    if not isinstance(weights, torch.Tensor) or weights.shape != per_pair.shape:
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights)
+        raise InputError(f"weights must be a tensor of shape {tuple(per_pair.shape)}, got {shape}")
+    w = weights.detach().to(device=per_pair.device, dtype=accumulation_dtype(per_pair))
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise InputError("weights must be finite and >= 0")
+    return w
+
+
+def batch_probabilities(weights, per_pair: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """``(p, N)``: this worker's data weights normalised over the global batch,
+    ``p_i = w_i / sum_{global} w`` (detached), and the global number of pairs N."""
+    w = check_pair_weights(weights, per_pair)
+    glob = _gather(w, group)
+    if not float(glob.sum()) > 0:
+        raise InputError("weights are all 0 in this batch: at least one pair needs weight > 0")
+    return w / glob.sum(), glob.numel()
+
+
+def weighted_mean(per_pair: torch.Tensor, weights=None, *, group=None) -> torch.Tensor:
+    """The local share of the global weighted mean ``sum_i w_i l_i / sum_i w_i``.
+
+    Computed as ``(N / B) sum_{i local} p_i l_i`` with ``p`` from :func:`batch_probabilities`,
+    so that the data-parallel average of the workers' gradients (equal local batches B) is the
+    gradient of the global weighted mean; without ``weights`` it is ``mean_i l_i``.
+    """
+    if weights is None:
+        return per_pair.mean()
+    p, N = batch_probabilities(weights, per_pair, group)
+    return (p.to(per_pair.dtype) * per_pair).sum() * (N / per_pair.numel())
 
 
 def check_kl_args(tau, variant, clip) -> tuple[float, float]:
@@ -413,17 +470,30 @@ def kldpo_loss(
     variant: str = "normalized",
     clip: float = 10.0,
     group=None,
+    weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """KLDPO (Algorithm 2, or the paper's clipped code) on DPO per-pair losses
     (docs/theory.md#algorithm-2-kldpo): ``mean_i w_i l_i`` with ``w`` from :func:`kl_weights`.
 
     ``stats`` holds the global batch's ``weight_entropy``, ``weight_max`` and ``kl_radius``
     (of the normalised weights), identical on every worker.
+
+    ``weights`` (B,), optional: non-negative per-pair data weights. The base measure is then
+    ``p_i = w_i / sum_{global} w`` (:func:`batch_probabilities`), the KL weights are the
+    likelihood ratios r of :func:`kl_weights` with that base measure and the objective is
+    ``sum_i p_i r_i l_i`` over the global batch (``LossOutput.weights`` holds r); a pair of
+    weight k counts as k copies of it.
     """
     per = dpo_pair_losses(margins)
-    w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group)
-    loss = (w.to(per.dtype) * per).mean()
-    return LossOutput(loss, per, margins, weights=w, stats=weight_stats(w_glob))
+    if weights is None:
+        w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group)
+        loss = (w.to(per.dtype) * per).mean()
+        return LossOutput(loss, per, margins, weights=w, stats=weight_stats(w_glob))
+    p, N = batch_probabilities(weights, per, group)
+    w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group, p)
+    loss = ((p * w).to(per.dtype) * per).sum() * (N / per.numel())
+    mass = _gather(p, group).to(w_glob.dtype) * w_glob
+    return LossOutput(loss, per, margins, weights=w, stats=weight_stats(mass))
 
 
 # ---------------------------------------------------------------------------- WDPO
@@ -485,6 +555,21 @@ def wdpo_combine(per_pair, sq, rho0, variant, weights=None):
         return avg(per_pair) + pen, pen
     pen = rho0 * avg(sq)
     return avg(per_pair) + pen, pen
+
+
+def wdpo_penalty_weights(
+    weights, per_pair: torch.Tensor, *, variant: str = "sqrt-mean", group=None
+) -> torch.Tensor:
+    """The weights ``a_i`` of the penalty's mean ``sum_i a_i ||g_i||^2`` for weighted data:
+    ``per-pair``: ``(N / B) w_i / sum_{global} w`` (the local share of the global weighted
+    mean); ``sqrt-mean``: ``w_i / sum_{local} w``. Detached, in ``per_pair``'s dtype."""
+    if variant == "per-pair":
+        p, N = batch_probabilities(weights, per_pair, group)
+        return (p * (N / per_pair.numel())).to(per_pair.dtype)
+    w = check_pair_weights(weights, per_pair)
+    if not float(w.sum()) > 0:
+        raise InputError("weights are all 0 in this batch: at least one pair needs weight > 0")
+    return (w / w.sum()).to(per_pair.dtype)
 
 
 def check_wdpo_args(rho0, variant) -> float:
@@ -556,9 +641,17 @@ def wdpo_loss(
     rho0: float,
     inputs,
     variant: str = "sqrt-mean",
+    weights: torch.Tensor | None = None,
+    group=None,
 ) -> LossOutput:
     """WDPO gradient-regularised DPO (Algorithm 1, or the paper's per-pair code;
     docs/theory.md#algorithm-1-wdpo).
+
+    ``weights`` (B,), optional: non-negative per-pair data weights. The mean loss becomes the
+    global weighted mean (:func:`weighted_mean`) and the penalty's mean uses the weights of
+    :func:`wdpo_penalty_weights` (global for ``per-pair``; for ``sqrt-mean`` this worker's
+    ``w / sum w``, since ``sqrt(mean ||g_i||^2)`` is a per-worker statistic with or without
+    weights).
 
     ``inputs``: the policy's input-embedding tensors (requires_grad) that produced the chosen
     and rejected log-probs, each with leading dimension B (e.g. ``(emb_chosen, emb_rejected)``,
@@ -569,6 +662,11 @@ def wdpo_loss(
     rho0 = check_wdpo_args(rho0, variant)
     per = dpo_pair_losses(margins)
     sq = input_grad_sq_norms(per, inputs)
-    loss, pen = wdpo_combine(per, sq, rho0, variant)
+    if weights is None:
+        loss, pen = wdpo_combine(per, sq, rho0, variant)
+    else:
+        pw = wdpo_penalty_weights(weights, per, variant=variant, group=group)
+        pen = wdpo_combine(per, sq, rho0, variant, pw)[1]
+        loss = weighted_mean(per, weights, group=group) + pen
     stats = {"penalty": pen.detach(), "grad_rms": sq.detach().mean().sqrt()}
     return LossOutput(loss, per, margins, penalty=sq, stats=stats)

@@ -15,6 +15,9 @@ built on ``accelerate`` (docs/theory.md#code-variants).
 * AdamW, grad-norm clipping, linear warmup then constant or linear decay;
 * checkpoints (``accelerator.save_state`` plus ``trainer_state.json``) every ``save_every`` steps
   and at the end, and exact resume (data order is a pure function of seed and step);
+* rows may carry a ``weight`` (>= 0; a pair of weight k counts as k copies of it in every
+  loss) and a ``group`` (string); ``method="group_dpo"`` trains group-robust DPO with online
+  exponentiated-gradient group weights, all-reduced across workers and saved in checkpoints;
 * a tqdm bar and a JSON-lines metrics log (``metrics.jsonl``): loss, reward margins and
   accuracy, KLDPO weight entropy / max weight / batch radius, WDPO penalty and gradient RMS,
   grad norm, learning rate, seconds per step.
@@ -63,15 +66,20 @@ METRICS_FILE = "metrics.jsonl"
 WDPO_HVP = ("double-backward", "finite-difference")
 FD_PRECISIONS = ("float32", "autocast")
 ON_NONFINITE = ("raise", "skip")
-
-
 #: Loss keywords the trainer fills in itself, and what they are.
 TRAINER_KEYWORDS = {
     "beta": "TrainConfig.beta",
     "inputs": "the policy's input embeddings (WDPO)",
+    "weights": "the rows' 'weight' column",
+    "group": "the torch.distributed process group",
+    "groups": "the rows' 'group' column (group_dpo)",
+    "group_weights": "the online group weights (group_dpo)",
+    "n_groups": "the number of groups in the rows (group_dpo)",
+    "process_group": "the torch.distributed process group",
 }
-#: Loss keywords that carry per-pair data the trainer's rows do not have.
-PER_PAIR_KEYWORDS = {"groups": "a group label per pair"}
+#: Loss keywords that carry per-pair data the trainer's rows do not have (rows carry
+#: ``weight`` and ``group`` columns, so none today).
+PER_PAIR_KEYWORDS: dict[str, str] = {}
 
 
 def loss_methods() -> list[str]:
@@ -309,6 +317,11 @@ class TrainConfig:
         check_decay(self.robust_decay)
         if self.robust_normalizer == "running" and self.wdpo_hvp != "double-backward":
             raise InputError("robust_normalizer='running' needs wdpo_hvp='double-backward'")
+        if self.method == "group_dpo" and "group_step" not in self.loss_kwargs:
+            raise InputError(
+                "loss_kwargs must give group_step (the exponentiated-gradient step of the group "
+                "weights) for method 'group_dpo'"
+            )
         check_run_fields(self)
 
     def to_dict(self) -> dict:
@@ -371,12 +384,14 @@ def _positive_int(v, name, *, allow_zero=False):
 @dataclass
 class TrainResult:
     """``model`` (the unwrapped trained policy), ``metrics`` (one dict per logged step),
-    ``output_dir`` and ``steps`` (optimizer steps done, including resumed ones)."""
+    ``output_dir``, ``steps`` (optimizer steps done, including resumed ones) and, for
+    ``group_dpo``, ``group_weights`` (``{group label: alpha}`` at the end)."""
 
     model: torch.nn.Module
     metrics: list[dict]
     output_dir: Path | None
     steps: int
+    group_weights: dict | None = None
 
 
 def check_rows(rows) -> list[dict]:
@@ -444,16 +459,26 @@ def latest_checkpoint(output_dir) -> Path | None:
 
 
 def compute_loss(
-    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None, normalizer=None
+    cfg: TrainConfig,
+    model,
+    ref_model,
+    batch: dict,
+    *,
+    accelerator=None,
+    normalizer=None,
+    extra=None,
 ) -> TL.LossOutput:
-    """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them
-    (``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here;
-    :func:`rdpo_theory.torch.normalizers.running_loss`)."""
+    """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them.
+
+    ``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here
+    (:func:`rdpo_theory.torch.normalizers.running_loss`). ``extra``: loss arguments the trainer
+    supplies (``weights`` (B,) for weighted rows; ``groups``, ``group_weights``, ``n_groups``
+    for ``group_dpo``)."""
     wdpo = cfg.method == "wdpo"
     rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
     pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
     rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
-    kw = dict(cfg.loss_kwargs)
+    kw = dict(cfg.loss_kwargs, **(extra or {}))
     if wdpo:
         kw["inputs"] = emb
     if normalizer is not None:
@@ -476,16 +501,27 @@ class _null:
 
 
 def loss_and_backward(
-    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None, normalizer=None
+    cfg: TrainConfig,
+    model,
+    ref_model,
+    batch: dict,
+    *,
+    accelerator=None,
+    normalizer=None,
+    extra=None,
 ) -> TL.LossOutput:
     """One micro-batch: the loss of ``cfg.method`` and its gradient accumulated into the
     parameters' ``.grad`` (through ``accelerator.backward`` when given, which divides by the
     accumulation steps). WDPO with ``cfg.wdpo_hvp == "finite-difference"`` runs
     :func:`wdpo_fd_backward`; every other case is :func:`compute_loss` then backward.
-    The returned ``loss`` is the objective's value (detached on the finite-difference path)."""
+    The returned ``loss`` is the objective's value (detached on the finite-difference path).
+    ``extra``: see :func:`compute_loss`."""
     if cfg.method == "wdpo" and cfg.wdpo_hvp == "finite-difference":
-        return wdpo_fd_backward(cfg, model, ref_model, batch, accelerator=accelerator)
-    out = compute_loss(cfg, model, ref_model, batch, accelerator=accelerator, normalizer=normalizer)
+        w = (extra or {}).get("weights")
+        return wdpo_fd_backward(cfg, model, ref_model, batch, accelerator=accelerator, weights=w)
+    out = compute_loss(
+        cfg, model, ref_model, batch, accelerator=accelerator, normalizer=normalizer, extra=extra
+    )
     if accelerator is not None:
         accelerator.backward(out.loss)
     else:
@@ -518,7 +554,7 @@ class _full_precision:
 
 
 def wdpo_fd_backward(
-    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None
+    cfg: TrainConfig, model, ref_model, batch: dict, *, accelerator=None, weights=None
 ) -> TL.LossOutput:
     """WDPO's gradient by a central-difference Hessian-vector product (no double backward).
 
@@ -538,6 +574,11 @@ def wdpo_fd_backward(
     scaled-dot-product attention (flash / memory-efficient) is used. Returns a
     :class:`~rdpo_theory.torch.losses.LossOutput` whose ``loss`` is the detached WDPO objective
     and whose ``stats`` add ``fd_step`` (h) to the WDPO ones.
+
+    With ``weights`` (B,) pass 1 differentiates the weighted mean
+    (:func:`~rdpo_theory.torch.losses.weighted_mean`), ``g_i`` is recovered by dividing by the
+    pair's coefficient (0 for zero-weight pairs, whose penalty coefficient is 0 too) and the
+    penalty uses :func:`~rdpo_theory.torch.losses.wdpo_penalty_weights`, as ``wdpo_loss`` does.
     """
     kw = dict(cfg.loss_kwargs)
     rho0, variant = kw["rho0"], kw.get("variant", "sqrt-mean")
@@ -562,14 +603,23 @@ def wdpo_fd_backward(
     if not emb.is_leaf:
         emb.retain_grad()
     per, m, lp = pair_losses(emb)
-    backward(per.mean())
-    scale = B * (acc.gradient_accumulation_steps if acc is not None else 1)
-    g = emb.grad.detach() * scale
+    accum = acc.gradient_accumulation_steps if acc is not None else 1
+    if weights is None:
+        backward(per.mean())
+        g = emb.grad.detach() * (B * accum)
+        pw = None
+    else:
+        p, N = TL.batch_probabilities(weights, per)
+        coef = (p * (N / B)).to(per.dtype)  # d(weighted mean) / d l_i
+        backward(TL.weighted_mean(per, weights))
+        inv = torch.where(coef > 0, accum / coef.clamp_min(1e-300), torch.zeros_like(coef))
+        g = emb.grad.detach() * inv.repeat(2).view(-1, 1, 1).to(emb.grad.dtype)
+        pw = TL.wdpo_penalty_weights(weights, per, variant=variant)
     wide = TL.accumulation_dtype(g)  # float32, or float64 for float64 models
     e_norm = torch.linalg.vector_norm(emb.detach().to(wide))
     del emb
     sq = (g[:B].to(wide).pow(2).sum((1, 2)) + g[B:].to(wide).pow(2).sum((1, 2))).to(per.dtype)
-    c = TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant=variant).to(g.dtype)
+    c = TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant=variant, weights=pw).to(g.dtype)
     u = g.mul_((2 * c).repeat(2).view(-1, 1, 1))  # u_i = 2 c_i g_i, in place of g
     u_norm = torch.linalg.vector_norm(u.to(wide))
     h = torch.zeros((), dtype=wide, device=u.device)
@@ -581,7 +631,11 @@ def wdpo_fd_backward(
                 e_s = embed_tokens(model, ids) + (sign * h).to(u.dtype) * u
                 per_s = pair_losses(e_s)[0]
             backward(per_s.sum() * (sign / (2 * h)).to(per_s.dtype))
-    loss, pen = TL.wdpo_combine(per.detach(), sq, rho0, variant)
+    if weights is None:
+        loss, pen = TL.wdpo_combine(per.detach(), sq, rho0, variant)
+    else:
+        pen = TL.wdpo_combine(per.detach(), sq, rho0, variant, pw)[1]
+        loss = TL.weighted_mean(per.detach(), weights) + pen
     stats = TL.margin_stats(m)
     stats.update(penalty=pen.detach(), grad_rms=sq.mean().sqrt(), fd_step=h.detach())
     pc, pr = lp[:B].detach(), lp[B:].detach()
@@ -607,7 +661,9 @@ def train_preference(
         The policy (a causal LM); trained in place.
     tokenizer : transformers.PreTrainedTokenizerBase
     rows : iterable of dict
-        ``{"prompt": str, "chosen": str, "rejected": str}``.
+        ``{"prompt": str, "chosen": str, "rejected": str}``, optionally ``"weight"`` (a number
+        >= 0, on every row or none) and ``"group"`` (a non-empty string, on every row or none;
+        required by ``method="group_dpo"``).
     config : TrainConfig
     ref_model : PreTrainedModel, optional
         The frozen reference; default a copy of ``model`` taken before training -- or no
@@ -627,6 +683,18 @@ def train_preference(
     if not isinstance(cfg, TrainConfig):
         raise InputError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     rows = check_rows(rows)
+    row_w, row_g = V.row_weights_groups(rows)
+    labels = sorted(set(row_g)) if row_g is not None else None
+    if cfg.method == "group_dpo" and labels is None:
+        raise InputError("method 'group_dpo' needs a 'group' on every dataset row")
+    if labels is not None:
+        pos = {g: i for i, g in enumerate(labels)}
+        row_gi = np.array([pos[g] for g in row_g])
+    alpha = (
+        torch.full((len(labels),), 1.0 / len(labels), dtype=torch.float64)
+        if cfg.method == "group_dpo"
+        else None
+    )
     acc = accelerator if accelerator is not None else make_accelerator(cfg)
     from accelerate.utils import set_seed
 
@@ -670,6 +738,8 @@ def train_preference(
         saved = json.loads((ckpt / STATE_FILE).read_text())
         start = saved["step"]
         running.update(saved.get("running", {}))
+        if alpha is not None:
+            alpha = _restore_group_weights(running, labels, ckpt)
         metrics = [m for m in _read_metrics(out_dir) if m["step"] <= start]
     normalizer = None  # robust_normalizer="running": the statistic, restored on resume
     if cfg.robust_normalizer == "running":
@@ -697,9 +767,20 @@ def train_preference(
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         losses, batches, skipped = [], [], 0
+        alpha_start = alpha
         for a in range(cfg.grad_accum):
             idx = micro_batch_indices(len(rows), gbatch, step * cfg.grad_accum + a, cfg.seed)
-            mine = [rows[i] for i in idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]]
+            sel = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            mine = [rows[i] for i in sel]
+            extra = {}
+            if row_w is not None:
+                extra["weights"] = torch.as_tensor(row_w[sel], device=acc.device)
+            if alpha is not None:
+                extra.update(
+                    groups=torch.as_tensor(row_gi[sel], device=acc.device),
+                    group_weights=alpha,
+                    n_groups=len(labels),
+                )
             batch = encode_pairs(
                 tokenizer,
                 [r["prompt"] for r in mine],
@@ -716,10 +797,13 @@ def train_preference(
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             batches.append(batch)
             with acc.accumulate(model):
+                more = {"extra": extra} if extra else {}  # weights / group-robust state
                 out = loss_and_backward(
-                    cfg, model, ref_model, batch, accelerator=acc, normalizer=normalizer
+                    cfg, model, ref_model, batch, accelerator=acc, normalizer=normalizer, **more
                 )
                 losses.append(out.loss.detach())
+                if out.group_weights is not None:
+                    alpha = out.group_weights.detach().cpu()
                 if acc.sync_gradients:
                     clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
                     gn = acc.clip_grad_norm_(model.parameters(), clip)
@@ -741,6 +825,7 @@ def train_preference(
                             )
                         skipped = 1
                         running["skipped_total"] += 1
+                        alpha = alpha_start  # a skipped step leaves the group weights too
                     else:
                         opt.step()
                     opt.zero_grad()
@@ -791,6 +876,7 @@ def train_preference(
             )
             if normalizer is not None:
                 running["normalizer"] = normalizer.state_dict()
+            running.update(_group_state(alpha, labels))
             save_checkpoint(acc, out_dir, done, running=running)
     bar.close()
     unwrapped = acc.unwrap_model(model)
@@ -802,7 +888,24 @@ def train_preference(
         )
         if acc.is_main_process:
             tokenizer.save_pretrained(out_dir / "final")
-    return TrainResult(unwrapped, metrics, out_dir, max(start, cfg.max_steps))
+    gw = None if alpha is None else dict(zip(labels, alpha.tolist()))
+    return TrainResult(unwrapped, metrics, out_dir, max(start, cfg.max_steps), gw)
+
+
+def _group_state(alpha, labels) -> dict:
+    if alpha is None:
+        return {}
+    return {"group_labels": list(labels), "group_weights": alpha.tolist()}
+
+
+def _restore_group_weights(state: dict, labels, ckpt) -> torch.Tensor:
+    """The group weights saved in a checkpoint's running statistics, for the same groups."""
+    if state.get("group_labels") != list(labels) or "group_weights" not in state:
+        raise InputError(
+            f"checkpoint {ckpt} holds group weights for groups {state.get('group_labels')}, "
+            f"but the dataset has groups {list(labels)}: resume with the same dataset"
+        )
+    return torch.tensor(state["group_weights"], dtype=torch.float64)
 
 
 def _nonfinite_step(acc, losses: list, grad_norm) -> bool:

@@ -46,7 +46,7 @@ __all__ = ["WEIGHTABLE_METHODS", "RobustDPOTrainer"]
 
 #: Methods whose loss is the mean of per-pair losses, so WPO's per-pair weights apply.
 WEIGHTABLE_METHODS = ("dpo", "cdpo", "rdpo", "ipo")
-_NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+_NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", "weight")
 
 
 def _check_args(method: str, kwargs: dict, args) -> dict:
@@ -107,6 +107,9 @@ class RobustDPOTrainer(DPOTrainer):
     ``{"rho0": 50.0, "variant": "per-pair"}``); ``beta`` is ``args.beta``. See the module
     docstring for which DPOConfig options apply.
 
+    A ``weight`` column in the dataset (numbers >= 0) is honoured by every loss: a pair of
+    weight k counts as k copies of it (``weights`` of :mod:`rdpo_theory.torch.losses`).
+
     Logged metrics (TRL's log): ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
     ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` and the loss's own stats under
     ``robust/<name>`` (e.g. ``robust/weight_entropy``, ``robust/penalty``).
@@ -117,6 +120,8 @@ class RobustDPOTrainer(DPOTrainer):
     ):
         resolve_loss(robust_method)
         self.robust_method = robust_method
+        train = kwargs.get("train_dataset", args[2] if len(args) > 2 else None)
+        self.has_weights = _check_weight_column(train)
         targs = kwargs.get("args", args[1] if len(args) > 1 else None)
         kw = _check_args(robust_method, dict(robust_kwargs or {}), targs)  # eps from smoothing
         self.robust_kwargs = check_loss_kwargs(robust_method, kw, name="robust_kwargs")
@@ -126,6 +131,13 @@ class RobustDPOTrainer(DPOTrainer):
                 "padding_free batches are not supported by RobustDPOTrainer: the robust losses "
                 "need the (2B, T) chosen/rejected layout"
             )
+        if self.has_weights:  # pass the weight column through TRL's collator
+            self.data_collator = _WithWeights(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.has_weights and "weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "weight"]
 
     def _policy_logps(self, model, inputs):
         """TRL's own fused forward: ``(chosen_logps (B,), rejected_logps (B,), outputs,
@@ -170,6 +182,8 @@ class RobustDPOTrainer(DPOTrainer):
         else:
             pc, pr, outputs, per_token = self._policy_logps(model, inputs)
         rc, rr = self._reference_logps(model, inputs)
+        if "weight" in inputs:
+            kw["weights"] = inputs["weight"].to(device=pc.device, dtype=pc.dtype)
         rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
         beta = self.args.beta
         out = resolve_loss(self.robust_method)(pc, pr, rc, rr, beta=beta, **kw)
@@ -194,3 +208,34 @@ class RobustDPOTrainer(DPOTrainer):
         if return_outputs:
             return loss, {"per_pair": out.per_pair.detach()}
         return loss
+
+
+def _check_weight_column(dataset) -> bool:
+    """Whether ``dataset`` has a ``weight`` column; its values must be finite and >= 0."""
+    import numpy as np
+
+    names = getattr(dataset, "column_names", None) or []
+    if "weight" not in names:
+        return False
+    w = np.asarray(dataset["weight"], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise InputError(
+            f"train_dataset row {int(bad[0])}: weight must be a finite number >= 0, "
+            f"got {w[bad[0]]!r}"
+        )
+    if not w.sum() > 0:
+        raise InputError("train_dataset: every weight is 0; at least one row needs weight > 0")
+    return True
+
+
+class _WithWeights:
+    """TRL's collator plus a ``weight`` tensor (B,) from the examples."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, examples):
+        out = self.base(examples)
+        out["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float64)
+        return out
