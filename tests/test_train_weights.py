@@ -211,7 +211,9 @@ def test_trl_weight_column_equals_repeated_rows(tok, tmp_path):
                 output_dir=str(tmp_path / f"{method}-{name}"),
                 per_device_train_batch_size=len(ds),
                 max_steps=1,
-                learning_rate=5e-3,
+                learning_rate=1.0,
+                optim="sgd",  # the step is lr * gradient: Adam's 1/sqrt(v) would amplify
+                # float32 rounding of TRL's fused head on near-zero gradient entries
                 report_to=[],
                 beta=0.5,
                 save_strategy="no",
@@ -231,8 +233,10 @@ def test_trl_weight_column_equals_repeated_rows(tok, tmp_path):
             )
             tr.train()
             params.append(torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()]))
-        torch.testing.assert_close(params[0], params[1], atol=1e-9, rtol=1e-7)
-        assert not torch.allclose(params[0], _flat(_m(0)))  # it trained
+        # TRL's fused LM head computes the log-probs in float32: gradients agree to ~1e-7
+        torch.testing.assert_close(params[0], params[1], atol=2e-6, rtol=0)
+        moved = (params[0] - _flat(_m(0))).abs().max()
+        assert moved > 1e-3  # it trained, by far more than the tolerance
     bad = Dataset.from_list([dict(r, weight=-1.0) for r in plain])
     with pytest.raises(InputError, match="row 0: weight"):
         RobustDPOTrainer(
