@@ -7,6 +7,7 @@ from scipy.optimize import minimize
 from rdpo_theory import PreferenceData
 from rdpo_theory.exact import kldpo, wdpo
 from rdpo_theory.exact.fast import KLDual, _trs, gram, kl_collapse_threshold
+from rdpo_theory.exact.passes import Rows
 from rdpo_theory.rng import make_rng, stream_seed
 
 
@@ -77,7 +78,10 @@ def test_gram_blocks_and_trust_region_subproblem():
     rng = make_rng(5)
     X = rng.standard_normal((70_000, 5))
     w = rng.random(70_000)
-    np.testing.assert_allclose(gram(X, w, block=4096), (X * w[:, None]).T @ X, rtol=1e-12)
+    np.testing.assert_allclose(gram(X, w), (X * w[:, None]).T @ X, rtol=1e-12)
+    small = Rows(X, chunk_bytes=4096 * 5 * 8)  # 18 row chunks
+    np.testing.assert_allclose(small.gram(w), (X * w[:, None]).T @ X, rtol=1e-12)
+    assert small.passes == 1
     M = rng.standard_normal((4, 4))
     H, b, R = M @ M.T + 0.1 * np.eye(4), rng.standard_normal(4) * 10, 0.5
     z = _trs(H, b, R)

@@ -42,6 +42,7 @@ from ..losses import (
     kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)
 )
 from .fast import LOG2, kl_lambda_for_theta, kl_tilt, sum_noise
+from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
 #: Above this many rows the KL certificate uses the scalar root find instead of cvxpy.
@@ -177,8 +178,9 @@ def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
 
     Parameters
     ----------
-    A : ndarray (n, d)
-        Rows ``a_i = c_i x_i`` (the margin is ``a_i . (theta - theta_ref)``).
+    A : ndarray (n, d) or :class:`.passes.Rows`
+        Rows ``a_i = c_i x_i`` (the margin is ``a_i . (theta - theta_ref)``); a Rows (e.g.
+        ``Rows(X, scale=c)``) avoids materialising them and counts the passes.
     q : ndarray (n,)
         Nonnegative weights.
     alpha : ndarray (n,)
@@ -191,17 +193,18 @@ def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
     float
         The lower bound (nats).
     """
+    R = as_rows(A)
     alpha = np.clip(np.asarray(alpha, dtype=float), 0.0, 1.0)
     qa = q * alpha
-    w = A.T @ qa
+    w = R.rmatvec(qa)
     base = float(q @ binary_entropy(alpha)) + float(w @ theta_ref)
     if radius is not None:
         return base - radius * float(np.linalg.norm(w))
-    noise = sum_noise(float(np.abs(A).max(initial=0.0)) * float(qa.sum()), A.shape[0])
+    noise = sum_noise(R.abs_max() * float(qa.sum()), R.n)
     return base if bool(np.all(np.abs(w) <= noise)) else -np.inf
 
 
-def dpo_lower_bound(A, q, theta, *, theta_ref, radius) -> float:
+def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None) -> float:
     """A certified lower bound of ``min_{||theta|| <= radius} sum_i q_i softplus(-a_i . delta)``,
     ``delta = theta - theta_ref``, from a (near-)minimiser ``theta``.
 
@@ -214,28 +217,33 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius) -> float:
       unit size so that the solve does not underflow), which makes ``w = 0`` (interior
       minimisers, and the only finite bound without a radius).
 
-    Returns the bound in nats (``-inf`` when neither dual point gives a finite bound).
+    ``A`` is an array (n, d) or a :class:`.passes.Rows`; ``margins`` (n,), when given, are
+    ``A (theta - theta_ref)`` (saves a pass). Returns the bound in nats (``-inf`` when neither
+    dual point gives a finite bound).
     """
-    A = np.asarray(A, dtype=float)
+    A = as_rows(A) if isinstance(A, Rows) else as_rows(np.asarray(A, dtype=float))
     q = np.asarray(q, dtype=float)
     theta = np.asarray(theta, dtype=float)
-    m = A @ (theta - theta_ref)
+    m = A.matvec(theta - theta_ref) if margins is None else np.asarray(margins, dtype=float)
     alpha = expit(-m)
     best = -np.inf
     if radius is not None:
         best = dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius)
-    scale = float(np.abs(A).max(initial=0.0))
+    scale = A.abs_max()
     if scale == 0 or not np.isfinite(scale):
         return max(best, dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius))
-    As = A / scale
+    # rows scaled to unit size (so that the solve does not underflow): an array is divided
+    # once, a Rows view scales its row factors (its data are O(1) in the solvers' units)
+    As = A.scaled(np.full(A.n, 1.0 / scale)) if A.scale is not None else as_rows(A.X / scale)
+    As.counter = A.counter
     for _ in range(2):  # the correction is linear in alpha; a second pass removes round-off
-        w = As.T @ (q * alpha)
+        w = As.rmatvec(q * alpha)
         if not np.any(w):
             break
         D = q * alpha * (1.0 - alpha)
-        H = As.T @ (As * D[:, None])
+        H = As.gram(D)
         z = np.linalg.lstsq(H, -w, rcond=1e-13)[0]
-        step = alpha * (1.0 - alpha) * (As @ z)
+        step = alpha * (1.0 - alpha) * As.matvec(z)
         cand = alpha + step
         if not np.all((cand >= 0) & (cand <= 1)):
             break
@@ -256,14 +264,20 @@ def kl_into_ball(q, p, rho: float) -> np.ndarray:
     return (1.0 - e) * q + e * p
 
 
-def kl_minimax_lower_bound(A, p, rho, theta, candidates, *, theta_ref, radius) -> float:
+def kl_minimax_lower_bound(
+    A, p, rho, theta, candidates, *, theta_ref, radius, margins=None
+) -> float:
     """Weak-duality lower bound of the KLDPO minimax value (``docs/theory.md#optimality-gap``):
     ``max`` over the candidate worst cases ``q`` (each first mixed into the KL ball by
     :func:`kl_into_ball`, so it is feasible) of :func:`dpo_lower_bound` at ``theta``, plus the
     exact worst case at ``theta`` (the tilted distribution with KL = rho, or the uniform law
-    on the argmax set when ``rho`` exceeds its ``-log`` mass)."""
+    on the argmax set when ``rho`` exceeds its ``-log`` mass). ``A``: an array (n, d) or a
+    :class:`.passes.Rows`; ``margins``: ``A (theta - theta_ref)`` when already known."""
     p = np.asarray(p, dtype=float)
-    l = dpo_loss(A @ (np.asarray(theta, dtype=float) - theta_ref))
+    A = as_rows(A) if isinstance(A, Rows) else as_rows(np.asarray(A, dtype=float))
+    if margins is None:
+        margins = A.matvec(np.asarray(theta, dtype=float) - theta_ref)
+    l = dpo_loss(margins)
     qs = [np.asarray(c, dtype=float) for c in candidates if c is not None]
     pos = p > 0
     lam = kl_lambda_for_theta(l, p, rho)
@@ -279,7 +293,10 @@ def kl_minimax_lower_bound(A, p, rho, theta, candidates, *, theta_ref, radius) -
         if not (q.shape == p.shape and np.all(np.isfinite(q)) and q.sum() > 0):
             continue
         qb = kl_into_ball(q, p, rho)
-        best = max(best, dpo_lower_bound(A, qb, theta, theta_ref=theta_ref, radius=radius))
+        best = max(
+            best,
+            dpo_lower_bound(A, qb, theta, theta_ref=theta_ref, radius=radius, margins=margins),
+        )
     return best
 
 

@@ -15,9 +15,11 @@ docs/theory.md#w1-continuous):
 
 Newton directions use the exact Hessian; the only n x d work per iteration is one ``X @ v``,
 one ``X.T @ V`` (V with two columns) and ``X^T diag(w) X`` accumulated in float64 row blocks,
-so the memory beyond ``X`` is a few length-n vectors. A ball ``||theta|| <= radius`` is handled
-by solving the Newton model exactly over the ball (a trust-region subproblem in theta after
-eliminating the other variables), followed by an Armijo line search along the segment.
+so the memory beyond ``X`` is a few length-n vectors. Every one of these goes through
+:class:`.passes.Rows` (numpy, memmap, torch or dask storage; passes counted).
+A ball ``||theta|| <= radius`` is handled by solving the Newton model exactly over the ball
+(a trust-region subproblem in theta after eliminating the other variables), followed by an
+Armijo line search along the segment.
 """
 
 from __future__ import annotations
@@ -27,20 +29,17 @@ from scipy.special import expit
 
 from ..errors import SolverError
 from ..losses import dpo_loss
+from .passes import Rows, as_rows
 
 BLOCK = 1 << 15
 LOG2 = float(np.log(2.0))
 
 
 # ---------------------------------------------------------------------------- blocked algebra
-def gram(X: np.ndarray, w: np.ndarray, block: int = BLOCK) -> np.ndarray:
-    """``X^T diag(w) X`` (d, d), accumulated over row blocks (no n x d temporary)."""
-    n, d = X.shape
-    G = np.zeros((d, d))
-    for lo in range(0, n, block):
-        Xb = X[lo : lo + block]
-        G += Xb.T @ (Xb * w[lo : lo + block, None])
-    return 0.5 * (G + G.T)
+def gram(X, w: np.ndarray) -> np.ndarray:
+    """``X^T diag(w) X`` (d, d), accumulated over row blocks (no n x d temporary);
+    ``X`` an array or a :class:`.passes.Rows` (see :meth:`.passes.Rows.gram`)."""
+    return as_rows(X).gram(w)
 
 
 # ---------------------------------------------------------------------------- Newton direction
@@ -289,14 +288,16 @@ class KLDual:
     """The KL dual ``F(theta, lam)`` on data ``X`` (n, d), ``c`` (n,), weights ``p`` (n,)."""
 
     def __init__(self, X, c, p, rho, tref, *, p0: float = 0.0, lam_floor: float = 0.0):
-        self.X, self.c, self.p, self.rho, self.tref = X, c, p, float(rho), tref
+        self.data = as_rows(X)  # X (n, d): numpy, memmap, torch, dask, or a Rows view
+        self.rows = Rows(self.data, scale=c)  # diag(c) X: every pass goes through it
+        self.c, self.p, self.rho, self.tref = c, p, float(rho), tref
         self.p0 = float(p0)
         self.lam_floor = lam_floor
         self.logp = np.log(np.where(p > 0, p, 1.0))
         self.pos = p > 0
 
     def margins(self, theta):
-        return self.c * (self.X @ (theta - self.tref))
+        return self.rows.matvec(theta - self.tref)
 
     def state(self, theta, extra, m=None):
         return self._eval(self.margins(theta) if m is None else m, float(extra[0]))
@@ -333,11 +334,10 @@ class KLDual:
         sig_neg = expit(-s.m)
         g = -sig_neg  # dl/dm
         dev = l - s.lbar
-        cols = np.stack([q * g * self.c, q * dev * g * self.c], axis=1)
-        XtC = self.X.T @ cols
+        XtC = self.rows.rmatvec(np.stack([q * g, q * dev * g], axis=1))
         u, cov = XtC[:, 0], XtC[:, 1]
-        w = q * self.c**2 * (sig_neg * (1.0 - sig_neg) + g * g / lam)
-        Htt = gram(self.X, w) - np.outer(u, u) / lam
+        w = q * (sig_neg * (1.0 - sig_neg) + g * g / lam)
+        Htt = self.rows.gram(w) - np.outer(u, u) / lam
         var = float(q @ dev**2) + s.q0 * (LOG2 - s.lbar) ** 2
         d = u.shape[0]
         H = np.empty((d + 1, d + 1))
@@ -349,11 +349,11 @@ class KLDual:
 
     def gradient(self, s):
         g = -expit(-s.m)
-        u = self.X.T @ (s.q * g * self.c)
+        u = self.rows.rmatvec(s.q * g)
         return np.concatenate([u, [self.lam_gradient(s)]])
 
     def direction_margins(self, dth):
-        return self.c * (self.X @ dth)
+        return self.rows.matvec(dth)
 
     def value_along(self, s, dm, theta, extra):
         return self._eval(s.m + dm, float(extra[0]))
@@ -364,14 +364,13 @@ class KLDual:
 
     def grad_noise(self, s):
         """Per-coordinate rounding-error bound of :meth:`gradient` (d + 1,)."""
-        if not hasattr(self, "_xmax"):
-            self._xmax = float(np.abs(self.X).max()) if self.X.size else 0.0
-        n = self.X.shape[0]
+        xmax = self.data.abs_max()
+        n = self.data.n
         w = float(np.sum(s.q * expit(-s.m) * np.abs(self.c)))
-        nt = sum_noise(self._xmax * w, n)
+        nt = sum_noise(xmax * w, n)
         dev = float(s.q @ np.abs(s.l - s.lmax)) + s.q0 * abs(LOG2 - s.lmax)
         nl = sum_noise(self.rho + abs(s.logZs) + (abs(s.lmax - s.lbar) + dev) / s.lam, n)
-        return np.concatenate([np.full(self.X.shape[1], nt), [nl]])
+        return np.concatenate([np.full(self.data.d, nt), [nl]])
 
     def stop(self, extra):
         return extra[0] <= self.lam_floor
@@ -429,10 +428,12 @@ class W1Penalty:
     """``W(theta) = sum_i p_i l_i + rho beta ||theta - theta_ref||`` (no extra variables)."""
 
     def __init__(self, X, c, p, rho, beta, tref):
-        self.X, self.c, self.p, self.rho, self.beta, self.tref = X, c, p, rho, beta, tref
+        self.data = as_rows(X)
+        self.rows = Rows(self.data, scale=c)  # diag(c) X
+        self.c, self.p, self.rho, self.beta, self.tref = c, p, rho, beta, tref
 
     def margins(self, theta):
-        return self.c * (self.X @ (theta - self.tref))
+        return self.rows.matvec(theta - self.tref)
 
     def state(self, theta, extra, m=None):
         return self._eval(self.margins(theta) if m is None else m, theta)
@@ -447,8 +448,8 @@ class W1Penalty:
 
     def derivs(self, s):
         sig_neg = expit(-s.m)
-        grad = self.X.T @ (self.p * -sig_neg * self.c)
-        H = gram(self.X, self.p * self.c**2 * sig_neg * (1.0 - sig_neg))
+        grad = self.rows.rmatvec(self.p * -sig_neg)
+        H = self.rows.gram(self.p * sig_neg * (1.0 - sig_neg))
         delta = s.theta - self.tref
         nd = float(np.linalg.norm(delta))
         if nd > 0:
@@ -458,13 +459,13 @@ class W1Penalty:
         return grad, H
 
     def gradient(self, s):
-        grad = self.X.T @ (self.p * -expit(-s.m) * self.c)
+        grad = self.rows.rmatvec(self.p * -expit(-s.m))
         delta = s.theta - self.tref
         nd = float(np.linalg.norm(delta))
         return grad + (self.rho * self.beta / nd) * delta if nd > 0 else grad
 
     def direction_margins(self, dth):
-        return self.c * (self.X @ dth)
+        return self.rows.matvec(dth)
 
     def value_along(self, s, dm, theta, extra):
         return self._eval(s.m + dm, theta)
@@ -487,11 +488,9 @@ class W1Penalty:
 
     def grad_noise(self, s):
         """Per-coordinate rounding-error bound of :meth:`gradient` (d,)."""
-        if not hasattr(self, "_xmax"):
-            self._xmax = float(np.abs(self.X).max()) if self.X.size else 0.0
         w = float(np.sum(self.p * expit(-s.m) * np.abs(self.c)))
         reg = self.rho * self.beta
-        return np.full(self.X.shape[1], sum_noise(self._xmax * w + reg, self.X.shape[0]))
+        return np.full(self.data.d, sum_noise(self.data.abs_max() * w + reg, self.data.n))
 
     def stop(self, extra):
         return False
@@ -568,8 +567,24 @@ def kl_collapse_threshold(X, c, p, *, rho: float, max_iter: int = 100, direction
 
 
 def _kl_collapse(X, c, p, rho, max_iter):
-    d = X.shape[1]
-    w = np.zeros(d)
+    rows = Rows(as_rows(X), scale=c)  # a_i = c_i x_i
+    lse = lse_of(p)
+
+    sub = subsample(rows.n, 50_000)
+    if sub is not None and p[sub].sum() > 0:
+        # screen on a subsample: any w gives the lower bound -log E_p exp(w . a) of KL_min, so
+        # one full pass at the subsample's w certifies "not collapsed" (the usual outcome)
+        ps = p[sub] / p[sub].sum()
+        _, bound_s, _, w_s = _kl_collapse_newton(rows.subset(sub), ps, rho, max_iter, lse_of(ps))
+        if bound_s > rho and np.any(w_s):
+            g_val, _ = lse(rows.matvec(w_s))
+            if -g_val > rho * (1 + 1e-12):
+                return False, -g_val, None, w_s
+    return _kl_collapse_newton(rows, p, rho, max_iter, lse)
+
+
+def lse_of(p):
+    """``s -> (log E_p exp(s), q)`` with ``q ∝ p exp(s)`` (rows with p = 0 get q = 0)."""
     pos = p > 0
     logp = np.log(np.where(pos, p, 1.0))
 
@@ -580,13 +595,20 @@ def _kl_collapse(X, c, p, rho, max_iter):
         Z = float(e.sum())
         return M + np.log(Z), e / Z
 
-    s = np.zeros(X.shape[0])
+    return lse
+
+
+def _kl_collapse_newton(rows, p, rho, max_iter, lse):
+    """Newton on ``max_w -log E_p exp(w . a)`` over the rows ``a_i`` of ``rows``."""
+    d = rows.d
+    w = np.zeros(d)
+    s = np.zeros(rows.n)
     g_val, q = lse(s)
     for _ in range(max_iter):
         if -g_val > rho * (1 + 1e-12):
             return False, -g_val, None, w
-        grad = X.T @ (q * c)
-        H = gram(X, q * c * c) - np.outer(grad, grad)
+        grad = rows.rmatvec(q)
+        H = rows.gram(q) - np.outer(grad, grad)
         try:
             step = -np.linalg.solve(H + 1e-14 * np.trace(H) / d * np.eye(d), grad)
         except np.linalg.LinAlgError:
@@ -594,7 +616,7 @@ def _kl_collapse(X, c, p, rho, max_iter):
         dec = float(-(grad @ step))
         if dec <= 1e-22:
             break
-        ds = c * (X @ step)
+        ds = rows.matvec(step)
         t = 1.0
         while t > 1e-12:
             g_new, q_new = lse(s + t * ds)
@@ -604,6 +626,7 @@ def _kl_collapse(X, c, p, rho, max_iter):
         else:
             break
         w, s, g_val, q = w + t * step, s + t * ds, g_new, q_new
-    resid = float(np.linalg.norm(X.T @ (q * c)))
-    ok = -g_val <= rho * (1 + 1e-9) + 1e-15 and resid <= 1e-9 * (1 + float(np.abs(c).max()))
+    resid = float(np.linalg.norm(rows.rmatvec(q)))
+    cmax = float(np.abs(rows.scale).max()) if rows.scale is not None and rows.n else 0.0
+    ok = -g_val <= rho * (1 + 1e-9) + 1e-15 and resid <= 1e-9 * (1 + cmax)
     return ok, -g_val, (q if ok else None), w

@@ -45,6 +45,7 @@ from .dpo import (
     unit_scale,
 )
 from .fast import LOG2
+from .passes import as_rows
 from .problem import Problem, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
@@ -178,10 +179,16 @@ def kldpo(
 # ---------------------------------------------------------------------------- helpers
 def _split(prob: Problem):
     """Informative rows ``(X_k, c_k, p_k)`` and the mass ``p0`` of rows with x = 0."""
-    data = prob.data
-    keep = informative_rows(data.X, data.weights)
-    p0 = float(data.weights[(data.weights > 0) & ~keep].sum())
-    return keep, data.X[keep], prob.c[keep], data.weights[keep], p0
+    keep, pk, p0 = _informative(prob)
+    return keep, prob.data.X[keep], prob.c[keep], pk, p0
+
+
+def _informative(prob: Problem):
+    """``(keep, p_k, p0)``: the informative-row mask, their weights, and the mass of rows with
+    x = 0 (no copy of X)."""
+    w = prob.data.weights
+    keep = prob.informative
+    return keep, w[keep], float(w[(w > 0) & ~keep].sum())
 
 
 def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
@@ -221,7 +228,7 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
 
 
 def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian=None):
-    scale = 1.0 + float(np.max(dpo_loss(ck * (Xk @ (theta0 - prob.tref)))))
+    scale = 1.0 + float(np.max(dpo_loss(ck * as_rows(Xk).matvec(theta0 - prob.tref))))
     obj = fast.KLDual(Xk, ck, pk, rho, prob.tref, p0=p0, lam_floor=floor_rel * scale)
     th, ex, st, info = fast.damped_newton(obj, theta0, [lam0], radius=prob.radius, hessian=hessian)
     info["hit_lam_floor"] = bool(ex[0] <= obj.lam_floor)
@@ -230,20 +237,20 @@ def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian
 
 
 def _start_lambda(prob, Xk, ck, pk, p0, rho, theta) -> float:
-    l = dpo_loss(ck * (Xk @ (theta - prob.tref)))
+    l = dpo_loss(ck * as_rows(Xk).matvec(theta - prob.tref))
     lam = fast.kl_lambda_for_theta(l, pk, rho, p0=p0)
     return lam if lam > 0 else max(1e-3, float(np.ptp(l)) + 1e-3)
 
 
 def _descent_start(prob, Xk, ck, pk) -> np.ndarray:
     """A point near theta_ref along the DPO descent direction with margins of order one."""
-    g = Xk.T @ (pk * ck * -0.5)  # DPO gradient at theta_ref
+    g = as_rows(Xk).rmatvec(pk * ck * -0.5)  # DPO gradient at theta_ref
     ng = float(np.linalg.norm(g))
     th = prob.feasible_ref()
     if ng == 0:
         return th
     u = -g / ng
-    s = float(np.sqrt(pk @ (ck * (Xk @ u)) ** 2))
+    s = float(np.sqrt(pk @ (ck * as_rows(Xk).matvec(u)) ** 2))
     th = th + (1.0 / s if s > 0 else 1.0) * u
     return project_ball(th, prob.radius)
 
@@ -258,7 +265,7 @@ def _ray_start(prob, X, c, p, rho, w, p0=0.0):
         return None
     v = -2.0 * np.asarray(w, dtype=float)
     base = prob.tref
-    mv = c * (X @ v)
+    mv = c * as_rows(X).matvec(v)
     pos = p > 0
     logp = np.log(p[pos])
     mv = mv[pos]
@@ -308,7 +315,7 @@ def _collapse(prob: Problem, rho: float):
         return None, None
     data = prob.data
     ok, bound, q, w = fast.kl_collapse_threshold(
-        data.X, prob.c, data.weights, rho=rho, direction=True
+        prob.rows, prob.c, data.weights, rho=rho, direction=True
     )
     if not ok:
         return None, w
@@ -402,7 +409,7 @@ def _all_constant(prob, info):
 # ---------------------------------------------------------------------------- fast path
 def _solve_fast(prob: Problem, rho: float, ray=None):
     data = prob.data
-    X, c, p = data.X, prob.c, data.weights
+    X, c, p = prob.rows, prob.c, data.weights
     info: dict = {"solver": "fast"}
     if not np.any(p[np.flatnonzero(p > 0)] > 0):  # pragma: no cover - weights sum to 1
         raise SolverError("no positive weights", status="invalid")
@@ -410,7 +417,7 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)
-        Xs, cs = X[sub], c[sub]
+        Xs, cs = X.subset(sub), c[sub]
         th0, lam0, which = _best_start(prob, Xs, cs, ps, rho, ray)
         th0, lam0, winfo = _newton(prob, Xs, cs, ps, 0.0, rho, th0, lam0)
         info["warm_start"] = {
@@ -572,11 +579,12 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
 def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactResult:
     data = prob.data
     p = data.weights
-    l = dpo_loss(prob.margins(theta))
+    m = prob.margins(theta)
+    l = dpo_loss(m)
     pos = p > 0
     if lam > 0:
-        obj = fast.KLDual(data.X, prob.c, p, rho, prob.tref)
-        st = obj.state(theta, [lam])
+        obj = fast.KLDual(prob.rows, prob.c, p, rho, prob.tref)
+        st = obj.state(theta, [lam], m=m)
         value = float(st.f)
         q = np.where(pos, st.q, 0.0)
         regime = REGIME_INTERIOR
@@ -584,14 +592,20 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         value = float(l[pos].max())
         q = mu
         regime = REGIME_MAX_LOSS
-    keep, _, _, pk, p0 = _split(prob)
+    keep, pk, p0 = _informative(prob)
     primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
     info.update(cinfo)
     # optimality: value (an upper bound of the robust objective at theta, hence of the minimax
     # value) minus a weak-duality lower bound of the minimax value (docs/theory.md#optimality-gap)
-    A = prob.c[:, None] * data.X
     lower = cert.kl_minimax_lower_bound(
-        A, p, rho, theta, [q / q.sum()], theta_ref=prob.tref, radius=prob.radius
+        prob.rows.scaled(prob.c),
+        p,
+        rho,
+        theta,
+        [q / q.sum()],
+        theta_ref=prob.tref,
+        radius=prob.radius,
+        margins=m,
     )
     opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver})")
     info["lower_bound"] = lower

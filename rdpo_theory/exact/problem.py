@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from ..data import PreferenceData, as_data
 from ..errors import SolverError
 from ..losses import check_beta
 from .ball import project_ball
+from .passes import Rows
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,19 @@ class Problem:
         """Whether ``||theta|| <= radius`` constrains the solve."""
         return self.radius is not None
 
+    @cached_property
+    def rows(self) -> Rows:
+        """The data ``X`` as :class:`.passes.Rows`: one pass counter for the whole solve."""
+        return Rows(self.data.X)
+
+    @cached_property
+    def informative(self) -> np.ndarray:
+        """Mask (n,) of rows that move the loss: positive weight and ``x != 0`` (one pass)."""
+        self.rows.counter[0] += 1
+        return (self.data.weights > 0) & np.any(self.data.X != 0, axis=1)
+
     def margins(self, theta) -> np.ndarray:
-        return self.c * (self.data.X @ (np.asarray(theta, dtype=float) - self.tref))
+        return self.c * self.rows.matvec(np.asarray(theta, dtype=float) - self.tref)
 
     def feasible_ref(self) -> np.ndarray:
         """``theta_ref`` projected onto the parameter ball."""
