@@ -45,7 +45,7 @@ from .dpo import (
     unit_scale,
 )
 from .fast import LOG2
-from .passes import as_rows
+from .passes import as_rows, pinned_blas
 from .problem import Problem, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
@@ -60,6 +60,7 @@ from .status import (
 SMALL_LAM = 1e-6
 
 
+@pinned_blas
 def kldpo(
     X,
     y=None,
@@ -205,14 +206,16 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
         from .wasserstein import w1_newton
 
         theta, info = w1_newton(prob, 0.0)
-    l = dpo_loss(prob.margins(theta))
-    value = float(prob.data.weights @ l)
-    A = prob.c[:, None] * prob.data.X
+    m = prob.margins(theta)
+    value = float(prob.data.weights @ dpo_loss(m))
+    A = prob.rows.scaled(prob.c)  # rows c_i x_i, not materialised
     lower = cert.dpo_lower_bound(
-        A, prob.data.weights, theta, theta_ref=prob.tref, radius=prob.radius
+        A, prob.data.weights, theta, theta_ref=prob.tref, radius=prob.radius, margins=m
     )
     opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what="exact KLDPO (rho = 0)")
-    info.update(seconds=time.perf_counter() - t0, solver=solver, lower_bound=lower)
+    info.update(
+        seconds=time.perf_counter() - t0, solver=solver, lower_bound=lower, passes=prob.rows.passes
+    )
     return ExactResult(
         theta=theta,
         value=value,
@@ -612,6 +615,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
     collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
     info.update(
         seconds=time.perf_counter() - t0,
+        passes=prob.rows.passes,
         primal_value=primal,
         collapsed_to_theta_ref=collapsed,
         on_boundary=on_boundary(theta, prob.radius),

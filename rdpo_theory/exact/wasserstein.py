@@ -42,6 +42,7 @@ from ._common import check_rho, check_solver, raise_if_separable, solve_with_ret
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .optimality import logistic_lower_bound
+from .passes import pinned_blas
 from .problem import Problem, Scale, prepare
 from .result import ExactResult, certify_optimal
 from .status import (
@@ -53,6 +54,7 @@ from .status import (
 )
 
 
+@pinned_blas
 def wdpo(
     X,
     y=None,
@@ -216,7 +218,7 @@ def w1_newton(prob: Problem, rho: float):
     ``prob`` (rho = 0: plain DPO), by damped Newton; returns ``(theta, info)``. Shared by
     :func:`wdpo` and the KLDPO rho = 0 case (docs/theory.md#w1-continuous)."""
     data = prob.data
-    X, c, p = data.X, prob.c, data.weights
+    X, c, p = prob.rows, prob.c, data.weights  # every pass over X through prob.rows
     info: dict = {"solver": "fast"}
     ref = prob.feasible_ref()
     collapse = w1_collapse(prob, rho)
@@ -224,23 +226,23 @@ def w1_newton(prob: Problem, rho: float):
         info.update(collapse)
         info["newton"] = {"iterations": 0, "converged": True, "newton_decrement": 0.0}
         return prob.tref.copy(), info
-    g_ref = X.T @ (p * c * -0.5)  # gradient of E_p l at theta_ref
+    g_ref = X.rmatvec(p * c * -0.5)  # gradient of E_p l at theta_ref
     ng = float(np.linalg.norm(g_ref))
     if rho > 0:
         info["rho_threshold"] = ng / prob.beta
     th0 = ref
     if ng > 0:
         u = -g_ref / ng
-        s = float(np.sqrt(p @ (c * (X @ u)) ** 2))
+        s = float(np.sqrt(p @ (c * X.matvec(u)) ** 2))
         th0 = project_ball(ref + (1.0 / s if s > 0 else 1.0) * u, prob.radius)
         if rho > 0:
             # the ray out of the kink at theta_ref along -grad: its minimiser has a value below
             # f(theta_ref) (directional derivative rho beta - ||grad|| < 0), so descent from
             # there never comes back to the kink, where Newton models of the norm break down
             rs = fast.subsample(data.n, 50_000)
-            Xr, cr, pr = (X, c, p) if rs is None else (X[rs], c[rs], p[rs] / p[rs].sum())
-            mu = cr * (Xr @ u)
-            m0 = cr * (Xr @ (ref - prob.tref))
+            Xr, cr, pr = (X, c, p) if rs is None else (X.subset(rs), c[rs], p[rs] / p[rs].sum())
+            mu = cr * Xr.matvec(u)
+            m0 = cr * Xr.matvec(ref - prob.tref)
             rb = rho * prob.beta
 
             def f_ray(t):
@@ -255,7 +257,7 @@ def w1_newton(prob: Problem, rho: float):
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum()
-        sobj = fast.W1Penalty(X[sub], c[sub], ps, rho, prob.beta, prob.tref)
+        sobj = fast.W1Penalty(X.subset(sub), c[sub], ps, rho, prob.beta, prob.tref)
         th0, _, sst, winfo = fast.damped_newton(sobj, th0, [], radius=prob.radius)
         info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
         H0 = sobj.derivs(sst)[1]
@@ -267,9 +269,9 @@ def w1_newton(prob: Problem, rho: float):
         # fires far out. Any row with a negative margin proves non-separability (no theta makes
         # every margin >= 0); otherwise the separability LP decides.
         m = obj.margins(th)
-        keep = informative_rows(X, p)
+        keep = prob.informative
         if not np.any(m[keep] < 0):
-            raise_if_separable(c[keep, None] * X[keep], "DPO (fast)")
+            raise_if_separable(c[keep, None] * data.X[keep], "DPO (fast)")
     if not ninfo["converged"]:
         fast.require_converged(ninfo, "exact WDPO (fast)")
     return th, info
@@ -292,7 +294,7 @@ def w1_collapse(prob: Problem, rho: float) -> dict | None:
     inside = prob.radius is None or np.linalg.norm(prob.tref) <= prob.radius
     if not inside:
         return None
-    g_ref = data.X.T @ (data.weights * prob.c * -0.5)
+    g_ref = prob.rows.rmatvec(data.weights * prob.c * -0.5)
     ng = float(np.linalg.norm(g_ref))
     if ng > rho * prob.beta:
         return None
@@ -448,6 +450,7 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
     opt_gap = certify_optimal(value, lower, what=what)
     info.update(
         seconds=time.perf_counter() - t0,
+        passes=prob.rows.passes,
         primal_value=primal,
         lipschitz=lip,
         flip_fraction=frac,
