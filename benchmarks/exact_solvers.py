@@ -1,34 +1,46 @@
-"""Benchmark the exact robust solvers: cvxpy path vs fast path vs the ``dro`` package.
+"""Benchmark the exact robust solvers over instances: fast path, plain L-BFGS, cvxpy, ``dro``.
 
-Prints a markdown table (sizes, seconds, peak traced memory, agreement with the fast path,
-ratio of each peer's time to ours) and writes it to ``--out`` (CSV). Every solve runs in its
-own subprocess with a timeout, so a peer that hangs or runs out of memory is a recorded
-failure, not a crashed benchmark.
+For KLDPO (the smooth KL dual in ``(theta, lam)``) and continuous WDPO-1 with kappa = inf
+(``E_p l + rho beta ||theta||``) every instance is solved by
 
-Data: ``gaussian_preferences(n, d)`` with ``||theta*|| = 6`` and beta = 1 (a signal strong
-enough that KL-DRO does not collapse at rho = 0.05). Problems: KLDPO (rho = 0.05) and
-continuous WDPO with p = 1, kappa = inf (rho = 0.05), theta_ref = 0, no radius; plus one
-finite-candidate WDPO with 200 support points and 400 candidates.
+* ``fast``: ``kldpo`` / ``wdpo`` with ``solver="fast"`` (certified: gap and optimality gap);
+* ``lbfgs``: a plain ``scipy.optimize.minimize(method="L-BFGS-B")`` on the same smooth
+  objective, written here as the peer (two passes over X per evaluation, counted the same way;
+  its final objective is compared with the fast path's value, ``lbfgs_excess``);
+* ``cvxpy``: ``solver="cvxpy"`` in a subprocess with a timeout (skipped above ``--conic-max-n``);
+* ``dro``: the ``dro`` package (PyPI ``dro``, needs scikit-learn) when importable, in a
+  subprocess with a timeout; otherwise the row says "unavailable" (it is not a dependency:
+  ``pip install --target /tmp/dro_pkg dro scikit-learn`` and pass ``--dro-path /tmp/dro_pkg``).
 
-The peer is the ``dro`` package (PyPI ``dro``, needs scikit-learn). It is never a dependency
-of rdpo-theory: install it into a side folder, e.g.
-``pip install --target /tmp/dro_pkg dro scikit-learn``, and pass ``--dro-path /tmp/dro_pkg``
-(the folder is appended to ``sys.path`` so the system numpy/scipy still win). Without it the
-peer rows say "unavailable". Its logistic labels are +-1 and its X is ``beta * x`` (our margin
-is ``sy beta theta . x``); its Wasserstein radius in that scaled space is ``beta * rho``.
-Its KLDRO writes the KL constraint with counts (``sum(v) <= n * eta``).
+Columns: ``fast_s`` / ``lbfgs_s`` are CPU seconds (``time.process_time``), the minimum over
+``--repeats`` runs, with BLAS pinned to one thread (``RDPO_BLAS_THREADS``, default 1), so the
+load of other processes does not decide the table; ``pass_s`` is one ``X @ v`` pass measured
+the same way in the same process; ``fast_passes`` is the number of reductions over the rows of X
+counted by :class:`rdpo_theory.exact.passes.Rows` (a subsample pass counts its fraction);
+``fast_pass_equiv = fast_s / pass_s`` is the time in units of one pass (a Gram product
+``X^T W X`` costs several passes' time, so this is the honest floor comparison); ``vs_lbfgs =
+fast_s / lbfgs_s``; ``peak_mb`` is tracemalloc's peak of the fast solve (beyond X).
 
-Every (size, solver) pair runs, the cvxpy path and the peer included, each under a timeout
-(default 120 s) and an address-space cap (default 8 GiB); a timeout, a memory failure or a
-solver error is recorded as such in the table.
+Data: ``x`` Gaussian, either normalised so that ``||x||`` is about 1 (``x ~ N(0, I/d)``,
+``scale="unit"``) or not (``x ~ N(0, I)``, ``scale="raw"``); ``theta*`` a fixed random
+direction of norm ``signal``; logistic labels ``y ~ Bernoulli(sigmoid(beta theta* . x))``;
+beta = 1; theta_ref = 0; no radius.
 
-Usage: ``python benchmarks/exact_solvers.py [--quick] [--timeout 120] [--mem-gb 8]
-[--dro-path DIR]``.
+Sweeps: ``--quick`` (a few instances, a few minutes); the default: one factor at a time around
+the base instance (n = 1e5, d = 32, signal 6, unit scale, rho = 0.05): signal in {1, 3, 6},
+scale in {unit, raw}, d in {8, 32, 256, 1024}, n in {1e4, 1e5, 1e6}, rho in {0.01, 0.05, 0.2};
+``--full``: the full grid (hours). ``--high-dim``: n = 1e5 with d = 1024 and 4096 (float32
+storage allowed by the pass layer; the public API stores float64). ``--backends``: the same
+solve through numpy, float32, memmap, torch and dask storage on the pass layer.
+
+Usage: ``python benchmarks/exact_solvers.py [--quick|--full] [--repeats 3] [--timeout 300]
+[--dro-path DIR] [--out benchmarks/exact_solvers.csv]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -40,16 +52,181 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's rdpo_theory
 
-RHO = 0.05
 BETA = 1.0
+BASE = dict(n=100_000, d=32, signal=6.0, scale="unit", rho=0.05)
 
 
-def make_data(n: int, d: int):
-    from rdpo_theory.worlds import gaussian_preferences
+# ---------------------------------------------------------------------------- data
+def make_data(n: int, d: int, signal: float, scale: str, seed: int = 0):
+    """Gaussian pairs (see the module docstring), generated in chunks; a PreferenceData."""
+    from rdpo_theory import PreferenceData
+    from rdpo_theory.rng import make_rng
 
-    ts = np.random.default_rng(np.random.SeedSequence([7, d])).standard_normal(d)
-    ts *= 6.0 / np.linalg.norm(ts)
-    return gaussian_preferences(n, d, theta_star=ts, beta=BETA, seed=n)
+    ts = make_rng([7, d]).standard_normal(d)
+    ts *= signal / np.linalg.norm(ts)
+    rng = make_rng([seed, n, d])
+    X = np.empty((n, d))
+    y = np.empty(n)
+    sd = 1.0 / np.sqrt(d) if scale == "unit" else 1.0
+    for lo in range(0, n, 100_000):
+        hi = min(n, lo + 100_000)
+        X[lo:hi] = sd * rng.standard_normal((hi - lo, d))
+        y[lo:hi] = rng.random(hi - lo) < 1.0 / (1.0 + np.exp(-BETA * (X[lo:hi] @ ts)))
+    return PreferenceData(X, y)
+
+
+# ---------------------------------------------------------------------------- the peer
+def lbfgs_kl(rows, c, p, rho):
+    """Plain L-BFGS-B on the KL dual ``F(theta, lam)``, lam >= 1e-12 (two passes per call)."""
+    from scipy.optimize import minimize
+
+    from rdpo_theory.losses import dpo_loss
+
+    d = rows.d
+    A = rows.scaled(c)
+
+    def f(z):
+        th, lam = z[:d], z[d]
+        m = A.matvec(th)
+        l = dpo_loss(m)
+        lmax = float(l.max())
+        a = (l - lmax) / lam
+        e = p * np.exp(a)
+        Z = float(e.sum())
+        q = e / Z
+        val = lam * rho + lam * np.log(Z) + lmax
+        g_th = A.rmatvec(q * -(1.0 / (1.0 + np.exp(m))))
+        g_lam = rho + np.log(Z) - float(q @ (l - lmax)) / lam
+        return val, np.concatenate([g_th, [g_lam]])
+
+    z0 = np.concatenate([np.zeros(d), [1.0]])
+    bounds = [(None, None)] * d + [(1e-12, None)]
+    res = minimize(
+        f,
+        z0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options=dict(maxiter=20_000, maxfun=40_000, ftol=1e-14, gtol=1e-9, maxcor=20),
+    )
+    return float(res.fun), res.x[:d], int(res.nfev)
+
+
+def lbfgs_w1(rows, c, p, rho):
+    """Plain L-BFGS-B on ``E_p l + rho beta ||theta||`` (two passes per call)."""
+    from scipy.optimize import minimize
+
+    from rdpo_theory.losses import dpo_loss
+
+    A = rows.scaled(c)
+    rb = rho * BETA
+
+    def f(th):
+        m = A.matvec(th)
+        nt = float(np.linalg.norm(th))
+        val = float(p @ dpo_loss(m)) + rb * nt
+        g = A.rmatvec(p * -(1.0 / (1.0 + np.exp(m))))
+        if nt > 0:
+            g = g + rb * th / nt
+        return val, g
+
+    res = minimize(
+        f,
+        np.zeros(rows.d),
+        jac=True,
+        method="L-BFGS-B",
+        options=dict(maxiter=20_000, maxfun=40_000, ftol=1e-14, gtol=1e-9, maxcor=20),
+    )
+    return float(res.fun), res.x, int(res.nfev)
+
+
+# ---------------------------------------------------------------------------- one instance
+def cpu_min(fn, repeats: int):
+    """``(min CPU seconds, last result)`` over ``repeats`` calls."""
+    best, out = np.inf, None
+    for _ in range(repeats):
+        t0 = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t0)
+    return best, out
+
+
+def run_instance(problem: str, n, d, signal, scale, rho, repeats: int) -> dict:
+    """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned)."""
+    from rdpo_theory.exact import kldpo, wdpo
+    from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
+
+    data = make_data(n, d, signal, scale)
+    fn = kldpo if problem == "kl" else wdpo
+    out = dict(problem=problem, n=n, d=d, signal=signal, scale=scale, rho=rho)
+    with blas_threads(blas_thread_limit()):
+        v = np.ones(d)
+        out["pass_s"], _ = cpu_min(lambda: data.X @ v, 7)
+        tracemalloc.start()
+        try:
+            res = fn(data, rho=rho, beta=BETA, solver="fast")
+        except Exception as exc:  # noqa: BLE001 - a failure is a measurement
+            tracemalloc.stop()
+            out["fast_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
+            return out
+        out["peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        t, res = cpu_min(lambda: fn(data, rho=rho, beta=BETA, solver="fast"), repeats)
+        out.update(
+            fast_s=t,
+            fast_passes=float(res.info.get("passes", np.nan)),
+            fast_value=float(res.value),
+            gap=float(res.gap),
+            optimality_gap=float(getattr(res, "optimality_gap", np.nan) or 0.0),
+            regime=str(res.regime),
+            newton_iterations=int(res.info.get("newton", {}).get("iterations", 0)),
+        )
+        rows = Rows(data.X)
+        peer = lbfgs_kl if problem == "kl" else lbfgs_w1
+        c = data.signed_labels * BETA
+        t, (val, _, nfev) = cpu_min(lambda: peer(rows, c, data.weights, rho), repeats)
+        out.update(lbfgs_s=t, lbfgs_passes=rows.passes / repeats, lbfgs_evals=nfev)
+        out["lbfgs_excess"] = val - out["fast_value"]
+    out["fast_pass_equiv"] = out["fast_s"] / out["pass_s"]
+    out["lbfgs_pass_equiv"] = out["lbfgs_s"] / out["pass_s"]
+    out["vs_lbfgs"] = out["fast_s"] / out["lbfgs_s"]
+    return out
+
+
+def run_conic(problem, who, n, d, signal, scale, rho, dro_path) -> dict:
+    """The cvxpy path or the ``dro`` peer on one instance (wall seconds of one run)."""
+    data = make_data(n, d, signal, scale)
+    if who == "dro":
+        if dro_path:
+            sys.path.append(dro_path)
+        try:
+            _bare_dro_packages()
+            from dro.linear_model.kl_dro import KLDRO
+            from dro.linear_model.wasserstein_dro import WassersteinDRO
+        except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
+            return dict(error=f"unavailable ({type(exc).__name__})")
+        Xs, ys = BETA * data.X, 2.0 * data.y - 1.0
+        if problem == "kl":
+            model = KLDRO(input_dim=d, model_type="logistic", fit_intercept=False)
+            model.update({"eps": rho})
+        else:
+            model = WassersteinDRO(input_dim=d, model_type="logistic", fit_intercept=False)
+            model.update({"eps": BETA * rho, "p": 1, "kappa": "inf"})
+        t0 = time.process_time()
+        try:
+            model.fit(Xs, ys)
+        except Exception as exc:  # noqa: BLE001
+            return dict(error=f"failed: {type(exc).__name__}")
+        return dict(seconds=time.process_time() - t0)
+    from rdpo_theory.exact import kldpo, wdpo
+
+    fn = kldpo if problem == "kl" else wdpo
+    t0 = time.process_time()
+    try:
+        res = fn(data, rho=rho, beta=BETA, solver="cvxpy")
+    except Exception as exc:  # noqa: BLE001
+        return dict(error=f"failed: {type(exc).__name__}")
+    return dict(seconds=time.process_time() - t0, value=float(res.value))
 
 
 def _bare_dro_packages() -> None:
@@ -68,110 +245,9 @@ def _bare_dro_packages() -> None:
         sys.modules.setdefault(name, mod)
 
 
-def run_one(method: str, n: int, d: int, dro_path: str | None) -> dict:
-    """Solve one problem in this process; returns seconds, peak memory, value, theta."""
-    if method.startswith("finite"):
-        from rdpo_theory import World
-
-        w = World.random(10, 5, 8, seed=0, theta_norm=2.0)  # |Z| = 500
-        rng = np.random.default_rng(0)
-        pop = w.population.data
-        Xc, yc = w.candidates()
-        keep = rng.choice(pop.n, 200, replace=False, p=pop.weights)
-        rest = np.setdiff1d(np.arange(pop.n), keep)
-        cand = np.concatenate([keep, rng.choice(rest, 200, replace=False)])  # data + 200 more
-        from rdpo_theory import PreferenceData
-
-        wts = pop.weights[keep] / pop.weights[keep].sum()
-        data = PreferenceData(pop.X[keep], pop.y[keep], wts)
-        from rdpo_theory.exact import wdpo
-
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        res = wdpo(data, rho=RHO, beta=w.beta, candidates=(Xc[cand], yc[cand]), radius=w.B)
-        sec = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-        return dict(
-            seconds=sec,
-            peak_mb=peak / 2**20,
-            value=res.value,
-            theta=res.theta.tolist(),
-            gap=res.gap,
-            K=len(cand),
-        )
-    data = make_data(n, d)
-    X, y = data.X, data.y
-    if method.endswith("dro"):
-        if dro_path:
-            sys.path.append(dro_path)
-        try:
-            _bare_dro_packages()
-            from dro.linear_model.kl_dro import KLDRO
-            from dro.linear_model.wasserstein_dro import WassersteinDRO
-        except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
-            return dict(error=f"unavailable ({type(exc).__name__}: {str(exc)[:50]})")
-        Xs, ys = BETA * X, 2.0 * y - 1.0
-        if method == "kl-dro":
-            model = KLDRO(input_dim=d, model_type="logistic", fit_intercept=False)
-            model.update({"eps": RHO})
-        else:
-            model = WassersteinDRO(input_dim=d, model_type="logistic", fit_intercept=False)
-            model.update({"eps": BETA * RHO, "p": 1, "kappa": "inf"})
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        try:
-            sol = model.fit(Xs, ys)
-        except Exception as exc:  # noqa: BLE001 - the peer's failure is the measurement
-            return dict(error=f"failed: {type(exc).__name__}: {str(exc)[:60]}")
-        sec = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-        theta = np.asarray(sol["theta"], dtype=float)
-        from rdpo_theory.exact.certificates import kl_primal_sup
-        from rdpo_theory.losses import dpo_losses
-
-        l = dpo_losses(theta, data, beta=BETA)
-        if method == "kl-dro":
-            value = kl_primal_sup(l, data.weights, RHO, method="root")
-        else:
-            value = float(l.mean() + RHO * BETA * np.linalg.norm(theta))
-        return dict(seconds=sec, peak_mb=peak / 2**20, value=value, theta=theta.tolist())
-    from rdpo_theory.exact import kldpo, wdpo
-
-    solver = "fast" if method.endswith("fast") else "cvxpy"
-    fn = kldpo if method.startswith("kl") else wdpo
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        res = fn(data, rho=RHO, beta=BETA, solver=solver)
-    except Exception as exc:  # noqa: BLE001
-        return dict(error=f"failed: {type(exc).__name__}: {str(exc)[:60]}")
-    sec = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    return dict(
-        seconds=sec, peak_mb=peak / 2**20, value=res.value, theta=res.theta.tolist(), gap=res.gap
-    )
-
-
-def markdown(df) -> str:
-    """A markdown table (no tabulate dependency); floats with 3 significant digits."""
-
-    def fmt(v):
-        if isinstance(v, float):
-            return "" if np.isnan(v) else f"{v:.3g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def in_subprocess(method, n, d, timeout, dro_path, mem_gb: float = 8.0) -> dict:
-    """Run one solve in a child process with a wall-clock timeout and an address-space cap of
-    ``mem_gb`` GiB (a solve that needs more fails with MemoryError instead of swapping the
-    shared machine)."""
-    cmd = [sys.executable, __file__, "--one", method, str(n), str(d)]
-    if dro_path:
-        cmd += ["--dro-path", dro_path]
+def in_subprocess(payload: dict, timeout: float, mem_gb: float) -> dict:
+    """Run one job (``--one JSON``) in a child process with a timeout and an address-space cap."""
+    cmd = [sys.executable, __file__, "--one", json.dumps(payload)]
 
     def cap():
         import resource
@@ -188,120 +264,126 @@ def in_subprocess(method, n, d, timeout, dro_path, mem_gb: float = 8.0) -> dict:
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = out.stderr.strip().splitlines()[-1:] if out.stderr else []
-        if tail and ("MemoryError" in tail[0] or "memory allocation of" in tail[0]):
-            # Python's MemoryError, or Clarabel (Rust) aborting on a failed allocation
-            return dict(error=f"failed: out of memory (> {mem_gb:g} GiB)")
-        return dict(error=f"crashed (rc {out.returncode})")
-    r = json.loads(lines[-1])
-    if "MemoryError" in str(r.get("error", "")):
-        r["error"] = f"failed: out of memory (> {mem_gb:g} GiB)"
-    return r
+        if tail and "MemoryError" in tail[0]:
+            return dict(error=f"out of memory (> {mem_gb:g} GiB)")
+        return dict(error=f"crashed (rc {out.returncode}): {tail[0][:80] if tail else ''}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------- sweeps
+def instances(mode: str) -> list[dict]:
+    if mode == "quick":
+        return [
+            dict(BASE, n=10_000),
+            dict(BASE, n=100_000),
+            dict(BASE, n=100_000, signal=1.0),
+            dict(BASE, n=100_000, scale="raw"),
+            dict(BASE, n=100_000, d=256),
+        ]
+    if mode == "full":
+        grid = itertools.product(
+            (1.0, 3.0, 6.0), ("unit", "raw"), (8, 32, 256, 1024), (10_000, 100_000, 1_000_000)
+        )
+        return [
+            dict(n=n, d=d, signal=s, scale=sc, rho=r)
+            for s, sc, d, n in grid
+            for r in (0.01, 0.05, 0.2)
+            if n * d <= 100_000_000  # X fits in 800 MB
+        ]
+    out = [dict(BASE)]
+    out += [dict(BASE, signal=s) for s in (1.0, 3.0)]
+    out += [dict(BASE, scale="raw")]
+    out += [dict(BASE, d=d) for d in (8, 256, 1024)]
+    out += [dict(BASE, n=n) for n in (10_000, 1_000_000)]
+    out += [dict(BASE, rho=r) for r in (0.01, 0.2)]
+    return out
+
+
+def markdown(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:.3g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+COLS = [
+    "problem",
+    "n",
+    "d",
+    "signal",
+    "scale",
+    "rho",
+    "fast_s",
+    "fast_passes",
+    "fast_pass_equiv",
+    "lbfgs_s",
+    "lbfgs_passes",
+    "lbfgs_pass_equiv",
+    "vs_lbfgs",
+    "pass_s",
+    "lbfgs_excess",
+    "peak_mb",
+    "cvxpy",
+    "dro",
+    "fast_error",
+]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--one", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="n up to 1e4 only")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per solve")
-    ap.add_argument(
-        "--conic-max-n",
-        type=int,
-        default=0,
-        help="largest n given to the cvxpy path and the peer (0: no limit; every solve still "
-        "runs under --timeout and --mem-gb, and a method that timed out or ran out of memory "
-        "at some n is not rerun at larger n for the same d)",
-    )
-    ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per solve")
-    ap.add_argument(
-        "--only",
-        default=None,
-        help="run only methods starting with this prefix and merge the "
-        "rows into the existing --out table (e.g. --only finite)",
-    )
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="five instances (a few minutes)")
+    mode.add_argument("--full", action="store_true", help="the full grid (hours)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per solve; the min is kept")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per instance")
+    ap.add_argument("--conic-timeout", type=float, default=120.0, help="seconds per cvxpy/dro")
+    ap.add_argument("--conic-max-n", type=int, default=100_000, help="largest n for cvxpy/dro")
+    ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per job")
+    ap.add_argument("--problems", default="kl,w1")
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
     args = ap.parse_args(argv)
     if args.one:
-        m, n, d = args.one
-        print(json.dumps(run_one(m, int(n), int(d), args.dro_path)))
+        job = json.loads(args.one)
+        kind = job.pop("kind")
+        if kind == "instance":
+            print(json.dumps(run_instance(**job)))
+        else:
+            print(json.dumps(run_conic(**job)))
         return 0
     import pandas as pd
     from tqdm import tqdm
 
-    sizes = [(n, d) for n in (1_000, 10_000, 100_000, 1_000_000) for d in (8, 32)]
-    if args.quick:
-        sizes = [s for s in sizes if s[0] <= 10_000]
-    jobs = []
-    for n, d in sizes:
-        for prob in ("kl", "w1"):
-            for who in ("fast", "cvxpy", "dro"):
-                jobs.append((f"{prob}-{who}", n, d))
-    jobs.append(("finite-200x400", 200, 8))
-    if args.only:
-        jobs = [j for j in jobs if j[0].startswith(args.only)]
+    which = "quick" if args.quick else "full" if args.full else "sweep"
+    jobs = [(pb, inst) for inst in instances(which) for pb in args.problems.split(",")]
     rows = []
-    gave_up: dict = {}  # (method, d) -> n where it timed out / ran out of memory
-    for method, n, d in tqdm(jobs, desc="solves"):
-        conic = not method.endswith("fast") and not method.startswith("finite")
-        if conic and args.conic_max_n and n > args.conic_max_n:
-            r = dict(error=f"not run (n > {args.conic_max_n})")
-        elif (method, d) in gave_up:
-            r = dict(error=f"not run (already {gave_up[(method, d)]})")
-        else:
-            r = in_subprocess(method, n, d, args.timeout, args.dro_path, args.mem_gb)
-            err = str(r.get("error", ""))
-            if err.startswith("timeout") or "memory" in err:
-                gave_up[(method, d)] = f"{err.split(' (')[0].split(':')[0]} at n = {n:g}"
-        rows.append(dict(method=method, n=n, d=d, **r))
-    df = pd.DataFrame(rows)
-    if args.only and args.out.exists():
-        old = pd.read_csv(args.out)
-        old = old[~old.method.astype(str).str.startswith(args.only)]
-        df = pd.concat([old, df], ignore_index=True)
-    # agreement and time ratios against our fast path on the same problem
-    for i, r in df.iterrows():
-        if r["method"].startswith("finite") or r["method"].endswith("fast"):
-            continue
-        ref = df[(df.method == r["method"].split("-")[0] + "-fast") & (df.n == r.n) & (df.d == r.d)]
-        if (
-            ref.empty
-            or not isinstance(r.get("theta"), list)
-            or not isinstance(ref.iloc[0].get("theta"), list)
-        ):
-            continue
-        f = ref.iloc[0]
-        df.loc[i, "theta_diff"] = float(np.max(np.abs(np.subtract(r.theta, f.theta))))
-        df.loc[i, "value_rel_diff"] = float(abs(r.value - f.value) / abs(f.value))
-        df.loc[i, "time_vs_fast"] = float(r.seconds / f.seconds)
-    # ratio of the peer to our cvxpy path
-    for i, r in df.iterrows():
-        if (
-            r["method"].endswith("dro")
-            and isinstance(r.get("seconds"), float)
-            and not np.isnan(r.seconds)
-        ):
-            ours = df[
-                (df.method == r["method"].split("-")[0] + "-cvxpy") & (df.n == r.n) & (df.d == r.d)
-            ]
-            if not ours.empty and not np.isnan(ours.iloc[0].get("seconds", np.nan)):
-                df.loc[i, "time_vs_cvxpy"] = float(r.seconds / ours.iloc[0].seconds)
+    for pb, inst in tqdm(jobs, desc="instances"):
+        r = in_subprocess(
+            dict(kind="instance", problem=pb, repeats=args.repeats, **inst),
+            args.timeout,
+            args.mem_gb,
+        )
+        r = dict(problem=pb, **inst) | r
+        for who in ("cvxpy", "dro"):
+            if inst["n"] > args.conic_max_n:
+                r[who] = f"not run (n > {args.conic_max_n:g})"
+                continue
+            c = in_subprocess(
+                dict(kind="conic", problem=pb, who=who, dro_path=args.dro_path, **inst),
+                args.conic_timeout,
+                args.mem_gb,
+            )
+            r[who] = f"{c['seconds']:.3g} s" if "seconds" in c else c.get("error", "?")
+        rows.append(r)
+        tqdm.write(markdown([r], COLS).splitlines()[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.drop(columns=["theta"], errors="ignore").to_csv(args.out, index=False)
-    cols = [
-        "method",
-        "n",
-        "d",
-        "seconds",
-        "peak_mb",
-        "gap",
-        "value_rel_diff",
-        "theta_diff",
-        "time_vs_fast",
-        "time_vs_cvxpy",
-        "error",
-    ]
-    show = df[[c for c in cols if c in df.columns]].copy()
-    print(markdown(show))
+    pd.DataFrame(rows).to_csv(args.out, index=False)
+    print(markdown(rows, COLS))
     return 0
 
 

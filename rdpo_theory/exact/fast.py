@@ -405,10 +405,28 @@ def kl_tilt(ll, pp, lam):
 
 
 def _kl_root(ll, pp, rho, spread) -> float:
-    """Solve ``KL(q_lam || p) = rho`` in log lam (KL decreases in lam): bracket, then Brent."""
+    """Solve ``KL(q_lam || p) = rho`` in ``s = log lam`` (KL decreases in lam): bracket, then
+    Newton on ``KL(e^s) - rho`` with ``dKL/ds = -Var_q(l) / lam^2``, safeguarded by the
+    bracket (bisection when a step leaves it), to float64 resolution; Brent as a fallback."""
     from scipy.optimize import brentq
 
-    f = lambda s: kl_tilt(ll, pp, np.exp(s))[1] - rho  # noqa: E731
+    top = ll - ll.max()  # shifted once: each evaluation is one exp over n
+    logp = np.log(pp)
+
+    def kl_and_slope(s):
+        lam = np.exp(s)
+        b = top / lam
+        a = b + logp
+        M = float(a.max())
+        e = np.exp(a - M)
+        Z = float(e.sum())
+        q = e / Z
+        mean = float(q @ b)  # E_q l / lam, shifted
+        kl = mean - M - np.log(Z)  # sum q (log q - log p)
+        var = float(q @ (b - mean) ** 2)  # Var_q(l) / lam^2
+        return kl - rho, -var
+
+    f = lambda s: kl_and_slope(s)[0]  # noqa: E731
     lo, hi = np.log(spread) - 3.0, np.log(spread) + 3.0
     while f(lo) < 0:
         lo -= 5.0
@@ -416,6 +434,22 @@ def _kl_root(ll, pp, rho, spread) -> float:
             return 0.0
     while f(hi) > 0:
         hi += 5.0
+    s = 0.5 * (lo + hi)
+    for _ in range(100):
+        g, dg = kl_and_slope(s)
+        if g > 0:
+            lo = s
+        elif g < 0:
+            hi = s
+        else:
+            return float(np.exp(s))
+        step = -g / dg if dg < 0 else np.nan
+        nxt = s + step
+        if not (lo < nxt < hi):  # Newton left the bracket: bisect
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - s) <= 1e-15 * max(1.0, abs(s)) or hi - lo <= 1e-15 * max(1.0, abs(s)):
+            return float(np.exp(nxt))
+        s = nxt
     return float(np.exp(brentq(f, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=200)))
 
 

@@ -93,8 +93,8 @@ class Rows:
         A Rows is re-wrapped: the new object shares its data and its pass counter.
     scale : ndarray (n,), optional
         Row scaling ``s``: the object stands for ``diag(s) X``.
-    chunk_bytes : int
-        Row chunks of at most this many bytes (as float64) for memmap and non-float64 numpy
+    chunk_bytes : int, optional
+        (Default: the wrapped Rows' value, else ``CHUNK_BYTES``.) Row chunks of at most this many bytes (as float64) for memmap and non-float64 numpy
         storage; in-memory float64 numpy is one chunk for products with vectors.
 
     Attributes
@@ -104,16 +104,17 @@ class Rows:
         subset of m rows (:meth:`subset`) counts ``m / n``.
     """
 
-    def __init__(self, X, scale=None, *, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, X, scale=None, *, chunk_bytes: int | None = None):
         self.counter = [0.0]
         self.weight = 1.0  # what one pass over these rows adds to the counter
         if isinstance(X, Rows):  # a view: share the data and its pass counter
             self.counter, self.weight = X.counter, X.weight
+            chunk_bytes = X.chunk_bytes if chunk_bytes is None else chunk_bytes
             if X.scale is not None:
                 scale = X.scale if scale is None else X.scale * np.asarray(scale, dtype=float)
             X = X.X
         self.X = X
-        self.chunk_bytes = int(chunk_bytes)
+        self.chunk_bytes = int(CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
         self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
         self.backend = _Backend.of(X)
         if len(X.shape) != 2:

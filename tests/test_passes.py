@@ -1,0 +1,149 @@
+"""The pass layer (exact/passes.py): one implementation of the row reductions over numpy,
+float32, memmap, torch and dask storage, checked against plain numpy algebra and against the
+in-memory fast solve."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from rdpo_theory.exact import fast
+from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
+from rdpo_theory.rng import make_rng
+
+
+def _data(n=3000, d=6, seed=0):
+    rng = make_rng(seed)
+    X = rng.standard_normal((n, d)) / np.sqrt(d)
+    ts = np.linspace(-1.0, 2.0, d)
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-X @ ts))
+    c = 2.0 * y - 1.0
+    return X, c, np.full(n, 1.0 / n)
+
+
+def _reference(X, s, v, w):
+    return (
+        s * (X @ v),
+        X.T @ (s * w),
+        X.T @ (X * (s**2 * w)[:, None]),
+        float(np.abs(s[:, None] * X).max()),
+    )
+
+
+def _passes(R, v, w):
+    return R.matvec(v), R.rmatvec(w), R.gram(w), R.abs_max()
+
+
+def _solve_kl(X, c, p, rho=0.05):
+    """Damped Newton on the KL dual from a fixed start, every pass through Rows(X)."""
+    obj = fast.KLDual(X, c, p, rho, np.zeros(X.shape[1]))
+    th, ex, _, info = fast.damped_newton(obj, np.zeros(X.shape[1]), [1.0], radius=None)
+    assert info["converged"]
+    return np.concatenate([th, ex]), obj.rows.passes
+
+
+def _solve_w1(X, c, p, rho=0.02):
+    obj = fast.W1Penalty(X, c, p, rho, 1.0, np.zeros(X.shape[1]))
+    th0 = np.full(X.shape[1], 0.1)
+    th, _, _, info = fast.damped_newton(obj, th0, [], radius=None)
+    assert info["converged"]
+    return th
+
+
+def test_numpy_chunks_and_counts_match_plain_algebra():
+    X, c, p = _data()
+    rng = make_rng(1)
+    v, w = rng.standard_normal(X.shape[1]), rng.random(X.shape[0])
+    ref = _reference(X, c, v, w)
+    for R in (Rows(X, c), Rows(X, c, chunk_bytes=8 * X.shape[1] * 100)):  # 1 and 30 chunks
+        out = _passes(R, v, w)
+        for a, b in zip(out, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+        assert R.passes == 4
+        R.abs_max()
+        assert R.passes == 4  # cached
+    # views share the counter; a subset counts its fraction of a pass
+    R = Rows(X)
+    V = R.scaled(c)
+    V.rmatvec(w)
+    S = R.subset(np.arange(0, X.shape[0], 3))
+    S.matvec(v)
+    assert R.passes == pytest.approx(1 + 1 / 3)
+    np.testing.assert_allclose(V.matvec(v), c * (X @ v), rtol=1e-14)
+
+
+def test_float32_storage_accumulates_in_float64():
+    X, c, _ = _data(n=20_000)
+    X32 = X.astype(np.float32)
+    w = np.full(X.shape[0], 1.0)
+    R = Rows(X32, c, chunk_bytes=8 * X.shape[1] * 1000)
+    exact = X32.astype(np.float64).T @ (c * w)  # the stored numbers, summed in float64
+    np.testing.assert_allclose(R.rmatvec(w), exact, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_cpu_tensor_equals_numpy():
+    torch = pytest.importorskip("torch")
+    X, c, p = _data()
+    rng = make_rng(2)
+    v, w = rng.standard_normal(X.shape[1]), rng.random(X.shape[0])
+    for a, b in zip(_passes(Rows(torch.as_tensor(X), c), v, w), _reference(X, c, v, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    z_np, _ = _solve_kl(X, c, p)
+    z_t, _ = _solve_kl(torch.as_tensor(X), c, p)
+    np.testing.assert_allclose(z_t, z_np, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(_solve_w1(torch.as_tensor(X), c, p), _solve_w1(X, c, p), atol=1e-10)
+
+
+def test_dask_on_a_local_cluster_equals_in_memory():
+    da = pytest.importorskip("dask.array")
+    distributed = pytest.importorskip("distributed")
+    X, c, p = _data(n=4000)
+    z_np, passes_np = _solve_kl(X, c, p)
+    th_np = _solve_w1(X, c, p)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        Xd = da.from_array(X, chunks=(1000, X.shape[1]))
+        Xd = client.persist(Xd)
+        z_d, passes_d = _solve_kl(Xd, c, p)
+        th_d = _solve_w1(Xd, c, p)
+        assert client.run(lambda: 1)  # the work ran on the cluster's workers
+    np.testing.assert_allclose(z_d, z_np, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(th_d, th_np, rtol=0, atol=1e-10)
+    assert passes_d == passes_np
+
+
+def test_memmap_solve_peak_memory_bounded_by_the_chunk(tmp_path):
+    n, d = 40_000, 128  # X is 41 MB on disk
+    X, c, p = _data(n=n, d=d, seed=3)
+    path = tmp_path / "X.f64"
+    mm = np.memmap(path, dtype=np.float64, mode="w+", shape=(n, d))
+    mm[:] = X
+    mm.flush()
+    del mm
+    Xm = np.memmap(path, dtype=np.float64, mode="r", shape=(n, d))
+    chunk = 1 << 20  # 1 MiB chunks
+    z_ref, _ = _solve_kl(X, c, p)
+    del X
+    tracemalloc.start()
+    z, _ = _solve_kl(Rows(Xm, chunk_bytes=chunk), c, p)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(z, z_ref, atol=1e-10)
+    # beyond length-n float64 vectors (margins, losses, weights, line-search states: at most
+    # 24 of them) and d x d matrices the solve holds about one chunk: far below X's 41 MB
+    bound = 24 * n * 8 + 8 * d * d * 8 + 4 * chunk
+    assert peak <= bound, (peak, bound)
+    assert peak < Xm.nbytes / 3
+
+
+def test_blas_threads_pinned(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("RDPO_BLAS_THREADS", "1")
+    assert blas_thread_limit() == 1
+    with blas_threads(blas_thread_limit()):
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert all(i["num_threads"] == 1 for i in blas)
+    monkeypatch.setenv("RDPO_BLAS_THREADS", "all")
+    assert blas_thread_limit() is None
