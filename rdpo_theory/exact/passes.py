@@ -94,8 +94,9 @@ class Rows:
     scale : ndarray (n,), optional
         Row scaling ``s``: the object stands for ``diag(s) X``.
     chunk_bytes : int, optional
-        (Default: the wrapped Rows' value, else ``CHUNK_BYTES``.) Row chunks of at most this many bytes (as float64) for memmap and non-float64 numpy
-        storage; in-memory float64 numpy is one chunk for products with vectors.
+        Row chunks of at most this many bytes (as float64) for memmap and non-float64 numpy
+        storage (default: the wrapped Rows' value, else ``CHUNK_BYTES``); in-memory float64
+        numpy is one chunk for products with vectors.
 
     Attributes
     ----------
