@@ -10,7 +10,7 @@ adversary within a divergence ball around ``p``?
 Three balls, each solved exactly by the code the exact solvers use at their optimum:
 
 * ``"kl"``: ``D = KL(q || p)``; the worst case is the tilted law ``q ∝ p exp(l / lam)`` whose
-  KL equals the radius (a scalar root in lam, ``exact.fast.kl_lambda_for_theta``), or ``p``
+  KL equals the radius (a scalar root in lam, ``exact.kl_tilt.kl_lambda_for_theta``), or ``p``
   restricted to the argmax set when ``radius >= -log P(argmax l)`` (docs/theory.md#kl-regimes).
 * ``"chi2"``: ``D = 1/2 sum_i p_i (q_i / p_i - 1)^2`` (the project's convention, with the 1/2);
   the sorted closed form of ``losses.chi2_weights`` (docs/theory.md#baselines).
@@ -102,7 +102,7 @@ def worst_case(losses, *, weights=None, divergence: str = "kl", radius: float) -
 
 
 def _kl_worst_case(lo: np.ndarray, p: np.ndarray, rho: float) -> np.ndarray:
-    from .exact.fast import kl_lambda_for_theta, kl_tilt
+    from .exact.kl_tilt import kl_lambda_for_theta, kl_tilt
 
     if rho == 0:
         return p.copy()

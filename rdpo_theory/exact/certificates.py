@@ -41,7 +41,8 @@ from ..losses import (
     dpo_loss,
     kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)
 )
-from .fast import LOG2, kl_lambda_for_theta, kl_tilt, sum_noise
+from .fast import sum_noise
+from .kl_tilt import LOG2, kl_lambda_for_theta, kl_tilt
 from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 

@@ -44,7 +44,7 @@ from .dpo import (
     theta_from_unit_scale,
     unit_scale,
 )
-from .fast import LOG2
+from .kl_tilt import LOG2, kl_lambda_for_theta
 from .passes import as_rows, pinned_blas
 from .problem import Problem, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
@@ -241,7 +241,7 @@ def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian
 
 def _start_lambda(prob, Xk, ck, pk, p0, rho, theta) -> float:
     l = dpo_loss(ck * as_rows(Xk).matvec(theta - prob.tref))
-    lam = fast.kl_lambda_for_theta(l, pk, rho, p0=p0)
+    lam = kl_lambda_for_theta(l, pk, rho, p0=p0)
     return lam if lam > 0 else max(1e-3, float(np.ptp(l)) + 1e-3)
 
 
