@@ -299,3 +299,6 @@ def test_minibatch_command_writes_tables_and_figures(tmp_path):
     full = runs[runs["batch"] == "full"]
     assert (full[full["variant"] == "normalized"]["theta_dist"] < 1e-6).all()
     assert (runs["robust_gap"] > -1e-6).all()
+    # every exact reference is certified: its optimality gap is recorded and small
+    gaps = runs["exact_optimality_gap"]
+    assert gaps.notna().all() and (gaps.abs() <= 1e-6 * 2).all()
