@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rdpo_theory.torch.normalizers import RunningStatistic, running_loss
+from rdpo_theory.torch.normalizers import RunningStatistic, normalized_loss
 
 LOCAL, STEPS = 4, 3
 
@@ -31,10 +31,10 @@ def _step(stat, method, theta, X, ref):
     th = theta.clone().requires_grad_()
     z = torch.zeros(X.shape[0], dtype=torch.float64)
     if method == "kldpo":
-        out = running_loss("kldpo", stat, X @ th, z, ref, z, beta=0.5, tau=0.4)
+        out = normalized_loss("kldpo", stat, X @ th, z, ref, z, beta=0.5, tau=0.4)
     else:
         x = X.clone().requires_grad_()
-        out = running_loss("wdpo", stat, x @ th, z, ref, z, beta=0.5, rho0=0.3, inputs=x)
+        out = normalized_loss("wdpo", stat, x @ th, z, ref, z, beta=0.5, rho0=0.3, inputs=x)
     (g,) = torch.autograd.grad(out.loss, th)
     return g, float(stat.value)
 

@@ -241,6 +241,35 @@ class TrainConfig:
         With ``precompute_ref``: the folder of the cache file ``ref_logps-<hash>.json``, keyed by
         a hash of the rows, tokenizer, reference weights and scoring settings (None:
         ``output_dir``; no file when both are None). ``rdpo llm`` puts it beside the dataset.
+    robust_normalizer : str
+        Which pairs normalise the robust weights (docs/theory.md#minibatch-fixed-point):
+
+        * ``"micro-batch"`` (default; every method): each forward pass's own statistic --
+          KLDPO's ``log Z`` or centre over the global micro-batch (``batch_size`` x processes,
+          all_gather), WDPO ``sqrt-mean``'s ``S = mean ||grad_z l||^2`` per process. No extra
+          cost, but the fixed point moves with the micro-batch size.
+        * ``"accumulated"`` (KLDPO ``normalized``/``clipped``, WDPO ``sqrt-mean``): the
+          statistic of the whole optimiser step, ``batch_size`` x processes x ``grad_accum``
+          pairs, so ``grad_accum`` A x processes K x ``batch_size`` b trains exactly like one
+          micro-batch of A K b pairs. Cost: a first pass over the step's A micro-batches
+          computes the reference log-probs (kept for the second pass, so not recomputed) and a
+          no-grad policy forward (KLDPO) or a forward plus a first-order backward to the
+          embeddings (WDPO), then one all_gather of A b numbers per process; then the usual A
+          forward + backward passes. KLDPO: one extra policy forward per micro-batch (about
+          +1/4 of a DPO step with a reference model, +1/3 without); no extra memory.
+        * ``"running"`` (KLDPO ``normalized``, WDPO ``sqrt-mean``): an exponential moving
+          average of the statistic over micro-batches (:mod:`rdpo_theory.torch.normalizers`),
+          all-reduced so every process holds the same value, saved in checkpoints and restored
+          on resume; batch-size independent at negligible cost.
+
+        Rows with a ``weight`` column need ``"micro-batch"``. Logged per step (KLDPO):
+        ``ess``, ``weight_max``, ``weight_mean``, ``normalizer`` (``log Z``, or the centre for
+        ``clipped``), ``clip_fraction`` (``clipped``); WDPO ``sqrt-mean``: ``normalizer`` (S).
+        With ``grad_accum > 1`` the micro-batch and running values are averaged over the
+        step's micro-batches; the accumulated values are the step's.
+    robust_decay : float in (0, 1]
+        The EMA weight ``a`` of ``"running"``: the average spans about ``1 / a`` micro-batches
+        (1 reproduces ``"micro-batch"``).
     """
 
     method: str = "dpo"
@@ -315,8 +344,10 @@ class TrainConfig:
 
         check_trainer_normalizer(self.robust_normalizer, self.method, self.loss_kwargs)
         check_decay(self.robust_decay)
-        if self.robust_normalizer == "running" and self.wdpo_hvp != "double-backward":
-            raise InputError("robust_normalizer='running' needs wdpo_hvp='double-backward'")
+        if self.robust_normalizer != "micro-batch" and self.wdpo_hvp != "double-backward":
+            raise InputError(
+                f"robust_normalizer={self.robust_normalizer!r} needs wdpo_hvp='double-backward'"
+            )
         if self.method == "group_dpo" and "group_step" not in self.loss_kwargs:
             raise InputError(
                 "loss_kwargs must give group_step (the exponentiated-gradient step of the group "
@@ -470,8 +501,9 @@ def compute_loss(
 ) -> TL.LossOutput:
     """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them.
 
-    ``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here
-    (:func:`rdpo_theory.torch.normalizers.running_loss`). ``extra``: loss arguments the trainer
+    ``normalizer``: the running statistic of ``robust_normalizer="running"`` (updated here) or
+    the step statistic of ``"accumulated"``
+    (:func:`rdpo_theory.torch.normalizers.normalized_loss`). ``extra``: loss arguments the trainer
     supplies (``weights`` (B,) for weighted rows; ``groups``, ``group_weights``, ``n_groups``
     for ``group_dpo``)."""
     wdpo = cfg.method == "wdpo"
@@ -482,9 +514,9 @@ def compute_loss(
     if wdpo:
         kw["inputs"] = emb
     if normalizer is not None:
-        from .normalizers import running_loss
+        from .normalizers import normalized_loss
 
-        out = running_loss(cfg.method, normalizer, pc, pr, rc, rr, beta=cfg.beta, **kw)
+        out = normalized_loss(cfg.method, normalizer, pc, pr, rc, rr, beta=cfg.beta, **kw)
     else:
         out = resolve_loss(cfg.method)(pc, pr, rc, rr, beta=cfg.beta, **kw)
     out.stats["reward_chosen"] = cfg.beta * (pc - rc).detach().mean()
@@ -644,6 +676,45 @@ def wdpo_fd_backward(
     return TL.LossOutput(loss.detach(), per.detach(), m.detach(), penalty=sq, stats=stats)
 
 
+def accumulated_statistic(cfg: TrainConfig, model, ref_model, batches, *, accelerator=None):
+    """First pass of ``robust_normalizer="accumulated"``: the normalising statistic of one
+    optimiser step (:class:`~rdpo_theory.torch.normalizers.StepStatistic`) over its micro-batches
+    ``batches`` on every worker (docs/theory.md#minibatch-fixed-point).
+
+    Per micro-batch: the reference log-probs (stored in the batch under
+    ``ref_chosen_logps``/``ref_rejected_logps``, so the second pass does not recompute them),
+    then KLDPO: a no-grad policy forward giving the per-pair losses ``l_i``; WDPO
+    ``sqrt-mean``: a policy forward through the embeddings and a first-order backward to them,
+    giving ``||grad_z l_i||^2`` (no parameter gradients; run on the unwrapped model, outside
+    DDP's gradient hooks). The values are then gathered over the workers
+    (:func:`~rdpo_theory.torch.normalizers.step_statistic`). The extra cost is one policy
+    forward (KLDPO) or one forward plus an input-gradient backward (WDPO) per micro-batch."""
+    from .normalizers import step_statistic
+
+    kw = cfg.loss_kwargs
+    values = []
+    for batch in batches:
+        rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
+        batch[BATCH_REF_KEYS[0]], batch[BATCH_REF_KEYS[1]] = rc, rr
+        if cfg.method == "kldpo":
+            with torch.no_grad():
+                pc, pr, _ = pair_logps(model, batch)
+        else:
+            pc, pr, emb = pair_logps(unwrap_model(model), batch, with_embeddings=True)
+        m = TL.dpo_margins(pc, pr, rc.to(pc.dtype), rr.to(pc.dtype), beta=cfg.beta)
+        per = TL.dpo_pair_losses(m)
+        if cfg.method == "wdpo":
+            per = TL.input_grad_sq_norms(per, emb, create_graph=False)
+        values.append(per.detach())
+    return step_statistic(
+        cfg.method,
+        torch.cat(values),
+        tau=kw.get("tau"),
+        variant=kw.get("variant"),
+        clip=kw.get("clip", 10.0),
+    )
+
+
 def train_preference(
     model,
     tokenizer,
@@ -687,6 +758,11 @@ def train_preference(
     labels = sorted(set(row_g)) if row_g is not None else None
     if cfg.method == "group_dpo" and labels is None:
         raise InputError("method 'group_dpo' needs a 'group' on every dataset row")
+    if row_w is not None and cfg.robust_normalizer != "micro-batch":
+        raise InputError(
+            f"rows with a 'weight' column cannot be trained with "
+            f"robust_normalizer={cfg.robust_normalizer!r}; use robust_normalizer='micro-batch'"
+        )
     if labels is not None:
         pos = {g: i for i, g in enumerate(labels)}
         row_gi = np.array([pos[g] for g in row_g])
@@ -768,6 +844,7 @@ def train_preference(
         sums: dict[str, torch.Tensor] = {}
         losses, batches, skipped = [], [], 0
         alpha_start = alpha
+        plan = []  # the step's micro-batches: (encoded batch, extra loss arguments)
         for a in range(cfg.grad_accum):
             idx = micro_batch_indices(len(rows), gbatch, step * cfg.grad_accum + a, cfg.seed)
             sel = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
@@ -778,7 +855,6 @@ def train_preference(
             if alpha is not None:
                 extra.update(
                     groups=torch.as_tensor(row_gi[sel], device=acc.device),
-                    group_weights=alpha,
                     n_groups=len(labels),
                 )
             batch = encode_pairs(
@@ -791,15 +867,20 @@ def train_preference(
                 stats=enc_stats,
             )
             if ref_values is not None:
-                mine_idx = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
                 for j, k in enumerate(BATCH_REF_KEYS):
-                    batch[k] = torch.as_tensor(ref_values[mine_idx, j], dtype=torch.float64)
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            batches.append(batch)
+                    batch[k] = torch.as_tensor(ref_values[sel, j], dtype=torch.float64)
+            plan.append(({k: v.to(acc.device) for k, v in batch.items()}, extra))
+        batches = [b for b, _ in plan]
+        step_norm = normalizer
+        if cfg.robust_normalizer == "accumulated":  # first pass: the whole step's statistic
+            step_norm = accumulated_statistic(cfg, model, ref_model, batches, accelerator=acc)
+        for batch, extra in plan:
+            if alpha is not None:
+                extra["group_weights"] = alpha  # updated by the previous micro-batch
             with acc.accumulate(model):
                 more = {"extra": extra} if extra else {}  # weights / group-robust state
                 out = loss_and_backward(
-                    cfg, model, ref_model, batch, accelerator=acc, normalizer=normalizer, **more
+                    cfg, model, ref_model, batch, accelerator=acc, normalizer=step_norm, **more
                 )
                 losses.append(out.loss.detach())
                 if out.group_weights is not None:
@@ -1038,6 +1119,7 @@ __all__ = [
     "check_loss_kwargs",
     "loss_methods",
     "TrainResult",
+    "accumulated_statistic",
     "check_rows",
     "compute_loss",
     "latest_checkpoint",
