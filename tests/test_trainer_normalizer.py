@@ -20,6 +20,7 @@ ROWS = [
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 4
 KL = dict(method="kldpo", loss_kwargs={"tau": 0.5})
+pytestmark = pytest.mark.usefixtures("one_thread")
 W = dict(method="wdpo", loss_kwargs={"rho0": 0.05})
 
 
@@ -96,3 +97,163 @@ def test_trainer_normalizer_validation():
         TrainConfig(
             method="kldpo", loss_kwargs={"tau": 1.0}, robust_normalizer="running", robust_decay=0.0
         )
+
+
+# ---------------------------------------------------------------------------- accumulated
+def _train64(tok, cfg, policy_seed=0):
+    """float64 models (policy and reference differ, so the per-pair losses differ): the
+    comparisons below are exact up to float64 rounding."""
+    model = build_model(CFG, policy_seed).double()
+    return train_preference(model, tok, ROWS, cfg, ref_model=build_model(CFG, 1).double())
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+KL_CLIPPED = dict(method="kldpo", loss_kwargs={"tau": 0.1, "variant": "clipped", "clip": 2.0})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [KL, pytest.param(KL_CLIPPED, marks=pytest.mark.slow), pytest.param(W, marks=pytest.mark.slow)],
+    ids=["kldpo", "kldpo-clipped", "wdpo"],
+)
+def test_accumulated_four_by_two_equals_one_by_eight(tok, kw):
+    """grad_accum 4 x micro-batch 2 trains exactly like one micro-batch of 8 (the same 8 rows
+    per step: the data order is a function of the global micro-batch index), parameters
+    compared after 3 steps; the micro-batch normaliser does not."""
+    steps = dict(max_steps=3)
+    one = _train64(tok, _cfg(robust_normalizer="accumulated", batch_size=8, **steps, **kw))
+    four = _train64(
+        tok, _cfg(robust_normalizer="accumulated", batch_size=2, grad_accum=4, **steps, **kw)
+    )
+    ref = _flat(one.model)
+    moved = (ref - _flat(build_model(CFG, 0).double())).norm()
+    assert moved > 1e-3  # the runs really trained
+    assert (_flat(four.model) - ref).norm() <= 1e-9 * moved
+    # the step's diagnostics are the same too (one normalisation group of 8 pairs)
+    for k in ("ess", "weight_max", "normalizer"):
+        if k in one.metrics[0]:
+            assert four.metrics[0][k] == pytest.approx(one.metrics[0][k], rel=1e-6)
+    # with A = 1 the accumulated normaliser is the micro-batch one
+    mb = _train64(tok, _cfg(batch_size=8, **steps, **kw))
+    assert (_flat(mb.model) - ref).norm() <= 1e-6 * moved
+    # the per-micro-batch normaliser at 4 x 2 normalises over 2 pairs: another run
+    mb4 = _train64(tok, _cfg(batch_size=2, grad_accum=4, **steps, **kw))
+    assert (_flat(mb4.model) - ref).norm() > 1e-3 * moved
+
+
+# ---------------------------------------------------------------------------- logged values
+def _step0_values(tok, cfg, wdpo=False):
+    """Per micro-batch of step 0, by hand (numpy, float64): the per-pair DPO losses of the
+    untrained policy against its reference, or (``wdpo``) the squared norms of their gradients
+    with respect to the input embeddings."""
+    from rdpo_theory.torch.lm import encode_pairs, pair_logps
+    from rdpo_theory.torch.train import micro_batch_indices
+
+    policy, ref = build_model(CFG, 0).double(), build_model(CFG, 1).double()
+    out = []
+    for a in range(cfg.grad_accum):
+        idx = micro_batch_indices(len(ROWS), cfg.batch_size, a, cfg.seed)
+        rows = [ROWS[i] for i in idx]
+        batch = encode_pairs(tok, *([r[k] for r in rows] for k in ("prompt", "chosen", "rejected")))
+        with torch.no_grad():
+            rc, rr, _ = pair_logps(ref, batch)
+        pc, pr, emb = pair_logps(policy, batch, with_embeddings=True)
+        m = cfg.beta * ((pc - rc) - (pr - rr))
+        loss = torch.nn.functional.softplus(-m)
+        if wdpo:
+            g = torch.autograd.grad(loss.sum(), emb)
+            out.append(sum(t.pow(2).sum((1, 2)) for t in g).detach().numpy())
+        else:
+            out.append(loss.detach().numpy())
+    return out
+
+
+def _hand_kl(l, log_z=None, *, tau, clip=None):
+    """KLDPO weights and their diagnostics, from their definitions."""
+    import numpy as np
+
+    if clip is None:
+        if log_z is None:
+            log_z = np.log(np.mean(np.exp(l / tau)))
+        w = np.exp(l / tau - log_z)
+        stat, frac = log_z, None
+    else:
+        stat = l.mean()
+        raw = np.exp((l - stat) / tau)
+        w, frac = np.minimum(raw, clip), np.mean(raw > clip)
+    d = dict(ess=w.sum() ** 2 / (w**2).sum(), weight_max=w.max() / w.sum(), normalizer=stat)
+    d["weight_mean"] = w.mean()
+    if frac is not None:
+        d["clip_fraction"] = frac
+    return d
+
+
+def _mean_dicts(ds):
+    return {k: sum(d[k] for d in ds) / len(ds) for k in ds[0]}
+
+
+@pytest.mark.parametrize(
+    "normalizer,variant",
+    [
+        ("micro-batch", "normalized"),
+        ("micro-batch", "clipped"),
+        ("accumulated", "normalized"),
+        ("accumulated", "clipped"),
+        ("running", "normalized"),
+    ],
+)
+def test_logged_kl_diagnostics_equal_a_hand_computation(tok, normalizer, variant):
+    """Step 1 of a run with 2 micro-batches of 4: ess, weight_max, weight_mean, the normaliser
+    and (clipped) the clipped fraction, from the per-pair losses by hand. Micro-batch and
+    running values are the mean over the step's two micro-batches (the running statistic
+    after each: decay 0.5); accumulated values are those of the step's 8 pairs."""
+    import numpy as np
+
+    tau = 0.1
+    lk = {"tau": tau} if variant == "normalized" else {"tau": tau, "variant": variant, "clip": 2.0}
+    cfg = _cfg(
+        method="kldpo",
+        loss_kwargs=lk,
+        robust_normalizer=normalizer,
+        robust_decay=0.5,
+        grad_accum=2,
+        max_steps=1,
+    )
+    logged = _train64(tok, cfg).metrics[0]
+    ls = _step0_values(tok, cfg)
+    clip = lk.get("clip")
+    if normalizer == "accumulated":
+        want = _hand_kl(np.concatenate(ls), tau=tau, clip=clip)
+    elif normalizer == "micro-batch":
+        want = _mean_dicts([_hand_kl(l, tau=tau, clip=clip) for l in ls])
+    else:
+        z1 = np.mean(np.exp(ls[0] / tau))
+        z2 = 0.5 * z1 + 0.5 * np.mean(np.exp(ls[1] / tau))
+        want = _mean_dicts(
+            [_hand_kl(ls[0], np.log(z1), tau=tau), _hand_kl(ls[1], np.log(z2), tau=tau)]
+        )
+    pairs = 8 if normalizer == "accumulated" else 4
+    assert want["ess"] < 0.95 * pairs  # the weights are far from uniform: the check can fail
+    if clip is not None:
+        assert 0 < want["clip_fraction"] < 1
+    for k, v in want.items():
+        assert logged[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("normalizer", ["micro-batch", "accumulated", "running"])
+def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
+    """WDPO sqrt-mean logs its normaliser S = mean ||grad_z l_i||^2 (step 1, 2 micro-batches
+    of 4): per micro-batch averaged over the step, over the step's 8 pairs, or the running
+    average after each micro-batch (decay 0.5)."""
+    import numpy as np
+
+    cfg = _cfg(robust_normalizer=normalizer, robust_decay=0.5, grad_accum=2, max_steps=1, **W)
+    logged = _train64(tok, cfg).metrics[0]
+    s1, s2 = (float(np.mean(s)) for s in _step0_values(tok, cfg, wdpo=True))
+    want = {"micro-batch": (s1 + s2) / 2, "accumulated": (s1 + s2) / 2}
+    want["running"] = (s1 + (0.5 * s1 + 0.5 * s2)) / 2
+    assert abs(s1 - s2) > 1e-3 * s1  # the micro-batches differ
+    assert logged["normalizer"] == pytest.approx(want[normalizer], rel=1e-5)
