@@ -257,3 +257,75 @@ def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
     want["running"] = (s1 + (0.5 * s1 + 0.5 * s2)) / 2
     assert abs(s1 - s2) > 1e-3 * s1  # the micro-batches differ
     assert logged["normalizer"] == pytest.approx(want[normalizer], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- emotion world
+@pytest.mark.slow
+def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
+    """On the tiny emotion world (SFT reference, a policy moved by 4 DPO steps, 64 pairs),
+    KLDPO with robust_normalizer='running' (tau 0.5, decay a = 0.05) at micro-batch B = 2 and
+    B = 8 gives the same mean weights.
+
+    The policy is held fixed (learning rate 1e-9), so the runs differ only in how the
+    normaliser sees the data. Pair i's weight at step t is ``exp(l_i / tau) / Z_t``; the mean
+    over the data and over K = 256 steps after a burn-in of 64 (both whole epochs) is
+    ``m(B) = Z* mean_t (1 / Z_t)`` with ``Z* = mean_i exp(l_i / tau)`` the full-data partition
+    sum, computed here by hand; the right answer is 1 for every B.
+
+    Tolerance, per B: ``m(B) - 1`` is a Jensen term ``Var(Z_t) / Z*^2 ~ a / (2 - a) cv_B^2``
+    (the stationary variance of the moving average) plus the deviation of ``mean_t Z_t`` from
+    Z*. Over whole epochs ``mean_t Z_b = Z*`` exactly (every pair once per epoch), and
+    ``sum_t Z_t = sum_t Z_b + (1 - a) / a (Z_start - Z_end)``, so that deviation is
+    ``(1 - a) (Z_start - Z_end) / (a K Z*)``, bounded at 3 standard deviations by
+    ``3 sqrt(2 a / (2 - a)) cv_B / (a K)``. ``cv_B^2 = cv^2 (n - B) / (B (n - 1))`` is the
+    squared coefficient of variation of the batch mean of ``exp(l / tau)`` drawn without
+    replacement. The two runs must agree within the sum of their tolerances (about 0.08 and
+    0.03 here); the micro-batch normaliser's ``Z* mean_b (1 / Z_b)`` at B = 2, computed on the
+    same batches, misses 1 by far more (the check can fail)."""
+    import copy
+
+    import numpy as np
+
+    from rdpo_theory.torch.emotion import preference_rows, sample_corpus, sft
+    from rdpo_theory.torch.lm import encode_pairs, pair_logps
+    from rdpo_theory.torch.train import micro_batch_indices
+
+    ecfg = EmotionConfig.smoke()
+    ref = sft(build_model(ecfg, 0), tok, sample_corpus(ecfg, ecfg.n_corpus, (0, 0)), ecfg, 0)
+    rows = preference_rows(ref, tok, ecfg, 0)[0]["convex"]
+    n, tau, a, burn, K = len(rows), 0.5, 0.05, 64, 256
+    base = dict(beta=0.5, mixed_precision="no", progress=False, save_final_model=False)
+    dpo = TrainConfig(method="dpo", learning_rate=3e-3, batch_size=16, max_steps=4, **base)
+    policy = train_preference(copy.deepcopy(ref), tok, rows, dpo, ref_model=ref).model
+    batch = encode_pairs(tok, *([r[k] for r in rows] for k in ("prompt", "chosen", "rejected")))
+    with torch.no_grad():
+        pc, pr, _ = pair_logps(policy, batch)
+        rc, rr, _ = pair_logps(ref, batch)
+    e = np.exp(torch.nn.functional.softplus(-0.5 * ((pc - rc) - (pr - rr))).double().numpy() / tau)
+    z_star, cv2 = e.mean(), e.var() / e.mean() ** 2
+    assert cv2 > 1.0  # weights far from uniform
+
+    def tol(B):
+        cvb2 = cv2 * (n - B) / (B * (n - 1))
+        return a / (2 - a) * cvb2 + 3 * np.sqrt(2 * a / (2 - a) * cvb2) / (a * K)
+
+    m = {}
+    for B in (2, 8):
+        cfg = TrainConfig(
+            method="kldpo",
+            loss_kwargs={"tau": tau},
+            robust_normalizer="running",
+            robust_decay=a,
+            learning_rate=1e-9,
+            batch_size=B,
+            max_steps=burn + K,
+            **base,
+        )
+        res = train_preference(copy.deepcopy(policy), tok, rows, cfg, ref_model=ref)
+        log_z = np.array([r["normalizer"] for r in res.metrics[burn:]])
+        m[B] = z_star * np.mean(np.exp(-log_z))
+        assert abs(m[B] - 1) <= tol(B), (B, m[B], tol(B))
+    assert abs(m[2] - m[8]) <= tol(2) + tol(8)
+    # the micro-batch normaliser on the same B = 2 batches (one epoch)
+    zb = [e[micro_batch_indices(n, 2, t, 0)].mean() for t in range(n // 2)]
+    assert z_star * np.mean(1 / np.array(zb)) - 1 > 3 * (tol(2) + tol(8))
