@@ -135,9 +135,11 @@ class RunningStatistic:
 
 
 def batch_log_partition(per_pair: torch.Tensor, tau: float) -> torch.Tensor:
-    """``log mean_b exp(l_i / tau)``, detached 0-d: the batch's log partition sum."""
-    z = per_pair.detach().to(torch.float64) / tau
-    return torch.logsumexp(z, dim=0) - math.log(z.shape[0])
+    """``log mean_b exp(l_i / tau)``, detached 0-d float64: the batch's log partition sum
+    (:func:`rdpo_theory.torch.losses.kl_statistic` in float64)."""
+    from .losses import kl_statistic
+
+    return kl_statistic(per_pair.detach().to(torch.float64), tau=tau)
 
 
 def running_kldpo_objective(
@@ -148,8 +150,9 @@ def running_kldpo_objective(
     ``log_partition`` is ``log Z``, e.g. a :class:`RunningStatistic` in log space. With
     ``log Z`` the batch's own :func:`batch_log_partition` this is KLDPO ``normalized``
     (:func:`rdpo_theory.torch.losses.kldpo_objective`)."""
-    z = per_pair.detach().to(torch.float64) / tau
-    w = (z - log_partition).exp().to(per_pair.dtype)
+    from .losses import kl_weights_at
+
+    w = kl_weights_at(per_pair, tau=tau, variant="normalized", clip=1.0, statistic=log_partition)
     return (w * per_pair).mean(), w
 
 
