@@ -78,15 +78,26 @@ class Runner:
 
     def step(self):
         batches = [dict(b) for b in self.batches]  # the first pass adds reference log-probs
-        norm = self.stat
-        if self.cfg.robust_normalizer == "accumulated":
-            norm = accumulated_statistic(
-                self.cfg, self.model, self.ref, batches, accelerator=self.acc
-            )
-        for batch in batches:
+        norm, kept = self.stat, None
+        for a, batch in enumerate(batches):
             with self.acc.accumulate(self.model):
+                if a == 0 and self.cfg.robust_normalizer == "accumulated":
+                    norm, kept = accumulated_statistic(
+                        self.cfg,
+                        self.model,
+                        self.ref,
+                        batches,
+                        accelerator=self.acc,
+                        keep_first=True,
+                    )
                 loss_and_backward(
-                    self.cfg, self.model, self.ref, batch, accelerator=self.acc, normalizer=norm
+                    self.cfg,
+                    self.model,
+                    self.ref,
+                    batch,
+                    accelerator=self.acc,
+                    normalizer=norm,
+                    policy_logps=kept if a == 0 else None,
                 )
                 if self.acc.sync_gradients:
                     self.acc.clip_grad_norm_(self.model.parameters(), 1.0)

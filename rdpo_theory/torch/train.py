@@ -251,12 +251,14 @@ class TrainConfig:
         * ``"accumulated"`` (KLDPO ``normalized``/``clipped``, WDPO ``sqrt-mean``): the
           statistic of the whole optimiser step, ``batch_size`` x processes x ``grad_accum``
           pairs, so ``grad_accum`` A x processes K x ``batch_size`` b trains exactly like one
-          micro-batch of A K b pairs. Cost: a first pass over the step's A micro-batches
-          computes the reference log-probs (kept for the second pass, so not recomputed) and a
-          no-grad policy forward (KLDPO) or a forward plus a first-order backward to the
-          embeddings (WDPO), then one all_gather of A b numbers per process; then the usual A
-          forward + backward passes. KLDPO: one extra policy forward per micro-batch (about
-          +1/4 of a DPO step with a reference model, +1/3 without); no extra memory.
+          micro-batch of A K b pairs. Cost (:func:`accumulated_statistic`): a first pass over
+          the step's A micro-batches computes the reference log-probs (kept for the second
+          pass, so not recomputed) and the policy's per-pair losses (KLDPO) or input-gradient
+          norms (WDPO), then one all_gather of A b numbers per process; then the usual A
+          forward + backward passes. KLDPO: A - 1 extra no-grad policy forwards per step
+          (micro-batch 0's forward, run with gradient, is reused; none for A = 1), i.e. about
+          (A - 1) / A x 1/4 of a DPO step with a reference model; no extra memory. WDPO: one
+          extra forward plus a first-order backward to the embeddings per micro-batch.
         * ``"running"`` (KLDPO ``normalized``, WDPO ``sqrt-mean``): an exponential moving
           average of the statistic over micro-batches (:mod:`rdpo_theory.torch.normalizers`),
           all-reduced so every process holds the same value, saved in checkpoints and restored
@@ -498,8 +500,13 @@ def compute_loss(
     accelerator=None,
     normalizer=None,
     extra=None,
+    policy_logps=None,
 ) -> TL.LossOutput:
     """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them.
+
+    ``policy_logps``: ``(chosen (B,), rejected (B,), embeddings or None)`` of this batch already
+    computed with gradient (the first micro-batch of ``robust_normalizer="accumulated"``, see
+    :func:`accumulated_statistic`), used instead of a new policy forward.
 
     ``normalizer``: the running statistic of ``robust_normalizer="running"`` (updated here) or
     the step statistic of ``"accumulated"``
@@ -508,7 +515,10 @@ def compute_loss(
     for ``group_dpo``)."""
     wdpo = cfg.method == "wdpo"
     rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
-    pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+    if policy_logps is None:
+        pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+    else:
+        pc, pr, emb = policy_logps
     rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
     kw = dict(cfg.loss_kwargs, **(extra or {}))
     if wdpo:
@@ -541,18 +551,26 @@ def loss_and_backward(
     accelerator=None,
     normalizer=None,
     extra=None,
+    policy_logps=None,
 ) -> TL.LossOutput:
     """One micro-batch: the loss of ``cfg.method`` and its gradient accumulated into the
     parameters' ``.grad`` (through ``accelerator.backward`` when given, which divides by the
     accumulation steps). WDPO with ``cfg.wdpo_hvp == "finite-difference"`` runs
     :func:`wdpo_fd_backward`; every other case is :func:`compute_loss` then backward.
     The returned ``loss`` is the objective's value (detached on the finite-difference path).
-    ``extra``: see :func:`compute_loss`."""
+    ``extra``, ``policy_logps``: see :func:`compute_loss`."""
     if cfg.method == "wdpo" and cfg.wdpo_hvp == "finite-difference":
         w = (extra or {}).get("weights")
         return wdpo_fd_backward(cfg, model, ref_model, batch, accelerator=accelerator, weights=w)
     out = compute_loss(
-        cfg, model, ref_model, batch, accelerator=accelerator, normalizer=normalizer, extra=extra
+        cfg,
+        model,
+        ref_model,
+        batch,
+        accelerator=accelerator,
+        normalizer=normalizer,
+        extra=extra,
+        policy_logps=policy_logps,
     )
     if accelerator is not None:
         accelerator.backward(out.loss)
@@ -676,10 +694,13 @@ def wdpo_fd_backward(
     return TL.LossOutput(loss.detach(), per.detach(), m.detach(), penalty=sq, stats=stats)
 
 
-def accumulated_statistic(cfg: TrainConfig, model, ref_model, batches, *, accelerator=None):
+def accumulated_statistic(
+    cfg: TrainConfig, model, ref_model, batches, *, accelerator=None, keep_first: bool = False
+):
     """First pass of ``robust_normalizer="accumulated"``: the normalising statistic of one
     optimiser step (:class:`~rdpo_theory.torch.normalizers.StepStatistic`) over its micro-batches
-    ``batches`` on every worker (docs/theory.md#minibatch-fixed-point).
+    ``batches`` on every worker (docs/theory.md#minibatch-fixed-point). Returns
+    ``(statistic, kept)``.
 
     Per micro-batch: the reference log-probs (stored in the batch under
     ``ref_chosen_logps``/``ref_rejected_logps``, so the second pass does not recompute them),
@@ -687,16 +708,29 @@ def accumulated_statistic(cfg: TrainConfig, model, ref_model, batches, *, accele
     ``sqrt-mean``: a policy forward through the embeddings and a first-order backward to them,
     giving ``||grad_z l_i||^2`` (no parameter gradients; run on the unwrapped model, outside
     DDP's gradient hooks). The values are then gathered over the workers
-    (:func:`~rdpo_theory.torch.normalizers.step_statistic`). The extra cost is one policy
-    forward (KLDPO) or one forward plus an input-gradient backward (WDPO) per micro-batch."""
+    (:func:`~rdpo_theory.torch.normalizers.step_statistic`).
+
+    ``keep_first`` (KLDPO): micro-batch 0's policy forward runs last and with gradient, and its
+    log-probs are returned as ``kept`` for :func:`loss_and_backward` (``policy_logps``), so that
+    micro-batch is not forwarded twice; call it inside micro-batch 0's
+    ``accelerator.accumulate`` context. The extra cost of the step is then ``A - 1`` no-grad
+    policy forwards for ``A`` micro-batches (none for ``A = 1``), and no extra memory: when the
+    kept graph is built no other graph is alive. Otherwise ``kept`` is None and the extra cost
+    is one policy forward (KLDPO) or one forward plus an input-gradient backward (WDPO) per
+    micro-batch."""
     from .normalizers import step_statistic
 
     kw = cfg.loss_kwargs
-    values = []
-    for batch in batches:
+    keep = keep_first and cfg.method == "kldpo"
+    values, kept = [None] * len(batches), None
+    for a in [*range(1, len(batches)), 0] if keep else range(len(batches)):
+        batch = batches[a]
         rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
         batch[BATCH_REF_KEYS[0]], batch[BATCH_REF_KEYS[1]] = rc, rr
-        if cfg.method == "kldpo":
+        if keep and a == 0:
+            pc, pr, _ = pair_logps(model, batch)
+            kept = (pc, pr, None)
+        elif cfg.method == "kldpo":
             with torch.no_grad():
                 pc, pr, _ = pair_logps(model, batch)
         else:
@@ -705,14 +739,15 @@ def accumulated_statistic(cfg: TrainConfig, model, ref_model, batches, *, accele
         per = TL.dpo_pair_losses(m)
         if cfg.method == "wdpo":
             per = TL.input_grad_sq_norms(per, emb, create_graph=False)
-        values.append(per.detach())
-    return step_statistic(
+        values[a] = per.detach()
+    stat = step_statistic(
         cfg.method,
         torch.cat(values),
         tau=kw.get("tau"),
         variant=kw.get("variant"),
         clip=kw.get("clip", 10.0),
     )
+    return stat, kept
 
 
 def train_preference(
@@ -871,17 +906,23 @@ def train_preference(
                     batch[k] = torch.as_tensor(ref_values[sel, j], dtype=torch.float64)
             plan.append(({k: v.to(acc.device) for k, v in batch.items()}, extra))
         batches = [b for b, _ in plan]
-        step_norm = normalizer
-        if cfg.robust_normalizer == "accumulated":  # first pass: the whole step's statistic
-            step_norm = accumulated_statistic(cfg, model, ref_model, batches, accelerator=acc)
-        for batch, extra in plan:
+        step_norm, kept = normalizer, None
+        for a, (batch, extra) in enumerate(plan):
             if alpha is not None:
                 extra["group_weights"] = alpha  # updated by the previous micro-batch
             with acc.accumulate(model):
+                if a == 0 and cfg.robust_normalizer == "accumulated":
+                    # first pass: the whole step's statistic (micro-batch 0's forward is kept)
+                    step_norm, kept = accumulated_statistic(
+                        cfg, model, ref_model, batches, accelerator=acc, keep_first=True
+                    )
                 more = {"extra": extra} if extra else {}  # weights / group-robust state
+                if a == 0 and kept is not None:
+                    more["policy_logps"] = kept
                 out = loss_and_backward(
                     cfg, model, ref_model, batch, accelerator=acc, normalizer=step_norm, **more
                 )
+                kept = None
                 losses.append(out.loss.detach())
                 if out.group_weights is not None:
                     alpha = out.group_weights.detach().cpu()
