@@ -601,9 +601,7 @@ def input_grad_sq_norms(
     for t in tup:
         if t.ndim == 0 or t.shape[0] != B:
             raise InputError(f"inputs must have leading dimension B = {B}, got {tuple(t.shape)}")
-    grads = torch.autograd.grad(
-        per_pair.sum(), tup, create_graph=create_graph, allow_unused=True
-    )
+    grads = torch.autograd.grad(per_pair.sum(), tup, create_graph=create_graph, allow_unused=True)
     if all(g is None for g in grads):
         raise InputError("per_pair does not depend on inputs: pass the tensors the loss used")
     sq = None
