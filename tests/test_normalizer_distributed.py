@@ -1,22 +1,16 @@
 """The running normaliser under torch.distributed: 2 gloo workers hold the one-worker statistic
-and their averaged gradient is the one-worker gradient (equal local batch sizes)."""
-
-import socket
+and their averaged gradient is the one-worker gradient (equal local batch sizes); and
+train_preference under DDP equals one worker for every robust_normalizer."""
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from distributed import init_gloo, spawn
 
-from rdpo_theory.torch.normalizers import RunningStatistic, running_loss
+from rdpo_theory.torch.normalizers import RunningStatistic, normalized_loss
 
 LOCAL, STEPS = 4, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data(step):
@@ -31,18 +25,16 @@ def _step(stat, method, theta, X, ref):
     th = theta.clone().requires_grad_()
     z = torch.zeros(X.shape[0], dtype=torch.float64)
     if method == "kldpo":
-        out = running_loss("kldpo", stat, X @ th, z, ref, z, beta=0.5, tau=0.4)
+        out = normalized_loss("kldpo", stat, X @ th, z, ref, z, beta=0.5, tau=0.4)
     else:
         x = X.clone().requires_grad_()
-        out = running_loss("wdpo", stat, x @ th, z, ref, z, beta=0.5, rho0=0.3, inputs=x)
+        out = normalized_loss("wdpo", stat, x @ th, z, ref, z, beta=0.5, rho0=0.3, inputs=x)
     (g,) = torch.autograd.grad(out.loss, th)
     return g, float(stat.value)
 
 
 def _worker(rank, world, port, path):
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    init_gloo(rank, world, port)
     try:
         res = {}
         for method in ("kldpo", "wdpo"):
@@ -61,7 +53,7 @@ def _worker(rank, world, port, path):
 
 
 def test_two_gloo_workers_hold_the_one_worker_statistic(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path))
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for method in ("kldpo", "wdpo"):
         stat = RunningStatistic(0.5, log_space=method == "kldpo")
@@ -71,3 +63,87 @@ def test_two_gloo_workers_hold_the_one_worker_statistic(tmp_path):
                 g, v = p[method][step]
                 assert v == np.float64(v_one) or abs(v - v_one) <= 1e-12 * abs(v_one)
                 np.testing.assert_allclose(g, g_one.numpy(), rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- the trainer
+TRAIN_ROWS = [
+    {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
+    {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
+    {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
+    {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
+] * 4
+KL_CLIPPED = {"tau": 0.1, "variant": "clipped", "clip": 2.0}
+#: (method, loss_kwargs, robust_normalizer): every option of TrainConfig.robust_normalizer
+OPTIONS = [
+    ("kldpo", {"tau": 0.2}, "micro-batch"),
+    ("kldpo", {"tau": 0.2}, "accumulated"),
+    ("kldpo", {"tau": 0.2}, "running"),
+    ("kldpo", KL_CLIPPED, "micro-batch"),
+    ("kldpo", KL_CLIPPED, "accumulated"),
+    ("wdpo", {"rho0": 0.05}, "accumulated"),
+    ("wdpo", {"rho0": 0.05}, "running"),
+]
+
+
+def _train_cfg(method, kw, normalizer, batch_size):
+    from rdpo_theory.torch.train import TrainConfig
+
+    return TrainConfig(
+        method=method,
+        loss_kwargs=kw,
+        robust_normalizer=normalizer,
+        robust_decay=0.5,
+        beta=0.5,
+        learning_rate=5e-3,
+        batch_size=batch_size,
+        grad_accum=2,
+        max_steps=3,
+        mixed_precision="no",
+        progress=False,
+        seed=3,
+        save_final_model=False,
+    )
+
+
+def _train_one(method, kw, normalizer, batch_size):
+    from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer
+    from rdpo_theory.torch.train import train_preference
+
+    cfg = EmotionConfig.smoke()
+    res = train_preference(
+        build_model(cfg, 0).double(),
+        build_tokenizer(),
+        TRAIN_ROWS,
+        _train_cfg(method, kw, normalizer, batch_size),
+        ref_model=build_model(cfg, 1).double(),
+    )
+    params = torch.cat([p.detach().reshape(-1) for p in res.model.parameters()])
+    return params, res.metrics
+
+
+def _trainer_worker(rank, world, port, path):
+    from distributed import accelerate_env
+
+    accelerate_env(rank, world, port)
+    out = [_train_one(*opt, batch_size=2) for opt in OPTIONS]
+    torch.save(out, f"{path}/trainer{rank}.pt")
+
+
+@pytest.mark.slow
+def test_trainer_two_gloo_workers_equal_one_worker_for_every_normalizer(tmp_path):
+    """train_preference under DDP (accelerate, 2 gloo workers x micro-batch 2, 2 micro-batches
+    per step) trains the model one worker trains with micro-batches of 4 (the same global
+    micro-batches), for every robust_normalizer, and logs the same diagnostics. float64, 3
+    steps. WDPO sqrt-mean 'micro-batch' is left out: its S is a per-worker statistic."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("transformers")
+    spawn(_trainer_worker, 2, str(tmp_path))
+    parts = [torch.load(tmp_path / f"trainer{r}.pt", weights_only=False) for r in range(2)]
+    for i, opt in enumerate(OPTIONS):
+        params, metrics = _train_one(*opt, batch_size=4)
+        for p in parts:
+            got, got_metrics = p[i]
+            torch.testing.assert_close(got, params, atol=1e-10, rtol=1e-8, msg=str(opt))
+            for k in ("ess", "weight_max", "weight_mean", "clip_fraction", "normalizer"):
+                if k in metrics[-1]:
+                    assert got_metrics[-1][k] == pytest.approx(metrics[-1][k], rel=1e-6), (opt, k)

@@ -1,24 +1,16 @@
 """KLDPO under torch.distributed: 2 gloo workers on CPU give the one-worker weights."""
 
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from distributed import init_gloo, spawn
 
 from rdpo_theory.torch import losses as TL
 
 pytestmark = pytest.mark.slow  # spawns two gloo worker processes
 
 N_PAIRS = (5, 3)  # unequal local batches: the all_gather must handle them
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(seed=0):
@@ -36,9 +28,7 @@ def _losses(theta, X, ref, variant):
 
 
 def _worker(rank, world, port, path):
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    init_gloo(rank, world, port)
     try:
         theta, X, ref = _batch()
         lo = sum(N_PAIRS[:rank])
@@ -60,7 +50,7 @@ def _worker(rank, world, port, path):
 
 
 def test_two_gloo_workers_match_one_worker(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path))
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     theta, X, ref = _batch()
     for variant in TL.KL_VARIANTS:
@@ -103,9 +93,7 @@ def _weighted(name, kw, th, X, ref, w, g):
 
 
 def _weighted_worker(rank, world, port, path):
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    init_gloo(rank, world, port)
     try:
         theta, X, ref = _batch()
         lo = sum(N_PAIRS[:rank])
@@ -129,7 +117,7 @@ def test_weighted_losses_two_gloo_workers_match_one_worker(tmp_path):
     """Weighted DPO and KLDPO, chi-square and CVaR (losses gathered across workers) and online
     group-robust DPO (group sums all-reduced): the data-parallel gradient is the one-worker
     gradient and every worker holds the same group weights."""
-    mp.spawn(_weighted_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_weighted_worker, 2, str(tmp_path))
     parts = [torch.load(tmp_path / f"w{r}.pt", weights_only=False) for r in range(2)]
     theta, X, ref = _batch()
     for i, (name, kw) in enumerate(WEIGHTED):

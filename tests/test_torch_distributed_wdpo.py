@@ -2,13 +2,12 @@
 (accelerate, DDP on CPU) give the one-worker gradient (tiny GPT-2, float64)."""
 
 import os
-import socket
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from distributed import accelerate_env, spawn
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -24,12 +23,6 @@ ROWS = [
     ("they walk", " livid snarl", " tremble nervous"),
 ]
 EPS = 1e-5  # float64: O(h^2) truncation ~1e-10, rounding ~1e-16 / 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(variant):
@@ -58,16 +51,7 @@ def _grad(model):
 
 
 def _worker(rank, world, port, path):
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        ACCELERATE_USE_CPU="true",  # data parallel on CPU: accelerate picks gloo
-    )
-    torch.set_num_threads(1)
+    accelerate_env(rank, world, port)
     from rdpo_theory.torch.train import make_accelerator
 
     res = {}
@@ -87,7 +71,7 @@ def _worker(rank, world, port, path):
 
 @pytest.mark.slow
 def test_wdpo_finite_difference_two_gloo_workers_match_one_worker(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path))
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for variant in ("per-pair", "sqrt-mean"):
         g0, g1 = parts[0][variant]["grad"], parts[1][variant]["grad"]

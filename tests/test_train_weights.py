@@ -278,14 +278,9 @@ def test_rdpo_llm_cover_groups_and_group_dpo(tok, tmp_path, capsys):
 
 def _ddp_worker(rank, world, port, path, method, kw):
     """One of two gloo workers running train_preference under accelerate (MULTI_CPU)."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )
-    torch.set_num_threads(1)
+    from distributed import accelerate_env
+
+    accelerate_env(rank, world, port)
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True, mixed_precision="no")
@@ -303,14 +298,9 @@ def test_trainer_two_gloo_workers_equal_one_worker(tok, tmp_path, method, kw):
     """Weighted rows through the trainer under DDP: 2 gloo workers with micro-batches of 2
     train the model one worker trains with micro-batches of 4 (same global batches), and both
     workers hold the one-worker group weights."""
-    import socket
+    from distributed import spawn
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), method, kw), nprocs=2, join=True)
+    spawn(_ddp_worker, 2, str(tmp_path), method, kw)
     rows = [dict(r, weight=float(c)) for r, c in zip(BASE, COUNTS)] * 2
     one = train_preference(
         _m(0), tok, rows, _cfg(method=method, loss_kwargs=kw, batch_size=4), ref_model=_m(0)

@@ -246,7 +246,7 @@ def _world_size(group=None) -> int:
     return dist.get_world_size(group)
 
 
-def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
+def gather_pairs(x: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate a detached (B,) tensor over the workers of ``group`` in rank order
     (identity outside ``torch.distributed``). Local sizes may differ between workers."""
     x = x.detach()
@@ -267,7 +267,7 @@ def _gather(x: torch.Tensor, group=None) -> torch.Tensor:
 def gather_batch(x: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
     """``(global, start)``: the detached (B,) tensor ``x`` concatenated over the workers of
     ``group`` in rank order, and the position of this worker's first entry in it."""
-    glob = _gather(x, group)
+    glob = gather_pairs(x, group)
     world = _world_size(group)
     if world == 1:
         return glob, 0
@@ -294,7 +294,7 @@ def batch_probabilities(weights, per_pair: torch.Tensor, group=None) -> tuple[to
     """``(p, N)``: this worker's data weights normalised over the global batch,
     ``p_i = w_i / sum_{global} w`` (detached), and the global number of pairs N."""
     w = check_pair_weights(weights, per_pair)
-    glob = _gather(w, group)
+    glob = gather_pairs(w, group)
     if not float(glob.sum()) > 0:
         raise InputError("weights are all 0 in this batch: at least one pair needs weight > 0")
     return w / glob.sum(), glob.numel()
@@ -356,7 +356,15 @@ def _kl_weights_local_global(per_pair, tau, variant, clip, group, weights=None):
 
 
 def _kl_weights_unchecked(per_pair, tau, variant, clip, group, weights):
-    """``(local, global)`` KLDPO weights from already-validated arguments.
+    """``(local, global)`` KLDPO weights from already-validated arguments (see
+    :func:`_kl_parts`)."""
+    return _kl_parts(per_pair, tau, variant, clip, group, weights)[:2]
+
+
+def _kl_parts(per_pair, tau, variant, clip, group, weights):
+    """``(local, global, statistic)``: the KLDPO weights of the local and of the global batch
+    and the batch statistic that normalises them (:func:`kl_statistic`: ``log Z`` for
+    ``normalized``, the centre ``c`` for ``clipped``), from already-validated arguments.
 
     Outside ``torch.distributed`` the global batch is the local one and the weights are
     computed once (the same tensor is returned twice). Every tensor here is detached, so no
@@ -366,26 +374,79 @@ def _kl_weights_unchecked(per_pair, tau, variant, clip, group, weights):
     """
     local = per_pair.detach().to(accumulation_dtype(per_pair))  # float64 stays exact
     single = _world_size(group) == 1
-    glob = local if single else _gather(local, group)
-    p = None if weights is None else _gather(weights, group).to(glob.dtype)
+    glob = local if single else gather_pairs(local, group)
+    p = None if weights is None else gather_pairs(weights, group).to(glob.dtype)
     if variant == "normalized":
         # centre at the max so that a tiny tau gives the max-loss limit, not inf - inf = NaN
         top = glob.max()
         z = (glob - top) / tau
-        if p is None and single:  # w = N softmax(l / tau): one fused kernel
-            w = torch.softmax(z, dim=0).mul_(glob.numel())
-            return w, w
         if p is None:
             log_norm = torch.logsumexp(z, dim=0) - math.log(glob.numel())
         else:  # w_i = q_i / p_i with q ∝ p exp(l / tau)
             log_norm = torch.logsumexp(torch.log(p) + z, dim=0)
+        log_z = top / tau + log_norm
+        if p is None and single:  # w = N softmax(l / tau): one fused kernel
+            w = torch.softmax(z, dim=0).mul_(glob.numel())
+            return w, w, log_z
         w_glob = (z - log_norm).exp_()
-        return (w_glob if single else ((local - top) / tau - log_norm).exp_()), w_glob
+        return (w_glob if single else ((local - top) / tau - log_norm).exp_()), w_glob, log_z
     centre = glob.mean() if p is None else torch.dot(p, glob)
     w_glob = (glob - centre).div_(tau).exp_().clamp_(max=clip)
     if single:
-        return w_glob, w_glob
-    return (local - centre).div_(tau).exp_().clamp_(max=clip), w_glob
+        return w_glob, w_glob, centre
+    return (local - centre).div_(tau).exp_().clamp_(max=clip), w_glob, centre
+
+
+def kl_statistic(per_pair: torch.Tensor, *, tau: float, variant: str = "normalized"):
+    """The batch statistic that normalises KLDPO's weights, detached 0-d (float64 for float64
+    losses, else float32), over the pairs of ``per_pair`` (B,) (docs/theory.md#code-variants):
+    ``normalized``: ``log Z = log mean_i exp(l_i / tau)`` (nats / tau);
+    ``clipped``: the centre ``c = mean_i l_i`` (nats)."""
+    local = per_pair.detach().to(accumulation_dtype(per_pair))
+    if variant == "normalized":
+        return torch.logsumexp(local / tau, dim=0) - math.log(local.numel())
+    return local.mean()
+
+
+def kl_weights_at(
+    per_pair: torch.Tensor, *, tau: float, variant: str, clip: float, statistic
+) -> torch.Tensor:
+    """KLDPO weights (B,), detached, at a given normalising ``statistic`` of
+    :func:`kl_statistic` (from a larger batch, or a running estimate) instead of the batch's
+    own: ``normalized``: ``w_i = exp(l_i / tau - log Z)``; ``clipped``:
+    ``w_i = min(exp((l_i - c) / tau), clip)``. With the batch's own statistic these are the
+    weights of :func:`kl_weights`. Computed in float64, returned in ``per_pair``'s dtype."""
+    z = per_pair.detach().to(torch.float64)
+    stat = torch.as_tensor(statistic, dtype=torch.float64, device=z.device)
+    if variant == "normalized":
+        w = (z / tau - stat).exp()
+    else:
+        w = ((z - stat) / tau).exp().clamp(max=clip)
+    return w.to(per_pair.dtype)
+
+
+def kl_weight_diagnostics(
+    global_weights: torch.Tensor,
+    *,
+    statistic,
+    variant: str = "normalized",
+    clip: float = 10.0,
+    mass: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-step diagnostics of the KLDPO weights of a normalisation group, detached 0-d:
+    :func:`weight_stats` of the normalised weights (``weight_entropy``, ``weight_max`` (largest
+    normalised mass), ``kl_radius``, ``ess`` (effective sample size ``1 / sum_i q_i^2``,
+    pairs)), ``weight_mean`` (mean of the weights themselves: 1 for ``normalized`` with the
+    group's own normaliser), ``normalizer`` (the :func:`kl_statistic` used) and, for
+    ``clipped``, ``clip_fraction`` (fraction of pairs whose weight was clipped at ``clip``).
+    ``mass``: the masses ``p_i w_i`` to normalise instead of ``w`` (weighted data)."""
+    w = global_weights.detach()
+    stats = weight_stats(w if mass is None else mass.detach())
+    stats["weight_mean"] = w.mean()
+    stats["normalizer"] = torch.as_tensor(statistic).detach()
+    if variant == "clipped":
+        stats["clip_fraction"] = (w >= clip).to(w.dtype).mean()
+    return stats
 
 
 def _kldpo_objective(per_pair, tau, variant, clip, group, weights):
@@ -449,15 +510,17 @@ def kldpo_objective(
 
 
 def weight_stats(global_weights: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Entropy (nats), largest mass and ``KL(q || uniform) = log N - H(q)`` of the normalised
-    weights ``q = w / sum w`` (docs/theory.md#algorithm-2-kldpo: the radius ``rho(tau)`` of a
-    batch)."""
+    """Entropy (nats), largest mass, ``KL(q || uniform) = log N - H(q)``
+    (docs/theory.md#algorithm-2-kldpo: the radius ``rho(tau)`` of a batch) and effective
+    sample size ``ess = 1 / sum_i q_i^2``
+    (pairs; ``(sum w)^2 / sum w^2``) of the normalised weights ``q = w / sum w``."""
     q = global_weights / global_weights.sum()
     ent = -(q * torch.log(q.clamp_min(1e-30))).sum()
     return {
         "weight_entropy": ent,
         "weight_max": q.max(),
         "kl_radius": math.log(q.numel()) - ent,
+        "ess": 1.0 / (q * q).sum(),
     }
 
 
@@ -475,8 +538,9 @@ def kldpo_loss(
     """KLDPO (Algorithm 2, or the paper's clipped code) on DPO per-pair losses
     (docs/theory.md#algorithm-2-kldpo): ``mean_i w_i l_i`` with ``w`` from :func:`kl_weights`.
 
-    ``stats`` holds the global batch's ``weight_entropy``, ``weight_max`` and ``kl_radius``
-    (of the normalised weights), identical on every worker.
+    ``stats`` holds the global batch's :func:`kl_weight_diagnostics` (``weight_entropy``,
+    ``weight_max``, ``kl_radius``, ``ess``, ``weight_mean``, ``normalizer`` and, for
+    ``clipped``, ``clip_fraction``), identical on every worker.
 
     ``weights`` (B,), optional: non-negative per-pair data weights. The base measure is then
     ``p_i = w_i / sum_{global} w`` (:func:`batch_probabilities`), the KL weights are the
@@ -485,15 +549,20 @@ def kldpo_loss(
     weight k counts as k copies of it.
     """
     per = dpo_pair_losses(margins)
+    tau, clip = _check_kl_inputs(per, tau, variant, clip, None)
+    diag = dict(statistic=None, variant=variant, clip=clip)
     if weights is None:
-        w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group)
+        w, w_glob, diag["statistic"] = _kl_parts(per, tau, variant, clip, group, None)
         loss = (w.to(per.dtype) * per).mean()
-        return LossOutput(loss, per, margins, weights=w, stats=weight_stats(w_glob))
+        stats = kl_weight_diagnostics(w_glob, **diag)
+        return LossOutput(loss, per, margins, weights=w, stats=stats)
     p, N = batch_probabilities(weights, per, group)
-    w, w_glob = _kl_weights_local_global(per, tau, variant, clip, group, p)
+    check_prob_weights(p, per, "weights")
+    w, w_glob, diag["statistic"] = _kl_parts(per, tau, variant, clip, group, p)
     loss = ((p * w).to(per.dtype) * per).sum() * (N / per.numel())
-    mass = _gather(p, group).to(w_glob.dtype) * w_glob
-    return LossOutput(loss, per, margins, weights=w, stats=weight_stats(mass))
+    mass = gather_pairs(p, group).to(w_glob.dtype) * w_glob
+    stats = kl_weight_diagnostics(w_glob, mass=mass, **diag)
+    return LossOutput(loss, per, margins, weights=w, stats=stats)
 
 
 # ---------------------------------------------------------------------------- WDPO
@@ -515,13 +584,16 @@ def _as_inputs(inputs) -> tuple[torch.Tensor, ...]:
     return tup
 
 
-def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
+def input_grad_sq_norms(
+    per_pair: torch.Tensor, inputs, *, create_graph: bool = True
+) -> torch.Tensor:
     """``||grad_z l_i||_2^2`` for each pair, shape (B,), differentiable (double backward).
 
     ``inputs`` is a tensor or tuple of tensors whose leading dimension is the batch; pair i's
     loss must depend only on row i of each (true for per-sequence language-model losses when
     chosen and rejected embeddings are passed as two tensors). The squared norms over all
     tensors in ``inputs`` are added. Cost: one extra backward with ``create_graph=True``.
+    ``create_graph=False`` gives the values only (detached; a first-order backward).
     """
     _check_per_pair(per_pair)
     tup = _as_inputs(inputs)
@@ -529,7 +601,7 @@ def input_grad_sq_norms(per_pair: torch.Tensor, inputs) -> torch.Tensor:
     for t in tup:
         if t.ndim == 0 or t.shape[0] != B:
             raise InputError(f"inputs must have leading dimension B = {B}, got {tuple(t.shape)}")
-    grads = torch.autograd.grad(per_pair.sum(), tup, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(per_pair.sum(), tup, create_graph=create_graph, allow_unused=True)
     if all(g is None for g in grads):
         raise InputError("per_pair does not depend on inputs: pass the tensors the loss used")
     sq = None
@@ -669,4 +741,6 @@ def wdpo_loss(
         pen = wdpo_combine(per, sq, rho0, variant, pw)[1]
         loss = weighted_mean(per, weights, group=group) + pen
     stats = {"penalty": pen.detach(), "grad_rms": sq.detach().mean().sqrt()}
+    if variant == "sqrt-mean":  # the batch normaliser S = mean_i ||g_i||^2 of this worker
+        stats["normalizer"] = sq.detach().mean()
     return LossOutput(loss, per, margins, penalty=sq, stats=stats)

@@ -135,9 +135,11 @@ class RunningStatistic:
 
 
 def batch_log_partition(per_pair: torch.Tensor, tau: float) -> torch.Tensor:
-    """``log mean_b exp(l_i / tau)``, detached 0-d: the batch's log partition sum."""
-    z = per_pair.detach().to(torch.float64) / tau
-    return torch.logsumexp(z, dim=0) - math.log(z.shape[0])
+    """``log mean_b exp(l_i / tau)``, detached 0-d float64: the batch's log partition sum
+    (:func:`rdpo_theory.torch.losses.kl_statistic` in float64)."""
+    from .losses import kl_statistic
+
+    return kl_statistic(per_pair.detach().to(torch.float64), tau=tau)
 
 
 def running_kldpo_objective(
@@ -148,8 +150,9 @@ def running_kldpo_objective(
     ``log_partition`` is ``log Z``, e.g. a :class:`RunningStatistic` in log space. With
     ``log Z`` the batch's own :func:`batch_log_partition` this is KLDPO ``normalized``
     (:func:`rdpo_theory.torch.losses.kldpo_objective`)."""
-    z = per_pair.detach().to(torch.float64) / tau
-    w = (z - log_partition).exp().to(per_pair.dtype)
+    from .losses import kl_weights_at
+
+    w = kl_weights_at(per_pair, tau=tau, variant="normalized", clip=1.0, statistic=log_partition)
     return (w * per_pair).mean(), w
 
 
@@ -164,45 +167,91 @@ def running_wdpo_objective(
     return per_pair.mean() + rho0 * (sq_norms.mean() + s) / (2.0 * root)
 
 
-def kl_weight_stats(w: torch.Tensor) -> dict[str, float]:
-    """Diagnostics of (unnormalised) KLDPO weights ``w`` (B,): effective sample size
-    ``(sum w)^2 / sum w^2`` (pairs), the largest normalised weight ``max w / sum w`` and the
-    mean weight (1 in expectation under the running normaliser)."""
-    w = w.detach().to(torch.float64)
-    s = w.sum()
-    return {
-        "ess": float(s * s / (w * w).sum()),
-        "weight_max": float(w.max() / s),
-        "weight_mean": float(w.mean()),
-    }
-
-
 # ---------------------------------------------------------------------------- the trainer
 #: ``TrainConfig.robust_normalizer`` values implemented by the trainer.
-TRAINER_NORMALIZERS = ("micro-batch", "running")
+TRAINER_NORMALIZERS = ("micro-batch", "accumulated", "running")
 
 
 def check_trainer_normalizer(normalizer: str, method: str, loss_kwargs: dict) -> str:
-    """Validated ``TrainConfig.robust_normalizer``: ``"micro-batch"`` (every method; the
-    statistics of each forward pass, gathered over workers) or ``"running"`` (KLDPO
-    ``normalized`` and WDPO ``sqrt-mean``)."""
+    """Validated ``TrainConfig.robust_normalizer``:
+
+    * ``"micro-batch"`` (every method): the statistics of each forward pass (KLDPO's gathered
+      over workers);
+    * ``"accumulated"``: KLDPO (``normalized`` and ``clipped``) and WDPO ``sqrt-mean``;
+    * ``"running"``: KLDPO ``normalized`` and WDPO ``sqrt-mean``.
+    """
     if normalizer not in TRAINER_NORMALIZERS:
         raise InputError(
             f"robust_normalizer must be one of {TRAINER_NORMALIZERS}, got {normalizer!r}"
         )
+    if normalizer == "micro-batch":
+        return normalizer
+    if method not in ("kldpo", "wdpo"):
+        raise InputError(
+            f"robust_normalizer={normalizer!r} applies to kldpo and wdpo, not {method!r}"
+        )
+    variant = loss_kwargs.get("variant", "normalized" if method == "kldpo" else "sqrt-mean")
     if normalizer == "running":
-        if method not in ("kldpo", "wdpo"):
-            raise InputError(
-                f"robust_normalizer='running' applies to kldpo and wdpo, not {method!r}"
-            )
-        default = "normalized" if method == "kldpo" else "sqrt-mean"
-        check_normalizer("running", loss_kwargs.get("variant", default))
+        check_normalizer("running", variant)
+    elif variant == "per-pair":
+        raise InputError(
+            "robust_normalizer='accumulated' applies to KLDPO and to WDPO 'sqrt-mean'; WDPO "
+            "'per-pair' has no batch normaliser (its penalty is a mean over pairs)"
+        )
     return normalizer
 
 
-def running_loss(
+def _variant(method: str, variant: str | None) -> str:
+    if variant is not None:
+        return variant
+    return "normalized" if method == "kldpo" else "sqrt-mean"
+
+
+class StepStatistic:
+    """``robust_normalizer="accumulated"``: the normalising statistic of one optimiser step's
+    whole global batch (every micro-batch of the step on every worker), fixed while the step's
+    micro-batches run their backward passes.
+
+    ``value``: KLDPO ``log Z`` (``normalized``) or the centre ``c`` (``clipped``) of
+    :func:`rdpo_theory.torch.losses.kl_statistic`; WDPO ``S = mean ||grad_z l_i||^2``.
+    ``stats``: the step's diagnostics, logged once per step."""
+
+    def __init__(self, value: torch.Tensor, stats: dict):
+        self.value = value.detach()
+        self.stats = stats
+
+
+def step_statistic(
     method: str,
-    stat: RunningStatistic,
+    values: torch.Tensor,
+    *,
+    tau: float | None = None,
+    variant: str | None = None,
+    clip: float = 10.0,
+    group=None,
+) -> StepStatistic:
+    """The :class:`StepStatistic` of one optimiser step from this worker's ``values`` (all its
+    micro-batches of the step, concatenated): KLDPO per-pair losses ``l_i`` or WDPO squared
+    input-gradient norms ``||grad_z l_i||^2``. The values are gathered over the workers of
+    ``group`` (``torch.distributed``; one ``all_gather`` of the step's pairs), so every worker
+    holds the same statistic: the one a single worker computes on the whole global batch."""
+    from . import losses as TL
+
+    variant = _variant(method, variant)
+    glob = TL.gather_pairs(values, group)
+    if method == "kldpo":
+        stat = TL.kl_statistic(glob, tau=tau, variant=variant)
+        w = TL.kl_weights_at(glob, tau=tau, variant=variant, clip=clip, statistic=stat)
+        return StepStatistic(
+            stat, TL.kl_weight_diagnostics(w, statistic=stat, variant=variant, clip=clip)
+        )
+    s = glob.detach().to(TL.accumulation_dtype(glob)).mean()
+    return StepStatistic(s, {"normalizer": s, "grad_rms": s.sqrt()})
+
+
+def normalized_loss(
+    method: str,
+    normalizer: RunningStatistic | StepStatistic,
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -210,17 +259,36 @@ def running_loss(
     *,
     beta: float,
     tau: float | None = None,
+    variant: str | None = None,
+    clip: float = 10.0,
     rho0: float | None = None,
     inputs=None,
-    **_ignored,
+    weights=None,
+    group=None,
 ):
-    """KLDPO ``normalized`` or WDPO ``sqrt-mean`` with the running normaliser ``stat`` (updated
-    with this micro-batch, all-reduced over workers) on the four log-prob tensors; a
-    :class:`rdpo_theory.torch.losses.LossOutput` whose ``stats`` add ``normalizer`` (log Z or
-    S), and for KLDPO ``ess`` (pairs), ``weight_max`` (largest normalised weight) and
-    ``weight_mean`` of the local weights."""
+    """KLDPO or WDPO ``sqrt-mean`` on the four log-prob tensors, normalised by ``normalizer``
+    instead of the micro-batch's own statistic (docs/theory.md#minibatch-fixed-point):
+
+    * a :class:`RunningStatistic` (``robust_normalizer="running"``): updated with this
+      micro-batch's statistic (all-reduced over workers), then used;
+    * a :class:`StepStatistic` (``"accumulated"``): the statistic of the whole optimiser step,
+      used as it is.
+
+    KLDPO: ``mean_b w_i l_i`` with ``w`` from :func:`rdpo_theory.torch.losses.kl_weights_at`
+    (held constant). WDPO: :func:`running_wdpo_objective` at ``S``, whose gradient with ``S``
+    the mean over a set of micro-batches is, summed over them, the gradient of ``sqrt-mean``
+    on their union. Returns a :class:`rdpo_theory.torch.losses.LossOutput`; its ``stats`` add
+    the diagnostics of :func:`rdpo_theory.torch.losses.kl_weight_diagnostics` (KLDPO; over the
+    global micro-batch for ``running``, over the step for ``accumulated``) or ``normalizer``
+    (S), ``penalty`` and ``grad_rms`` (WDPO). Data ``weights`` are not supported."""
     from . import losses as TL
 
+    if weights is not None:
+        raise InputError(
+            "rows with a 'weight' column cannot be trained with robust_normalizer "
+            "'accumulated' or 'running'; use robust_normalizer='micro-batch'"
+        )
+    variant = _variant(method, variant)
     m = TL.dpo_margins(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -229,16 +297,25 @@ def running_loss(
         beta=beta,
     )
     per = TL.dpo_pair_losses(m)
-    md = m.detach()
-    stats = {"margin_mean": md.mean(), "accuracy": (md > 0).float().mean()}
+    stats = TL.margin_stats(m)
+    running = isinstance(normalizer, RunningStatistic)
     if method == "kldpo":
-        log_z = stat.update(batch_log_partition(per, tau))
-        loss, w = running_kldpo_objective(per, tau=tau, log_partition=log_z)
-        stats.update({k: torch.tensor(v) for k, v in kl_weight_stats(w).items()})
-        stats["normalizer"] = log_z.float()
+        if running:
+            value = normalizer.update(TL.kl_statistic(per, tau=tau, variant=variant))
+        else:
+            value = normalizer.value
+        w = TL.kl_weights_at(per, tau=tau, variant=variant, clip=clip, statistic=value)
+        loss = (w * per).mean()
+        if running:
+            w_glob = TL.gather_pairs(w, group)
+            diag = TL.kl_weight_diagnostics(w_glob, statistic=value, variant=variant, clip=clip)
+            stats.update(diag)
+        else:
+            stats.update(normalizer.stats)
         return TL.LossOutput(loss, per, m, weights=w.detach(), stats=stats)
     sq = TL.input_grad_sq_norms(per, inputs)
-    s = stat.update(sq.detach().mean())
+    s = normalizer.update(sq.detach().mean()) if running else normalizer.value
     loss = running_wdpo_objective(per, sq, rho0=rho0, mean_sq=s)
-    stats.update(normalizer=s.float(), grad_rms=s.sqrt().float())
+    s = s.detach()
+    stats.update(normalizer=s, penalty=rho0 * s.sqrt(), grad_rms=sq.detach().mean().sqrt())
     return TL.LossOutput(loss, per, m, penalty=sq, stats=stats)

@@ -241,6 +241,37 @@ class TrainConfig:
         With ``precompute_ref``: the folder of the cache file ``ref_logps-<hash>.json``, keyed by
         a hash of the rows, tokenizer, reference weights and scoring settings (None:
         ``output_dir``; no file when both are None). ``rdpo llm`` puts it beside the dataset.
+    robust_normalizer : str
+        Which pairs normalise the robust weights (docs/theory.md#minibatch-fixed-point):
+
+        * ``"micro-batch"`` (default; every method): each forward pass's own statistic --
+          KLDPO's ``log Z`` or centre over the global micro-batch (``batch_size`` x processes,
+          all_gather), WDPO ``sqrt-mean``'s ``S = mean ||grad_z l||^2`` per process. No extra
+          cost, but the fixed point moves with the micro-batch size.
+        * ``"accumulated"`` (KLDPO ``normalized``/``clipped``, WDPO ``sqrt-mean``): the
+          statistic of the whole optimiser step, ``batch_size`` x processes x ``grad_accum``
+          pairs, so ``grad_accum`` A x processes K x ``batch_size`` b trains exactly like one
+          micro-batch of A K b pairs. Cost (:func:`accumulated_statistic`): a first pass over
+          the step's A micro-batches computes the reference log-probs (kept for the second
+          pass, so not recomputed) and the policy's per-pair losses (KLDPO) or input-gradient
+          norms (WDPO), then one all_gather of A b numbers per process; then the usual A
+          forward + backward passes. KLDPO: A - 1 extra no-grad policy forwards per step
+          (micro-batch 0's forward, run with gradient, is reused; none for A = 1), i.e. about
+          (A - 1) / A x 1/4 of a DPO step with a reference model; no extra memory. WDPO: one
+          extra forward plus a first-order backward to the embeddings per micro-batch.
+        * ``"running"`` (KLDPO ``normalized``, WDPO ``sqrt-mean``): an exponential moving
+          average of the statistic over micro-batches (:mod:`rdpo_theory.torch.normalizers`),
+          all-reduced so every process holds the same value, saved in checkpoints and restored
+          on resume; batch-size independent at negligible cost.
+
+        Rows with a ``weight`` column need ``"micro-batch"``. Logged per step (KLDPO):
+        ``ess``, ``weight_max``, ``weight_mean``, ``normalizer`` (``log Z``, or the centre for
+        ``clipped``), ``clip_fraction`` (``clipped``); WDPO ``sqrt-mean``: ``normalizer`` (S).
+        With ``grad_accum > 1`` the micro-batch and running values are averaged over the
+        step's micro-batches; the accumulated values are the step's.
+    robust_decay : float in (0, 1]
+        The EMA weight ``a`` of ``"running"``: the average spans about ``1 / a`` micro-batches
+        (1 reproduces ``"micro-batch"``).
     """
 
     method: str = "dpo"
@@ -315,8 +346,10 @@ class TrainConfig:
 
         check_trainer_normalizer(self.robust_normalizer, self.method, self.loss_kwargs)
         check_decay(self.robust_decay)
-        if self.robust_normalizer == "running" and self.wdpo_hvp != "double-backward":
-            raise InputError("robust_normalizer='running' needs wdpo_hvp='double-backward'")
+        if self.robust_normalizer != "micro-batch" and self.wdpo_hvp != "double-backward":
+            raise InputError(
+                f"robust_normalizer={self.robust_normalizer!r} needs wdpo_hvp='double-backward'"
+            )
         if self.method == "group_dpo" and "group_step" not in self.loss_kwargs:
             raise InputError(
                 "loss_kwargs must give group_step (the exponentiated-gradient step of the group "
@@ -467,24 +500,33 @@ def compute_loss(
     accelerator=None,
     normalizer=None,
     extra=None,
+    policy_logps=None,
 ) -> TL.LossOutput:
     """Policy and reference log-probs of ``batch`` and ``cfg.method``'s loss on them.
 
-    ``normalizer``: the running statistic of ``robust_normalizer="running"``, updated here
-    (:func:`rdpo_theory.torch.normalizers.running_loss`). ``extra``: loss arguments the trainer
+    ``policy_logps``: ``(chosen (B,), rejected (B,), embeddings or None)`` of this batch already
+    computed with gradient (the first micro-batch of ``robust_normalizer="accumulated"``, see
+    :func:`accumulated_statistic`), used instead of a new policy forward.
+
+    ``normalizer``: the running statistic of ``robust_normalizer="running"`` (updated here) or
+    the step statistic of ``"accumulated"``
+    (:func:`rdpo_theory.torch.normalizers.normalized_loss`). ``extra``: loss arguments the trainer
     supplies (``weights`` (B,) for weighted rows; ``groups``, ``group_weights``, ``n_groups``
     for ``group_dpo``)."""
     wdpo = cfg.method == "wdpo"
     rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
-    pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+    if policy_logps is None:
+        pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+    else:
+        pc, pr, emb = policy_logps
     rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
     kw = dict(cfg.loss_kwargs, **(extra or {}))
     if wdpo:
         kw["inputs"] = emb
     if normalizer is not None:
-        from .normalizers import running_loss
+        from .normalizers import normalized_loss
 
-        out = running_loss(cfg.method, normalizer, pc, pr, rc, rr, beta=cfg.beta, **kw)
+        out = normalized_loss(cfg.method, normalizer, pc, pr, rc, rr, beta=cfg.beta, **kw)
     else:
         out = resolve_loss(cfg.method)(pc, pr, rc, rr, beta=cfg.beta, **kw)
     out.stats["reward_chosen"] = cfg.beta * (pc - rc).detach().mean()
@@ -509,18 +551,26 @@ def loss_and_backward(
     accelerator=None,
     normalizer=None,
     extra=None,
+    policy_logps=None,
 ) -> TL.LossOutput:
     """One micro-batch: the loss of ``cfg.method`` and its gradient accumulated into the
     parameters' ``.grad`` (through ``accelerator.backward`` when given, which divides by the
     accumulation steps). WDPO with ``cfg.wdpo_hvp == "finite-difference"`` runs
     :func:`wdpo_fd_backward`; every other case is :func:`compute_loss` then backward.
     The returned ``loss`` is the objective's value (detached on the finite-difference path).
-    ``extra``: see :func:`compute_loss`."""
+    ``extra``, ``policy_logps``: see :func:`compute_loss`."""
     if cfg.method == "wdpo" and cfg.wdpo_hvp == "finite-difference":
         w = (extra or {}).get("weights")
         return wdpo_fd_backward(cfg, model, ref_model, batch, accelerator=accelerator, weights=w)
     out = compute_loss(
-        cfg, model, ref_model, batch, accelerator=accelerator, normalizer=normalizer, extra=extra
+        cfg,
+        model,
+        ref_model,
+        batch,
+        accelerator=accelerator,
+        normalizer=normalizer,
+        extra=extra,
+        policy_logps=policy_logps,
     )
     if accelerator is not None:
         accelerator.backward(out.loss)
@@ -644,6 +694,62 @@ def wdpo_fd_backward(
     return TL.LossOutput(loss.detach(), per.detach(), m.detach(), penalty=sq, stats=stats)
 
 
+def accumulated_statistic(
+    cfg: TrainConfig, model, ref_model, batches, *, accelerator=None, keep_first: bool = False
+):
+    """First pass of ``robust_normalizer="accumulated"``: the normalising statistic of one
+    optimiser step (:class:`~rdpo_theory.torch.normalizers.StepStatistic`) over its micro-batches
+    ``batches`` on every worker (docs/theory.md#minibatch-fixed-point). Returns
+    ``(statistic, kept)``.
+
+    Per micro-batch: the reference log-probs (stored in the batch under
+    ``ref_chosen_logps``/``ref_rejected_logps``, so the second pass does not recompute them),
+    then KLDPO: a no-grad policy forward giving the per-pair losses ``l_i``; WDPO
+    ``sqrt-mean``: a policy forward through the embeddings and a first-order backward to them,
+    giving ``||grad_z l_i||^2`` (no parameter gradients; run on the unwrapped model, outside
+    DDP's gradient hooks). The values are then gathered over the workers
+    (:func:`~rdpo_theory.torch.normalizers.step_statistic`).
+
+    ``keep_first`` (KLDPO): micro-batch 0's policy forward runs last and with gradient, and its
+    log-probs are returned as ``kept`` for :func:`loss_and_backward` (``policy_logps``), so that
+    micro-batch is not forwarded twice; call it inside micro-batch 0's
+    ``accelerator.accumulate`` context. The extra cost of the step is then ``A - 1`` no-grad
+    policy forwards for ``A`` micro-batches (none for ``A = 1``), and no extra memory: when the
+    kept graph is built no other graph is alive. Otherwise ``kept`` is None and the extra cost
+    is one policy forward (KLDPO) or one forward plus an input-gradient backward (WDPO) per
+    micro-batch."""
+    from .normalizers import step_statistic
+
+    kw = cfg.loss_kwargs
+    keep = keep_first and cfg.method == "kldpo"
+    values, kept = [None] * len(batches), None
+    for a in [*range(1, len(batches)), 0] if keep else range(len(batches)):
+        batch = batches[a]
+        rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
+        batch[BATCH_REF_KEYS[0]], batch[BATCH_REF_KEYS[1]] = rc, rr
+        if keep and a == 0:
+            pc, pr, _ = pair_logps(model, batch)
+            kept = (pc, pr, None)
+        elif cfg.method == "kldpo":
+            with torch.no_grad():
+                pc, pr, _ = pair_logps(model, batch)
+        else:
+            pc, pr, emb = pair_logps(unwrap_model(model), batch, with_embeddings=True)
+        m = TL.dpo_margins(pc, pr, rc.to(pc.dtype), rr.to(pc.dtype), beta=cfg.beta)
+        per = TL.dpo_pair_losses(m)
+        if cfg.method == "wdpo":
+            per = TL.input_grad_sq_norms(per, emb, create_graph=False)
+        values[a] = per.detach()
+    stat = step_statistic(
+        cfg.method,
+        torch.cat(values),
+        tau=kw.get("tau"),
+        variant=kw.get("variant"),
+        clip=kw.get("clip", 10.0),
+    )
+    return stat, kept
+
+
 def train_preference(
     model,
     tokenizer,
@@ -687,6 +793,11 @@ def train_preference(
     labels = sorted(set(row_g)) if row_g is not None else None
     if cfg.method == "group_dpo" and labels is None:
         raise InputError("method 'group_dpo' needs a 'group' on every dataset row")
+    if row_w is not None and cfg.robust_normalizer != "micro-batch":
+        raise InputError(
+            f"rows with a 'weight' column cannot be trained with "
+            f"robust_normalizer={cfg.robust_normalizer!r}; use robust_normalizer='micro-batch'"
+        )
     if labels is not None:
         pos = {g: i for i, g in enumerate(labels)}
         row_gi = np.array([pos[g] for g in row_g])
@@ -768,6 +879,7 @@ def train_preference(
         sums: dict[str, torch.Tensor] = {}
         losses, batches, skipped = [], [], 0
         alpha_start = alpha
+        plan = []  # the step's micro-batches: (encoded batch, extra loss arguments)
         for a in range(cfg.grad_accum):
             idx = micro_batch_indices(len(rows), gbatch, step * cfg.grad_accum + a, cfg.seed)
             sel = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
@@ -778,7 +890,6 @@ def train_preference(
             if alpha is not None:
                 extra.update(
                     groups=torch.as_tensor(row_gi[sel], device=acc.device),
-                    group_weights=alpha,
                     n_groups=len(labels),
                 )
             batch = encode_pairs(
@@ -791,16 +902,27 @@ def train_preference(
                 stats=enc_stats,
             )
             if ref_values is not None:
-                mine_idx = idx[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
                 for j, k in enumerate(BATCH_REF_KEYS):
-                    batch[k] = torch.as_tensor(ref_values[mine_idx, j], dtype=torch.float64)
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            batches.append(batch)
+                    batch[k] = torch.as_tensor(ref_values[sel, j], dtype=torch.float64)
+            plan.append(({k: v.to(acc.device) for k, v in batch.items()}, extra))
+        batches = [b for b, _ in plan]
+        step_norm, kept = normalizer, None
+        for a, (batch, extra) in enumerate(plan):
+            if alpha is not None:
+                extra["group_weights"] = alpha  # updated by the previous micro-batch
             with acc.accumulate(model):
+                if a == 0 and cfg.robust_normalizer == "accumulated":
+                    # first pass: the whole step's statistic (micro-batch 0's forward is kept)
+                    step_norm, kept = accumulated_statistic(
+                        cfg, model, ref_model, batches, accelerator=acc, keep_first=True
+                    )
                 more = {"extra": extra} if extra else {}  # weights / group-robust state
+                if a == 0 and kept is not None:
+                    more["policy_logps"] = kept
                 out = loss_and_backward(
-                    cfg, model, ref_model, batch, accelerator=acc, normalizer=normalizer, **more
+                    cfg, model, ref_model, batch, accelerator=acc, normalizer=step_norm, **more
                 )
+                kept = None
                 losses.append(out.loss.detach())
                 if out.group_weights is not None:
                     alpha = out.group_weights.detach().cpu()
@@ -1038,6 +1160,7 @@ __all__ = [
     "check_loss_kwargs",
     "loss_methods",
     "TrainResult",
+    "accumulated_statistic",
     "check_rows",
     "compute_loss",
     "latest_checkpoint",

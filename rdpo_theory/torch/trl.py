@@ -23,6 +23,16 @@ as TRL does. ``padding_free`` is switched off by TRL 1.16 itself. Options that c
 itself (``loss_type`` other than ``sigmoid``, ``loss_weights``, ``f_divergence_type``,
 ``ld_alpha``) or that do not combine with a robust loss are refused with an error.
 
+``robust_normalizer`` (``"micro-batch"``, ``"accumulated"`` or ``"running"``) and
+``robust_decay`` mean what they mean in :class:`rdpo_theory.torch.train.TrainConfig`
+(docs/theory.md#minibatch-fixed-point): ``"accumulated"`` normalises KLDPO's weights (or WDPO
+``sqrt-mean``'s S) over every micro-batch of one optimiser step (``per_device_train_batch_size``
+x processes x ``gradient_accumulation_steps`` pairs) by a first pass over the step's micro-batches
+(:meth:`RobustDPOTrainer.get_batch_samples`: the reference log-probs, kept for the second pass,
+and a no-grad policy forward); ``"running"`` keeps an all-reduced moving average, saved in each
+checkpoint folder (``robust_normalizer.json``) and restored by
+``trainer.train(resume_from_checkpoint=...)``. Evaluation always uses the micro-batch normaliser.
+
 Example
 -------
 >>> from trl import DPOConfig
@@ -35,18 +45,31 @@ Example
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from trl import DPOTrainer
 
 from ..errors import InputError
+from . import losses as TL
 from .lm import BATCH_KEYS, pair_logps
+from .normalizers import (
+    RunningStatistic,
+    check_decay,
+    check_trainer_normalizer,
+    normalized_loss,
+    step_statistic,
+)
 from .train import check_loss_kwargs, resolve_loss
 
-__all__ = ["WEIGHTABLE_METHODS", "RobustDPOTrainer"]
+__all__ = ["NORMALIZER_FILE", "WEIGHTABLE_METHODS", "RobustDPOTrainer"]
 
 #: Methods whose loss is the mean of per-pair losses, so WPO's per-pair weights apply.
 WEIGHTABLE_METHODS = ("dpo", "cdpo", "rdpo", "ipo")
 _NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", "weight")
+#: The running normaliser's file in each checkpoint folder.
+NORMALIZER_FILE = "robust_normalizer.json"
 
 
 def _check_args(method: str, kwargs: dict, args) -> dict:
@@ -110,13 +133,25 @@ class RobustDPOTrainer(DPOTrainer):
     A ``weight`` column in the dataset (numbers >= 0) is honoured by every loss: a pair of
     weight k counts as k copies of it (``weights`` of :mod:`rdpo_theory.torch.losses`).
 
+    ``robust_normalizer`` and ``robust_decay``: which pairs normalise KLDPO's weights and WDPO
+    ``sqrt-mean``'s penalty, as in :class:`rdpo_theory.torch.train.TrainConfig` (see the module
+    docstring); ``"accumulated"`` and ``"running"`` refuse a ``weight`` column and
+    ``use_weighting``.
+
     Logged metrics (TRL's log): ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
     ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` and the loss's own stats under
-    ``robust/<name>`` (e.g. ``robust/weight_entropy``, ``robust/penalty``).
+    ``robust/<name>`` (e.g. ``robust/weight_entropy``, ``robust/ess``, ``robust/weight_max``,
+    ``robust/normalizer``, ``robust/clip_fraction``, ``robust/penalty``).
     """
 
     def __init__(
-        self, *args, robust_method: str = "dpo", robust_kwargs: dict | None = None, **kwargs
+        self,
+        *args,
+        robust_method: str = "dpo",
+        robust_kwargs: dict | None = None,
+        robust_normalizer: str = "micro-batch",
+        robust_decay: float = 0.01,
+        **kwargs,
     ):
         resolve_loss(robust_method)
         self.robust_method = robust_method
@@ -125,6 +160,21 @@ class RobustDPOTrainer(DPOTrainer):
         targs = kwargs.get("args", args[1] if len(args) > 1 else None)
         kw = _check_args(robust_method, dict(robust_kwargs or {}), targs)  # eps from smoothing
         self.robust_kwargs = check_loss_kwargs(robust_method, kw, name="robust_kwargs")
+        self.robust_normalizer = check_trainer_normalizer(
+            robust_normalizer, robust_method, self.robust_kwargs
+        )
+        self.robust_decay = check_decay(robust_decay)
+        if robust_normalizer != "micro-batch" and (
+            self.has_weights or getattr(targs, "use_weighting", False)
+        ):
+            raise InputError(
+                f"robust_normalizer={robust_normalizer!r} does not take per-pair weights (a "
+                "'weight' column or args.use_weighting); use robust_normalizer='micro-batch'"
+            )
+        self._running = None
+        if robust_normalizer == "running":
+            self._running = RunningStatistic(robust_decay, log_space=robust_method == "kldpo")
+        self._step_statistic = None  # robust_normalizer="accumulated": set per optimiser step
         super().__init__(*args, **kwargs)
         if self.padding_free:  # pragma: no cover - TRL 1.16 switches padding_free off itself
             raise InputError(
@@ -155,7 +205,7 @@ class RobustDPOTrainer(DPOTrainer):
         return pc, pr, outputs, per_token
 
     def _reference_logps(self, model, inputs):
-        if self.precompute_ref_logps:
+        if self.precompute_ref_logps or "ref_chosen_logps" in inputs:  # or the first pass's
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         ref = self.ref_model if self.ref_model is not None else model
         return self.compute_ref_log_probs(ref, inputs)
@@ -186,7 +236,13 @@ class RobustDPOTrainer(DPOTrainer):
             kw["weights"] = inputs["weight"].to(device=pc.device, dtype=pc.dtype)
         rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
         beta = self.args.beta
-        out = resolve_loss(self.robust_method)(pc, pr, rc, rr, beta=beta, **kw)
+        norm = None
+        if mode == "train":
+            norm = self._running if self._running is not None else self._step_statistic
+        if norm is not None:
+            out = normalized_loss(self.robust_method, norm, pc, pr, rc, rr, beta=beta, **kw)
+        else:
+            out = resolve_loss(self.robust_method)(pc, pr, rc, rr, beta=beta, **kw)
         loss = out.loss
         if self.use_weighting:
             w = self._wpo_weights(outputs, per_token, inputs).to(out.per_pair.dtype)
@@ -208,6 +264,69 @@ class RobustDPOTrainer(DPOTrainer):
         if return_outputs:
             return loss, {"per_pair": out.per_pair.detach()}
         return loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """TRL's micro-batches of one optimiser step; with ``robust_normalizer="accumulated"``
+        also the first pass over them: the reference log-probs (stored in each micro-batch as
+        ``ref_chosen_logps``/``ref_rejected_logps``, so they are not computed again) and, without
+        gradients, the policy's per-pair losses (KLDPO) or, with a first-order backward to the
+        embeddings, ``||grad_z l_i||^2`` (WDPO), gathered over processes into the step's
+        :class:`~rdpo_theory.torch.normalizers.StepStatistic`. Extra cost: one policy forward
+        per micro-batch (KLDPO)."""
+        batches, n_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.robust_normalizer == "accumulated" and batches:
+            self._step_statistic = self._accumulated_statistic(batches)
+        return batches, n_items
+
+    def _accumulated_statistic(self, batches):
+        model, kw, values = self.model, self.robust_kwargs, []
+        for raw in batches:
+            inputs = self._prepare_inputs(raw)
+            with self.compute_loss_context_manager():
+                with torch.no_grad():
+                    rc, rr = self._reference_logps(model, inputs)
+                    if self.robust_method == "kldpo":
+                        pc, pr = self._policy_logps(model, inputs)[:2]
+                if self.robust_method == "wdpo":
+                    batch = {k: inputs[k] for k in BATCH_KEYS}
+                    pc, pr, emb = pair_logps(model, batch, with_embeddings=True)
+            raw["ref_chosen_logps"], raw["ref_rejected_logps"] = rc.detach(), rr.detach()
+            m = TL.dpo_margins(pc, pr, rc.to(pc.dtype), rr.to(pc.dtype), beta=self.args.beta)
+            per = TL.dpo_pair_losses(m)
+            if self.robust_method == "wdpo":
+                per = TL.input_grad_sq_norms(per, emb, create_graph=False)
+            values.append(per.detach())
+        return step_statistic(
+            self.robust_method,
+            torch.cat(values),
+            tau=kw.get("tau"),
+            variant=kw.get("variant"),
+            clip=kw.get("clip", 10.0),
+        )
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._running is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(
+                self._get_output_dir(trial=trial),
+                f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",
+            )
+            with open(os.path.join(folder, NORMALIZER_FILE), "w") as f:
+                json.dump(self._running.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self._running is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, NORMALIZER_FILE)
+            if not os.path.isfile(path):
+                raise InputError(
+                    f"checkpoint {checkpoint} has no {NORMALIZER_FILE}: it was not written by a "
+                    "RobustDPOTrainer with robust_normalizer='running'"
+                )
+            with open(path) as f:
+                self._running.load_state_dict(json.load(f))
 
 
 def _check_weight_column(dataset) -> bool:
