@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from distributed import init_gloo, spawn
+from ddp_workers import init_gloo, spawn
 
 from rdpo_theory.torch.normalizers import RunningStatistic, normalized_loss
 
@@ -80,6 +80,7 @@ OPTIONS = [
     ("kldpo", {"tau": 0.2}, "running"),
     ("kldpo", KL_CLIPPED, "micro-batch"),
     ("kldpo", KL_CLIPPED, "accumulated"),
+    ("wdpo", {"rho0": 0.05}, "micro-batch"),
     ("wdpo", {"rho0": 0.05}, "accumulated"),
     ("wdpo", {"rho0": 0.05}, "running"),
 ]
@@ -122,7 +123,7 @@ def _train_one(method, kw, normalizer, batch_size):
 
 
 def _trainer_worker(rank, world, port, path):
-    from distributed import accelerate_env
+    from ddp_workers import accelerate_env
 
     accelerate_env(rank, world, port)
     out = [_train_one(*opt, batch_size=2) for opt in OPTIONS]
@@ -134,7 +135,7 @@ def test_trainer_two_gloo_workers_equal_one_worker_for_every_normalizer(tmp_path
     """train_preference under DDP (accelerate, 2 gloo workers x micro-batch 2, 2 micro-batches
     per step) trains the model one worker trains with micro-batches of 4 (the same global
     micro-batches), for every robust_normalizer, and logs the same diagnostics. float64, 3
-    steps. WDPO sqrt-mean 'micro-batch' is left out: its S is a per-worker statistic."""
+    steps."""
     pytest.importorskip("accelerate")
     pytest.importorskip("transformers")
     spawn(_trainer_worker, 2, str(tmp_path))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from distributed import init_gloo, spawn
+from ddp_workers import init_gloo, spawn
 
 from rdpo_theory.torch import losses as TL
 

@@ -278,7 +278,7 @@ def test_rdpo_llm_cover_groups_and_group_dpo(tok, tmp_path, capsys):
 
 def _ddp_worker(rank, world, port, path, method, kw):
     """One of two gloo workers running train_preference under accelerate (MULTI_CPU)."""
-    from distributed import accelerate_env
+    from ddp_workers import accelerate_env
 
     accelerate_env(rank, world, port)
     from accelerate import Accelerator
@@ -298,7 +298,7 @@ def test_trainer_two_gloo_workers_equal_one_worker(tok, tmp_path, method, kw):
     """Weighted rows through the trainer under DDP: 2 gloo workers with micro-batches of 2
     train the model one worker trains with micro-batches of 4 (same global batches), and both
     workers hold the one-worker group weights."""
-    from distributed import spawn
+    from ddp_workers import spawn
 
     spawn(_ddp_worker, 2, str(tmp_path), method, kw)
     rows = [dict(r, weight=float(c)) for r, c in zip(BASE, COUNTS)] * 2

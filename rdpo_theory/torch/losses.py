@@ -612,15 +612,44 @@ def input_grad_sq_norms(
     return sq
 
 
-def wdpo_combine(per_pair, sq, rho0, variant, weights=None):
+def global_mean_sq(sq: torch.Tensor, weights=None, group=None) -> torch.Tensor:
+    """``S = sum_{global} p_i ||g_i||^2``, detached 0-d: the mean squared input-gradient norm of
+    the global micro-batch (every worker of ``group``), from this worker's ``sq`` (B,) and its
+    local share ``weights`` a_i = (N / B) p_i of the global mean (``None``: a_i = 1 / B, i.e.
+    p_i = 1 / N). One all_reduce of two numbers; this worker's ``avg sq`` outside
+    ``torch.distributed``."""
+    wide = accumulation_dtype(sq)
+    x = sq.detach().to(wide)
+    a = torch.full_like(x, 1.0 / x.numel()) if weights is None else weights.detach().to(wide)
+    B = x.numel()
+    both = torch.stack([torch.tensor(float(B), dtype=wide, device=x.device), B * (a * x).sum()])
+    if _world_size(group) > 1:
+        dist.all_reduce(both, group=group)
+    return both[1] / both[0]
+
+
+def wdpo_combine(per_pair, sq, rho0, variant, weights=None, group=None):
     """``(objective, penalty)`` of WDPO from per-pair losses ``l`` (B,) and squared input-gradient
     norms ``sq`` (B,), arguments already validated: ``sqrt-mean``
     ``avg l + rho0 sqrt(avg sq)``, ``per-pair`` ``avg l + rho0 avg sq``, where ``avg`` is
-    ``mean_i`` or ``sum_i p_i`` with ``weights`` p."""
+    ``mean_i`` or ``sum_i a_i`` with ``weights`` a (the local share of the global weighted mean,
+    :func:`wdpo_penalty_weights`).
 
-    def avg(t):  # mean_i, or sum_i p_i t_i for weighted data
+    Under ``torch.distributed`` with more than one worker in ``group``, ``sqrt-mean``'s ``S`` is
+    the global micro-batch's (:func:`global_mean_sq`), as KLDPO's normaliser is: the penalty's
+    value is ``rho0 sqrt(S)`` and its gradient ``rho0 / (2 sqrt S) grad avg sq``, so the
+    data-parallel mean of the workers' gradients (equal local batches) is the gradient of
+    ``rho0 sqrt(S)`` on the whole global micro-batch (docs/theory.md#algorithm-1-wdpo)."""
+
+    def avg(t):  # mean_i, or sum_i a_i t_i for weighted data
         return t.mean() if weights is None else (weights * t).sum()
 
+    if variant == "sqrt-mean" and _world_size(group) > 1:
+        S = global_mean_sq(sq, weights, group).clamp_min(1e-30)
+        local = avg(sq)
+        root = S.sqrt().to(local.dtype)
+        pen = rho0 * (root + (local - local.detach()) / (2 * root))
+        return avg(per_pair) + pen, pen
     if variant == "sqrt-mean":
         # sqrt has an infinite slope at 0; the clamp only matters when every gradient vanishes
         pen = rho0 * torch.sqrt(avg(sq).clamp_min(1e-30))
@@ -632,16 +661,13 @@ def wdpo_combine(per_pair, sq, rho0, variant, weights=None):
 def wdpo_penalty_weights(
     weights, per_pair: torch.Tensor, *, variant: str = "sqrt-mean", group=None
 ) -> torch.Tensor:
-    """The weights ``a_i`` of the penalty's mean ``sum_i a_i ||g_i||^2`` for weighted data:
-    ``per-pair``: ``(N / B) w_i / sum_{global} w`` (the local share of the global weighted
-    mean); ``sqrt-mean``: ``w_i / sum_{local} w``. Detached, in ``per_pair``'s dtype."""
-    if variant == "per-pair":
-        p, N = batch_probabilities(weights, per_pair, group)
-        return (p * (N / per_pair.numel())).to(per_pair.dtype)
-    w = check_pair_weights(weights, per_pair)
-    if not float(w.sum()) > 0:
-        raise InputError("weights are all 0 in this batch: at least one pair needs weight > 0")
-    return (w / w.sum()).to(per_pair.dtype)
+    """The weights ``a_i`` of the penalty's mean ``sum_i a_i ||g_i||^2`` for weighted data, for
+    either ``variant``: ``(N / B) w_i / sum_{global} w``, the local share of the global weighted
+    mean (``w_i / sum w`` in one process). Detached, in ``per_pair``'s dtype."""
+    if variant not in WDPO_VARIANTS:
+        raise InputError(f"variant must be one of {WDPO_VARIANTS}, got {variant!r}")
+    p, N = batch_probabilities(weights, per_pair, group)
+    return (p * (N / per_pair.numel())).to(per_pair.dtype)
 
 
 def check_wdpo_args(rho0, variant) -> float:
@@ -658,23 +684,26 @@ def wdpo_penalty_coefficients(
     rho0: float,
     variant: str = "sqrt-mean",
     weights: torch.Tensor | None = None,
+    group=None,
 ) -> torch.Tensor:
     """``c_i = d penalty / d ||g_i||^2``, shape (B,), detached: the chain-rule factors that turn
     per-pair gradients of ``||g_i||^2`` into the gradient of the WDPO penalty,
     ``grad_theta penalty = sum_i c_i grad_theta ||g_i||^2``.
 
     ``per-pair``: ``c_i = rho0 / B`` (``rho0 p_i`` with ``weights``); ``sqrt-mean``:
-    ``c_i = rho0 / (2 B sqrt(S))`` with ``S = mean_i ||g_i||^2``. Computed by differentiating the
+    ``c_i = rho0 / (2 B sqrt(S))`` with ``S = mean_i ||g_i||^2`` (of the global micro-batch under
+    ``torch.distributed``, :func:`wdpo_combine`). Computed by differentiating the
     same penalty formula that :func:`wdpo_objective` uses, so the two cannot disagree. Used by the
     finite-difference Hessian-vector product of the trainer
     (``TrainConfig(wdpo_hvp="finite-difference")``).
     """
     rho0 = check_wdpo_args(rho0, variant)
     _check_per_pair(sq_norms)
-    check_prob_weights(weights, sq_norms, "weights")
+    check_prob_weights(weights, sq_norms, "weights", group=group)
     sq = sq_norms.detach().to(accumulation_dtype(sq_norms)).requires_grad_(True)
+    w = None if weights is None else weights.detach().to(sq.dtype)
     with torch.enable_grad():
-        pen = wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, weights)[1]
+        pen = wdpo_combine(torch.zeros_like(sq), sq, rho0, variant, w, group)[1]
         (c,) = torch.autograd.grad(pen, sq)
     return c.detach()
 
@@ -721,9 +750,9 @@ def wdpo_loss(
 
     ``weights`` (B,), optional: non-negative per-pair data weights. The mean loss becomes the
     global weighted mean (:func:`weighted_mean`) and the penalty's mean uses the weights of
-    :func:`wdpo_penalty_weights` (global for ``per-pair``; for ``sqrt-mean`` this worker's
-    ``w / sum w``, since ``sqrt(mean ||g_i||^2)`` is a per-worker statistic with or without
-    weights).
+    :func:`wdpo_penalty_weights`. Under ``torch.distributed`` every mean is over the global
+    micro-batch (all workers of ``group``): ``sqrt-mean``'s ``S = mean_i ||g_i||^2`` is
+    all-reduced (:func:`wdpo_combine`), so 2 workers train as 1 worker on their union.
 
     ``inputs``: the policy's input-embedding tensors (requires_grad) that produced the chosen
     and rejected log-probs, each with leading dimension B (e.g. ``(emb_chosen, emb_rejected)``,
@@ -734,13 +763,11 @@ def wdpo_loss(
     rho0 = check_wdpo_args(rho0, variant)
     per = dpo_pair_losses(margins)
     sq = input_grad_sq_norms(per, inputs)
-    if weights is None:
-        loss, pen = wdpo_combine(per, sq, rho0, variant)
-    else:
-        pw = wdpo_penalty_weights(weights, per, variant=variant, group=group)
-        pen = wdpo_combine(per, sq, rho0, variant, pw)[1]
-        loss = weighted_mean(per, weights, group=group) + pen
-    stats = {"penalty": pen.detach(), "grad_rms": sq.detach().mean().sqrt()}
-    if variant == "sqrt-mean":  # the batch normaliser S = mean_i ||g_i||^2 of this worker
-        stats["normalizer"] = sq.detach().mean()
+    pw = None if weights is None else wdpo_penalty_weights(weights, per, group=group)
+    pen = wdpo_combine(per, sq, rho0, variant, pw, group)[1]
+    loss = weighted_mean(per, weights, group=group) + pen
+    S = global_mean_sq(sq, pw, group)
+    stats = {"penalty": pen.detach(), "grad_rms": S.sqrt()}
+    if variant == "sqrt-mean":  # the batch normaliser S = mean_i ||g_i||^2 of the micro-batch
+        stats["normalizer"] = S
     return LossOutput(loss, per, margins, penalty=sq, stats=stats)

@@ -246,7 +246,8 @@ class TrainConfig:
 
         * ``"micro-batch"`` (default; every method): each forward pass's own statistic --
           KLDPO's ``log Z`` or centre over the global micro-batch (``batch_size`` x processes,
-          all_gather), WDPO ``sqrt-mean``'s ``S = mean ||grad_z l||^2`` per process. No extra
+          all_gather) and WDPO ``sqrt-mean``'s ``S = mean ||grad_z l||^2`` over the same global
+          micro-batch (one all_reduce of two numbers). No extra
           cost, but the fixed point moves with the micro-batch size.
         * ``"accumulated"`` (KLDPO ``normalized``/``clipped``, WDPO ``sqrt-mean``): the
           statistic of the whole optimiser step, ``batch_size`` x processes x ``grad_accum``
@@ -664,12 +665,13 @@ def wdpo_fd_backward(
         backward(TL.weighted_mean(per, weights))
         inv = torch.where(coef > 0, accum / coef.clamp_min(1e-300), torch.zeros_like(coef))
         g = emb.grad.detach() * inv.repeat(2).view(-1, 1, 1).to(emb.grad.dtype)
-        pw = TL.wdpo_penalty_weights(weights, per, variant=variant)
+        pw = TL.wdpo_penalty_weights(weights, per)
     wide = TL.accumulation_dtype(g)  # float32, or float64 for float64 models
     e_norm = torch.linalg.vector_norm(emb.detach().to(wide))
     del emb
     sq = (g[:B].to(wide).pow(2).sum((1, 2)) + g[B:].to(wide).pow(2).sum((1, 2))).to(per.dtype)
-    c = TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant=variant, weights=pw).to(g.dtype)
+    c = TL.wdpo_penalty_coefficients(sq, rho0=rho0, variant=variant, weights=pw)
+    c = c.to(g.dtype)  # with the global micro-batch's S under torch.distributed
     u = g.mul_((2 * c).repeat(2).view(-1, 1, 1))  # u_i = 2 c_i g_i, in place of g
     u_norm = torch.linalg.vector_norm(u.to(wide))
     h = torch.zeros((), dtype=wide, device=u.device)
@@ -681,13 +683,13 @@ def wdpo_fd_backward(
                 e_s = embed_tokens(model, ids) + (sign * h).to(u.dtype) * u
                 per_s = pair_losses(e_s)[0]
             backward(per_s.sum() * (sign / (2 * h)).to(per_s.dtype))
-    if weights is None:
-        loss, pen = TL.wdpo_combine(per.detach(), sq, rho0, variant)
-    else:
-        pen = TL.wdpo_combine(per.detach(), sq, rho0, variant, pw)[1]
-        loss = TL.weighted_mean(per.detach(), weights) + pen
+    pen = TL.wdpo_combine(per.detach(), sq, rho0, variant, pw)[1]
+    loss = TL.weighted_mean(per.detach(), weights) + pen
     stats = TL.margin_stats(m)
-    stats.update(penalty=pen.detach(), grad_rms=sq.mean().sqrt(), fd_step=h.detach())
+    S = TL.global_mean_sq(sq, pw)
+    stats.update(penalty=pen.detach(), grad_rms=S.sqrt(), fd_step=h.detach())
+    if variant == "sqrt-mean":
+        stats["normalizer"] = S
     pc, pr = lp[:B].detach(), lp[B:].detach()
     stats["reward_chosen"] = cfg.beta * (pc - rc).mean()
     stats["reward_rejected"] = cfg.beta * (pr - rr).mean()
