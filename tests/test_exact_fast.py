@@ -109,3 +109,51 @@ def test_collapse_threshold_matches_min_kl_program():
     prob.solve(solver="CLARABEL")
     assert bound == pytest.approx(prob.value, rel=1e-6)
     assert kl_collapse_threshold(X, c, p, rho=0.5 * bound)[0] is False
+
+
+class _NoisyQuadratic:
+    """``f(theta) = theta^2 / 2`` whose evaluations along a step round upwards by 5e-14: the
+    float64 floor of f, met with a Newton decrement of 5e-13."""
+
+    class S:
+        def __init__(self, th, f):
+            self.th, self.f = th, f
+
+    def state(self, theta, extra):
+        return self.S(theta, 0.5 * float(theta @ theta))
+
+    def gradient(self, s):
+        return s.th.copy()
+
+    def derivs(self, s):
+        return s.th.copy(), np.eye(s.th.shape[0])
+
+    def direction_margins(self, dth):
+        return dth
+
+    def value_along(self, s, dm, theta, extra):
+        return self.S(theta, s.f + 5e-14)
+
+    def max_step(self, extra, dex, theta=None, dth=None):
+        return 1.0
+
+    def grad_noise(self, s):
+        return np.full(s.th.shape, 1e-300)
+
+    def stop(self, extra):
+        return False
+
+
+def test_newton_decrement_at_the_float64_floor_is_converged():
+    # regression: "Newton did not converge in 4 iterations (decrement 6.48e-13)"; a decrement
+    # below 1e-12 whose full step f cannot resolve is converged (the certificate decides after)
+    from rdpo_theory.exact.fast import damped_newton
+
+    th0 = np.array([np.sqrt(5e-13)])
+    _, _, _, info = damped_newton(_NoisyQuadratic(), th0, [], radius=None)
+    assert info["converged"], info
+    assert info["criterion"] == "decrease below float64 resolution of f"
+    assert 1e-13 < info["newton_decrement"] <= 1e-12
+    # a decrement well above the floor is still not taken as convergence
+    _, _, _, info = damped_newton(_NoisyQuadratic(), np.array([1e-5]), [], radius=None)
+    assert not info["converged"]

@@ -2,17 +2,98 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData, as_data
-from ..errors import SolverError
+from ..errors import InputError, SolverError
 from ..losses import check_beta
 from .ball import project_ball
 from .passes import Rows
+
+
+def is_row_storage(X) -> bool:
+    """Whether ``X`` is a feature matrix the fast paths read in place, through passes
+    (:class:`.passes.Rows`): a ``numpy.memmap``, a torch tensor or a dask array."""
+    if isinstance(X, np.memmap):
+        return True
+    mod = type(X).__module__
+    return mod.startswith("torch") or mod.startswith("dask")
+
+
+def _host_vector(v):
+    """A length-n vector (labels, weights) from torch or dask as numpy; others unchanged."""
+    if v is None:
+        return None
+    mod = type(v).__module__
+    if mod.startswith("torch"):
+        return v.detach().cpu().numpy()
+    if mod.startswith("dask"):
+        return v.compute()
+    return v
+
+
+@dataclass(frozen=True)
+class RowsData:
+    """Preference pairs whose features stay in their storage (memmap, torch, dask).
+
+    The data stand for the pairs ``(x_scale * X[i], y[i])`` with weights ``weights``; ``X`` is
+    only read through passes (:class:`.passes.Rows`), never copied whole. Built by
+    :func:`rows_data`, which validates ``X`` in one pass (shape, dtype, NaN/inf naming the
+    row) and keeps the per-row ``max |X_ij|`` (``row_abs_max``, unscaled) from that pass.
+    """
+
+    X: object
+    y: np.ndarray
+    weights: np.ndarray
+    row_abs_max: np.ndarray = field(repr=False)
+    x_scale: float = 1.0
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def signed_labels(self) -> np.ndarray:
+        return 2.0 * self.y - 1.0
+
+
+def rows_data(X, y, weights) -> RowsData:
+    """Validate ``X`` (left in its storage: one pass, no copy), ``y`` and ``weights`` into a
+    :class:`RowsData`. The same checks and messages as :class:`..data.PreferenceData`."""
+    if y is None:
+        raise InputError("y is required when X is an array")
+    n, _ = V.row_storage_shape(X, "X")
+    y = V.as_labels(_host_vector(y), n, "y")
+    w = V.as_weights(_host_vector(weights), n, "weights")
+    amax = Rows(X).row_abs_max()
+    V.finite_rows(amax, "X")
+    for arr in (y, w, amax):
+        arr.setflags(write=False)
+    return RowsData(X, y, w, amax)
+
+
+def x_abs_max(data) -> float:
+    """``max_ij |x_ij|`` of a PreferenceData (in memory) or a :class:`RowsData` (kept from its
+    validation pass); 0 for an all-zero X."""
+    if isinstance(data, RowsData):
+        return float(data.row_abs_max.max(initial=0.0)) * data.x_scale
+    return float(np.abs(data.X).max(initial=0.0))
+
+
+def divide_x(data, s: float):
+    """The same pairs with features ``x / s`` (weights, labels unchanged): a new
+    PreferenceData, or for a :class:`RowsData` the same storage with ``x_scale / s``."""
+    if isinstance(data, RowsData):
+        return replace(data, x_scale=data.x_scale / s)
+    return PreferenceData(data.X / s, data.y, data.weights)
 
 
 @dataclass(frozen=True)
@@ -24,7 +105,7 @@ class Problem:
     infinite radius is stored as None).
     """
 
-    data: PreferenceData
+    data: PreferenceData | RowsData
     beta: float
     tref: np.ndarray
     radius: float | None
@@ -41,13 +122,40 @@ class Problem:
     @cached_property
     def rows(self) -> Rows:
         """The data ``X`` as :class:`.passes.Rows`: one pass counter for the whole solve."""
-        return Rows(self.data.X)
+        data = self.data
+        if not isinstance(data, RowsData):
+            return Rows(data.X)
+        rows = Rows(data.X, scale=None if data.x_scale == 1.0 else np.full(data.n, data.x_scale))
+        rows.data_absmax[0] = float(data.row_abs_max.max(initial=0.0))  # from validation
+        return rows
 
     @cached_property
     def informative(self) -> np.ndarray:
-        """Mask (n,) of rows that move the loss: positive weight and ``x != 0`` (one pass)."""
+        """Mask (n,) of rows that move the loss: positive weight and ``x != 0`` (one pass, or
+        none for :class:`RowsData`, whose validation pass found them)."""
+        data = self.data
+        if isinstance(data, RowsData):
+            return (data.weights > 0) & (data.row_abs_max > 0)
         self.rows.counter[0] += 1
-        return (self.data.weights > 0) & np.any(self.data.X != 0, axis=1)
+        return (data.weights > 0) & np.any(data.X != 0, axis=1)
+
+    def dense_rows(self, idx) -> np.ndarray:
+        """Rows ``x_i`` (``idx``: a mask or sorted indices) as an in-memory float64 array; a
+        copy of those rows for :class:`RowsData` (used by the conic fallbacks only)."""
+        data = self.data
+        if isinstance(data, RowsData):
+            idx = np.flatnonzero(idx) if np.asarray(idx).dtype == bool else np.asarray(idx)
+            return self.rows.take(idx) * data.x_scale
+        return data.X[idx]
+
+    def in_memory(self) -> Problem:
+        """The same problem with X as an in-memory PreferenceData (a full copy for
+        :class:`RowsData`; paths without a pass formulation, e.g. conic programs)."""
+        data = self.data
+        if not isinstance(data, RowsData):
+            return self
+        X = self.dense_rows(np.arange(data.n))
+        return Problem(PreferenceData(X, data.y, data.weights), self.beta, self.tref, self.radius)
 
     def margins(self, theta) -> np.ndarray:
         return self.c * self.rows.matvec(np.asarray(theta, dtype=float) - self.tref)
@@ -57,9 +165,20 @@ class Problem:
         return project_ball(self.tref, self.radius)
 
 
-def prepare(X, y, weights, *, beta, theta_ref, radius) -> Problem:
-    """Validate the inputs every exact solver shares into a :class:`Problem`."""
-    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
+def prepare(X, y, weights, *, beta, theta_ref, radius, in_place: bool = False) -> Problem:
+    """Validate the inputs every exact solver shares into a :class:`Problem`.
+
+    ``in_place=True`` (the fast paths): a memmap, torch tensor or dask ``X`` is validated in
+    one pass and kept in its storage (:class:`RowsData`); otherwise ``X`` is copied into an
+    in-memory float64 PreferenceData."""
+    if isinstance(X, RowsData):
+        data = X
+    elif in_place and is_row_storage(X):
+        data = rows_data(X, y, weights)
+    elif y is not None or weights is not None:
+        data = as_data(X, y, weights)
+    else:
+        data = as_data(X)
     r = V.radius(radius)
     if r is not None and not np.isfinite(r):
         r = None
@@ -85,8 +204,7 @@ class Scale:
 
     @classmethod
     def of(cls, prob: Problem, what: str) -> Scale:
-        X = prob.data.X
-        xmax = float(np.abs(X).max()) if X.size else 0.0
+        xmax = x_abs_max(prob.data)
         s = 1.0 if xmax == 0.0 else float(2.0 ** np.round(np.log2(xmax)))
         S = prob.beta * s
         with np.errstate(over="ignore", invalid="ignore"):
@@ -103,8 +221,7 @@ class Scale:
                 status="scale_out_of_range",
                 hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
             )
-        data = PreferenceData(X / s, prob.data.y, prob.data.weights)
-        return cls(s, S, Problem(data, 1.0, tref, radius))
+        return cls(s, S, Problem(divide_x(prob.data, s), 1.0, tref, radius))
 
     def theta(self, theta_scaled) -> np.ndarray:
         """Back to the caller's units: ``theta = theta' / S``."""
