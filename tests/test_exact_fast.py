@@ -157,3 +157,34 @@ def test_newton_decrement_at_the_float64_floor_is_converged():
     # a decrement well above the floor is still not taken as convergence
     _, _, _, info = damped_newton(_NoisyQuadratic(), np.array([1e-5]), [], radius=None)
     assert not info["converged"]
+
+
+@pytest.mark.parametrize(
+    "which,rho,regime",
+    [("kl", 0.05, "interior"), ("w1", 0.01, "penalty"), ("kl", 0.0, "dpo")],
+)
+def test_hessian_free_path_equals_the_dense_newton_path(monkeypatch, which, rho, regime):
+    # above fast.HESSIAN_FREE_D the solve runs Newton-CG (no d x d matrix) and certifies by
+    # conjugate-gradient corrected Fenchel points; lowered here to d = 4 on a d = 8 problem
+    from rdpo_theory.exact import fast
+
+    rng = make_rng(11)
+    n, d = 3000, 8
+    X = rng.standard_normal((n, d)) / np.sqrt(d)
+    ts = np.linspace(-1.0, 2.0, d)
+    ts *= 4.0 / np.linalg.norm(ts)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-X @ ts))).astype(float)
+    fn = kldpo if which == "kl" else wdpo
+    dense = fn(X, y, rho=rho, beta=1.0, solver="fast")
+    monkeypatch.setattr(fast, "HESSIAN_FREE_D", 4)
+    free = fn(X, y, rho=rho, beta=1.0, solver="fast")
+    assert free.info["newton"]["hessian_free"] and not dense.info["newton"]["hessian_free"]
+    assert free.status == dense.status == "optimal"
+    assert free.regime == dense.regime == regime
+    assert free.optimality_gap <= 1e-9 * (1 + abs(free.value))
+    np.testing.assert_allclose(free.theta, dense.theta, rtol=0, atol=1e-8)
+    assert abs(free.value - dense.value) <= 1e-12
+    # with a parameter ball the dense trust-region model is kept
+    bounded = fn(X, y, rho=rho, beta=1.0, solver="fast", radius=1.0)
+    assert not bounded.info["newton"]["hessian_free"]
+    assert bounded.status == "optimal"

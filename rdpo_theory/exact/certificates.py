@@ -311,18 +311,23 @@ def kl_minimax_lower_bound(
     if margins is None:
         margins = A.matvec(np.asarray(theta, dtype=float) - theta_ref)
     l = dpo_loss(margins)
-    qs = [np.asarray(c, dtype=float) for c in candidates if c is not None]
     pos = p > 0
-    lam = kl_lambda_for_theta(l, p, rho)
-    if lam > 0:
-        qt = np.zeros_like(p)
-        qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]
-        qs.append(qt)
-    else:
+
+    def exact_worst_case():
+        lam = kl_lambda_for_theta(l, p, rho)
+        if lam > 0:
+            qt = np.zeros_like(p)
+            qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]
+            return qt
         top = pos & (l >= l[pos].max() - 1e-14 * max(1.0, abs(float(l[pos].max()))))
-        qs.append(np.where(top, p, 0.0))
+        return np.where(top, p, 0.0)
+
+    def qs():  # the exact worst case (a root find) only when the candidates do not suffice
+        yield from (np.asarray(c, dtype=float) for c in candidates if c is not None)
+        yield exact_worst_case()
+
     best = -np.inf
-    for q in qs:
+    for q in qs():
         if not (q.shape == p.shape and np.all(np.isfinite(q)) and q.sum() > 0):
             continue
         qb = kl_into_ball(q, p, rho)

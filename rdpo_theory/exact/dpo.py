@@ -296,13 +296,14 @@ def sphere_polish(theta, data, *, beta, theta_ref, radius, steps: int = 10) -> n
 SCALE_RANGE = (1e-2, 1e2)
 
 
-def margin_scale(X, beta: float) -> float:
+def margin_scale(X, beta: float, *, top: float | None = None) -> float:
     """``beta * max_ij |X_ij|``: the margins' scale per unit of ``theta``; 0 for X = 0. ``X``
     is an array, a PreferenceData or a :class:`.problem.RowsData` (no pass: its validation
-    pass kept the maximum).
+    pass kept the maximum); ``top``: ``max |X_ij|`` when already known.
 
     Raises InputError when it overflows float64 (inf)."""
-    top = x_abs_max(X) if hasattr(X, "weights") else float(np.abs(X).max(initial=0.0))
+    if top is None:
+        top = x_abs_max(X) if hasattr(X, "weights") else float(np.abs(X).max(initial=0.0))
     scale = beta * top
     if not np.isfinite(scale):
         raise InputError(

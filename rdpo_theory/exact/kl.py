@@ -125,7 +125,7 @@ def kldpo(
     rho = check_rho(rho)
     if certificate not in ("auto", "cvxpy", "root"):
         raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
-    scale = margin_scale(prob.data, prob.beta)
+    scale = margin_scale(None, prob.beta, top=prob.x_abs_max)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
         # solve in units where the margins' scale is 1 (same margins, losses, value, lam, q)
         data_s, tref_s, rad_s, scale = unit_scale(prob.data, prob.beta, prob.tref, prob.radius)

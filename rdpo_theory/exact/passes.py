@@ -148,11 +148,18 @@ class Rows:
 
     def _chunks(self, gram: bool = False):
         """Row ranges ``(lo, hi)``: one range for in-memory float64 numpy products with
-        vectors, dask and torch (their libraries chunk); else at most ``chunk_bytes``."""
+        vectors, dask (its library chunks) and float64 torch; else at most ``chunk_bytes``
+        (as float64), so a float32 chunk is promoted without an n x d float64 copy."""
         X = self.X
-        whole = self.backend.name != "numpy" or (
-            not gram and not isinstance(X, np.memmap) and X.dtype == np.float64
-        )
+        name = self.backend.name
+        if name == "torch":  # float64 tensors in one product; others promoted chunk by chunk
+            import torch
+
+            whole = X.dtype == torch.float64
+        else:
+            whole = name == "dask" or (
+                not gram and not isinstance(X, np.memmap) and X.dtype == np.float64
+            )
         if whole or self.n == 0:
             step = max(self.n, 1)
         else:
@@ -231,7 +238,10 @@ class Rows:
                 return a.max() if hi > lo else be.put(np.zeros(()), Xb)
 
             self.counter[0] += self.weight
-            vals = [float(be.get(part(be.f64(self.X[lo:hi]), lo, hi))) for lo, hi in self._chunks()]
+            vals = [
+                float(be.get(part(be.f64(self.X[lo:hi]), lo, hi)))
+                for lo, hi in self._chunks(gram=be.name == "numpy")  # bounded temporaries
+            ]
             self._absmax = max(vals, default=0.0)
             if s is None:
                 self.data_absmax[0] = self._absmax
@@ -268,7 +278,7 @@ class Rows:
         out = np.empty(self.n)
         be = self.backend
         self.counter[0] += self.weight
-        for lo, hi in self._chunks():
+        for lo, hi in self._chunks(gram=be.name == "numpy"):  # bounded temporaries
             Xb = be.f64(self.X[lo:hi])
             out[lo:hi] = be.get((Xb * Xb).sum(1))
         self.data_rowsq[0] = out.copy()

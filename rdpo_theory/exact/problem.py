@@ -17,8 +17,9 @@ from .passes import Rows
 
 def is_row_storage(X) -> bool:
     """Whether ``X`` is a feature matrix the fast paths read in place, through passes
-    (:class:`.passes.Rows`): a ``numpy.memmap``, a torch tensor or a dask array."""
-    if isinstance(X, np.memmap):
+    (:class:`.passes.Rows`): a ``numpy.memmap``, a float32 numpy array (promoted chunk by
+    chunk, sums in float64), a torch tensor or a dask array."""
+    if isinstance(X, np.memmap) or (isinstance(X, np.ndarray) and X.dtype == np.float32):
         return True
     mod = type(X).__module__
     return mod.startswith("torch") or mod.startswith("dask")
@@ -130,14 +131,28 @@ class Problem:
         return rows
 
     @cached_property
-    def informative(self) -> np.ndarray:
-        """Mask (n,) of rows that move the loss: positive weight and ``x != 0`` (one pass, or
-        none for :class:`RowsData`, whose validation pass found them)."""
+    def row_abs_max(self) -> np.ndarray:
+        """``max_j |X_ij|`` per row (n,) of the stored X (before ``x_scale``): one pass in row
+        chunks (no n x d temporary), or none for :class:`RowsData`, whose validation pass
+        kept it."""
         data = self.data
         if isinstance(data, RowsData):
-            return (data.weights > 0) & (data.row_abs_max > 0)
+            return data.row_abs_max
+        out = Rows(data.X).row_abs_max()
         self.rows.counter[0] += 1
-        return (data.weights > 0) & np.any(data.X != 0, axis=1)
+        self.rows.data_absmax[0] = float(out.max(initial=0.0))
+        return out
+
+    @property
+    def x_abs_max(self) -> float:
+        """``max_ij |x_ij|`` of the data (0 for X = 0)."""
+        scale = self.data.x_scale if isinstance(self.data, RowsData) else 1.0
+        return float(self.row_abs_max.max(initial=0.0)) * scale
+
+    @cached_property
+    def informative(self) -> np.ndarray:
+        """Mask (n,) of rows that move the loss: positive weight and ``x != 0``."""
+        return (self.data.weights > 0) & (self.row_abs_max > 0)
 
     def dense_rows(self, idx) -> np.ndarray:
         """Rows ``x_i`` (``idx``: a mask or sorted indices) as an in-memory float64 array; a
@@ -203,8 +218,10 @@ class Scale:
     problem: Problem
 
     @classmethod
-    def of(cls, prob: Problem, what: str) -> Scale:
-        xmax = x_abs_max(prob.data)
+    def of(cls, prob: Problem, what: str, *, in_place: bool = False) -> Scale:
+        """``in_place=True`` (the fast paths): the scaled problem reads the same X through
+        the pass layer with the factor ``1 / s`` (exact, a power of two) instead of a copy."""
+        xmax = prob.x_abs_max
         s = 1.0 if xmax == 0.0 else float(2.0 ** np.round(np.log2(xmax)))
         S = prob.beta * s
         with np.errstate(over="ignore", invalid="ignore"):
@@ -221,7 +238,10 @@ class Scale:
                 status="scale_out_of_range",
                 hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
             )
-        return cls(s, S, Problem(divide_x(prob.data, s), 1.0, tref, radius))
+        data = prob.data
+        if in_place and not isinstance(data, RowsData):
+            data = RowsData(data.X, data.y, data.weights, prob.row_abs_max)
+        return cls(s, S, Problem(divide_x(data, s), 1.0, tref, radius))
 
     def theta(self, theta_scaled) -> np.ndarray:
         """Back to the caller's units: ``theta = theta' / S``."""

@@ -315,7 +315,7 @@ def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> Exact
 
     A transport radius and a flip cost are in units of x, so they scale with ``1 / s``; the
     multiplier lam (loss per unit of x) with ``1 / s`` too."""
-    sc = Scale.of(prob, "exact WDPO (Wasserstein-1)")
+    sc = Scale.of(prob, "exact WDPO (Wasserstein-1)", in_place=solver == "fast")
     res = _continuous_p1_unit(sc.problem, rho / sc.s, kappa / sc.s, solver, cvxpy_solver, t0)
     res.theta = sc.theta(res.theta)
     res.dual = res.dual / sc.s
