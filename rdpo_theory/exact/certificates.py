@@ -67,7 +67,7 @@ def kl_primal_sup(l, p, rho: float, *, p0: float = 0.0, method: str = "auto") ->
 
 
 def kl_primal_certificate(
-    l, p, rho: float, *, p0: float = 0.0, method: str = "auto"
+    l, p, rho: float, *, p0: float = 0.0, method: str = "auto", hint: float | None = None
 ) -> tuple[float, dict]:
     """The KL primal supremum and how it was certified: ``(value, info)``.
 
@@ -83,8 +83,9 @@ def kl_primal_certificate(
       one by more than 1e-8 (relative), the root certificate is used. Above the row limit:
       root.
 
-    ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"`` or ``"root
-    (tilted distribution)"``); ``info["certificate_note"]`` says why auto fell back.
+    ``hint``: the solver's multiplier, where the root search starts (same root, fewer
+    evaluations). ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"``
+    or ``"root (tilted distribution)"``); ``info["certificate_note"]`` says why auto fell back.
     """
     l = np.asarray(l, dtype=float)
     p = np.asarray(p, dtype=float)
@@ -96,7 +97,7 @@ def kl_primal_certificate(
     if rho == 0:
         return float(pp @ ll), {"certificate": "rho = 0 (E_p l)"}
     if method == "root" or (method == "auto" and ll.shape[0] > KL_CVXPY_MAX_ROWS):
-        return _kl_root_certificate(l, p, rho, p0, ll, pp), {"certificate": ROOT}
+        return _kl_root_certificate(l, p, rho, p0, ll, pp, hint), {"certificate": ROOT}
     try:
         value = _kl_conic_certificate(ll, pp, rho)
     except (SolverError, cp.error.SolverError, ValueError, ArithmeticError) as exc:
@@ -109,11 +110,11 @@ def kl_primal_certificate(
                 hint="use certificate='root' (the exact tilted distribution).",
             ) from exc
         status = getattr(exc, "status", type(exc).__name__)
-        value = _kl_root_certificate(l, p, rho, p0, ll, pp)
+        value = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
         return value, {"certificate": ROOT, "certificate_note": f"conic certificate {status}"}
     if method == "cvxpy":
         return value, {"certificate": CONIC}
-    root = _kl_root_certificate(l, p, rho, p0, ll, pp)
+    root = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
     if abs(value - root) > 1e-8 * max(1.0, abs(root)):
         note = f"conic certificate {value!r} disagrees with the exact tilted one {root!r}"
         return root, {"certificate": ROOT, "certificate_note": note}
@@ -124,8 +125,8 @@ CONIC = "cvxpy (rel_entr)"
 ROOT = "root (tilted distribution)"
 
 
-def _kl_root_certificate(l, p, rho, p0, ll, pp) -> float:
-    lam = kl_lambda_for_theta(l, p, rho, p0=p0)
+def _kl_root_certificate(l, p, rho, p0, ll, pp, hint=None) -> float:
+    lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
     if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
         return float(ll.max())
     q, kl, value = kl_tilt(ll, pp, lam)
@@ -296,7 +297,7 @@ def kl_into_ball(q, p, rho: float) -> np.ndarray:
 
 
 def kl_minimax_lower_bound(
-    A, p, rho, theta, candidates, *, theta_ref, radius, margins=None, enough=np.inf
+    A, p, rho, theta, candidates, *, theta_ref, radius, margins=None, enough=np.inf, hint=None
 ) -> float:
     """Weak-duality lower bound of the KLDPO minimax value (``docs/theory.md#optimality-gap``):
     ``max`` over the candidate worst cases ``q`` (each first mixed into the KL ball by
@@ -314,7 +315,7 @@ def kl_minimax_lower_bound(
     pos = p > 0
 
     def exact_worst_case():
-        lam = kl_lambda_for_theta(l, p, rho)
+        lam = kl_lambda_for_theta(l, p, rho, hint=hint)
         if lam > 0:
             qt = np.zeros_like(p)
             qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]

@@ -614,9 +614,10 @@ class W1Penalty:
         return False
 
 
-def convex_line_min(f, s_max: float, s0: float = 1.0) -> float:
+def convex_line_min(f, s_max: float, s0: float = 1.0, *, xtol: float = 1e-12) -> float:
     """Minimiser of a convex function ``f`` of one variable over ``[0, s_max]`` (``s_max`` may
-    be inf: then the interval is bracketed by doubling from ``s0``)."""
+    be inf: then the interval is bracketed by doubling from ``s0``), to ``xtol * s_max``
+    (a start point needs only a loose ``xtol``)."""
     from scipy.optimize import minimize_scalar
 
     if not np.isfinite(s_max):
@@ -628,7 +629,7 @@ def convex_line_min(f, s_max: float, s0: float = 1.0) -> float:
             hi, fhi = 2.0 * hi, f2
         s_max = 2.0 * hi
     res = minimize_scalar(
-        f, bounds=(0.0, s_max), method="bounded", options={"xatol": 1e-12 * s_max}
+        f, bounds=(0.0, s_max), method="bounded", options={"xatol": xtol * s_max}
     )
     s = float(res.x)
     return s_max if f(s_max) < f(s) else s
@@ -695,6 +696,7 @@ def _kl_collapse(X, c, p, rho, max_iter):
     lse = lse_of(p)
 
     sub = subsample(rows.n, warm_start_rows(rows.d))
+    w0 = None
     if sub is not None and p[sub].sum() > 0:
         # screen on a subsample: any w gives the lower bound -log E_p exp(w . a) of KL_min, so
         # one full pass at the subsample's w certifies "not collapsed" (the usual outcome)
@@ -704,7 +706,8 @@ def _kl_collapse(X, c, p, rho, max_iter):
             g_val, _ = lse(rows.matvec(w_s))
             if -g_val > rho * (1 + 1e-12):
                 return False, -g_val, None, w_s
-    return _kl_collapse_newton(rows, p, rho, max_iter, lse)
+        w0 = w_s  # the full-data Newton starts next to its optimum (fewer Gram passes)
+    return _kl_collapse_newton(rows, p, rho, max_iter, lse, w0)
 
 
 def lse_of(p):
@@ -722,12 +725,20 @@ def lse_of(p):
     return lse
 
 
-def _kl_collapse_newton(rows, p, rho, max_iter, lse):
-    """Newton on ``max_w -log E_p exp(w . a)`` over the rows ``a_i`` of ``rows``."""
+def _kl_collapse_newton(rows, p, rho, max_iter, lse, w0=None):
+    """Newton on ``max_w -log E_p exp(w . a)`` over the rows ``a_i`` of ``rows``, from ``w0``
+    (default 0; any start is valid: every iterate's value is a lower bound)."""
     d = rows.d
-    w = np.zeros(d)
-    s = np.zeros(rows.n)
+    if w0 is None or not np.all(np.isfinite(w0)) or not np.any(w0):
+        w = np.zeros(d)
+        s = np.zeros(rows.n)
+    else:
+        w = np.array(w0, dtype=float)
+        s = rows.matvec(w)
     g_val, q = lse(s)
+    if not np.isfinite(g_val):  # an overflowing start: from 0 instead
+        w, s = np.zeros(d), np.zeros(rows.n)
+        g_val, q = lse(s)
     for _ in range(max_iter):
         if -g_val > rho * (1 + 1e-12):
             return False, -g_val, None, w

@@ -294,7 +294,7 @@ def _ray_start(prob, X, c, p, rho, w, p0=0.0):
         M = float(a.max())
         return s * rho + s * (M + float(np.log(np.exp(a - M).sum())))
 
-    s = fast.convex_line_min(F, fast.ray_limit(base, v, prob.radius), s0=1e-3)
+    s = fast.convex_line_min(F, fast.ray_limit(base, v, prob.radius), s0=0.25, xtol=1e-6)
     if not s > 0:
         return None
     return base + s * v, s, F(s)
@@ -615,7 +615,9 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         q = mu
         regime = REGIME_MAX_LOSS
     keep, pk, p0 = _informative(prob)
-    primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
+    primal, cinfo = cert.kl_primal_certificate(
+        l[keep], pk, rho, p0=p0, method=certificate, hint=lam if lam > 0 else None
+    )
     info.update(cinfo)
     # optimality: value (an upper bound of the robust objective at theta, hence of the minimax
     # value) minus a weak-duality lower bound of the minimax value (docs/theory.md#optimality-gap)
@@ -629,6 +631,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         radius=prob.radius,
         margins=m,
         enough=value - 1e-3 * OPTIMALITY_TOL * (1.0 + abs(value)),
+        hint=lam if lam > 0 else None,
     )
     opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver})")
     info["lower_bound"] = lower

@@ -251,7 +251,9 @@ def w1_newton(prob: Problem, rho: float):
                     np.linalg.norm(ref + t * u - prob.tref)
                 )
 
-            t_star = fast.convex_line_min(f_ray, fast.ray_limit(ref, u, prob.radius), s0=1e-3)
+            t_star = fast.convex_line_min(
+                f_ray, fast.ray_limit(ref, u, prob.radius), s0=0.25, xtol=1e-6
+            )
             if t_star > 0:
                 th0 = ref + t_star * u
     sub = fast.subsample(data.n, fast.warm_start_rows(data.d))
