@@ -160,7 +160,7 @@ def run_instance(
 
     ``storage="float32"``: X is handed to the solvers as a float32 array (read in place
     through the pass layer, sums in float64); the peer reads the same float32 storage."""
-    from rdpo_theory.exact import kldpo, wdpo
+    from rdpo_theory.exact import fast, kldpo, wdpo
     from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
 
     data = make_data(n, d, signal, scale)
@@ -207,7 +207,7 @@ def run_instance(
             optimality_gap=float(getattr(res, "optimality_gap", np.nan) or 0.0),
             regime=str(res.regime),
             newton_iterations=int(res.info.get("newton", {}).get("iterations", 0)),
-            hessian_free=bool(res.info.get("newton", {}).get("hessian_free", False)),
+            hessian_free=fast.hessian_free(d, None),
         )
         rows = Rows(X)
         peer = lbfgs_kl if problem == "kl" else lbfgs_w1
@@ -355,6 +355,7 @@ COLS = [
     "signal",
     "scale",
     "rho",
+    "regime",
     "fast_s",
     "fast_passes",
     "fast_pass_equiv",

@@ -81,6 +81,37 @@ def test_float32_storage_accumulates_in_float64():
     np.testing.assert_allclose(R.rmatvec(w), exact, rtol=1e-12, atol=1e-12)
 
 
+def test_row_passes_on_every_backend():
+    # row_abs_max, row_quadratic, gram_diag_rows (the certificate and validation passes) against
+    # numpy, on float64, float32 chunks and torch float32 chunks; cached maxima of views
+    torch = pytest.importorskip("torch")
+    X, c, _ = _data(n=5000)
+    X32 = X.astype(np.float32)
+    M = make_rng(4).standard_normal((X.shape[1], X.shape[1]))
+    M = M + M.T
+    small = 8 * X.shape[1] * 300
+    for store, Xs in (
+        ("f64", Rows(X, c, chunk_bytes=small)),
+        ("f32", Rows(X32, c, chunk_bytes=small)),
+        ("torch32", Rows(torch.as_tensor(X32), c, chunk_bytes=small)),
+    ):
+        Xr = X if store == "f64" else X32.astype(np.float64)
+        A = c[:, None] * Xr
+        np.testing.assert_allclose(Xs.row_abs_max(), np.abs(A).max(1), rtol=1e-15)
+        np.testing.assert_allclose(Xs.row_quadratic(M), np.einsum("ij,jk,ik->i", A, M, A), 0, 1e-13)
+        np.testing.assert_allclose(Xs.gram_diag_rows(), (A * A).sum(1), rtol=1e-13)
+        assert Xs.passes == 3
+        Xs.gram_diag_rows()  # cached for the data: no pass
+        assert Xs.passes == 3
+    R = Rows(X)
+    top = R.abs_max()
+    V = R.scaled(-2.0 * c)  # a view knows its maximum from the data's: no pass
+    assert V.abs_max() == pytest.approx(2.0 * top, rel=1e-15) and R.passes == 1
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    assert np.flatnonzero(~np.isfinite(Rows(bad).row_abs_max())).tolist() == [7]
+
+
 def test_torch_cpu_tensor_equals_numpy():
     torch = pytest.importorskip("torch")
     X, c, p = _data()
