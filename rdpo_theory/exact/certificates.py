@@ -264,8 +264,9 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None, linear=None
 
     w = As.rmatvec(q * alpha) - bs
     for _ in range(2):
-        if not np.any(w):
-            break
+        top = As.abs_max() * float(q @ alpha) + float(np.abs(bs).max(initial=0.0))
+        if np.all(np.abs(w) <= 0.5 * sum_noise(top, As.n)):
+            break  # well within the rounding of its own sum: a correction cannot help
         if free:
             z = conjugate_gradient(hv, -w, rtol=1e-14, max_iter=4 * A.d)[0]
         else:
@@ -277,9 +278,6 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None, linear=None
             break
         alpha = cand
         w = As.rmatvec(q * alpha) - bs
-        top = As.abs_max() * float(q @ alpha) + float(np.abs(bs).max(initial=0.0))
-        if np.all(np.abs(w) <= sum_noise(top, As.n)):
-            break  # already within the rounding of its own sum: a second round cannot help
     return max(best, dual(A, q, alpha))
 
 

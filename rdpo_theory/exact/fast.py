@@ -628,9 +628,7 @@ def convex_line_min(f, s_max: float, s0: float = 1.0, *, xtol: float = 1e-12) ->
                 break
             hi, fhi = 2.0 * hi, f2
         s_max = 2.0 * hi
-    res = minimize_scalar(
-        f, bounds=(0.0, s_max), method="bounded", options={"xatol": xtol * s_max}
-    )
+    res = minimize_scalar(f, bounds=(0.0, s_max), method="bounded", options={"xatol": xtol * s_max})
     s = float(res.x)
     return s_max if f(s_max) < f(s) else s
 
