@@ -33,6 +33,7 @@ scale in {unit, raw}, d in {8, 32, 256, 1024}, n in {1e4, 1e5, 1e6}, rho in {0.0
 storage, read in place by the public ``kldpo`` / ``wdpo``; above d = 512 the fast paths are
 Hessian-free). ``--families``: every n >= 1e5 instance family of the default sweep at
 d in {8, 32, 256} (signal, scale, n = 1e6, rho), the subset used for the docs table.
+``--dims 4096`` keeps only those d; ``--no-peer`` skips the L-BFGS peer (its columns empty).
 
 Usage: ``python benchmarks/exact_solvers.py [--quick|--families|--high-dim|--full] [--repeats 3]
 [--timeout 300]
@@ -154,7 +155,7 @@ def cpu_min(fn, repeats: int):
 
 
 def run_instance(
-    problem: str, n, d, signal, scale, rho, repeats: int, storage: str = "float64"
+    problem: str, n, d, signal, scale, rho, repeats: int, storage: str = "float64", peer=True
 ) -> dict:
     """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned).
 
@@ -209,6 +210,10 @@ def run_instance(
             newton_iterations=int(res.info.get("newton", {}).get("iterations", 0)),
             hessian_free=fast.hessian_free(d, None),
         )
+        if not peer:
+            out["lbfgs_s"] = np.nan
+            out["fast_pass_equiv"] = out["fast_s"] / out["pass_s"]
+            return out
         rows = Rows(X)
         peer = lbfgs_kl if problem == "kl" else lbfgs_w1
         c = signed * BETA
@@ -395,6 +400,8 @@ def main(argv=None) -> int:
     ap.add_argument("--conic-max-n", type=int, default=100_000, help="largest n for cvxpy/dro")
     ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per job")
     ap.add_argument("--problems", default="kl,w1")
+    ap.add_argument("--dims", default=None, help="only these d (comma-separated)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the L-BFGS peer")
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
     args = ap.parse_args(argv)
@@ -420,11 +427,14 @@ def main(argv=None) -> int:
         if args.high_dim
         else "sweep"
     )
-    jobs = [(pb, inst) for inst in instances(which) for pb in args.problems.split(",")]
+    insts = instances(which)
+    if args.dims:
+        insts = [i for i in insts if str(i["d"]) in args.dims.split(",")]
+    jobs = [(pb, inst) for inst in insts for pb in args.problems.split(",")]
     rows = []
     for pb, inst in tqdm(jobs, desc="instances"):
         r = in_subprocess(
-            dict(kind="instance", problem=pb, repeats=args.repeats, **inst),
+            dict(kind="instance", problem=pb, repeats=args.repeats, peer=not args.no_peer, **inst),
             args.timeout,
             args.mem_gb,
         )
