@@ -89,11 +89,27 @@ def x_abs_max(data) -> float:
     return float(np.abs(data.X).max(initial=0.0))
 
 
+#: Stored entries up to this size (and down to its inverse) keep their squares, hence every
+#: Gram product, inside float64 range, so a :class:`RowsData` may rescale them after the
+#: products (``x_scale``); other data are divided in a copy first.
+IN_PLACE_RANGE = 2.0**60
+
+
+def in_place_ok(row_abs_max) -> bool:
+    """Whether data whose rows have these ``max |x_ij|`` may be rescaled in place."""
+    top = float(np.max(row_abs_max, initial=0.0))
+    return top == 0.0 or 1.0 / IN_PLACE_RANGE <= top <= IN_PLACE_RANGE
+
+
 def divide_x(data, s: float):
-    """The same pairs with features ``x / s`` (weights, labels unchanged): a new
-    PreferenceData, or for a :class:`RowsData` the same storage with ``x_scale / s``."""
+    """The same pairs with features ``x / s`` (weights, labels unchanged): for a
+    :class:`RowsData` whose entries allow it (:func:`in_place_ok`) the same storage with
+    ``x_scale / s``; otherwise a new in-memory PreferenceData (a copy)."""
     if isinstance(data, RowsData):
-        return replace(data, x_scale=data.x_scale / s)
+        if in_place_ok(data.row_abs_max):
+            return replace(data, x_scale=data.x_scale / s)
+        X = Rows(data.X).take(np.arange(data.n)) * data.x_scale
+        return PreferenceData(X / s, data.y, data.weights)
     return PreferenceData(data.X / s, data.y, data.weights)
 
 
@@ -239,7 +255,7 @@ class Scale:
                 hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
             )
         data = prob.data
-        if in_place and not isinstance(data, RowsData):
+        if in_place and not isinstance(data, RowsData) and in_place_ok(prob.row_abs_max):
             data = RowsData(data.X, data.y, data.weights, prob.row_abs_max)
         return cls(s, S, Problem(divide_x(data, s), 1.0, tref, radius))
 
