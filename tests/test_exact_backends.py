@@ -7,6 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from dask_cluster import local_cluster
 
 from rdpo_theory.errors import InputError
 from rdpo_theory.exact import kldpo, passes, wdpo
@@ -79,15 +80,8 @@ def test_torch_through_public_function(data, refs, which, kw, regime):
 
 
 def test_dask_on_local_cluster_through_public_function(data, refs):
-    da = pytest.importorskip("dask.array")
-    distributed = pytest.importorskip("distributed")
     X, y, w = data
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster() as (client, da):
         Xd = client.persist(da.from_array(X, chunks=(1500, X.shape[1])))
         out = {which: _solve(which, Xd, y, w, kw) for which, kw, _ in CASES}
         assert client.run(lambda: 1)

@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from dask_cluster import local_cluster
 
 from rdpo_theory.exact import fast
 from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
@@ -126,17 +127,10 @@ def test_torch_cpu_tensor_equals_numpy():
 
 
 def test_dask_on_a_local_cluster_equals_in_memory():
-    da = pytest.importorskip("dask.array")
-    distributed = pytest.importorskip("distributed")
     X, c, p = _data(n=4000)
     z_np, passes_np = _solve_kl(X, c, p)
     th_np = _solve_w1(X, c, p)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster() as (client, da):
         Xd = da.from_array(X, chunks=(1000, X.shape[1]))
         Xd = client.persist(Xd)
         z_d, passes_d = _solve_kl(Xd, c, p)
