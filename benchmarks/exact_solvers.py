@@ -30,10 +30,13 @@ Sweeps: ``--quick`` (a few instances, a few minutes); the default: one factor at
 the base instance (n = 1e5, d = 32, signal 6, unit scale, rho = 0.05): signal in {1, 3, 6},
 scale in {unit, raw}, d in {8, 32, 256, 1024}, n in {1e4, 1e5, 1e6}, rho in {0.01, 0.05, 0.2};
 ``--full``: the full grid (hours). ``--high-dim``: n = 1e5 with d = 1024 and 4096 (float32
-storage allowed by the pass layer; the public API stores float64). ``--backends``: the same
-solve through numpy, float32, memmap, torch and dask storage on the pass layer.
+storage, read in place by the public ``kldpo`` / ``wdpo``; above d = 512 the fast paths are
+Hessian-free). ``--families``: every n >= 1e5 instance family of the default sweep at
+d in {8, 32, 256} (signal, scale, n = 1e6, rho), the subset used for the docs table.
+``--dims 4096`` keeps only those d; ``--no-peer`` skips the L-BFGS peer (its columns empty).
 
-Usage: ``python benchmarks/exact_solvers.py [--quick|--full] [--repeats 3] [--timeout 300]
+Usage: ``python benchmarks/exact_solvers.py [--quick|--families|--high-dim|--full] [--repeats 3]
+[--timeout 300]
 [--dro-path DIR] [--out benchmarks/exact_solvers.csv]``.
 """
 
@@ -151,27 +154,52 @@ def cpu_min(fn, repeats: int):
     return best, out
 
 
-def run_instance(problem: str, n, d, signal, scale, rho, repeats: int) -> dict:
-    """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned)."""
-    from rdpo_theory.exact import kldpo, wdpo
+def run_instance(
+    problem: str, n, d, signal, scale, rho, repeats: int, storage: str = "float64", peer=True
+) -> dict:
+    """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned).
+
+    ``storage="float32"``: X is handed to the solvers as a float32 array (read in place
+    through the pass layer, sums in float64); the peer reads the same float32 storage."""
+    from rdpo_theory.exact import fast, kldpo, wdpo
     from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
 
     data = make_data(n, d, signal, scale)
+    X, signed, weights = data.X, data.signed_labels, data.weights
+    if storage == "float32":
+        X = X.astype(np.float32)
+        y = data.y
+        del data
+
+        def call(fn):
+            return fn(X, y, rho=rho, beta=BETA, solver="fast")
+    else:
+
+        def call(fn):
+            return fn(data, rho=rho, beta=BETA, solver="fast")
+
     fn = kldpo if problem == "kl" else wdpo
-    out = dict(problem=problem, n=n, d=d, signal=signal, scale=scale, rho=rho)
+    out = dict(problem=problem, n=n, d=d, signal=signal, scale=scale, rho=rho, storage=storage)
     with blas_threads(blas_thread_limit()):
         v = np.ones(d)
-        out["pass_s"], _ = cpu_min(lambda: data.X @ v, 7)
+        pr = Rows(X)
+        out["pass_s"], _ = cpu_min(lambda: pr.matvec(v), 5)
         tracemalloc.start()
+        t0 = time.process_time()
         try:
-            res = fn(data, rho=rho, beta=BETA, solver="fast")
+            res = call(fn)
         except Exception as exc:  # noqa: BLE001 - a failure is a measurement
             tracemalloc.stop()
             out["fast_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
             return out
+        t_traced = time.process_time() - t0
         out["peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-        t, res = cpu_min(lambda: fn(data, rho=rho, beta=BETA, solver="fast"), repeats)
+        if repeats > 1:
+            t, res = cpu_min(lambda: call(fn), repeats - 1)
+            t = min(t, t_traced)
+        else:
+            t = t_traced
         out.update(
             fast_s=t,
             fast_passes=float(res.info.get("passes", np.nan)),
@@ -180,11 +208,16 @@ def run_instance(problem: str, n, d, signal, scale, rho, repeats: int) -> dict:
             optimality_gap=float(getattr(res, "optimality_gap", np.nan) or 0.0),
             regime=str(res.regime),
             newton_iterations=int(res.info.get("newton", {}).get("iterations", 0)),
+            hessian_free=fast.hessian_free(d, None),
         )
-        rows = Rows(data.X)
+        if not peer:
+            out["lbfgs_s"] = np.nan
+            out["fast_pass_equiv"] = out["fast_s"] / out["pass_s"]
+            return out
+        rows = Rows(X)
         peer = lbfgs_kl if problem == "kl" else lbfgs_w1
-        c = data.signed_labels * BETA
-        t, (val, _, nfev) = cpu_min(lambda: peer(rows, c, data.weights, rho), repeats)
+        c = signed * BETA
+        t, (val, _, nfev) = cpu_min(lambda: peer(rows, c, weights, rho), repeats)
         out.update(lbfgs_s=t, lbfgs_passes=rows.passes / repeats, lbfgs_evals=nfev)
         out["lbfgs_excess"] = val - out["fast_value"]
     out["fast_pass_equiv"] = out["fast_s"] / out["pass_s"]
@@ -272,6 +305,16 @@ def in_subprocess(payload: dict, timeout: float, mem_gb: float) -> dict:
 
 # ---------------------------------------------------------------------------- sweeps
 def instances(mode: str) -> list[dict]:
+    if mode == "high-dim":
+        return [dict(BASE, d=d, storage="float32") for d in (1024, 4096)]
+    if mode == "families":
+        # every n >= 1e5 family of the default sweep at d in {8, 32, 256}
+        out = [dict(BASE, d=d) for d in (8, 32, 256)]
+        out += [dict(BASE, signal=s) for s in (1.0, 3.0)]
+        out += [dict(BASE, scale="raw")]
+        out += [dict(BASE, n=1_000_000)]
+        out += [dict(BASE, rho=r) for r in (0.01, 0.2)]
+        return out
     if mode == "quick":
         return [
             dict(BASE, n=10_000),
@@ -317,6 +360,7 @@ COLS = [
     "signal",
     "scale",
     "rho",
+    "regime",
     "fast_s",
     "fast_passes",
     "fast_pass_equiv",
@@ -327,6 +371,7 @@ COLS = [
     "pass_s",
     "lbfgs_excess",
     "peak_mb",
+    "hessian_free",
     "cvxpy",
     "dro",
     "fast_error",
@@ -339,12 +384,24 @@ def main(argv=None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="five instances (a few minutes)")
     mode.add_argument("--full", action="store_true", help="the full grid (hours)")
+    mode.add_argument(
+        "--families",
+        action="store_true",
+        help="every n >= 1e5 instance family of the default sweep at d in {8, 32, 256}",
+    )
+    mode.add_argument(
+        "--high-dim",
+        action="store_true",
+        help="n = 1e5, d in {1024, 4096}, float32 storage (time and peak memory)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs per solve; the min is kept")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per instance")
     ap.add_argument("--conic-timeout", type=float, default=120.0, help="seconds per cvxpy/dro")
     ap.add_argument("--conic-max-n", type=int, default=100_000, help="largest n for cvxpy/dro")
     ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per job")
     ap.add_argument("--problems", default="kl,w1")
+    ap.add_argument("--dims", default=None, help="only these d (comma-separated)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the L-BFGS peer")
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
     args = ap.parse_args(argv)
@@ -359,17 +416,31 @@ def main(argv=None) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    which = "quick" if args.quick else "full" if args.full else "sweep"
-    jobs = [(pb, inst) for inst in instances(which) for pb in args.problems.split(",")]
+    which = (
+        "quick"
+        if args.quick
+        else "full"
+        if args.full
+        else "families"
+        if args.families
+        else "high-dim"
+        if args.high_dim
+        else "sweep"
+    )
+    insts = instances(which)
+    if args.dims:
+        insts = [i for i in insts if str(i["d"]) in args.dims.split(",")]
+    jobs = [(pb, inst) for inst in insts for pb in args.problems.split(",")]
     rows = []
     for pb, inst in tqdm(jobs, desc="instances"):
         r = in_subprocess(
-            dict(kind="instance", problem=pb, repeats=args.repeats, **inst),
+            dict(kind="instance", problem=pb, repeats=args.repeats, peer=not args.no_peer, **inst),
             args.timeout,
             args.mem_gb,
         )
         r = dict(problem=pb, **inst) | r
         for who in ("cvxpy", "dro"):
+            inst = {k: v for k, v in inst.items() if k != "storage"}
             if inst["n"] > args.conic_max_n:
                 r[who] = f"not run (n > {args.conic_max_n:g})"
                 continue

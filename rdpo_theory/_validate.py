@@ -38,6 +38,35 @@ def as_matrix(X, name: str = "X", *, allow_empty: bool = False) -> np.ndarray:
     return A
 
 
+def row_storage_shape(X, name: str = "X") -> tuple[int, int]:
+    """Shape checks of a feature matrix left in its storage (numpy.memmap, torch tensor, dask
+    array): 2-D, real numeric dtype, n >= 1, d >= 1; no copy. Returns ``(n, d)``. Finiteness
+    is checked by a pass over the rows (:func:`finite_rows`)."""
+    shape = tuple(int(s) for s in getattr(X, "shape", ()))
+    dtype = str(getattr(X, "dtype", ""))
+    if "complex" in dtype:
+        raise InputError(
+            f"{name} must be real; got dtype {dtype} (the imaginary part would be lost)"
+        )
+    if not any(k in dtype for k in ("float", "int", "bool")):
+        raise InputError(f"{name} must be numeric, got dtype {dtype or type(X).__name__}")
+    if len(shape) != 2:
+        raise InputError(f"{name} must have shape (n, d), got shape {shape}")
+    if shape[0] == 0:
+        raise InputError(f"{name} is empty: n = 0 rows")
+    if shape[1] == 0:
+        raise InputError(f"{name} has d = 0 columns")
+    return shape[0], shape[1]
+
+
+def finite_rows(row_abs_max: np.ndarray, name: str = "X") -> None:
+    """Refuse a matrix whose per-row ``max |x_ij|`` (from one pass) is not finite, naming the
+    first such row."""
+    bad = np.flatnonzero(~np.isfinite(row_abs_max))
+    if bad.size:
+        raise InputError(f"{name} contains NaN or inf (first in row {int(bad[0])})")
+
+
 def as_vector(v, name: str, *, length: int | None = None) -> np.ndarray:
     """Return ``v`` as a finite float64 vector, optionally of a given length."""
     _refuse_complex(v, name)

@@ -109,3 +109,82 @@ def test_collapse_threshold_matches_min_kl_program():
     prob.solve(solver="CLARABEL")
     assert bound == pytest.approx(prob.value, rel=1e-6)
     assert kl_collapse_threshold(X, c, p, rho=0.5 * bound)[0] is False
+
+
+class _NoisyQuadratic:
+    """``f(theta) = theta^2 / 2`` whose evaluations along a step round upwards by 5e-14: the
+    float64 floor of f, met with a Newton decrement of 5e-13."""
+
+    class S:
+        def __init__(self, th, f):
+            self.th, self.f = th, f
+
+    def state(self, theta, extra):
+        return self.S(theta, 0.5 * float(theta @ theta))
+
+    def gradient(self, s):
+        return s.th.copy()
+
+    def derivs(self, s):
+        return s.th.copy(), np.eye(s.th.shape[0])
+
+    def direction_margins(self, dth):
+        return dth
+
+    def value_along(self, s, dm, theta, extra):
+        return self.S(theta, s.f + 5e-14)
+
+    def max_step(self, extra, dex, theta=None, dth=None):
+        return 1.0
+
+    def grad_noise(self, s):
+        return np.full(s.th.shape, 1e-300)
+
+    def stop(self, extra):
+        return False
+
+
+def test_newton_decrement_at_the_float64_floor_is_converged():
+    # regression: "Newton did not converge in 4 iterations (decrement 6.48e-13)"; a decrement
+    # below 1e-12 whose full step f cannot resolve is converged (the certificate decides after)
+    from rdpo_theory.exact.fast import damped_newton
+
+    th0 = np.array([np.sqrt(5e-13)])
+    _, _, _, info = damped_newton(_NoisyQuadratic(), th0, [], radius=None)
+    assert info["converged"], info
+    assert info["criterion"] == "decrease below float64 resolution of f"
+    assert 1e-13 < info["newton_decrement"] <= 1e-12
+    # a decrement well above the floor is still not taken as convergence
+    _, _, _, info = damped_newton(_NoisyQuadratic(), np.array([1e-5]), [], radius=None)
+    assert not info["converged"]
+
+
+@pytest.mark.parametrize(
+    "which,rho,regime",
+    [("kl", 0.05, "interior"), ("w1", 0.01, "penalty"), ("kl", 0.0, "dpo")],
+)
+def test_hessian_free_path_equals_the_dense_newton_path(monkeypatch, which, rho, regime):
+    # above fast.HESSIAN_FREE_D the solve runs Newton-CG (no d x d matrix) and certifies by
+    # conjugate-gradient corrected Fenchel points; lowered here to d = 4 on a d = 8 problem
+    from rdpo_theory.exact import fast
+
+    rng = make_rng(11)
+    n, d = 3000, 8
+    X = rng.standard_normal((n, d)) / np.sqrt(d)
+    ts = np.linspace(-1.0, 2.0, d)
+    ts *= 4.0 / np.linalg.norm(ts)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-X @ ts))).astype(float)
+    fn = kldpo if which == "kl" else wdpo
+    dense = fn(X, y, rho=rho, beta=1.0, solver="fast")
+    monkeypatch.setattr(fast, "HESSIAN_FREE_D", 4)
+    free = fn(X, y, rho=rho, beta=1.0, solver="fast")
+    assert free.info["newton"]["hessian_free"] and not dense.info["newton"]["hessian_free"]
+    assert free.status == dense.status == "optimal"
+    assert free.regime == dense.regime == regime
+    assert free.optimality_gap <= 1e-9 * (1 + abs(free.value))
+    np.testing.assert_allclose(free.theta, dense.theta, rtol=0, atol=1e-8)
+    assert abs(free.value - dense.value) <= 1e-12
+    # with a parameter ball the dense trust-region model is kept
+    bounded = fn(X, y, rho=rho, beta=1.0, solver="fast", radius=1.0)
+    assert not bounded.info["newton"]["hessian_free"]
+    assert bounded.status == "optimal"

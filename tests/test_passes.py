@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from dask_cluster import local_cluster
 
 from rdpo_theory.exact import fast
 from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
@@ -81,6 +82,37 @@ def test_float32_storage_accumulates_in_float64():
     np.testing.assert_allclose(R.rmatvec(w), exact, rtol=1e-12, atol=1e-12)
 
 
+def test_row_passes_on_every_backend():
+    # row_abs_max, row_quadratic, gram_diag_rows (the certificate and validation passes) against
+    # numpy, on float64, float32 chunks and torch float32 chunks; cached maxima of views
+    torch = pytest.importorskip("torch")
+    X, c, _ = _data(n=5000)
+    X32 = X.astype(np.float32)
+    M = make_rng(4).standard_normal((X.shape[1], X.shape[1]))
+    M = M + M.T
+    small = 8 * X.shape[1] * 300
+    for store, Xs in (
+        ("f64", Rows(X, c, chunk_bytes=small)),
+        ("f32", Rows(X32, c, chunk_bytes=small)),
+        ("torch32", Rows(torch.as_tensor(X32), c, chunk_bytes=small)),
+    ):
+        Xr = X if store == "f64" else X32.astype(np.float64)
+        A = c[:, None] * Xr
+        np.testing.assert_allclose(Xs.row_abs_max(), np.abs(A).max(1), rtol=1e-15)
+        np.testing.assert_allclose(Xs.row_quadratic(M), np.einsum("ij,jk,ik->i", A, M, A), 0, 1e-13)
+        np.testing.assert_allclose(Xs.gram_diag_rows(), (A * A).sum(1), rtol=1e-13)
+        assert Xs.passes == 3
+        Xs.gram_diag_rows()  # cached for the data: no pass
+        assert Xs.passes == 3
+    R = Rows(X)
+    top = R.abs_max()
+    V = R.scaled(-2.0 * c)  # a view knows its maximum from the data's: no pass
+    assert V.abs_max() == pytest.approx(2.0 * top, rel=1e-15) and R.passes == 1
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    assert np.flatnonzero(~np.isfinite(Rows(bad).row_abs_max())).tolist() == [7]
+
+
 def test_torch_cpu_tensor_equals_numpy():
     torch = pytest.importorskip("torch")
     X, c, p = _data()
@@ -95,17 +127,10 @@ def test_torch_cpu_tensor_equals_numpy():
 
 
 def test_dask_on_a_local_cluster_equals_in_memory():
-    da = pytest.importorskip("dask.array")
-    distributed = pytest.importorskip("distributed")
     X, c, p = _data(n=4000)
     z_np, passes_np = _solve_kl(X, c, p)
     th_np = _solve_w1(X, c, p)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster() as (client, da):
         Xd = da.from_array(X, chunks=(1000, X.shape[1]))
         Xd = client.persist(Xd)
         z_d, passes_d = _solve_kl(Xd, c, p)

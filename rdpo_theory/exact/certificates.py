@@ -28,6 +28,7 @@ weighted logistic regression (:func:`certify_optimal` turns the two ends into a 
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import cvxpy as cp
@@ -41,7 +42,8 @@ from ..losses import (
     dpo_loss,
     kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)
 )
-from .fast import sum_noise
+from . import fast
+from .fast import conjugate_gradient, sum_noise
 from .kl_tilt import LOG2, kl_lambda_for_theta, kl_tilt
 from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
@@ -65,7 +67,7 @@ def kl_primal_sup(l, p, rho: float, *, p0: float = 0.0, method: str = "auto") ->
 
 
 def kl_primal_certificate(
-    l, p, rho: float, *, p0: float = 0.0, method: str = "auto"
+    l, p, rho: float, *, p0: float = 0.0, method: str = "auto", hint: float | None = None
 ) -> tuple[float, dict]:
     """The KL primal supremum and how it was certified: ``(value, info)``.
 
@@ -81,8 +83,9 @@ def kl_primal_certificate(
       one by more than 1e-8 (relative), the root certificate is used. Above the row limit:
       root.
 
-    ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"`` or ``"root
-    (tilted distribution)"``); ``info["certificate_note"]`` says why auto fell back.
+    ``hint``: the solver's multiplier, where the root search starts (same root, fewer
+    evaluations). ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"``
+    or ``"root (tilted distribution)"``); ``info["certificate_note"]`` says why auto fell back.
     """
     l = np.asarray(l, dtype=float)
     p = np.asarray(p, dtype=float)
@@ -94,7 +97,7 @@ def kl_primal_certificate(
     if rho == 0:
         return float(pp @ ll), {"certificate": "rho = 0 (E_p l)"}
     if method == "root" or (method == "auto" and ll.shape[0] > KL_CVXPY_MAX_ROWS):
-        return _kl_root_certificate(l, p, rho, p0, ll, pp), {"certificate": ROOT}
+        return _kl_root_certificate(l, p, rho, p0, ll, pp, hint), {"certificate": ROOT}
     try:
         value = _kl_conic_certificate(ll, pp, rho)
     except (SolverError, cp.error.SolverError, ValueError, ArithmeticError) as exc:
@@ -107,11 +110,11 @@ def kl_primal_certificate(
                 hint="use certificate='root' (the exact tilted distribution).",
             ) from exc
         status = getattr(exc, "status", type(exc).__name__)
-        value = _kl_root_certificate(l, p, rho, p0, ll, pp)
+        value = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
         return value, {"certificate": ROOT, "certificate_note": f"conic certificate {status}"}
     if method == "cvxpy":
         return value, {"certificate": CONIC}
-    root = _kl_root_certificate(l, p, rho, p0, ll, pp)
+    root = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
     if abs(value - root) > 1e-8 * max(1.0, abs(root)):
         note = f"conic certificate {value!r} disagrees with the exact tilted one {root!r}"
         return root, {"certificate": ROOT, "certificate_note": note}
@@ -122,8 +125,8 @@ CONIC = "cvxpy (rel_entr)"
 ROOT = "root (tilted distribution)"
 
 
-def _kl_root_certificate(l, p, rho, p0, ll, pp) -> float:
-    lam = kl_lambda_for_theta(l, p, rho, p0=p0)
+def _kl_root_certificate(l, p, rho, p0, ll, pp, hint=None) -> float:
+    lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
     if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
         return float(ll.max())
     q, kl, value = kl_tilt(ll, pp, lam)
@@ -164,7 +167,7 @@ def binary_entropy(a) -> np.ndarray:
     return -xlogy(a, a) - xlog1py(1.0 - a, -a)
 
 
-def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
+def dpo_dual_value(A, q, alpha, *, theta_ref, radius, linear=None) -> float:
     """The Fenchel dual of weighted DPO at ``alpha``: a lower bound of its minimum.
 
     ``softplus(-m) = max_{a in [0, 1]} H(a) - a m``, so for every ``alpha`` in ``[0, 1]^n``
@@ -175,7 +178,8 @@ def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
 
     Without a radius (B = inf) the bound is finite only when ``w = 0``; a ``w`` within the
     float64 rounding error of its own sum (:func:`.fast.sum_noise`, per coordinate) is taken as
-    0, otherwise ``-inf`` is returned.
+    0, otherwise ``-inf`` is returned. With a linear term ``b . (theta - theta_ref)`` added to
+    the objective (``linear=b``), ``w`` is replaced by ``w - b`` throughout.
 
     Parameters
     ----------
@@ -198,14 +202,19 @@ def dpo_dual_value(A, q, alpha, *, theta_ref, radius) -> float:
     alpha = np.clip(np.asarray(alpha, dtype=float), 0.0, 1.0)
     qa = q * alpha
     w = R.rmatvec(qa)
+    top_b = 0.0
+    if linear is not None:
+        b = np.asarray(linear, dtype=float)
+        w = w - b
+        top_b = float(np.abs(b).max(initial=0.0))
     base = float(q @ binary_entropy(alpha)) + float(w @ theta_ref)
     if radius is not None:
         return base - radius * float(np.linalg.norm(w))
-    noise = sum_noise(R.abs_max() * float(qa.sum()), R.n)
+    noise = sum_noise(R.abs_max() * float(qa.sum()) + top_b, R.n)
     return base if bool(np.all(np.abs(w) <= noise)) else -np.inf
 
 
-def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None) -> float:
+def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None, linear=None) -> float:
     """A certified lower bound of ``min_{||theta|| <= radius} sum_i q_i softplus(-a_i . delta)``,
     ``delta = theta - theta_ref``, from a (near-)minimiser ``theta``.
 
@@ -219,8 +228,11 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None) -> float:
       minimisers, and the only finite bound without a radius).
 
     ``A`` is an array (n, d) or a :class:`.passes.Rows`; ``margins`` (n,), when given, are
-    ``A (theta - theta_ref)`` (saves a pass). Returns the bound in nats (``-inf`` when neither
-    dual point gives a finite bound).
+    ``A (theta - theta_ref)`` (saves a pass); ``linear``: a term ``b . (theta - theta_ref)``
+    added to the objective (the correction then aims at ``w = b``). In dimension
+    ``d >= fast.HESSIAN_FREE_D`` the correction system is solved by conjugate gradients with
+    products ``H v`` (two passes each) instead of a Gram matrix. Returns the bound in nats
+    (``-inf`` when neither dual point gives a finite bound).
     """
     A = as_rows(A) if isinstance(A, Rows) else as_rows(np.asarray(A, dtype=float))
     q = np.asarray(q, dtype=float)
@@ -228,28 +240,45 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None) -> float:
     m = A.matvec(theta - theta_ref) if margins is None else np.asarray(margins, dtype=float)
     alpha = expit(-m)
     best = -np.inf
+    b = np.zeros(A.d) if linear is None else np.asarray(linear, dtype=float)
+    dual = functools.partial(dpo_dual_value, theta_ref=theta_ref, radius=radius, linear=linear)
     if radius is not None:
-        best = dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius)
+        best = dual(A, q, alpha)
     scale = A.abs_max()
     if scale == 0 or not np.isfinite(scale):
-        return max(best, dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius))
+        return max(best, dual(A, q, alpha))
     # rows scaled to unit size (so that the solve does not underflow): an array is divided
     # once, a Rows view scales its row factors (its data are O(1) in the solvers' units)
     As = A.scaled(np.full(A.n, 1.0 / scale)) if A.scale is not None else as_rows(A.X / scale)
     As.counter = A.counter
-    for _ in range(2):  # the correction is linear in alpha; a second pass removes round-off
-        w = As.rmatvec(q * alpha)
-        if not np.any(w):
-            break
-        D = q * alpha * (1.0 - alpha)
-        H = As.gram(D)
-        z = np.linalg.lstsq(H, -w, rcond=1e-13)[0]
-        step = alpha * (1.0 - alpha) * As.matvec(z)
-        cand = alpha + step
+    # The correction is linear in alpha: with the weights s = alpha0 (1 - alpha0) of the first
+    # point, alpha + s (A z) moves w by H z exactly (H = A^T diag(q s) A), so one Gram pass
+    # serves both rounds; the second removes the round-off of the first.
+    s0 = alpha * (1.0 - alpha)
+    H = None
+    bs = b / scale
+    free = A.d >= fast.HESSIAN_FREE_D
+
+    def hv(v):
+        return As.rmatvec(q * s0 * As.matvec(v))
+
+    w = As.rmatvec(q * alpha) - bs
+    for _ in range(2):
+        top = As.abs_max() * float(q @ alpha) + float(np.abs(bs).max(initial=0.0))
+        if np.all(np.abs(w) <= 0.5 * sum_noise(top, As.n)):
+            break  # well within the rounding of its own sum: a correction cannot help
+        if free:
+            z = conjugate_gradient(hv, -w, rtol=1e-14, max_iter=4 * A.d)[0]
+        else:
+            if H is None:
+                H = As.gram(q * s0)
+            z = np.linalg.lstsq(H, -w, rcond=1e-13)[0]
+        cand = alpha + s0 * As.matvec(z)
         if not np.all((cand >= 0) & (cand <= 1)):
             break
         alpha = cand
-    return max(best, dpo_dual_value(A, q, alpha, theta_ref=theta_ref, radius=radius))
+        w = As.rmatvec(q * alpha) - bs
+    return max(best, dual(A, q, alpha))
 
 
 def kl_into_ball(q, p, rho: float) -> np.ndarray:
@@ -266,31 +295,38 @@ def kl_into_ball(q, p, rho: float) -> np.ndarray:
 
 
 def kl_minimax_lower_bound(
-    A, p, rho, theta, candidates, *, theta_ref, radius, margins=None
+    A, p, rho, theta, candidates, *, theta_ref, radius, margins=None, enough=np.inf, hint=None
 ) -> float:
     """Weak-duality lower bound of the KLDPO minimax value (``docs/theory.md#optimality-gap``):
     ``max`` over the candidate worst cases ``q`` (each first mixed into the KL ball by
     :func:`kl_into_ball`, so it is feasible) of :func:`dpo_lower_bound` at ``theta``, plus the
     exact worst case at ``theta`` (the tilted distribution with KL = rho, or the uniform law
     on the argmax set when ``rho`` exceeds its ``-log`` mass). ``A``: an array (n, d) or a
-    :class:`.passes.Rows`; ``margins``: ``A (theta - theta_ref)`` when already known."""
+    :class:`.passes.Rows`; ``margins``: ``A (theta - theta_ref)`` when already known.
+    ``enough``: stop at the first candidate whose bound reaches it (every candidate's bound is
+    valid; the rest would only tighten it), which saves their passes."""
     p = np.asarray(p, dtype=float)
     A = as_rows(A) if isinstance(A, Rows) else as_rows(np.asarray(A, dtype=float))
     if margins is None:
         margins = A.matvec(np.asarray(theta, dtype=float) - theta_ref)
     l = dpo_loss(margins)
-    qs = [np.asarray(c, dtype=float) for c in candidates if c is not None]
     pos = p > 0
-    lam = kl_lambda_for_theta(l, p, rho)
-    if lam > 0:
-        qt = np.zeros_like(p)
-        qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]
-        qs.append(qt)
-    else:
+
+    def exact_worst_case():
+        lam = kl_lambda_for_theta(l, p, rho, hint=hint)
+        if lam > 0:
+            qt = np.zeros_like(p)
+            qt[pos] = kl_tilt(l[pos], p[pos], lam)[0]
+            return qt
         top = pos & (l >= l[pos].max() - 1e-14 * max(1.0, abs(float(l[pos].max()))))
-        qs.append(np.where(top, p, 0.0))
+        return np.where(top, p, 0.0)
+
+    def qs():  # the exact worst case (a root find) only when the candidates do not suffice
+        yield from (np.asarray(c, dtype=float) for c in candidates if c is not None)
+        yield exact_worst_case()
+
     best = -np.inf
-    for q in qs:
+    for q in qs():
         if not (q.shape == p.shape and np.all(np.isfinite(q)) and q.sum() > 0):
             continue
         qb = kl_into_ball(q, p, rho)
@@ -298,6 +334,8 @@ def kl_minimax_lower_bound(
             best,
             dpo_lower_bound(A, qb, theta, theta_ref=theta_ref, radius=radius, margins=margins),
         )
+        if best >= enough:
+            break
     return best
 
 

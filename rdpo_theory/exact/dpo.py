@@ -9,12 +9,11 @@ import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
-from ..data import PreferenceData
 from ..errors import InputError, SolverError
 from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from .ball import on_boundary, project_ball
 from .fast import require_converged
-from .problem import prepare
+from .problem import divide_x, prepare, x_abs_max
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -297,11 +296,14 @@ def sphere_polish(theta, data, *, beta, theta_ref, radius, steps: int = 10) -> n
 SCALE_RANGE = (1e-2, 1e2)
 
 
-def margin_scale(X, beta: float) -> float:
-    """``beta * max_ij |X_ij|``: the margins' scale per unit of ``theta``; 0 for X = 0.
+def margin_scale(X, beta: float, *, top: float | None = None) -> float:
+    """``beta * max_ij |X_ij|``: the margins' scale per unit of ``theta``; 0 for X = 0. ``X``
+    is an array, a PreferenceData or a :class:`.problem.RowsData` (no pass: its validation
+    pass kept the maximum); ``top``: ``max |X_ij|`` when already known.
 
     Raises InputError when it overflows float64 (inf)."""
-    top = float(np.abs(X).max(initial=0.0))
+    if top is None:
+        top = x_abs_max(X) if hasattr(X, "weights") else float(np.abs(X).max(initial=0.0))
     scale = beta * top
     if not np.isfinite(scale):
         raise InputError(
@@ -316,8 +318,8 @@ def unit_scale(data, beta: float, tref, radius):
     ``(data', theta_ref', radius', scale)`` with ``X' = X / max|X|`` and ``beta' = 1``, so every
     margin (hence every loss, value and multiplier) is unchanged. Raises InputError when
     ``theta_ref`` or the radius leaves float64 range in the new units."""
-    scale = margin_scale(data.X, beta)
-    top = float(np.abs(data.X).max())
+    scale = margin_scale(data, beta)
+    top = x_abs_max(data)
     tref_s = np.asarray(tref, dtype=float) * scale
     rad_s = None if radius is None else radius * scale
     if not np.all(np.isfinite(tref_s)) or (rad_s is not None and not 0 < rad_s < np.inf):
@@ -325,8 +327,7 @@ def unit_scale(data, beta: float, tref, radius):
             f"theta_ref or radius times the margins' scale beta * max|X| = {scale:.3g} is "
             "outside float64 range: the problem's scale is outside floating-point range."
         )
-    scaled = PreferenceData(X=data.X / top, y=data.y, weights=data.weights)
-    return scaled, tref_s, rad_s, scale
+    return divide_x(data, top), tref_s, rad_s, scale
 
 
 def theta_from_unit_scale(theta_s, scale: float, radius, what: str) -> np.ndarray:

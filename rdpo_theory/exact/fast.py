@@ -75,6 +75,64 @@ def eigen_floor(e) -> float:
     return 1e-13 * top if top > 0 else 1.0
 
 
+#: From this dimension on, unconstrained fast solves never form d x d matrices: Newton-CG with
+#: Hessian-vector products (two passes over X each) replaces the Gram products, and the
+#: certificates solve their Newton systems the same way (docs/theory.md#exact-programs).
+HESSIAN_FREE_D = 512
+
+
+class HessianOperator:
+    """A Hessian known only through products ``H v`` (``mv``), with a positive diagonal
+    preconditioner ``diag`` (its diagonal, or an estimate of it)."""
+
+    def __init__(self, mv, diag):
+        self.mv = mv
+        self.diag = np.asarray(diag, dtype=float)
+
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.diag)))
+
+
+def hessian_free(d: int, radius) -> bool:
+    """Whether a fast solve in dimension ``d`` runs Hessian-free (:data:`HESSIAN_FREE_D`; a
+    parameter ball needs the dense trust-region model)."""
+    return radius is None and d >= HESSIAN_FREE_D
+
+
+def conjugate_gradient(mv, b, *, diag=None, rtol: float = 1e-10, max_iter: int = 500):
+    """Preconditioned CG for ``H x = b`` (H symmetric PSD, given by ``mv``); stops at
+    ``||H x - b|| <= rtol ||b||``, at ``max_iter`` or at non-positive curvature. Returns
+    ``(x, relative residual, iterations)``."""
+    b = np.asarray(b, dtype=float)
+    nb = float(np.linalg.norm(b))
+    x = np.zeros_like(b)
+    if nb == 0:
+        return x, 0.0, 0
+    M = np.ones_like(b) if diag is None else np.where(diag > 0, diag, 1.0)
+    r = b.copy()
+    z = r / M
+    pdir = z.copy()
+    rz = float(r @ z)
+    it = 0
+    for it in range(1, max_iter + 1):
+        Hp = mv(pdir)
+        curv = float(pdir @ Hp)
+        if not curv > 0:
+            if it == 1:
+                x = z  # preconditioned gradient step
+            break
+        a = rz / curv
+        x = x + a * pdir
+        r = r - a * Hp
+        if float(np.linalg.norm(r)) <= rtol * nb:
+            break
+        z = r / M
+        rz_new = float(r @ z)
+        pdir = z + (rz_new / rz) * pdir
+        rz = rz_new
+    return x, float(np.linalg.norm(r)) / nb, it
+
+
 def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
     """Direction of the Newton model ``g.d + d^T H d / 2`` over ``(theta, extra)``.
 
@@ -111,7 +169,13 @@ def newton_direction(H, g, theta, radius, k: int) -> np.ndarray:
 
 def _safe_direction(H, g, theta, radius, k: int) -> np.ndarray:
     """:func:`newton_direction`, or a vector of NaN when the model cannot be solved (overflow
-    in the eliminated block, eigen-solver failure): a non-descent direction to the caller."""
+    in the eliminated block, eigen-solver failure): a non-descent direction to the caller.
+    A :class:`HessianOperator` (no radius) is solved by CG to the relative residual
+    ``H.rtol``."""
+    if isinstance(H, HessianOperator):
+        with np.errstate(all="ignore"):
+            step = -conjugate_gradient(H.mv, g, diag=H.diag, rtol=H.rtol)[0]
+        return step if np.all(np.isfinite(step)) else np.full(g.shape, np.nan)
     try:
         with np.errstate(all="ignore"):
             step = newton_direction(H, g, theta, radius, k)
@@ -123,7 +187,16 @@ def _safe_direction(H, g, theta, radius, k: int) -> np.ndarray:
 
 
 def damped_newton(
-    obj, theta0, extra0, *, radius, max_iter: int = 100, tol: float = 1e-20, hessian=None
+    obj,
+    theta0,
+    extra0,
+    *,
+    radius,
+    max_iter: int = 100,
+    tol: float = 1e-20,
+    hessian=None,
+    state=None,
+    keep_hessian: bool = False,
 ):
     """Minimise a smooth convex ``obj`` over ``(theta, extra)`` with ``||theta|| <= radius``.
 
@@ -142,15 +215,21 @@ def damped_newton(
 
     ``hessian``: an approximation of the Hessian at the solution (e.g. from a subsample's
     solve). It is reused (chord steps: one gradient pass per iteration, no ``X^T W X``) until a
-    step is shortened by the line search, then replaced by exact Hessians.
-    Returns ``(theta, extra, state, info)``.
+    step is shortened by the line search, then replaced by exact Hessians. When chord steps
+    converge slowly (a decrement above ``CHORD_RATE`` times the previous one), the Hessian is
+    refreshed once at the current point (one Gram pass) and chord steps go on with it.
+    ``state``: ``obj.state(theta0, extra0)`` when the caller has it (saves a pass).
+    Returns ``(theta, extra, state, info)``; with ``keep_hessian``, ``info["hessian"]`` is the
+    last exact Hessian (for reuse by a later solve), or None.
     """
     theta = np.array(theta0, dtype=float)
     extra = np.array(extra0, dtype=float)
     k = extra.shape[0]
     d = theta.shape[0]
-    st = obj.state(theta, extra)
+    st = obj.state(theta, extra) if state is None else state
     dec = np.inf
+    prev_chord = np.inf
+    H_last = None
     converged = False
     criterion = None
     resid, noise = np.inf, 0.0
@@ -158,18 +237,43 @@ def damped_newton(
     H_fixed = None if hessian is None else np.asarray(hessian, dtype=float)
     exact_hessians = 0
     fallback_steps = 0
+    hf = hessian_free(d, radius) and hasattr(obj, "derivs_operator")
+    if hf:
+        H_fixed = None  # no d x d matrix: Newton-CG with Hessian-vector products
+    g0 = None
     while it < max_iter:
         it += 1
-        if H_fixed is not None:
+        if hf:
+            g, H = obj.derivs_operator(st)
+            ng = float(np.linalg.norm(g))
+            g0 = ng if g0 is None else g0
+            # forcing term: loose far away, superlinear near the solution
+            H.rtol = min(0.1, max(1e-13, np.sqrt(ng / g0) if g0 > 0 else 0.0))
+            if not (np.all(np.isfinite(g)) and H.finite()):
+                criterion = "non-finite derivatives"
+                break
+        elif H_fixed is not None:
             g, H = obj.gradient(st), H_fixed
         else:
             g, H = obj.derivs(st)
+            H_last = H
             exact_hessians += 1
-        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        if not hf and not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
             criterion = "non-finite derivatives"  # not converged: the caller decides
             break
         step = _safe_direction(H, g, theta, radius, k)
         dec = float(-(g @ step))
+        if H_fixed is not None and dec >= 0 and dec > CHORD_RATE * prev_chord:
+            # slow chord steps: refresh the fixed Hessian here (the gradient comes with it)
+            g, H = obj.derivs(st)
+            H_fixed = H_last = H
+            exact_hessians += 1
+            if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+                criterion = "non-finite derivatives"
+                break
+            step = _safe_direction(H, g, theta, radius, k)
+            dec = float(-(g @ step))
+        prev_chord = dec if H_fixed is not None and dec >= 0 else np.inf
         scale = max(1.0, abs(st.f))
         if not dec >= 0:
             # a non-descent "Newton" direction: H is numerically indefinite (e.g. the KL dual's
@@ -177,9 +281,12 @@ def damped_newton(
             # the minimiser of the model with the diagonal of H instead (a descent direction,
             # its model value at 0 being 0), with exact Hessians from here on. Only when both
             # decrements are below the float64 resolution of f is the point converged.
-            diag = np.abs(np.diag(H))
+            diag = np.abs(H.diag if hf else np.diag(H))
             diag = np.where(diag > 0, diag, max(float(diag.max(initial=0.0)), 1.0))
-            step = _safe_direction(np.diag(diag), g, theta, radius, k)
+            if hf:
+                step = -g / diag
+            else:
+                step = _safe_direction(np.diag(diag), g, theta, radius, k)
             dec_newton, dec = dec, float(-(g @ step))
             fallback_steps += 1
             H_fixed = None
@@ -221,8 +328,10 @@ def damped_newton(
             if H_fixed is not None:  # the approximate Hessian is not good enough here
                 H_fixed = None
                 continue
-            # numerical floor: the decrease is below what float64 can resolve in f
-            converged = dec <= 1e-13 * scale
+            # numerical floor: the decrease is below what float64 can resolve in f. The same
+            # threshold as the full-step region above (a decrement of 6e-13 whose full step
+            # rounded f upwards used to end "not converged"); optimality is certified after.
+            converged = dec <= 1e-12 * scale
             criterion = "decrease below float64 resolution of f" if converged else None
             break
         if t < 1.0:
@@ -247,8 +356,15 @@ def damped_newton(
             "criterion": criterion,
             "kkt_residual_over_noise": resid,
             "gradient_noise": noise,
-        },
+            "hessian_free": hf,
+        }
+        | ({"hessian": H_last} if keep_hessian else {}),
     )
+
+
+#: Chord steps whose Newton decrement falls by less than this factor per step trigger one
+#: exact Hessian at the current point (see :func:`damped_newton`).
+CHORD_RATE = 1e-4
 
 
 #: Rounding-error multiple used by ``grad_noise``: a float64 sum of n terms is accurate to
@@ -347,6 +463,30 @@ class KLDual:
         grad = np.concatenate([u, [self.lam_gradient(s)]])
         return grad, H
 
+    def derivs_operator(self, s):
+        """``(gradient, HessianOperator)``: the Hessian of :meth:`derivs` as products (two
+        passes each), never formed; one pass for the gradient and the covariance."""
+        lam, q, l = s.lam, s.q, s.l
+        sig_neg = expit(-s.m)
+        g = -sig_neg
+        dev = l - s.lbar
+        XtC = self.rows.rmatvec(np.stack([q * g, q * dev * g], axis=1))
+        u, cov = XtC[:, 0], XtC[:, 1]
+        w = q * (sig_neg * (1.0 - sig_neg) + g * g / lam)
+        var = float(q @ dev**2) + s.q0 * (LOG2 - s.lbar) ** 2
+        d = u.shape[0]
+        rows = self.rows
+
+        def mv(v):
+            vt, ve = v[:d], v[d]
+            top = rows.rmatvec(w * rows.matvec(vt)) - u * (float(u @ vt) / lam)
+            top = top - (cov / lam**2) * ve
+            return np.concatenate([top, [-float(cov @ vt) / lam**2 + var / lam**3 * ve]])
+
+        mean_diag = (float(w @ rows.gram_diag_rows()) - float(u @ u) / lam) / d
+        diag = np.concatenate([np.full(d, max(mean_diag, 1e-300)), [max(var / lam**3, 1e-300)]])
+        return np.concatenate([u, [self.lam_gradient(s)]]), HessianOperator(mv, diag)
+
     def gradient(self, s):
         g = -expit(-s.m)
         u = self.rows.rmatvec(s.q * g)
@@ -415,6 +555,27 @@ class W1Penalty:
             H = H + (self.rho * self.beta / nd) * (np.eye(len(u)) - np.outer(u, u))
         return grad, H
 
+    def derivs_operator(self, s):
+        """``(gradient, HessianOperator)``: the Hessian of :meth:`derivs` as products."""
+        sig_neg = expit(-s.m)
+        grad = self.rows.rmatvec(self.p * -sig_neg)
+        w = self.p * sig_neg * (1.0 - sig_neg)
+        delta = s.theta - self.tref
+        nd = float(np.linalg.norm(delta))
+        d = grad.shape[0]
+        rows = self.rows
+        reg = self.rho * self.beta / nd if nd > 0 else 0.0
+        u = delta / nd if nd > 0 else np.zeros(d)
+        if nd > 0:
+            grad = grad + self.rho * self.beta * u
+
+        def mv(v):
+            out = rows.rmatvec(w * rows.matvec(v))
+            return out + reg * (v - u * float(u @ v)) if reg else out
+
+        mean_diag = float(w @ rows.gram_diag_rows()) / d + reg * (1.0 - 1.0 / d)
+        return grad, HessianOperator(mv, np.full(d, max(mean_diag, 1e-300)))
+
     def gradient(self, s):
         grad = self.rows.rmatvec(self.p * -expit(-s.m))
         delta = s.theta - self.tref
@@ -453,9 +614,10 @@ class W1Penalty:
         return False
 
 
-def convex_line_min(f, s_max: float, s0: float = 1.0) -> float:
+def convex_line_min(f, s_max: float, s0: float = 1.0, *, xtol: float = 1e-12) -> float:
     """Minimiser of a convex function ``f`` of one variable over ``[0, s_max]`` (``s_max`` may
-    be inf: then the interval is bracketed by doubling from ``s0``)."""
+    be inf: then the interval is bracketed by doubling from ``s0``), to ``xtol * s_max``
+    (a start point needs only a loose ``xtol``)."""
     from scipy.optimize import minimize_scalar
 
     if not np.isfinite(s_max):
@@ -466,9 +628,7 @@ def convex_line_min(f, s_max: float, s0: float = 1.0) -> float:
                 break
             hi, fhi = 2.0 * hi, f2
         s_max = 2.0 * hi
-    res = minimize_scalar(
-        f, bounds=(0.0, s_max), method="bounded", options={"xatol": 1e-12 * s_max}
-    )
+    res = minimize_scalar(f, bounds=(0.0, s_max), method="bounded", options={"xatol": xtol * s_max})
     s = float(res.x)
     return s_max if f(s_max) < f(s) else s
 
@@ -481,6 +641,12 @@ def ray_limit(base, u, radius) -> float:
     if a == 0:
         return np.inf
     return max(0.0, (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
+
+
+def warm_start_rows(d: int) -> int:
+    """Rows of the warm-start subsample: 50 000, fewer in high dimension so that its float64
+    copy stays within about 200 MB (25e6 / d rows, at least 5 000)."""
+    return int(min(50_000, max(5_000, 25_000_000 // max(d, 1))))
 
 
 def subsample(n: int, size: int, seed: int = 0) -> np.ndarray | None:
@@ -527,7 +693,8 @@ def _kl_collapse(X, c, p, rho, max_iter):
     rows = Rows(as_rows(X), scale=c)  # a_i = c_i x_i
     lse = lse_of(p)
 
-    sub = subsample(rows.n, 50_000)
+    sub = subsample(rows.n, warm_start_rows(rows.d))
+    w0 = None
     if sub is not None and p[sub].sum() > 0:
         # screen on a subsample: any w gives the lower bound -log E_p exp(w . a) of KL_min, so
         # one full pass at the subsample's w certifies "not collapsed" (the usual outcome)
@@ -537,7 +704,8 @@ def _kl_collapse(X, c, p, rho, max_iter):
             g_val, _ = lse(rows.matvec(w_s))
             if -g_val > rho * (1 + 1e-12):
                 return False, -g_val, None, w_s
-    return _kl_collapse_newton(rows, p, rho, max_iter, lse)
+        w0 = w_s  # the full-data Newton starts next to its optimum (fewer Gram passes)
+    return _kl_collapse_newton(rows, p, rho, max_iter, lse, w0)
 
 
 def lse_of(p):
@@ -555,21 +723,37 @@ def lse_of(p):
     return lse
 
 
-def _kl_collapse_newton(rows, p, rho, max_iter, lse):
-    """Newton on ``max_w -log E_p exp(w . a)`` over the rows ``a_i`` of ``rows``."""
+def _kl_collapse_newton(rows, p, rho, max_iter, lse, w0=None):
+    """Newton on ``max_w -log E_p exp(w . a)`` over the rows ``a_i`` of ``rows``, from ``w0``
+    (default 0; any start is valid: every iterate's value is a lower bound)."""
     d = rows.d
-    w = np.zeros(d)
-    s = np.zeros(rows.n)
+    if w0 is None or not np.all(np.isfinite(w0)) or not np.any(w0):
+        w = np.zeros(d)
+        s = np.zeros(rows.n)
+    else:
+        w = np.array(w0, dtype=float)
+        s = rows.matvec(w)
     g_val, q = lse(s)
+    if not np.isfinite(g_val):  # an overflowing start: from 0 instead
+        w, s = np.zeros(d), np.zeros(rows.n)
+        g_val, q = lse(s)
     for _ in range(max_iter):
         if -g_val > rho * (1 + 1e-12):
             return False, -g_val, None, w
         grad = rows.rmatvec(q)
-        H = rows.gram(q) - np.outer(grad, grad)
-        try:
-            step = -np.linalg.solve(H + 1e-14 * np.trace(H) / d * np.eye(d), grad)
-        except np.linalg.LinAlgError:
-            return False, -g_val, None, w
+        if d >= HESSIAN_FREE_D:  # Newton-CG: products with the q-covariance, two passes each
+
+            def cov(v, q=q, grad=grad):
+                return rows.rmatvec(q * rows.matvec(v)) - grad * float(grad @ v)
+
+            gn = float(np.linalg.norm(grad))
+            step = -conjugate_gradient(cov, grad, rtol=min(0.1, max(1e-12, gn)))[0]
+        else:
+            H = rows.gram(q) - np.outer(grad, grad)
+            try:
+                step = -np.linalg.solve(H + 1e-14 * np.trace(H) / d * np.eye(d), grad)
+            except np.linalg.LinAlgError:
+                return False, -g_val, None, w
         dec = float(-(grad @ step))
         if dec <= 1e-22:
             break

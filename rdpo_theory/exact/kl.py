@@ -39,7 +39,6 @@ from .ball import on_boundary, project_ball
 from .dpo import (
     SCALE_RANGE,
     dpo,
-    informative_rows,
     margin_scale,
     theta_from_unit_scale,
     unit_scale,
@@ -120,11 +119,13 @@ def kldpo(
         The data are separable and no radius is given, or no certified optimum was found.
     """
     solver, cvxpy_solver = check_solver(solver, cvxpy_solver, method="kldpo")
-    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    prob = prepare(
+        X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius, in_place=solver == "fast"
+    )
     rho = check_rho(rho)
     if certificate not in ("auto", "cvxpy", "root"):
         raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
-    scale = margin_scale(prob.data.X, prob.beta)
+    scale = margin_scale(None, prob.beta, top=prob.x_abs_max)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
         # solve in units where the margins' scale is 1 (same margins, losses, value, lam, q)
         data_s, tref_s, rad_s, scale = unit_scale(prob.data, prob.beta, prob.tref, prob.radius)
@@ -181,7 +182,7 @@ def kldpo(
 def _split(prob: Problem):
     """Informative rows ``(X_k, c_k, p_k)`` and the mass ``p0`` of rows with x = 0."""
     keep, pk, p0 = _informative(prob)
-    return keep, prob.data.X[keep], prob.c[keep], pk, p0
+    return keep, prob.dense_rows(keep), prob.c[keep], pk, p0
 
 
 def _informative(prob: Problem):
@@ -230,10 +231,21 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
     )
 
 
-def _newton(prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian=None):
-    scale = 1.0 + float(np.max(dpo_loss(ck * as_rows(Xk).matvec(theta0 - prob.tref))))
+def _newton(
+    prob, Xk, ck, pk, p0, rho, theta0, lam0, *, floor_rel=1e-10, hessian=None, keep_hessian=False
+):
+    m0 = ck * as_rows(Xk).matvec(theta0 - prob.tref)
+    scale = 1.0 + float(np.max(dpo_loss(m0)))
     obj = fast.KLDual(Xk, ck, pk, rho, prob.tref, p0=p0, lam_floor=floor_rel * scale)
-    th, ex, st, info = fast.damped_newton(obj, theta0, [lam0], radius=prob.radius, hessian=hessian)
+    th, ex, st, info = fast.damped_newton(
+        obj,
+        theta0,
+        [lam0],
+        radius=prob.radius,
+        hessian=hessian,
+        state=obj.state(theta0, [lam0], m=m0),
+        keep_hessian=keep_hessian,
+    )
     info["hit_lam_floor"] = bool(ex[0] <= obj.lam_floor)
     info["scale"] = scale
     return th, float(ex[0]), info
@@ -282,7 +294,7 @@ def _ray_start(prob, X, c, p, rho, w, p0=0.0):
         M = float(a.max())
         return s * rho + s * (M + float(np.log(np.exp(a - M).sum())))
 
-    s = fast.convex_line_min(F, fast.ray_limit(base, v, prob.radius), s0=1e-3)
+    s = fast.convex_line_min(F, fast.ray_limit(base, v, prob.radius), s0=0.25, xtol=1e-6)
     if not s > 0:
         return None
     return base + s * v, s, F(s)
@@ -416,13 +428,14 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
     info: dict = {"solver": "fast"}
     if not np.any(p[np.flatnonzero(p > 0)] > 0):  # pragma: no cover - weights sum to 1
         raise SolverError("no positive weights", status="invalid")
-    sub = fast.subsample(data.n, 50_000)
+    sub = fast.subsample(data.n, fast.warm_start_rows(data.d))
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)
         Xs, cs = X.subset(sub), c[sub]
         th0, lam0, which = _best_start(prob, Xs, cs, ps, rho, ray)
-        th0, lam0, winfo = _newton(prob, Xs, cs, ps, 0.0, rho, th0, lam0)
+        th0, lam0, winfo = _newton(prob, Xs, cs, ps, 0.0, rho, th0, lam0, keep_hessian=True)
+        H_sub = winfo.pop("hessian")
         info["warm_start"] = {
             "rows": int(sub.size),
             "iterations": winfo["iterations"],
@@ -430,7 +443,13 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
         }
         if not lam0 > 0 or winfo["hit_lam_floor"]:
             lam0 = _start_lambda(prob, X, c, p, 0.0, rho, th0)
-        else:  # the subsample's Hessian at its optimum drives chord steps on the full data
+        elif fast.hessian_free(prob.data.d, prob.radius):
+            pass  # Newton-CG on the full data: no d x d Hessian to reuse
+        elif winfo["converged"] and H_sub is not None:
+            # the subsample's last exact Hessian (at its last iterate, next to its optimum:
+            # the final steps are tiny) drives chord steps on the full data, no extra pass
+            H0 = H_sub
+        else:
             sobj = fast.KLDual(Xs, cs, ps, rho, prob.tref)
             H0 = sobj.derivs(sobj.state(th0, [lam0]))[1]
         starts = [(th0, lam0, "subsample")]
@@ -567,7 +586,7 @@ def _max_loss_limit(prob, Xk, ck, pk, p0, rho, cvxpy_solver) -> dict:
     if kl_min > rho * (1 + 1e-9) + 1e-12:
         return {"holds": False, "info": info}
     full = np.zeros(prob.data.n)
-    keep = informative_rows(prob.data.X, prob.data.weights)
+    keep = prob.informative
     mk = np.zeros(Xk.shape[0])
     mk[S] = np.clip(np.asarray(mu.value, dtype=float), 0.0, None)
     full[keep] = mk
@@ -596,7 +615,9 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         q = mu
         regime = REGIME_MAX_LOSS
     keep, pk, p0 = _informative(prob)
-    primal, cinfo = cert.kl_primal_certificate(l[keep], pk, rho, p0=p0, method=certificate)
+    primal, cinfo = cert.kl_primal_certificate(
+        l[keep], pk, rho, p0=p0, method=certificate, hint=lam if lam > 0 else None
+    )
     info.update(cinfo)
     # optimality: value (an upper bound of the robust objective at theta, hence of the minimax
     # value) minus a weak-duality lower bound of the minimax value (docs/theory.md#optimality-gap)
@@ -609,6 +630,8 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
         theta_ref=prob.tref,
         radius=prob.radius,
         margins=m,
+        enough=value - 1e-3 * OPTIMALITY_TOL * (1.0 + abs(value)),
+        hint=lam if lam > 0 else None,
     )
     opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver})")
     info["lower_bound"] = lower

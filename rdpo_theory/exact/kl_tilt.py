@@ -18,9 +18,13 @@ import numpy as np
 LOG2 = float(np.log(2.0))
 
 
-def kl_lambda_for_theta(l, p, rho, *, p0: float = 0.0, lam_max: float | None = None) -> float:
+def kl_lambda_for_theta(
+    l, p, rho, *, p0: float = 0.0, lam_max: float | None = None, hint: float | None = None
+) -> float:
     """The optimal multiplier at fixed losses: the root of ``KL(q_lam || p) = rho``, where
-    ``q_lam ∝ p exp(l / lam)``; 0 when ``rho >= -log P(argmax l)`` (the max-loss regime)."""
+    ``q_lam ∝ p exp(l / lam)``; 0 when ``rho >= -log P(argmax l)`` (the max-loss regime).
+    ``hint``: a nearby multiplier (e.g. the solver's), where the search starts; the root is
+    the same to float64 resolution, found in fewer evaluations."""
     pos = p > 0
     ll = np.concatenate([l[pos], [LOG2]]) if p0 > 0 else l[pos]
     pp = np.concatenate([p[pos], [p0]]) if p0 > 0 else p[pos]
@@ -30,7 +34,7 @@ def kl_lambda_for_theta(l, p, rho, *, p0: float = 0.0, lam_max: float | None = N
     top = ll >= ll.max() - 1e-14 * max(1.0, abs(float(ll.max())))
     if rho >= -np.log(pp[top].sum()):
         return 0.0
-    return _kl_root(ll, pp, rho, spread)
+    return _kl_root(ll, pp, rho, spread, hint)
 
 
 def kl_tilt(ll, pp, lam):
@@ -46,7 +50,7 @@ def kl_tilt(ll, pp, lam):
     return q, kl, float(q @ ll)
 
 
-def _kl_root(ll, pp, rho, spread) -> float:
+def _kl_root(ll, pp, rho, spread, hint=None) -> float:
     """Solve ``KL(q_lam || p) = rho`` in ``s = log lam`` (KL decreases in lam): bracket, then
     Newton on ``KL(e^s) - rho`` with ``dKL/ds = -Var_q(l) / lam^2``, safeguarded by the
     bracket (bisection when a step leaves it), to float64 resolution; Brent as a fallback."""
@@ -69,14 +73,17 @@ def _kl_root(ll, pp, rho, spread) -> float:
         return kl - rho, -var
 
     f = lambda s: kl_and_slope(s)[0]  # noqa: E731
-    lo, hi = np.log(spread) - 3.0, np.log(spread) + 3.0
+    near = hint is not None and np.isfinite(hint) and hint > 0
+    s0 = float(np.log(hint)) if near else float(np.log(spread))
+    width = 0.05 if near else 3.0
+    lo, hi = s0 - width, s0 + width
     while f(lo) < 0:
         lo -= 5.0
         if lo < -700:
             return 0.0
     while f(hi) > 0:
         hi += 5.0
-    s = 0.5 * (lo + hi)
+    s = s0 if near and lo < s0 < hi else 0.5 * (lo + hi)
     for _ in range(100):
         g, dg = kl_and_slope(s)
         if g > 0:

@@ -44,6 +44,7 @@ from scipy.special import expit
 
 from ..losses import dpo_loss
 from .fast import gram, sum_noise
+from .passes import Rows
 
 #: Eigenvalues of the (regularised) Hessian below this fraction of the largest are treated as
 #: exact zeros (directions the logistic part does not see).
@@ -77,13 +78,20 @@ def logistic_lower_bound(
     radius=None,
     linear=None,
     constant: float = 0.0,
+    margins=None,
+    linear_in_range: bool = False,
 ) -> tuple[float, dict]:
     """A certified lower bound of ``min_{||theta|| <= radius} F(theta)`` (module docstring).
 
     Parameters
     ----------
-    A : ndarray (m, d)
-        Rows ``a_j`` (e.g. ``sy_i beta x_i``; a flipped label is ``-a_j``).
+    A : ndarray (m, d) or :class:`.passes.Rows`
+        Rows ``a_j`` (e.g. ``sy_i beta x_i``; a flipped label is ``-a_j``). A Rows (e.g.
+        ``Rows(X, scale=c)``) is read in passes, never copied: the bound then costs one
+        gradient pass, one Gram pass, one pass of row norms and one of ``max |a_ij|`` (plus
+        the margins unless ``margins`` is given), and ``kappa`` is bounded by
+        ``max_j ||a_j|| / sqrt(e_min)`` (``e_min`` the least eigenvalue of ``H`` on its range),
+        or computed exactly in one more pass when that bound is too loose.
     w : ndarray (m,)
         Non-negative weights of the rows.
     theta : ndarray (d,)
@@ -95,6 +103,12 @@ def logistic_lower_bound(
         The vector ``b`` of the linear term (default 0).
     constant : float
         Added to ``F`` (e.g. the constant losses of rows with x = 0).
+    margins : ndarray (m,), optional
+        ``A (theta - theta_ref)`` when already known (saves a pass).
+    linear_in_range : bool
+        Project ``b`` onto the range of the Hessian of the logistic part before bounding (the
+        caller states that the bound stays valid for the projected ``b``, e.g. ``b = r u`` for
+        any ``||u|| <= 1``); without a radius this keeps ``F`` bounded below.
 
     Returns
     -------
@@ -103,22 +117,56 @@ def logistic_lower_bound(
         without a radius) and ``info`` with ``F`` at theta, the Newton decrement ``lambda``,
         ``kappa`` and which bound won.
     """
-    A = np.asarray(A, dtype=float)
     w = np.asarray(w, dtype=float)
-    keep = w > 0
-    A, w = A[keep], w[keep]
     theta = np.asarray(theta, dtype=float)
     tref = np.asarray(theta_ref, dtype=float)
     d = theta.shape[0]
     b = np.zeros(d) if linear is None else np.asarray(linear, dtype=float)
     delta = theta - tref
-    m = A @ delta
+    if isinstance(A, Rows):
+        R = A
+        m = R.matvec(delta) if margins is None else np.asarray(margins, dtype=float)
+        sig = expit(-m)
+        ga = -R.rmatvec(w * sig)
+        H = R.gram(w * sig * (1.0 - sig))
+        norms = np.sqrt(R.gram_diag_rows()[w > 0])
+        nmax = float(norms.max(initial=0.0))
+        gscale = d * R.abs_max() * float(np.sum(w * sig))
+        nrows = int(np.count_nonzero(w > 0))
+
+        def kappa_of(Vr, er, lam):
+            cheap = nmax / float(np.sqrt(er.min()))
+            if lam * cheap < 0.5:  # loose but rigorous: a . H^+ a <= ||a||^2 / e_min
+                return cheap
+            q = R.row_quadratic((Vr / er) @ Vr.T)  # exact, one more pass
+            return float(np.sqrt(np.max(q[w > 0], initial=0.0)))
+
+    else:
+        A = np.asarray(A, dtype=float)
+        keep = w > 0
+        A, w = A[keep], w[keep]
+        m = A @ delta if margins is None else np.asarray(margins, dtype=float)[keep]
+        sig = expit(-m)
+        ga = -(A.T @ (w * sig))
+        H = gram(A, w * sig * (1.0 - sig)) if A.shape[0] else np.zeros((d, d))
+        gscale = float(np.sum(np.abs(A).T @ (w * sig)))
+        nrows = len(w)
+
+        def kappa_of(Vr, er, lam):
+            if not A.shape[0]:
+                return 0.0
+            return float(np.sqrt(np.max(np.sum((A @ Vr) ** 2 / er, axis=1))))
+
+    if linear_in_range and np.any(b):
+        e, V = np.linalg.eigh(H)
+        emax = float(max(e.max(), 0.0)) if e.size else 0.0
+        Vr = V[:, e > NULL_EIG * emax] if emax > 0 else V[:, :0]
+        b = Vr @ (Vr.T @ b)
     losses = dpo_loss(m)
     F = float(w @ losses) + float(b @ delta) + constant
-    sig = expit(-m)
-    g = -(A.T @ (w * sig)) + b
-    H = gram(A, w * sig * (1.0 - sig)) if A.shape[0] else np.zeros((d, d))
-    noise = sum_noise(float(w @ np.abs(losses)) + abs(float(b @ delta)) + abs(constant), len(w))
+    g = ga + b
+    gscale += float(np.abs(b).sum())
+    noise = sum_noise(float(w @ np.abs(losses)) + abs(float(b @ delta)) + abs(constant), nrows)
     info = {"F": F, "rounding": noise}
     bounded = radius is not None and np.isfinite(radius)
     best, how = -np.inf, None
@@ -132,11 +180,10 @@ def logistic_lower_bound(
     nt = float(theta @ theta)
     if bounded and nt > 0 and -float(g @ theta) > 0:
         nus.append(-float(g @ theta) / nt)
-    gscale = float(np.sum(np.abs(A).T @ (w * sig))) + float(np.abs(b).sum())
     for nu in nus:
         Fnu = F + (0.5 * nu * (nt - radius**2) if nu > 0 else 0.0)
         sc, lam, kappa = _self_concordant_bound(
-            Fnu, g + nu * theta, H + nu * np.eye(d), A, sum_noise(gscale, len(w) + d)
+            Fnu, g + nu * theta, H + nu * np.eye(d), kappa_of, sum_noise(gscale, nrows + d)
         )
         if sc > best:
             best, how = sc, "self-concordance (Newton decrement)"
@@ -145,10 +192,11 @@ def logistic_lower_bound(
     return float(best - noise), info
 
 
-def _self_concordant_bound(F, g, H, A, tol_null) -> tuple[float, float, float]:
+def _self_concordant_bound(F, g, H, kappa_of, tol_null) -> tuple[float, float, float]:
     """``(bound, lambda, kappa)``: ``min F >= F - lambda r*`` over R^d (module docstring), for
-    the gradient ``g`` and Hessian ``H`` of a logistic objective with rows ``A`` (plus a
-    quadratic, which only helps). Directions ``H`` does not see (eigenvalues below
+    the gradient ``g`` and Hessian ``H`` of a logistic objective (plus a quadratic, which only
+    helps); ``kappa_of(Vr, er, lambda)`` bounds ``max_j ||a_j||_{H^+}`` from above given the
+    eigenpairs of ``H`` on its range. Directions ``H`` does not see (eigenvalues below
     ``NULL_EIG`` of the largest) must carry no slope (``|g . v| <= tol_null``), else the
     bound is ``-inf`` (the objective may be unbounded along them)."""
     e, V = np.linalg.eigh(H)
@@ -161,7 +209,7 @@ def _self_concordant_bound(F, g, H, A, tol_null) -> tuple[float, float, float]:
         return F, 0.0, 0.0
     er, Vr = e[rng], V[:, rng]
     lam = float(np.sqrt(np.sum(gt[rng] ** 2 / er)))
-    kappa = float(np.sqrt(np.max(np.sum((A @ Vr) ** 2 / er, axis=1)))) if A.shape[0] else 0.0
+    kappa = kappa_of(Vr, er, lam)
     if lam == 0.0:
         return F, lam, kappa
     if kappa == 0.0 or not lam * kappa < 1.0 - 1e-12:

@@ -108,8 +108,11 @@ class Rows:
     def __init__(self, X, scale=None, *, chunk_bytes: int | None = None):
         self.counter = [0.0]
         self.weight = 1.0  # what one pass over these rows adds to the counter
+        self.data_absmax = [None]  # max |X_ij| of the unscaled data, shared by every view
+        self.data_rowsq = [None]  # ||x_i||^2 of the unscaled data, shared by every view
         if isinstance(X, Rows):  # a view: share the data and its pass counter
             self.counter, self.weight = X.counter, X.weight
+            self.data_absmax, self.data_rowsq = X.data_absmax, X.data_rowsq
             chunk_bytes = X.chunk_bytes if chunk_bytes is None else chunk_bytes
             if X.scale is not None:
                 scale = X.scale if scale is None else X.scale * np.asarray(scale, dtype=float)
@@ -145,11 +148,18 @@ class Rows:
 
     def _chunks(self, gram: bool = False):
         """Row ranges ``(lo, hi)``: one range for in-memory float64 numpy products with
-        vectors, dask and torch (their libraries chunk); else at most ``chunk_bytes``."""
+        vectors, dask (its library chunks) and float64 torch; else at most ``chunk_bytes``
+        (as float64), so a float32 chunk is promoted without an n x d float64 copy."""
         X = self.X
-        whole = self.backend.name != "numpy" or (
-            not gram and not isinstance(X, np.memmap) and X.dtype == np.float64
-        )
+        name = self.backend.name
+        if name == "torch":  # float64 tensors in one product; others promoted chunk by chunk
+            import torch
+
+            whole = X.dtype == torch.float64
+        else:
+            whole = name == "dask" or (
+                not gram and not isinstance(X, np.memmap) and X.dtype == np.float64
+            )
         if whole or self.n == 0:
             step = max(self.n, 1)
         else:
@@ -207,7 +217,16 @@ class Rows:
         return 0.5 * (G + G.T)
 
     def abs_max(self) -> float:
-        """``max |s_i X_ij|`` (cached; one pass the first time)."""
+        """``max |s_i X_ij|`` (cached; one pass the first time). A view of data whose own
+        maximum is known (shared by every view) returns ``max |s_i| max |X_ij|`` without a
+        pass: an upper bound, equal when ``|s|`` is constant (``c = sy beta``)."""
+        if self._absmax is None and self.data_absmax[0] is not None:
+            top = self.data_absmax[0]
+            self._absmax = (
+                top * float(np.abs(self.scale).max(initial=0.0))
+                if (self.scale is not None)
+                else top
+            )
         if self._absmax is None:
             be = self.backend
             s = np.abs(self.scale) if self.scale is not None else None
@@ -219,22 +238,65 @@ class Rows:
                 return a.max() if hi > lo else be.put(np.zeros(()), Xb)
 
             self.counter[0] += self.weight
-            vals = [float(be.get(part(be.f64(self.X[lo:hi]), lo, hi))) for lo, hi in self._chunks()]
+            vals = [
+                float(be.get(part(be.f64(self.X[lo:hi]), lo, hi)))
+                for lo, hi in self._chunks(gram=be.name == "numpy")  # bounded temporaries
+            ]
             self._absmax = max(vals, default=0.0)
+            if s is None:
+                self.data_absmax[0] = self._absmax
         return self._absmax
+
+    def row_abs_max(self) -> np.ndarray:
+        """``max_j |s_i X_ij|`` per row (n,) (one pass). NaN or inf entries of ``X`` show as a
+        non-finite value in their row, so one pass validates, finds the informative rows
+        (value > 0) and the largest entry."""
+        out = np.empty(self.n)
+        be = self.backend
+        self.counter[0] += self.weight
+        for lo, hi in self._chunks(gram=be.name == "numpy"):  # bounded chunks for numpy
+            a = abs(self.X[lo:hi])  # no float64 copy needed for a maximum
+            if be.name == "torch":
+                r = a.amax(1) if hi > lo else a.sum(1)
+            else:
+                r = a.max(axis=1) if hi > lo else a.sum(axis=1)
+            out[lo:hi] = be.get(be.f64(r))
+        if self.scale is not None:
+            out *= np.abs(self.scale)
+        return out
 
     def row_norm_max(self) -> float:
         """``max_i ||s_i x_i||_2`` (one pass)."""
         return float(np.sqrt(np.max(self.gram_diag_rows(), initial=0.0)))
 
     def gram_diag_rows(self) -> np.ndarray:
-        """Squared row norms ``s_i^2 ||x_i||^2`` (n,) (one pass)."""
+        """Squared row norms ``s_i^2 ||x_i||^2`` (n,) (one pass the first time for the data,
+        shared by every view)."""
+        if self.data_rowsq[0] is not None:
+            out = self.data_rowsq[0].copy()
+            return out * self.scale**2 if self.scale is not None else out
         out = np.empty(self.n)
         be = self.backend
         self.counter[0] += self.weight
-        for lo, hi in self._chunks():
+        for lo, hi in self._chunks(gram=be.name == "numpy"):  # bounded temporaries
             Xb = be.f64(self.X[lo:hi])
             out[lo:hi] = be.get((Xb * Xb).sum(1))
+        self.data_rowsq[0] = out.copy()
+        if self.scale is not None:
+            out *= self.scale**2
+        return out
+
+    def row_quadratic(self, M) -> np.ndarray:
+        """``s_i^2 x_i^T M x_i`` per row (n,) for a symmetric M (d, d) (one pass, in row
+        chunks: no n x d temporary beyond a chunk)."""
+        M = np.asarray(M, dtype=np.float64)
+        out = np.empty(self.n)
+        be = self.backend
+        self.counter[0] += self.weight
+        for lo, hi in self._chunks(gram=True):
+            Xb = be.f64(self.X[lo:hi])
+            Mb = be.put(M, Xb) if be.name != "dask" else M
+            out[lo:hi] = be.get(((Xb @ Mb) * Xb).sum(1))
         if self.scale is not None:
             out *= self.scale**2
         return out

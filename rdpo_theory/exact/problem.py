@@ -2,17 +2,115 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData, as_data
-from ..errors import SolverError
+from ..errors import InputError, SolverError
 from ..losses import check_beta
 from .ball import project_ball
 from .passes import Rows
+
+
+def is_row_storage(X) -> bool:
+    """Whether ``X`` is a feature matrix the fast paths read in place, through passes
+    (:class:`.passes.Rows`): a ``numpy.memmap``, a float32 numpy array (promoted chunk by
+    chunk, sums in float64), a torch tensor or a dask array."""
+    if isinstance(X, np.memmap) or (isinstance(X, np.ndarray) and X.dtype == np.float32):
+        return True
+    mod = type(X).__module__
+    return mod.startswith("torch") or mod.startswith("dask")
+
+
+def _host_vector(v):
+    """A length-n vector (labels, weights) from torch or dask as numpy; others unchanged."""
+    if v is None:
+        return None
+    mod = type(v).__module__
+    if mod.startswith("torch"):
+        return v.detach().cpu().numpy()
+    if mod.startswith("dask"):
+        return v.compute()
+    return v
+
+
+@dataclass(frozen=True)
+class RowsData:
+    """Preference pairs whose features stay in their storage (memmap, torch, dask).
+
+    The data stand for the pairs ``(x_scale * X[i], y[i])`` with weights ``weights``; ``X`` is
+    only read through passes (:class:`.passes.Rows`), never copied whole. Built by
+    :func:`rows_data`, which validates ``X`` in one pass (shape, dtype, NaN/inf naming the
+    row) and keeps the per-row ``max |X_ij|`` (``row_abs_max``, unscaled) from that pass.
+    """
+
+    X: object
+    y: np.ndarray
+    weights: np.ndarray
+    row_abs_max: np.ndarray = field(repr=False)
+    x_scale: float = 1.0
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def signed_labels(self) -> np.ndarray:
+        return 2.0 * self.y - 1.0
+
+
+def rows_data(X, y, weights) -> RowsData:
+    """Validate ``X`` (left in its storage: one pass, no copy), ``y`` and ``weights`` into a
+    :class:`RowsData`. The same checks and messages as :class:`..data.PreferenceData`."""
+    if y is None:
+        raise InputError("y is required when X is an array")
+    n, _ = V.row_storage_shape(X, "X")
+    y = V.as_labels(_host_vector(y), n, "y")
+    w = V.as_weights(_host_vector(weights), n, "weights")
+    amax = Rows(X).row_abs_max()
+    V.finite_rows(amax, "X")
+    for arr in (y, w, amax):
+        arr.setflags(write=False)
+    return RowsData(X, y, w, amax)
+
+
+def x_abs_max(data) -> float:
+    """``max_ij |x_ij|`` of a PreferenceData (in memory) or a :class:`RowsData` (kept from its
+    validation pass); 0 for an all-zero X."""
+    if isinstance(data, RowsData):
+        return float(data.row_abs_max.max(initial=0.0)) * data.x_scale
+    return float(np.abs(data.X).max(initial=0.0))
+
+
+#: Stored entries up to this size (and down to its inverse) keep their squares, hence every
+#: Gram product, inside float64 range, so a :class:`RowsData` may rescale them after the
+#: products (``x_scale``); other data are divided in a copy first.
+IN_PLACE_RANGE = 2.0**60
+
+
+def in_place_ok(row_abs_max) -> bool:
+    """Whether data whose rows have these ``max |x_ij|`` may be rescaled in place."""
+    top = float(np.max(row_abs_max, initial=0.0))
+    return top == 0.0 or 1.0 / IN_PLACE_RANGE <= top <= IN_PLACE_RANGE
+
+
+def divide_x(data, s: float):
+    """The same pairs with features ``x / s`` (weights, labels unchanged): for a
+    :class:`RowsData` whose entries allow it (:func:`in_place_ok`) the same storage with
+    ``x_scale / s``; otherwise a new in-memory PreferenceData (a copy)."""
+    if isinstance(data, RowsData):
+        if in_place_ok(data.row_abs_max):
+            return replace(data, x_scale=data.x_scale / s)
+        X = Rows(data.X).take(np.arange(data.n)) * data.x_scale
+        return PreferenceData(X / s, data.y, data.weights)
+    return PreferenceData(data.X / s, data.y, data.weights)
 
 
 @dataclass(frozen=True)
@@ -24,7 +122,7 @@ class Problem:
     infinite radius is stored as None).
     """
 
-    data: PreferenceData
+    data: PreferenceData | RowsData
     beta: float
     tref: np.ndarray
     radius: float | None
@@ -41,13 +139,54 @@ class Problem:
     @cached_property
     def rows(self) -> Rows:
         """The data ``X`` as :class:`.passes.Rows`: one pass counter for the whole solve."""
-        return Rows(self.data.X)
+        data = self.data
+        if not isinstance(data, RowsData):
+            return Rows(data.X)
+        rows = Rows(data.X, scale=None if data.x_scale == 1.0 else np.full(data.n, data.x_scale))
+        rows.data_absmax[0] = float(data.row_abs_max.max(initial=0.0))  # from validation
+        return rows
+
+    @cached_property
+    def row_abs_max(self) -> np.ndarray:
+        """``max_j |X_ij|`` per row (n,) of the stored X (before ``x_scale``): one pass in row
+        chunks (no n x d temporary), or none for :class:`RowsData`, whose validation pass
+        kept it."""
+        data = self.data
+        if isinstance(data, RowsData):
+            return data.row_abs_max
+        out = Rows(data.X).row_abs_max()
+        self.rows.counter[0] += 1
+        self.rows.data_absmax[0] = float(out.max(initial=0.0))
+        return out
+
+    @property
+    def x_abs_max(self) -> float:
+        """``max_ij |x_ij|`` of the data (0 for X = 0)."""
+        scale = self.data.x_scale if isinstance(self.data, RowsData) else 1.0
+        return float(self.row_abs_max.max(initial=0.0)) * scale
 
     @cached_property
     def informative(self) -> np.ndarray:
-        """Mask (n,) of rows that move the loss: positive weight and ``x != 0`` (one pass)."""
-        self.rows.counter[0] += 1
-        return (self.data.weights > 0) & np.any(self.data.X != 0, axis=1)
+        """Mask (n,) of rows that move the loss: positive weight and ``x != 0``."""
+        return (self.data.weights > 0) & (self.row_abs_max > 0)
+
+    def dense_rows(self, idx) -> np.ndarray:
+        """Rows ``x_i`` (``idx``: a mask or sorted indices) as an in-memory float64 array; a
+        copy of those rows for :class:`RowsData` (used by the conic fallbacks only)."""
+        data = self.data
+        if isinstance(data, RowsData):
+            idx = np.flatnonzero(idx) if np.asarray(idx).dtype == bool else np.asarray(idx)
+            return self.rows.take(idx) * data.x_scale
+        return data.X[idx]
+
+    def in_memory(self) -> Problem:
+        """The same problem with X as an in-memory PreferenceData (a full copy for
+        :class:`RowsData`; paths without a pass formulation, e.g. conic programs)."""
+        data = self.data
+        if not isinstance(data, RowsData):
+            return self
+        X = self.dense_rows(np.arange(data.n))
+        return Problem(PreferenceData(X, data.y, data.weights), self.beta, self.tref, self.radius)
 
     def margins(self, theta) -> np.ndarray:
         return self.c * self.rows.matvec(np.asarray(theta, dtype=float) - self.tref)
@@ -57,9 +196,20 @@ class Problem:
         return project_ball(self.tref, self.radius)
 
 
-def prepare(X, y, weights, *, beta, theta_ref, radius) -> Problem:
-    """Validate the inputs every exact solver shares into a :class:`Problem`."""
-    data = as_data(X, y, weights) if y is not None or weights is not None else as_data(X)
+def prepare(X, y, weights, *, beta, theta_ref, radius, in_place: bool = False) -> Problem:
+    """Validate the inputs every exact solver shares into a :class:`Problem`.
+
+    ``in_place=True`` (the fast paths): a memmap, torch tensor or dask ``X`` is validated in
+    one pass and kept in its storage (:class:`RowsData`); otherwise ``X`` is copied into an
+    in-memory float64 PreferenceData."""
+    if isinstance(X, RowsData):
+        data = X
+    elif in_place and is_row_storage(X):
+        data = rows_data(X, y, weights)
+    elif y is not None or weights is not None:
+        data = as_data(X, y, weights)
+    else:
+        data = as_data(X)
     r = V.radius(radius)
     if r is not None and not np.isfinite(r):
         r = None
@@ -84,9 +234,10 @@ class Scale:
     problem: Problem
 
     @classmethod
-    def of(cls, prob: Problem, what: str) -> Scale:
-        X = prob.data.X
-        xmax = float(np.abs(X).max()) if X.size else 0.0
+    def of(cls, prob: Problem, what: str, *, in_place: bool = False) -> Scale:
+        """``in_place=True`` (the fast paths): the scaled problem reads the same X through
+        the pass layer with the factor ``1 / s`` (exact, a power of two) instead of a copy."""
+        xmax = prob.x_abs_max
         s = 1.0 if xmax == 0.0 else float(2.0 ** np.round(np.log2(xmax)))
         S = prob.beta * s
         with np.errstate(over="ignore", invalid="ignore"):
@@ -103,8 +254,10 @@ class Scale:
                 status="scale_out_of_range",
                 hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
             )
-        data = PreferenceData(X / s, prob.data.y, prob.data.weights)
-        return cls(s, S, Problem(data, 1.0, tref, radius))
+        data = prob.data
+        if in_place and not isinstance(data, RowsData) and in_place_ok(prob.row_abs_max):
+            data = RowsData(data.X, data.y, data.weights, prob.row_abs_max)
+        return cls(s, S, Problem(divide_x(data, s), 1.0, tref, radius))
 
     def theta(self, theta_scaled) -> np.ndarray:
         """Back to the caller's units: ``theta = theta' / S``."""

@@ -128,7 +128,8 @@ def wdpo(
     solver, cvxpy_solver = check_solver(
         solver, cvxpy_solver, method="wdpo", **_paths(candidates, p, kappa)
     )
-    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
+    in_place = solver == "fast" and candidates is None and p == 1
+    prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius, in_place=in_place)
     rho = check_rho(rho)
     t0 = time.perf_counter()
     if candidates is None:
@@ -239,7 +240,7 @@ def w1_newton(prob: Problem, rho: float):
             # the ray out of the kink at theta_ref along -grad: its minimiser has a value below
             # f(theta_ref) (directional derivative rho beta - ||grad|| < 0), so descent from
             # there never comes back to the kink, where Newton models of the norm break down
-            rs = fast.subsample(data.n, 50_000)
+            rs = fast.subsample(data.n, fast.warm_start_rows(data.d))
             Xr, cr, pr = (X, c, p) if rs is None else (X.subset(rs), c[rs], p[rs] / p[rs].sum())
             mu = cr * Xr.matvec(u)
             m0 = cr * Xr.matvec(ref - prob.tref)
@@ -250,17 +251,23 @@ def w1_newton(prob: Problem, rho: float):
                     np.linalg.norm(ref + t * u - prob.tref)
                 )
 
-            t_star = fast.convex_line_min(f_ray, fast.ray_limit(ref, u, prob.radius), s0=1e-3)
+            t_star = fast.convex_line_min(
+                f_ray, fast.ray_limit(ref, u, prob.radius), s0=0.25, xtol=1e-6
+            )
             if t_star > 0:
                 th0 = ref + t_star * u
-    sub = fast.subsample(data.n, 50_000)
+    sub = fast.subsample(data.n, fast.warm_start_rows(data.d))
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum()
         sobj = fast.W1Penalty(X.subset(sub), c[sub], ps, rho, prob.beta, prob.tref)
-        th0, _, sst, winfo = fast.damped_newton(sobj, th0, [], radius=prob.radius)
+        th0, _, sst, winfo = fast.damped_newton(
+            sobj, th0, [], radius=prob.radius, keep_hessian=True
+        )
         info["warm_start"] = {"rows": int(sub.size), "iterations": winfo["iterations"]}
-        H0 = sobj.derivs(sst)[1]
+        H0 = winfo.pop("hessian")  # the subsample's last exact Hessian, no extra pass
+        if H0 is None and not fast.hessian_free(data.d, prob.radius):
+            H0 = sobj.derivs(sst)[1]
     obj = fast.W1Penalty(X, c, p, rho, prob.beta, prob.tref)
     th, _, _, ninfo = fast.damped_newton(obj, th0, [], radius=prob.radius, hessian=H0)
     info["newton"] = ninfo
@@ -271,7 +278,7 @@ def w1_newton(prob: Problem, rho: float):
         m = obj.margins(th)
         keep = prob.informative
         if not np.any(m[keep] < 0):
-            raise_if_separable(c[keep, None] * data.X[keep], "DPO (fast)")
+            raise_if_separable(c[keep, None] * prob.dense_rows(keep), "DPO (fast)")
     if not ninfo["converged"]:
         fast.require_converged(ninfo, "exact WDPO (fast)")
     return th, info
@@ -310,7 +317,7 @@ def _continuous_p1(prob: Problem, rho, kappa, solver, cvxpy_solver, t0) -> Exact
 
     A transport radius and a flip cost are in units of x, so they scale with ``1 / s``; the
     multiplier lam (loss per unit of x) with ``1 / s`` too."""
-    sc = Scale.of(prob, "exact WDPO (Wasserstein-1)")
+    sc = Scale.of(prob, "exact WDPO (Wasserstein-1)", in_place=solver == "fast")
     res = _continuous_p1_unit(sc.problem, rho / sc.s, kappa / sc.s, solver, cvxpy_solver, t0)
     res.theta = sc.theta(res.theta)
     res.dual = res.dual / sc.s
@@ -438,12 +445,12 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
     collapsed = bool(np.all(theta == prob.tref))
     if "collapse_flip_fraction" in info:
         frac = info.pop("collapse_flip_fraction")
-    lower, oinfo = w1_lower_bound(prob, rho, kappa, theta, frac)
+    lower, oinfo = w1_lower_bound(prob, rho, kappa, theta, frac, margins=m)
     if "saddle_flip_fraction" in info:  # the knapsack at theta may split ties wrongly
         f_dual = info.pop("saddle_flip_fraction")
         if kappa * float(data.weights @ f_dual) > rho:  # back inside the budget
             f_dual = f_dual * (rho / (kappa * float(data.weights @ f_dual)))
-        lower2, oinfo2 = w1_lower_bound(prob, rho, kappa, theta, f_dual)
+        lower2, oinfo2 = w1_lower_bound(prob, rho, kappa, theta, f_dual, margins=m)
         if lower2 > lower:
             lower, oinfo = lower2, oinfo2 | {"flips": "conic multipliers"}
     what = "exact WDPO (Wasserstein-1)"
@@ -473,7 +480,7 @@ def _finish_continuous(prob, rho, kappa, theta, info, t0) -> ExactResult:
     )
 
 
-def w1_lower_bound(prob: Problem, rho, kappa, theta, flip) -> tuple[float, dict]:
+def w1_lower_bound(prob: Problem, rho, kappa, theta, flip, *, margins=None) -> tuple[float, dict]:
     """Weak-duality lower bound of the continuous W1 minimax value
     (``docs/theory.md#optimality-gap``).
 
@@ -494,19 +501,57 @@ def w1_lower_bound(prob: Problem, rho, kappa, theta, flip) -> tuple[float, dict]
     """
     data = prob.data
     p = data.weights
-    A = prob.c[:, None] * data.X
     f = np.zeros(data.n) if flip is None else np.asarray(flip, dtype=float)
     rem = rho if not np.isfinite(kappa) else max(0.0, rho - kappa * float(p @ f))
-    rows = np.vstack([A, -A])
-    w = np.concatenate([p * (1.0 - f), p * f])
     delta = theta - prob.tref
     nd = float(np.linalg.norm(delta))
+    if not np.any(f > 0):
+        # no flips (kappa = inf, the fast path): rows c_i x_i read in passes, no copy; without
+        # a radius u is projected onto the range of the Hessian (the span of the rows), which
+        # keeps ||u|| <= 1
+        R = prob.rows.scaled(prob.c)
+        if rem == 0.0:
+            u = np.zeros(data.d)
+        elif nd > 0:
+            u = delta / nd
+        else:
+            g = -0.5 * R.rmatvec(p)
+            ng = float(np.linalg.norm(g))
+            u = -g / max(ng, rem * prob.beta) if ng > 0 else np.zeros(data.d)
+        if data.d >= fast.HESSIAN_FREE_D:
+            # high dimension: the Fenchel dual point of the logistic part, corrected by a
+            # conjugate-gradient Newton step so that its gradient matches the linear term
+            # (no d x d matrix; docs/theory.md#optimality-gap)
+            lower = cert.dpo_lower_bound(
+                R,
+                p,
+                theta,
+                theta_ref=prob.tref,
+                radius=prob.radius,
+                margins=margins,
+                linear=rem * prob.beta * u,
+            )
+            return lower, {"bound": "Fenchel dual (conjugate-gradient correction)"}
+        return logistic_lower_bound(
+            R,
+            p,
+            theta,
+            theta_ref=prob.tref,
+            radius=prob.radius,
+            linear=rem * prob.beta * u,
+            margins=margins,
+            linear_in_range=prob.radius is None and nd > 0,
+        )
+    X = prob.in_memory().data.X
+    A = prob.c[:, None] * X
+    rows = np.vstack([A, -A])
+    w = np.concatenate([p * (1.0 - f), p * f])
     if rem == 0.0:
         u = np.zeros(data.d)
     elif nd > 0:
         u = delta / nd
         if prob.radius is None:  # keep u in the span of the rows (else unbounded below)
-            keep = informative_rows(data.X, p)
+            keep = informative_rows(X, p)
             if keep.any():
                 coef, *_ = np.linalg.lstsq(A[keep].T, u, rcond=None)
                 u = A[keep].T @ coef
