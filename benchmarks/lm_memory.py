@@ -6,8 +6,8 @@ GPT-2 124M configuration with random weights (no downloads), 8 pairs x 512 token
 completions 192-384 tokens, so rows are padded to 512). CPU: the growth of the process's peak
 RSS over the step, each (method, implementation) in its own process, float32. CUDA:
 ``torch.cuda.max_memory_allocated`` over the step minus the memory allocated before it, bf16
-autocast. The logits of one step are 2B x T x V = 16 x 512 x 50257 values: 3.07 GiB in float32,
-1.53 GiB in bf16.
+autocast. The logits of one step are 2B x T x V = 16 x 512 x 50257 values: 1.53 GiB in float32,
+0.77 GiB in bf16 (the policy forward; the reference forward runs without a graph).
 
     python benchmarks/lm_memory.py                     # 8 x 512 (minutes per row on 2 cores)
     python benchmarks/lm_memory.py --pairs 2           # 2 x 512, the quick CPU table
