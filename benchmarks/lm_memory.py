@@ -6,8 +6,8 @@ GPT-2 124M configuration with random weights (no downloads), 8 pairs x 512 token
 completions 192-384 tokens, so rows are padded to 512). CPU: the growth of the process's peak
 RSS over the step, each (method, implementation) in its own process, float32. CUDA:
 ``torch.cuda.max_memory_allocated`` over the step minus the memory allocated before it, bf16
-autocast. The logits of one step are 2B x T x V = 16 x 512 x 50257 values: 3.07 GiB in float32,
-1.53 GiB in bf16.
+autocast. The logits of one step are 2B x T x V = 16 x 512 x 50257 values: 1.53 GiB in float32,
+0.77 GiB in bf16 (the policy forward; the reference forward runs without a graph).
 
     python benchmarks/lm_memory.py                     # 8 x 512 (minutes per row on 2 cores)
     python benchmarks/lm_memory.py --pairs 2           # 2 x 512, the quick CPU table
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,13 @@ def old_sequence_logps(model, input_ids, attention_mask, completion_mask, *, inp
 
 
 def _child(impl, method, pairs, length, threads, q, layers=12, width=768):
+    try:
+        q.put(_measure(impl, method, pairs, length, threads, layers, width))
+    except torch.OutOfMemoryError as e:  # CUDA: a row that does not fit is a result
+        q.put(dict(method=method, logprobs=impl, pairs=pairs, error=f"out of memory: {e}"[:200]))
+
+
+def _measure(impl, method, pairs, length, threads, layers, width) -> dict:
     from rdpo_theory.torch import bench, lm, train
 
     if impl == "old":  # the trainer reaches sequence_logps through lm and train
@@ -94,23 +102,46 @@ def _child(impl, method, pairs, length, threads, q, layers=12, width=768):
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if cuda else bench.rss_kib()[1] * 1024
-    q.put(
-        dict(
-            model=name,
-            method=method,
-            logprobs=impl,
-            pairs=pairs,
-            tokens=int(batch["input_ids"].shape[1]),
-            device=str(acc.device),
-            precision=acc.mixed_precision,
-            seconds=sec,
-            peak_over_start_GiB=max(0, peak - base) / 2**30,
-            loss=float(out.loss.detach()),
-        )
+    return dict(
+        model=name,
+        method=method,
+        logprobs=impl,
+        pairs=pairs,
+        tokens=int(batch["input_ids"].shape[1]),
+        device=str(acc.device),
+        precision=acc.mixed_precision,
+        seconds=sec,
+        peak_over_start_GiB=max(0, peak - base) / 2**30,
+        loss=float(out.loss.detach()),
     )
 
 
 IMPLS = ("old", "selective")
+
+
+def _in_process(ctx, target, args, tail) -> dict:
+    """Run ``target(*args, q, *tail)`` in a fresh process and return the dict it puts on q.
+    A process killed by a signal (the CPU out-of-memory killer) gives an ``error`` row; any
+    other death raises."""
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q, *tail))
+    p.start()
+    while True:
+        try:
+            r = q.get(timeout=2)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                p.join()
+                if p.exitcode is not None and p.exitcode < 0:
+                    r = dict(method=args[1], logprobs=args[0], pairs=args[2])
+                    r["error"] = f"killed by signal {-p.exitcode}"
+                    break
+                raise RuntimeError(
+                    f"benchmark row {args[:2]} failed (exit code {p.exitcode})"
+                ) from None
+    p.join()
+    return r
 
 
 def run(methods, pairs, length, threads, impls=IMPLS, layers=12, width=768) -> pd.DataFrame:
@@ -118,21 +149,19 @@ def run(methods, pairs, length, threads, impls=IMPLS, layers=12, width=768) -> p
     rows = []
     for method in methods:
         for impl in impls:
-            q = ctx.Queue()
-            p = ctx.Process(
-                target=_child, args=(impl, method, pairs, length, threads, q, layers, width)
-            )
-            p.start()
-            r = q.get()
-            p.join()
+            args = (impl, method, pairs, length, threads)
+            r = _in_process(ctx, _child, args, (layers, width))
             rows.append(r)
+            if "error" in r:
+                print(f"{method:8s} {impl:10s} {pairs}x{length}  {r['error']}", flush=True)
+                continue
             print(
                 f"{method:8s} {impl:10s} {r['pairs']}x{r['tokens']}  {r['seconds']:7.1f} s"
                 f"  peak +{r['peak_over_start_GiB']:.2f} GiB  loss {r['loss']:.6f}",
                 flush=True,
             )
     df = pd.DataFrame(rows)
-    if "old" in impls:
+    if "old" in impls and "peak_over_start_GiB" in df:
         old = df[df["logprobs"] == "old"].set_index("method")["peak_over_start_GiB"]
         df["peak_vs_old"] = df["peak_over_start_GiB"] / df["method"].map(old)
     return df

@@ -76,6 +76,63 @@ def test_double_backward_equals_naive(small_chunks):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_gradcheck_and_gradgradcheck_float64(small_chunks):
+    """First and second derivatives of the selective log-softmax against finite differences
+    (torch.autograd.gradcheck / gradgradcheck, float64), directly on the logits and through a
+    linear head; the second-order node's own backward recomputes the softmax by chunks."""
+    W, h, t, _ = _head(torch.float64)
+    z = torch.nn.functional.linear(h, W).detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: selective_log_softmax(x, t), (z,))
+    assert torch.autograd.gradgradcheck(lambda x: selective_log_softmax(x, t), (z,))
+    head = (W.detach().requires_grad_(), h.detach().requires_grad_())
+    f = lambda W_, h_: selective_log_softmax(torch.nn.functional.linear(h_, W_), t)  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, head)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_double_backward_graph_keeps_no_float32_softmax(dtype, small_chunks):
+    """The create_graph backward (WDPO's exact penalty gradient) keeps, among vocabulary-sized
+    tensors, the logits and the head's saved copy of their gradient, both in the logits' dtype,
+    and nothing else: no float32 softmax (the naive formula keeps one, in float32). The
+    incoming gradient of the second backward is not modified."""
+    W, h, t, w = _head(dtype)
+
+    def saved_vocab_tensors(f):
+        logits = torch.nn.functional.linear(h, W)
+        out = f(logits, t)
+        saved = {}
+
+        def pack(x):
+            if x.shape[-1:] == logits.shape[-1:] and x.numel() == logits.numel():
+                saved[x.data_ptr()] = x.dtype
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            (gh,) = torch.autograd.grad((out * w.to(out.dtype)).sum(), h, create_graph=True)
+        saved.pop(logits.data_ptr(), None)
+        return gh, saved
+
+    gh, saved = saved_vocab_tensors(selective_log_softmax)
+    assert list(saved.values()) == [dtype]  # the gradient the head's matmul keeps
+    _, saved_naive = saved_vocab_tensors(naive_log_softmax)
+    assert torch.float32 in saved_naive.values() and len(saved_naive) >= 2
+    u = torch.randn_like(gh)
+    u0 = u.clone()
+    torch.autograd.grad(gh, [W, h], u)
+    assert torch.equal(u, u0)
+
+
+def test_bf16_double_backward_close_to_naive(small_chunks):
+    W, h, t, w = _head(torch.bfloat16)
+    res = []
+    for f in (selective_log_softmax, naive_log_softmax):
+        out = f(torch.nn.functional.linear(h, W), t)
+        (gh,) = torch.autograd.grad((out * w.float()).sum(), h, create_graph=True)
+        res.append(torch.autograd.grad(gh.float().pow(2).sum(), [W, h]))
+    for a, b in zip(*res):
+        assert (a.double() - b.double()).norm() <= 2e-2 * b.double().norm()
+
+
 def test_inplace_backward_guards():
     """The gradient overwrites the logits' storage only when nothing else saved them: a second
     backward through the same graph raises instead of reusing overwritten logits, and a head

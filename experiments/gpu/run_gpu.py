@@ -11,6 +11,7 @@ GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
     python experiments/gpu/run_gpu.py [--out DIR]          # GPU: all sections
     python experiments/gpu/run_gpu.py --sections lora memory   # GPU: only these
     python experiments/gpu/run_gpu.py --smoke [--out DIR]  # CPU: tiny sizes, validates the script
+    python experiments/gpu/run_gpu.py --smoke --sections lora memory   # CPU: ~1 min
 
 Sections (H100 estimates; lora and memory not yet run on a GPU): ``steps`` (~5 min),
 ``lora`` (~4 min), ``memory`` (~2-3 min: 8 processes), ``e2e`` (~1 min). Outputs under
@@ -160,14 +161,17 @@ def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
 
 
 def memory_section(smoke, out) -> list[dict]:
-    """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax."""
-    if smoke:
-        print("memory section: skipped under --smoke (GPT-2 124M at 8 x 512 is GPU work)")
-        return []
+    """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax, GPT-2
+    124M at 8 x 512 (``--smoke``: one block of width 64 under GPT-2's vocabulary, 1 x 32, the
+    same code path in seconds)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import lm_memory
 
-    df = lm_memory.run(list(lm_memory.METHODS), pairs=8, length=512, threads=1)
+    if smoke:
+        size = dict(pairs=1, length=32, layers=1, width=64)
+    else:
+        size = dict(pairs=8, length=512, layers=12, width=768)
+    df = lm_memory.run(list(lm_memory.METHODS), threads=1, **size)
     df.to_csv(out / "lm_memory.csv", index=False)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return df.to_dict("records")

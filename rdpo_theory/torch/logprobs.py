@@ -10,8 +10,12 @@ float64 logits), reduced and dropped, so the only vocabulary-sized tensor that l
 step is the logits tensor itself, in the model's dtype. Its backward writes the gradient
 ``g_t (onehot(y_t) - softmax(logits_t))`` chunk by chunk, in place into that logits buffer when
 nothing else in the graph needs the logits (a linear head), else into one new tensor of the
-logits' dtype. Double backward (WDPO's exact penalty gradient, ``create_graph=True``) goes
-through an ordinary differentiable formula instead.
+logits' dtype. Double backward (WDPO's exact penalty gradient, ``create_graph=True``) builds
+that gradient as one differentiable node (:class:`_LogitGrad`) that keeps only the logits and
+per-row scalars and recomputes the softmax chunk by chunk in its own backward, so the
+second-order graph holds no float32 softmax either: its vocabulary-sized tensors are the logits
+and the gradient the head keeps, both in the logits' dtype. Third derivatives are not supported
+(PyTorch raises).
 """
 
 from __future__ import annotations
@@ -57,6 +61,29 @@ def naive_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return x.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
+def _new_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``t``'s shape, dtype and device."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _write_logit_grad(logits, targets, lse, grad, out):
+    """``out = grad (onehot(targets) - softmax(logits))`` row chunk by row chunk (``out`` may be
+    ``logits`` itself: each chunk is read before it is written). Shapes: ``logits``/``out``
+    (..., V), ``targets``/``grad`` (...), ``lse`` the flattened log-normalisers."""
+    V = logits.shape[-1]
+    acc = lse.dtype
+    src, dst = logits.reshape(-1, V), out.view(-1, V)
+    tgt, g = targets.reshape(-1), grad.reshape(-1).to(acc)
+    step = _chunk_rows(V, torch.finfo(acc).bits // 8)
+    for lo in range(0, src.shape[0], step):
+        sl = slice(lo, lo + step)
+        p = torch.exp(src[sl].to(acc) - lse[sl].unsqueeze(-1))  # softmax of the chunk
+        p.mul_(-g[sl].unsqueeze(-1))
+        p.scatter_add_(-1, tgt[sl].unsqueeze(-1), g[sl].unsqueeze(-1))
+        dst[sl] = p.to(dst.dtype)
+    return out
+
+
 class _SelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets):
@@ -83,24 +110,46 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, targets, lse = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a differentiable formula (double backward)
-            g = grad.unsqueeze(-1).to(lse.dtype)
-            p = torch.softmax(logits.to(lse.dtype), dim=-1)
-            gl = (-g * p).scatter_add(-1, targets.unsqueeze(-1), g)  # g (onehot - p)
-            return gl.to(logits.dtype), None
+        if torch.is_grad_enabled():  # create_graph (double backward): a differentiable node
+            ctx.inplace = False  # that node keeps the logits; a later backward must not overwrite
+            return _LogitGrad.apply(logits, targets, lse, grad), None
+        out = logits if ctx.inplace else _new_like(logits)
+        return _write_logit_grad(logits, targets, lse, grad, out), None
+
+
+class _LogitGrad(torch.autograd.Function):
+    """``G(z, g) = g (onehot(y) - softmax(z))``, the gradient of the selective log-softmax, as a
+    differentiable node for double backward. It keeps only the logits ``z`` (already alive), the
+    log-normalisers and ``g``; its own backward recomputes the softmax chunk by chunk:
+    for an incoming ``U`` (..., V) with ``s = <U, softmax(z)>`` per row,
+    ``dL/dz = -g softmax(z) (U - s)`` and ``dL/dg = U_y - s``."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, lse, grad):
+        ctx.save_for_backward(logits, targets, lse, grad)
+        return _write_logit_grad(logits, targets, lse, grad, _new_like(logits))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, U):
+        logits, targets, lse, grad = ctx.saved_tensors
         V = logits.shape[-1]
         acc = lse.dtype
-        out = logits if ctx.inplace else torch.empty_like(logits)
-        src, dst = logits.reshape(-1, V), out.view(-1, V)
+        src, u = logits.reshape(-1, V), U.reshape(-1, V)
         tgt, g = targets.reshape(-1), grad.reshape(-1).to(acc)
-        step = _chunk_rows(V, torch.finfo(acc).bits // 8)
+        dz = _new_like(logits) if ctx.needs_input_grad[0] else None
+        dg = torch.empty(src.shape[0], dtype=acc, device=logits.device)
+        step = _chunk_rows(V, 2 * torch.finfo(acc).bits // 8)  # two chunk temporaries
         for lo in range(0, src.shape[0], step):
             sl = slice(lo, lo + step)
-            p = torch.exp(src[sl].to(acc) - lse[sl].unsqueeze(-1))  # softmax of the chunk
-            p.mul_(-g[sl].unsqueeze(-1))
-            p.scatter_add_(-1, tgt[sl].unsqueeze(-1), g[sl].unsqueeze(-1))
-            dst[sl] = p.to(dst.dtype)
-        return out, None
+            p = torch.exp(src[sl].to(acc) - lse[sl].unsqueeze(-1))
+            uc = u[sl].to(acc)
+            s = (uc * p).sum(-1, keepdim=True)  # uc may alias U: never written
+            dg[sl] = uc.gather(-1, tgt[sl].unsqueeze(-1)).squeeze(-1) - s.squeeze(-1)
+            if dz is not None:
+                p.mul_(uc - s).mul_(-g[sl].unsqueeze(-1))
+                dz.view(-1, V)[sl] = p.to(dz.dtype)
+        return dz, None, None, dg.view(grad.shape).to(grad.dtype)
 
 
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -118,6 +167,7 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.
         In backward, when the logits come straight from a linear head (nothing else saved them)
         and are contiguous, the gradient is written into their storage (they are dead by then);
         a second backward through the same graph then raises PyTorch's in-place error.
+        A ``create_graph=True`` backward (double backward) switches that off for the graph.
     targets : LongTensor (...)
         Token ids in ``[0, V)``.
 
