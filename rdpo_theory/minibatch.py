@@ -226,7 +226,7 @@ def expected_gradient_fn(
     Carlo error drops by the correlation of the two (for ``per-pair``, linear in the batch, the
     difference is 0 and ``F_B`` is the full-batch gradient exactly)."""
     import torch
-    from torch.func import grad, vmap
+    from torch.func import vmap
 
     from .torch.normalizers import running_kldpo_objective, running_wdpo_objective
 
@@ -234,8 +234,8 @@ def expected_gradient_fn(
     P = _Problem(data, est, beta, theta_ref)
     dt = torch.float64
 
-    def g_full(th):
-        return grad(lambda t: P.objective(t, P.X, P.sb, weights=P.p))(th)
+    def full_objective(th):
+        return P.objective(th, P.X, P.sb, weights=P.p)
 
     def full_stat(th):  # the full-data statistic at th (detached): log Z, centre or S
         per, sq = P.per_sq(th.detach(), P.X, P.sb)
@@ -254,41 +254,47 @@ def expected_gradient_fn(
             return (w * per).mean()
         return running_kldpo_objective(per, tau=est.hyper, log_partition=stat)[0]
 
+    # F is the gradient of one scalar: the mean over the M batches of each batch's objective
+    # (its weights and statistics detached, as in the trainer), evaluated for all batches at
+    # once by vmap; one backward pass then gives the mean of the per-batch gradients.
     if batches is None:
-        F_t = g_full
+        surrogate = full_objective
     else:
         idx = torch.as_tensor(np.asarray(batches), dtype=torch.long)
         Xb, Sb = P.X[idx], P.sb[idx]  # (M, B, d), (M, B)
-        g_ctl = vmap(grad(control), in_dims=(None, 0, 0, None))
         linear = est.variant == "per-pair"
+        batch_obj = vmap(P.objective, in_dims=(None, 0, 0))
+        ctl_obj = vmap(control, in_dims=(None, 0, 0, None))
         if est.normalizer == "batch":
-            g_batch = vmap(grad(P.objective), in_dims=(None, 0, 0))
 
-            def g_mean(th):
-                if linear and control_variate:
-                    return torch.zeros_like(th)
-                return g_batch(th, Xb, Sb).mean(dim=0)
+            def mean_objective(th):
+                return batch_obj(th, Xb, Sb).mean()
 
             cv_rows = (Xb, Sb)
         else:
             stat_batch = vmap(P.batch_stat, in_dims=(None, 0, 0))
-            g_run = vmap(grad(P.objective), in_dims=(None, 0, 0, 0))
+            run_obj = vmap(P.objective, in_dims=(None, 0, 0, 0))
             log_space = est.method == "kldpo"
 
-            def g_mean(th):
-                s = stat_batch(th, Xb, Sb).numpy()
+            def mean_objective(th):
+                with torch.no_grad():
+                    s = stat_batch(th, Xb, Sb).numpy()
                 run = torch.as_tensor(_ema(s, est.decay, log_space=log_space), dtype=dt)
-                return g_run(th, Xb[burn_in:], Sb[burn_in:], run[burn_in:]).mean(dim=0)
+                return run_obj(th, Xb[burn_in:], Sb[burn_in:], run[burn_in:]).mean()
 
             cv_rows = (Xb[burn_in:], Sb[burn_in:])
 
-        def F_t(th):
+        def surrogate(th):
             if not control_variate:
-                return g_mean(th)
-            if linear:
-                return g_full(th)
-            ctl = g_ctl(th, *cv_rows, full_stat(th)).mean(dim=0)
-            return g_mean(th) - ctl + g_full(th)
+                return mean_objective(th)
+            if linear:  # the batch loss minus the control is 0: F_B is the full gradient
+                return full_objective(th)
+            ctl = ctl_obj(th, *cv_rows, full_stat(th)).mean()
+            return mean_objective(th) - ctl + full_objective(th)
+
+    def F_t(th):
+        th = th.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(surrogate(th), th)[0]
 
     def F(theta):
         return F_t(torch.as_tensor(theta, dtype=dt)).numpy()

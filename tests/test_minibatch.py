@@ -280,6 +280,8 @@ def test_fixed_point_matches_averaged_sgd():
 
 @pytest.mark.slow
 def test_minibatch_command_writes_tables_and_figures(tmp_path):
+    import pandas as pd
+
     from rdpo_theory.commands.minibatch import make
     from rdpo_theory.studies.minibatch import MinibatchConfig
 
@@ -288,13 +290,21 @@ def test_minibatch_command_writes_tables_and_figures(tmp_path):
         batches=20,
         sets=2,
         kl_path=(0.005, 0.02),
-        w_path=(0.1, 0.2),
+        w1_path=(0.1, 0.2),
+        w2_path=(0.1, 0.2),
+        decays=(0.1,),
         sgd_steps=20,
     )
     paths = make(tmp_path, cfg=cfg, jobs=1, progress=False)
-    assert {p.name for p in paths} >= {"minibatch_runs.csv", "minibatch_layouts.png"}
-    import pandas as pd
-
+    assert {p.name for p in paths} >= {
+        "minibatch_runs.csv",
+        "minibatch_layouts.csv",
+        "minibatch_sgd.csv",
+        "minibatch_decay.csv",
+        "minibatch_radius.png",
+        "minibatch_distance.png",
+        "minibatch_layouts.png",
+    }
     runs = pd.read_csv(tmp_path / "minibatch_runs.csv")
     full = runs[runs["batch"] == "full"]
     assert (full[full["variant"] == "normalized"]["theta_dist"] < 1e-6).all()
@@ -302,3 +312,95 @@ def test_minibatch_command_writes_tables_and_figures(tmp_path):
     # every exact reference is certified: its optimality gap is recorded and small
     gaps = runs["exact_optimality_gap"]
     assert gaps.notna().all() and (gaps.abs() <= 1e-6 * 2).all()
+    # the columns of the study table
+    for col in ("variant", "normalizer", "B", "theta_dist", "effective_radius", "off_path"):
+        assert col in runs.columns
+    for col in (
+        "robust_gap",
+        "mc_error",
+        "effective_radius_w1",
+        "implied_rho",
+        "path_interp_error",
+    ):
+        assert col in runs.columns
+    # per-pair WDPO is linear in the batch: the same fixed point at every B, no MC error
+    pp = runs[runs["variant"] == "per-pair"]
+    assert pp[["theta0", "theta1", "theta2", "effective_radius"]].nunique().max() == 1
+    assert (pp["mc_error"] == 0).all()
+    # in full batch the running normaliser is the batch one
+    for v in ("normalized", "sqrt-mean"):
+        f = full[full["variant"] == v].set_index("normalizer")
+        assert f.loc["running", "theta0"] == f.loc["batch", "theta0"]
+    lay = pd.read_csv(tmp_path / "minibatch_layouts.csv")
+    assert (lay["B"] == lay["group_size"]).all() and (lay["global_batch"] == 128).all()
+    decay = pd.read_csv(tmp_path / "minibatch_decay.csv")
+    assert set(decay["family"]) == {"kl", "w2"} and (decay["decay"] == 0.1).all()
+
+
+def test_quick_study_covers_every_layout_group():
+    from rdpo_theory.studies.minibatch import MinibatchConfig
+
+    for cfg in (MinibatchConfig.quick(), MinibatchConfig.full()):
+        assert {lay.group_size for lay in LAYOUTS} <= set(cfg.batch_sizes)
+        assert 0.01 in cfg.decays  # the recommended decay is in the sweep
+
+
+# ---------------------------------------------------------------------------- the study
+@pytest.fixture(scope="module")
+def study_kl_path():
+    from rdpo_theory.studies.minibatch import MinibatchConfig, exact_path, make_data
+
+    cfg = MinibatchConfig.quick()
+    data = make_data(cfg)[0]
+    return data, exact_path("kl", data, cfg.kl_path, 1.0)
+
+
+def test_nearest_on_path_recovers_an_off_grid_radius(study_kl_path):
+    """The exact optimum at a radius between the path's grid points is found on the spline at
+    that radius, and a point moved off the path by 0.01 orthogonally is 0.01 from it."""
+    from rdpo_theory.studies.minibatch import (
+        nearest_on_path,
+        path_interpolation_error,
+        path_spline,
+        project_onto_path,
+    )
+
+    data, path = study_kl_path
+    grid = path["radius"].to_numpy()
+    rho = 0.0087  # between the grid points 0.0071 and 0.0109
+    assert not np.isclose(grid, rho, rtol=0.05).any()
+    th = exact_kldpo(data, rho=rho, beta=1.0, solver="fast").theta
+    rad, dist = nearest_on_path(th, path, "kl")
+    assert rad == pytest.approx(rho, rel=2e-3)
+    # the spline through the exact optima reproduces an exact optimum off the grid to within
+    # the leave-one-out estimate of its interpolation error
+    err = path_interpolation_error("kl", path)
+    assert dist <= err < 1e-3
+    # the polyline is coarser: the spline is at least as close
+    assert dist <= project_onto_path(th, path)[1] + 1e-15
+    # move off the path orthogonally to its tangent
+    spl = path_spline("kl", path)
+    tangent = spl(np.sqrt(rho), 1)
+    normal = np.cross(tangent, [1.0, 0.0, 0.0])
+    normal /= np.linalg.norm(normal)
+    rad2, dist2 = nearest_on_path(th + 0.01 * normal, path, "kl")
+    assert dist2 == pytest.approx(0.01, rel=0.02)
+    assert rad2 == pytest.approx(rho, rel=0.02)
+    # DPO is the radius-0 end of the path
+    dpo = exact_dpo(data, beta=1.0, solver="fast").theta
+    assert nearest_on_path(dpo, path, "kl")[0] < 1e-10
+
+
+def test_running_normalizer_bias_grows_with_the_decay():
+    """The running normaliser's fixed point moves off the full-batch one by O(decay): at
+    decay 0.3 it is far off (a small batch average), at 0.01 on it."""
+    from rdpo_theory.studies.minibatch import MinibatchConfig, make_data
+
+    data = make_data(MinibatchConfig.quick())[0]
+    ex = exact_kldpo(data, rho=0.01, beta=1.0, solver="fast")
+    d = {}
+    for a in (0.01, 0.3):
+        est = Estimator("kldpo", "normalized", ex.dual, "running", decay=a)
+        fp = fixed_point(data, est, beta=1.0, batch_size=4, batches=200, sets=2)
+        d[a] = np.linalg.norm(fp.theta - ex.theta)
+    assert d[0.3] > 0.02 and d[0.01] < 0.004 and d[0.3] > 8 * d[0.01]

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..errors import SolverError
 from ..minibatch import LAYOUTS, Estimator, fixed_point
 from .approx_vs_exact import ApproxConfig, evaluate_rewards, exact_kl, make_world
 
@@ -49,6 +49,11 @@ def w2_robust_value(theta, data, rho, beta) -> float:
 
     return robust_risk(theta, data, method="wdpo", rho=rho, p=2.0, beta=beta)
 
+
+#: Effective radii below this (nats, resp. units of x) are reported as 0, the DPO optimum: the
+#: exact KL solver does not certify radii of 1e-16, and theta*(rho) is within about
+#: sqrt(2 * 1e-12) = 1.4e-6 of the DPO optimum there.
+TINY_RADIUS = 1e-12
 
 #: (method, variant, normalizer) of the study.
 ESTIMATORS = (
@@ -68,9 +73,15 @@ class MinibatchConfig:
     ``kl_radii``: intended KL radii (nats); ``w_fractions``: intended W_2 radii as fractions of
     the collapse radius ``||sum_i p_i sy_i x_i||``; ``batch_sizes``: group sizes B (the full
     batch is always added); ``batches``/``sets``: SAA batches per set and independent sets;
-    ``decay``: EMA weight of the running normalisers; ``kl_path``/``w_path``: radii of the exact
-    paths (KL in nats; W as fractions of the collapse radius); ``sgd_steps``: length of the SGD
-    check runs at ``sgd_batch`` (0 skips them).
+    ``decay``: EMA weight of the running normalisers; ``kl_path``/``w1_path``/``w2_path``: radii
+    of the exact paths (KL in nats; W as fractions of the collapse radius; the intended radii
+    are added; the W_2 solver is the slow one, so its path is dense only where the fixed points
+    land); ``decays``: EMA weights of the running normalisers' decay sweep at ``decay_batch``
+    (empty skips it); ``sgd_steps``: length of the SGD check runs at ``sgd_batch`` (0 skips
+    them) for the families ``sgd_families`` (the quick size checks KL only: there theta_B is
+    0.1 from the exact optimum, more than the noise of the averaged SGD iterate; WDPO's theta_B
+    at B = 4 is 0.02 from it, below that noise, so its check needs the full size's longer
+    runs).
     """
 
     n: int = 2000
@@ -82,10 +93,14 @@ class MinibatchConfig:
     sets: int = 3
     decay: float = 0.01
     kl_path: tuple[float, ...] = tuple(np.round(np.geomspace(1e-4, 0.06, 16), 6))
-    w_path: tuple[float, ...] = (0.03, 0.08, 0.15, 0.25, 0.4, 0.6)
+    w1_path: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25)
+    w2_path: tuple[float, ...] = (0.05, 0.1, 0.13, 0.17, 0.2)
     sgd_batch: int = 4
     sgd_steps: int = 6000
     sgd_lr: float = 0.02
+    sgd_families: tuple[str, ...] = ("kl",)
+    decays: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
+    decay_batch: int = 4
     seed: int = 0
 
     @classmethod
@@ -101,8 +116,10 @@ class MinibatchConfig:
             batches=1000,
             sets=5,
             kl_path=tuple(np.round(np.geomspace(1e-4, 0.08, 30), 6)),
-            w_path=(0.01, 0.03, 0.05, 0.08, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8),
+            w1_path=(0.01, 0.03, 0.05, 0.08, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8),
+            w2_path=(0.01, 0.03, 0.05, 0.08, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8),
             sgd_steps=40000,
+            sgd_families=("kl", "w2"),
         )
 
 
@@ -118,38 +135,88 @@ def collapse_radius(data) -> float:
 
 
 # ---------------------------------------------------------------------------- exact paths
-def _exact_theta(family: str, data, radius: float, beta: float) -> np.ndarray:
+def exact_solution(family: str, data, radius: float, beta: float):
+    """The certified exact optimum (:class:`rdpo_theory.exact.ExactResult`) of ``family``
+    ("kl", "w1" or "w2": :func:`rdpo_theory.exact.kldpo`, :func:`~rdpo_theory.exact.wdpo`
+    with p = 1 or 2) at ``radius``; DPO at 0. The fast paths (KLDPO falls back to its conic
+    program by itself when Newton ends uncertified)."""
     from ..exact import dpo as exact_dpo
     from ..exact import kldpo as exact_kldpo
     from ..exact import wdpo as exact_wdpo
 
     if radius == 0:
-        return exact_dpo(data, beta=beta, solver="fast").theta
+        return exact_dpo(data, beta=beta, solver="fast")
     if family == "kl":
-        try:
-            return exact_kldpo(data, rho=radius, beta=beta, solver="fast").theta
-        except SolverError:  # the conic program as a second chance
-            return exact_kldpo(data, rho=radius, beta=beta, solver="cvxpy").theta
+        return exact_kldpo(data, rho=radius, beta=beta, solver="fast")
     p = 2 if family == "w2" else 1
-    return exact_wdpo(data, rho=radius, beta=beta, p=p, solver="fast").theta
+    return exact_wdpo(data, rho=radius, beta=beta, p=p, solver="fast")
+
+
+def _exact_theta(family: str, data, radius: float, beta: float) -> np.ndarray:
+    return exact_solution(family, data, radius, beta).theta
+
+
+def exact_solutions(radii: dict, data, beta: float, *, jobs: int = 1) -> dict:
+    """``{(family, radius): ExactResult}`` for every family of ``radii`` (family -> radii,
+    0 added), all solves in one joblib pool."""
+    from joblib import Parallel, delayed
+
+    todo = sorted({(f, float(r)) for f, rs in radii.items() for r in (0.0, *rs) if r >= 0})
+    res = Parallel(n_jobs=jobs)(delayed(exact_solution)(f, data, r, beta) for f, r in todo)
+    return dict(zip(todo, res))
+
+
+def exact_paths(radii: dict, data, beta: float, *, jobs: int = 1, solutions=None) -> dict:
+    """``{family: DataFrame}`` of the exact optima along ``radii`` (family -> radii, 0 added):
+    columns ``radius``, ``theta0..`` (from ``solutions`` of :func:`exact_solutions` when
+    given)."""
+    solutions = (
+        solutions if solutions is not None else exact_solutions(radii, data, beta, jobs=jobs)
+    )
+    out = {}
+    for fam in radii:
+        rs = sorted(r for f, r in solutions if f == fam)
+        df = pd.DataFrame(
+            np.asarray([solutions[(fam, r)].theta for r in rs]),
+            columns=[f"theta{j}" for j in range(data.d)],
+        )
+        df.insert(0, "radius", rs)
+        out[fam] = df
+    return out
 
 
 def exact_path(family: str, data, radii, beta: float, *, jobs: int = 1) -> pd.DataFrame:
     """The exact optima along ``radii`` (0 added): columns ``radius``, ``theta0..``."""
-    from joblib import Parallel, delayed
+    return exact_paths({family: radii}, data, beta, jobs=jobs)[family]
 
-    radii = [0.0] + sorted(float(r) for r in radii if r > 0)
-    thetas = Parallel(n_jobs=jobs)(delayed(_exact_theta)(family, data, r, beta) for r in radii)
-    df = pd.DataFrame(np.asarray(thetas), columns=[f"theta{j}" for j in range(data.d)])
-    df.insert(0, "radius", radii)
-    return df
+
+def _path_arrays(path: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return path["radius"].to_numpy(), path[
+        [c for c in path.columns if c.startswith("theta")]
+    ].to_numpy()
+
+
+def path_coordinate(family: str, radius):
+    """The coordinate in which the exact path is smooth: ``sqrt(rho)`` for KL (for small rho
+    the KL robust risk is ``E l + sqrt(2 rho Var l) + O(rho)``, so theta* moves like
+    sqrt(rho)), the radius itself for W_1 and W_2 (``E l + rho ||grad_x l||``-type penalties,
+    linear in rho)."""
+    r = np.asarray(radius, dtype=float)
+    return np.sqrt(r) if family == "kl" else r
+
+
+def path_spline(family: str, path: pd.DataFrame):
+    """Cubic spline (not-a-knot) through the path's exact optima in :func:`path_coordinate`."""
+    from scipy.interpolate import CubicSpline
+
+    r, P = _path_arrays(path)
+    return CubicSpline(path_coordinate(family, r), P, axis=0)
 
 
 def project_onto_path(theta, path: pd.DataFrame) -> tuple[float, float, int]:
     """``(radius, distance, segment)``: the nearest point of the polyline through the path's
     optima, its radius by linear interpolation, and the index of the segment's start."""
-    P = path[[c for c in path.columns if c.startswith("theta")]].to_numpy()
-    r = path["radius"].to_numpy()
+    r, P = _path_arrays(path)
     best = (math.inf, 0.0, 0)
     for k in range(len(P) - 1):
         seg = P[k + 1] - P[k]
@@ -161,94 +228,147 @@ def project_onto_path(theta, path: pd.DataFrame) -> tuple[float, float, int]:
     return best[1], best[0], best[2]
 
 
-def refine_on_path(theta, path: pd.DataFrame, family: str, data, beta: float):
-    """``(radius, distance)``: a bounded 1-d search over the radius of the exact solver's
-    distance to ``theta``, bracketed by the polyline projection's neighbouring grid radii."""
+def nearest_on_path(theta, path: pd.DataFrame, family: str, spline=None) -> tuple[float, float]:
+    """``(radius, distance)`` of the point of the exact path nearest to ``theta``: a bounded
+    1-d search along the cubic spline of :func:`path_spline`, bracketed by the neighbours of
+    the nearest polyline segment. No solver call; its accuracy is the spline's interpolation
+    error (:func:`path_interpolation_error`)."""
     from scipy.optimize import minimize_scalar
 
+    theta = np.asarray(theta, dtype=float)
+    spline = spline if spline is not None else path_spline(family, path)
     rad, dist, k = project_onto_path(theta, path)
-    r = path["radius"].to_numpy()
-    lo, hi = r[max(k - 1, 0)], r[min(k + 2, len(r) - 1)]
+    s = path_coordinate(family, path["radius"].to_numpy())
+    lo, hi = s[max(k - 1, 0)], s[min(k + 2, len(s) - 1)]
     if hi <= lo:
         return rad, dist
 
     def f(x):
-        return float(np.linalg.norm(_exact_theta(family, data, x, beta) - theta))
+        return float(np.linalg.norm(spline(x) - theta))
 
-    sol = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4 * hi})
-    return (float(sol.x), float(sol.fun)) if sol.fun < dist else (rad, dist)
+    sol = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * hi})
+    x = float(sol.x)
+    return (x * x if family == "kl" else x), float(sol.fun)
+
+
+def path_interpolation_error(family: str, path: pd.DataFrame) -> float:
+    """Largest distance between an interior exact optimum of the path and the spline through
+    the other optima (leave one out): an upper estimate of the spline's interpolation error
+    at the path's own spacing (the left-out spline has twice the spacing there)."""
+    from scipy.interpolate import CubicSpline
+
+    r, P = _path_arrays(path)
+    s = path_coordinate(family, r)
+    if len(s) < 5:
+        return math.nan
+    err = 0.0
+    for k in range(1, len(s) - 1):
+        keep = np.arange(len(s)) != k
+        err = max(err, float(np.linalg.norm(CubicSpline(s[keep], P[keep], axis=0)(s[k]) - P[k])))
+    return err
 
 
 # ---------------------------------------------------------------------------- one cell
-def run_cell(params: dict, shared: dict) -> dict:
-    """One (family, radius, estimator, B) cell: the fixed point and its meaning."""
-    _quiet()
-    from ..approx import kl_implied
-
+def solve_cell(params: dict, shared: dict):
+    """The fixed point of one (family, radius, estimator, B) cell (:func:`fixed_point`)."""
     cfg: MinibatchConfig = shared["cfg"]
-    data, beta = shared["data"], shared["beta"]
     ref = shared["reference"][(params["family"], params["radius"])]
-    rho, hyper = ref["rho"], ref["hyper"]
     est = Estimator(
-        params["method"], params["variant"], hyper, params["normalizer"], decay=cfg.decay
+        params["method"],
+        params["variant"],
+        ref["hyper"],
+        params["normalizer"],
+        decay=params.get("decay", cfg.decay),
     )
     B = params["B"]
-    fp = fixed_point(
-        data,
-        est,
-        beta=beta,
-        batch_size=None if B == 0 else B,
-        batches=cfg.batches,
-        sets=cfg.sets,
-        seed=np.random.SeedSequence(
-            [cfg.seed, B, zlib.crc32(f"{params['family']}/{params['radius']}/{est}".encode())]
-        ),
-        theta0=ref["full"].get((params["variant"], params["normalizer"])),
-    )
-    kl = params["family"] == "kl"
-    path_name = "kl" if kl else "w2"
+    with _worker():
+        return fixed_point(
+            shared["data"],
+            est,
+            beta=shared["beta"],
+            batch_size=None if B == 0 else B,
+            batches=cfg.batches,
+            sets=cfg.sets,
+            seed=np.random.SeedSequence(
+                [cfg.seed, B, zlib.crc32(f"{params['family']}/{params['radius']}/{est}".encode())]
+            ),
+            theta0=ref["full"][params["variant"]],
+        )
 
-    def value(t):
-        return kl_robust_value(t, data, rho, beta) if kl else w2_robust_value(t, data, rho, beta)
 
-    def per_set(fn):
-        vals = np.array([fn(t) for t in fp.thetas])
-        se = vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
-        return float(se)
+def measure(theta, family: str, radius, shared: dict, *, verify: bool) -> dict:
+    """What one theta means: its exact robust value under the intended radius (``value``),
+    its effective radius and off-path distance on the family's exact path (spline:
+    ``effective_radius``, ``off_path``; with ``verify`` also ``off_path_verified``, the
+    distance to the exact optimum solved at that radius; KL and W_1, whose exact solvers are
+    cheap) and, for W, on the W_1 path."""
+    data, beta = shared["data"], shared["beta"]
+    ref = shared["reference"][(family, radius)]
+    kl = family == "kl"
+    with _worker():
+        out = {"value": (kl_robust_value if kl else w2_robust_value)(theta, data, ref["rho"], beta)}
+        name = "kl" if kl else "w2"
+        out["effective_radius"], out["off_path"] = nearest_on_path(
+            theta, shared["paths"][name], name, shared["splines"][name]
+        )
+        if not kl:
+            out["effective_radius_w1"], out["off_path_w1"] = nearest_on_path(
+                theta, shared["paths"]["w1"], "w1", shared["splines"]["w1"]
+            )
+        if verify:  # the certified exact optimum at the effective radius (KL and W_1: cheap)
+            for fam in ("kl",) if kl else ("w1",):
+                sfx = "" if kl else "_w1"
+                if out["effective_radius" + sfx] < TINY_RADIUS:  # DPO (the exact solvers
+                    out["effective_radius" + sfx] = 0.0  # do not certify rho ~ 1e-16)
+                th = _exact_theta(fam, data, out["effective_radius" + sfx], beta)
+                out["off_path" + sfx + "_verified"] = float(np.linalg.norm(th - theta))
+    return out
+
+
+def cell_row(params: dict, fp, measures: dict, shared: dict) -> dict:
+    """The table row of one cell from its fixed point and the measures of its thetas
+    (``measures[key(theta)]``, :func:`theta_key`)."""
+    from ..approx import kl_implied
+
+    data, beta = shared["data"], shared["beta"]
+    fam, radius = params["family"], params["radius"]
+    ref = shared["reference"][(fam, radius)]
+    rho, hyper, B = ref["rho"], ref["hyper"], params["B"]
+    kl = fam == "kl"
+    est = fp.estimator
+    mean = measures[theta_key(fam, radius, fp.theta)]
+    sets = [measures[theta_key(fam, radius, t)] for t in fp.thetas]
+
+    def se(vals):
+        vals = np.asarray(vals, dtype=float)
+        return float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
 
     row = dict(params, rho=rho, hyper=hyper, batch=("full" if B == 0 else str(B)))
     row["theta_dist"] = float(np.linalg.norm(fp.theta - ref["theta"]))
-    row["theta_dist_se"] = per_set(lambda t: np.linalg.norm(t - ref["theta"]))
-    path = shared["paths"][path_name]
-    refine = kl  # the W_2 solver is too slow for a 1-d search: polyline projection
-    if refine:
-        row["effective_radius"], row["off_path"] = refine_on_path(fp.theta, path, "kl", data, beta)
-    else:
-        row["effective_radius"], row["off_path"] = project_onto_path(fp.theta, path)[:2]
-    row["effective_radius_se"] = per_set(lambda t: project_onto_path(t, path)[0])
-    row["off_path_se"] = per_set(lambda t: project_onto_path(t, path)[1])
+    row["theta_dist_se"] = se([np.linalg.norm(t - ref["theta"]) for t in fp.thetas])
+    row["effective_radius"] = mean["effective_radius"]
+    # the distance to a certified exact optimum where one is cheap to solve (KL), else to the
+    # spline through the exact path (interpolation error in path_interp_error)
+    row["off_path"] = mean.get("off_path_verified", mean["off_path"])
+    row["path_interp_error"] = shared["interp_error"]["kl" if kl else "w2"]
+    row["effective_radius_se"] = se([m["effective_radius"] for m in sets])
+    row["off_path_se"] = se([m["off_path"] for m in sets])
     row["effective_ratio"] = row["effective_radius"] / rho
-    if not kl:
-        row["effective_radius_w1"], row["off_path_w1"] = refine_on_path(
-            fp.theta, shared["paths"]["w1"], "w1", data, beta
-        )
-        row["effective_radius_w1_se"] = per_set(
-            lambda t: project_onto_path(t, shared["paths"]["w1"])[0]
-        )
+    if kl:
+        implied = [
+            kl_implied(t, data, tau=hyper, beta=beta, variant=est.variant, clip=est.clip)[1]
+            for t in (fp.theta, *fp.thetas)
+        ]
+        row["implied_rho"], row["implied_rho_se"] = implied[0], se(implied[1:])
     else:
-        row["implied_rho"] = kl_implied(
-            fp.theta, data, tau=hyper, beta=beta, variant=est.variant, clip=est.clip
-        )[1]
-        row["implied_rho_se"] = per_set(
-            lambda t: kl_implied(t, data, tau=hyper, beta=beta, variant=est.variant, clip=est.clip)[
-                1
-            ]
-        )
+        row["effective_radius_w1"] = mean["effective_radius_w1"]
+        row["off_path_w1"] = mean["off_path_w1_verified"]
+        row["effective_radius_w1_se"] = se([m["effective_radius_w1"] for m in sets])
     # the exact reference's certified optimality gap (its robust value is within it of the
     # minimax value), so robust_gap is measured against a certified optimum
     row["exact_optimality_gap"] = ref["optimality_gap"]
-    row["robust_gap"] = float(value(fp.theta) - ref["opt"])
-    row["robust_gap_se"] = per_set(value)
+    row["robust_gap"] = float(mean["value"] - ref["opt"])
+    row["robust_gap_se"] = se([m["value"] for m in sets])
     row["mc_error"] = float(np.linalg.norm(fp.theta_se))
     row["residual"] = fp.residual
     row.update({f"theta{j}": float(t) for j, t in enumerate(fp.theta)})
@@ -256,10 +376,15 @@ def run_cell(params: dict, shared: dict) -> dict:
     return row
 
 
-def _references(cfg: MinibatchConfig, data, beta: float) -> dict:
-    """Exact optimum, value and hyperparameter per (family, intended radius)."""
-    from ..exact import wdpo as exact_wdpo
+def theta_key(family: str, radius, theta) -> tuple:
+    """Key of one theta's measures: equal fixed points (WDPO per-pair at every B; the running
+    and batch normalisers in full batch) are measured once."""
+    return (family, radius, np.asarray(theta, dtype=float).tobytes())
 
+
+def _references(cfg: MinibatchConfig, data, beta: float, solutions: dict) -> dict:
+    """Exact optimum, value and hyperparameter per (family, intended radius); the W_2 optima
+    from ``solutions`` (:func:`exact_solutions`)."""
     ref = {}
     for r in cfg.kl_radii:
         ex = exact_kl(data, r, beta)
@@ -274,7 +399,7 @@ def _references(cfg: MinibatchConfig, data, beta: float) -> dict:
     g = collapse_radius(data)
     for f in cfg.w_fractions:
         rho = f * g
-        ex = exact_wdpo(data, rho=rho, beta=beta, p=2, solver="fast")
+        ex = solutions[("w2", float(rho))]
         ref[("w2", f)] = {
             "rho": rho,
             "hyper": rho,
@@ -283,14 +408,35 @@ def _references(cfg: MinibatchConfig, data, beta: float) -> dict:
             "optimality_gap": ex.optimality_gap,
             "full": {},
         }
+    # the full-batch root of each variant (the running normaliser's is the batch one): the
+    # start of every root finder of that variant
+    for (fam, _r), rf in ref.items():
+        for method, variant, _ in ESTIMATORS:
+            if (method == "kldpo") == (fam == "kl") and variant not in rf["full"]:
+                est = Estimator(method, variant, rf["hyper"], decay=cfg.decay)
+                with _worker():
+                    rf["full"][variant] = fixed_point(data, est, beta=beta, batch_size=None).theta
     return ref
 
 
-def _quiet():
+@contextmanager
+def _worker():
+    """One torch thread (the batched tensors are small: a second thread only adds
+    synchronisation, many times the arithmetic on a shared 2-core machine) and no warning
+    that torch.func has no batching rule for clamp_ (the clipped weights: a slower loop, same
+    values)."""
     import warnings
 
-    # torch.func has no batching rule for clamp_ (the clipped weights): a slower loop, same values
-    warnings.filterwarnings("ignore", message="There is a performance drop")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tables(
@@ -319,12 +465,14 @@ def tables(
     data, world, r1, r2 = make_data(cfg)
     beta = world.beta
     g = collapse_radius(data)
-    paths = {
-        "kl": exact_path("kl", data, cfg.kl_path, beta, jobs=jobs),
-        "w2": exact_path("w2", data, [f * g for f in cfg.w_path], beta, jobs=jobs),
-        "w1": exact_path("w1", data, [f * g for f in cfg.w_path], beta, jobs=jobs),
+    radii = {  # the W_2 path also holds the intended radii: their optima are the references
+        "kl": (*cfg.kl_path, *cfg.kl_radii),
+        "w1": [f * g for f in cfg.w1_path],
+        "w2": [f * g for f in (*cfg.w2_path, *cfg.w_fractions)],
     }
-    reference = _references(cfg, data, beta)
+    solutions = exact_solutions(radii, data, beta, jobs=jobs)
+    paths = exact_paths(radii, data, beta, solutions=solutions)
+    reference = _references(cfg, data, beta, solutions)
     shared = {
         "cfg": cfg,
         "data": data,
@@ -333,6 +481,8 @@ def tables(
         "r1": r1,
         "r2": r2,
         "paths": paths,
+        "splines": {fam: path_spline(fam, p) for fam, p in paths.items()},
+        "interp_error": {fam: path_interpolation_error(fam, p) for fam, p in paths.items()},
         "reference": reference,
     }
     cells = []
@@ -351,17 +501,91 @@ def tables(
                         B=B,
                     )
                 )
-    it = tqdm(cells, desc="minibatch fixed points", disable=not progress)
-    rows = Parallel(n_jobs=jobs)(delayed(run_cell)(c, shared) for c in it)
-    runs = pd.DataFrame(rows)
+    # 1. the fixed points, with the decay sweep and the SGD check runs in the same pool
+    sweep = decay_cells(cfg, reference)
+    sgd = sgd_runs(cfg) if cfg.sgd_steps > 0 else []
+    tasks = [delayed(solve_cell)(c, shared) for c in cells + sweep]
+    tasks += [delayed(_sgd_run)(p, shared) for p in sgd]
+    it = tqdm(tasks, desc="minibatch fixed points", disable=not progress)
+    out = Parallel(n_jobs=jobs)(it)
+    k = len(cells)
+    fps, sweep_fps, sgd_results = out[:k], out[k : k + len(sweep)], out[k + len(sweep) :]
+    # 2. what each distinct theta means (the mean root of a cell, verified on the exact path,
+    # and the root of each batch set for the Monte Carlo errors)
+    todo: dict = {}
+    for c, fp in zip(cells, fps):
+        for t, verify in [(fp.theta, True)] + [(t, False) for t in fp.thetas]:
+            key = theta_key(c["family"], c["radius"], t)
+            old = todo.get(key)
+            todo[key] = (t, c["family"], c["radius"], verify or (old is not None and old[3]))
+    keys = list(todo)
+    it = tqdm(keys, desc="minibatch exact measures", disable=not progress)
+    vals = Parallel(n_jobs=jobs)(
+        delayed(measure)(todo[k][0], todo[k][1], todo[k][2], shared, verify=todo[k][3]) for k in it
+    )
+    measures = dict(zip(keys, vals))
+    runs = pd.DataFrame([cell_row(c, fp, measures, shared) for c, fp in zip(cells, fps)])
     for k, v in asdict(cfg).items():
         if isinstance(v, (int, float)):
             runs[f"cfg_{k}"] = v
     return {
         "minibatch_runs": runs,
         "minibatch_layouts": layout_table(runs),
-        "minibatch_sgd": sgd_table(cfg, shared, runs, jobs=jobs),
+        "minibatch_sgd": sgd_table(cfg, shared, runs, sgd, sgd_results),
+        "minibatch_decay": decay_table(sweep, sweep_fps, shared),
     }
+
+
+def decay_cells(cfg: MinibatchConfig, reference: dict) -> list[dict]:
+    """The running normalisers (KLDPO normalized, WDPO sqrt-mean) at ``B = decay_batch`` and
+    the first intended radius of each family, for each EMA weight of ``cfg.decays``."""
+    first = {}
+    for fam, r in reference:
+        first.setdefault(fam, r)
+    return [
+        dict(
+            family=fam,
+            radius=first[fam],
+            method=m,
+            variant=v,
+            normalizer="running",
+            B=cfg.decay_batch,
+            decay=float(a),
+        )
+        for fam, m, v in (("kl", "kldpo", "normalized"), ("w2", "wdpo", "sqrt-mean"))
+        if fam in first
+        for a in cfg.decays
+    ]
+
+
+def decay_table(cells: list[dict], fps: list, shared: dict) -> pd.DataFrame:
+    """The decay sweep: the running fixed point's distance to the full-batch fixed point of the
+    same estimator (``to_full``, what the running normaliser targets: exact KLDPO at
+    ``tau = lam*``; the full-batch sqrt-mean root for WDPO) with its Monte Carlo standard error,
+    and its effective radius on the exact path (spline, :func:`nearest_on_path`)."""
+    rows = []
+    for c, fp in zip(cells, fps):
+        ref = shared["reference"][(c["family"], c["radius"])]
+        full = ref["full"][c["variant"]]
+        name = "kl" if c["family"] == "kl" else "w2"
+        dists = [np.linalg.norm(t - full) for t in fp.thetas]
+        rad = nearest_on_path(fp.theta, shared["paths"][name], name, shared["splines"][name])[0]
+        rows.append(
+            dict(
+                c,
+                rho=ref["rho"],
+                hyper=ref["hyper"],
+                to_full=float(np.linalg.norm(fp.theta - full)),
+                to_full_se=float(np.std(dists, ddof=1) / math.sqrt(len(dists)))
+                if len(dists) > 1
+                else 0.0,
+                to_exact=float(np.linalg.norm(fp.theta - ref["theta"])),
+                effective_ratio=rad / ref["rho"],
+                mc_error=float(np.linalg.norm(fp.theta_se)),
+                burn_in=fp.info["burn_in"],
+            )
+        )
+    return pd.DataFrame(rows)
 
 
 def layout_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -417,16 +641,11 @@ def _sgd_run(params, shared):
     return res
 
 
-def sgd_table(cfg: MinibatchConfig, shared: dict, runs: pd.DataFrame, *, jobs=1) -> pd.DataFrame:
-    """Long SGD runs (constant step ``sgd_lr``, ``sgd_steps`` steps from the intended exact
-    optimum, so no transient; the returned theta is the average of the second half of the
-    iterates) at ``B = sgd_batch`` against the fixed point."""
-    from joblib import Parallel, delayed
-
-    if cfg.sgd_steps == 0:
-        return pd.DataFrame()
+def sgd_runs(cfg: MinibatchConfig) -> list[dict]:
+    """The SGD check runs: KLDPO normalized and WDPO sqrt-mean, batch and running, at the
+    first intended radius of each family of ``cfg.sgd_families``."""
     fam0 = {"kl": cfg.kl_radii[0], "w2": cfg.w_fractions[0]}
-    todo = [
+    return [
         dict(family=fam, radius=fam0[fam], method=m, variant=v, normalizer=nz)
         for fam, m, v, nz in (
             ("kl", "kldpo", "normalized", "batch"),
@@ -434,8 +653,19 @@ def sgd_table(cfg: MinibatchConfig, shared: dict, runs: pd.DataFrame, *, jobs=1)
             ("w2", "wdpo", "sqrt-mean", "batch"),
             ("w2", "wdpo", "sqrt-mean", "running"),
         )
+        if fam in cfg.sgd_families
     ]
-    results = Parallel(n_jobs=jobs)(delayed(_sgd_run)(p, shared) for p in todo)
+
+
+def sgd_table(
+    cfg: MinibatchConfig, shared: dict, runs: pd.DataFrame, todo: list, results: list
+) -> pd.DataFrame:
+    """Long SGD runs (constant step ``sgd_lr``, ``sgd_steps`` steps from the intended exact
+    optimum, so no transient; the returned theta is the average of the second half of the
+    iterates) at ``B = sgd_batch`` (:func:`sgd_runs`, results of :func:`approx.kldpo` /
+    :func:`approx.wdpo`) against the fixed point."""
+    if not todo:
+        return pd.DataFrame()
     d = shared["data"].d
     rows = []
     for p, res in zip(todo, results):
