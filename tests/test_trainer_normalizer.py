@@ -329,3 +329,35 @@ def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
     # the micro-batch normaliser on the same B = 2 batches (one epoch)
     zb = [e[micro_batch_indices(n, 2, t, 0)].mean() for t in range(n // 2)]
     assert z_star * np.mean(1 / np.array(zb)) - 1 > 3 * (tol(2) + tol(8))
+
+
+def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys):
+    """`rdpo llm --model DIR --robust-normalizer running --robust-decay 0.5`: the recorded run
+    configuration of KLDPO carries the options, DPO's keeps the micro-batch default, and bad
+    values stop the command with one line naming the option."""
+    from rdpo_theory.cli import main
+
+    model_dir = tmp_path / "tiny-gpt2"
+    build_model(CFG, 0).save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    ds = tmp_path / "pairs.jsonl"
+    ds.write_text("\n".join(json.dumps(r) for r in ROWS))
+    out = tmp_path / "out"
+    argv = ["llm", "--model", str(model_dir), "--dataset", str(ds), "--out", str(out)]
+    argv += ["--methods", "dpo", "kldpo", "--steps", "2", "--batch-size", "4"]
+    argv += ["--eval-fraction", "0.25", "--robust-normalizer", "running", "--robust-decay", "0.5"]
+    assert main(argv) == 0
+    kl = json.loads((out / "kldpo" / "config.json").read_text())
+    dpo = json.loads((out / "dpo" / "config.json").read_text())
+    assert (kl["robust_normalizer"], kl["robust_decay"]) == ("running", 0.5)
+    assert dpo["robust_normalizer"] == "micro-batch"
+    normalizers = [m["normalizer"] for m in read_metrics(out / "kldpo") if "normalizer" in m]
+    assert normalizers and all(torch.isfinite(torch.tensor(normalizers)))
+    capsys.readouterr()
+    bad = argv[:5] + ["--out", str(tmp_path / "o2"), "--methods", "dpo"]
+    assert main(bad + ["--robust-normalizer", "running"]) != 0
+    assert "--robust-normalizer sets kldpo/wdpo" in capsys.readouterr().err
+    fresh = argv[:5] + ["--out", str(tmp_path / "o3")] + argv[7:-2]
+    assert main(fresh + ["--robust-decay", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "--methods kldpo" in err and "decay" in err and "Traceback" not in err

@@ -102,6 +102,20 @@ def add_parser(sub) -> None:
         help="--model: compute the reference log-probs once before training and cache them "
         "beside the dataset (ref_logps-<hash>.json); no reference model in memory while training",
     )
+    p.add_argument(
+        "--robust-normalizer",
+        default=None,
+        choices=["micro-batch", "accumulated", "running"],
+        help="--model: which pairs normalise the KLDPO/WDPO robust weights: each micro-batch, "
+        "the whole optimiser step (--grad-accum micro-batches), or a running estimate "
+        "(docs/trainer-normalizers.md; default micro-batch)",
+    )
+    p.add_argument(
+        "--robust-decay",
+        type=float,
+        default=None,
+        help="--model: decay of the running normaliser, in (0, 1] (default 0.01)",
+    )
     p.set_defaults(func=run)
 
 
@@ -132,6 +146,8 @@ MODEL_DEFAULTS = {
     "lora_alpha": None,
     "lora_dropout": 0.0,
     "precompute_ref": False,
+    "robust_normalizer": "micro-batch",
+    "robust_decay": 0.01,
 }
 TINY_DEFAULTS = {"seeds": 3, "jobs": -1}
 #: Options that set one family of methods: refused when --methods has none of them.
@@ -140,6 +156,8 @@ METHOD_OPTIONS = {
     "kl_variant": ({"kldpo"}, "--kl-variant"),
     "rho0": ({"wdpo"}, "--rho0"),
     "wdpo_variant": ({"wdpo"}, "--wdpo-variant"),
+    "robust_normalizer": ({"kldpo", "wdpo"}, "--robust-normalizer"),
+    "robust_decay": ({"kldpo", "wdpo"}, "--robust-decay"),
     "eps": ({"cdpo", "rdpo"}, "--eps"),
     "rho": ({"chi2dpo"}, "--rho"),
     "level": ({"cvardpo"}, "--level"),
@@ -335,6 +353,7 @@ def build_configs(args) -> dict:
                 resume=args.resume,
                 on_nonfinite=args.on_nonfinite,
                 peft_config=_lora_config(args),
+                **_normalizer_options(args, method),
             )
         except InputError as exc:
             raise InputError(f"--methods {method}: {exc}") from None
@@ -355,6 +374,14 @@ def _loss_kwargs(args, method: str) -> dict:
         return {"eps": args.eps}
     own = {"chi2dpo": "rho", "cvardpo": "level", "drdpo": "beta_prime", "group_dpo": "group_step"}
     return {own[method]: getattr(args, own[method])} if method in own else {}
+
+
+def _normalizer_options(args, method: str) -> dict:
+    """``--robust-normalizer/--robust-decay`` for the robust methods they apply to (KLDPO,
+    WDPO); the other methods in ``--methods`` keep the default micro-batch normaliser."""
+    if method not in ("kldpo", "wdpo"):
+        return {}
+    return {"robust_normalizer": args.robust_normalizer, "robust_decay": args.robust_decay}
 
 
 def _lora_config(args):

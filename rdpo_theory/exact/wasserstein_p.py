@@ -65,6 +65,8 @@ def _bisect(fun, lo, hi, iters=_BISECT):
     up = f_lo < 0  # fun increases across the root
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
+        if np.all((mid == lo) | (mid == hi)):  # every bracket is down to adjacent floats
+            break
         fm = fun(mid)
         go_right = np.where(up, fm < 0, fm > 0)
         lo = np.where(go_right, mid, lo)
@@ -224,6 +226,8 @@ class _Problem:
             hi += 10.0
         for _ in range(90):
             mid = 0.5 * (lo + hi)
+            if mid == lo or mid == hi:  # the bracket is down to adjacent floats
+                break
             if slope(mid) < 0:
                 lo = mid
             else:
