@@ -628,6 +628,16 @@ def global_mean_sq(sq: torch.Tensor, weights=None, group=None) -> torch.Tensor:
     return both[1] / both[0]
 
 
+def sqrt_mean_tangent(avg_sq: torch.Tensor, mean_sq: torch.Tensor, rho0: float) -> torch.Tensor:
+    """``rho0 (avg_sq + S) / (2 sqrt(S))`` with ``S = mean_sq`` held constant (detached): the
+    tangent of ``rho0 sqrt(.)`` at ``S``, evaluated at ``avg_sq``. Where ``avg_sq = S`` its value
+    and gradient are those of WDPO ``sqrt-mean``'s penalty ``rho0 sqrt(avg_sq)``; the running,
+    accumulated and multi-worker normalisers fix ``S`` this way
+    (docs/theory.md#minibatch-fixed-point)."""
+    s = mean_sq.detach().to(avg_sq.dtype).clamp_min(1e-30)
+    return rho0 * (avg_sq + s) / (2.0 * s.sqrt())
+
+
 def wdpo_combine(per_pair, sq, rho0, variant, weights=None, group=None):
     """``(objective, penalty)`` of WDPO from per-pair losses ``l`` (B,) and squared input-gradient
     norms ``sq`` (B,), arguments already validated: ``sqrt-mean``
@@ -636,19 +646,17 @@ def wdpo_combine(per_pair, sq, rho0, variant, weights=None, group=None):
     :func:`wdpo_penalty_weights`).
 
     Under ``torch.distributed`` with more than one worker in ``group``, ``sqrt-mean``'s ``S`` is
-    the global micro-batch's (:func:`global_mean_sq`), as KLDPO's normaliser is: the penalty's
-    value is ``rho0 sqrt(S)`` and its gradient ``rho0 / (2 sqrt S) grad avg sq``, so the
-    data-parallel mean of the workers' gradients (equal local batches) is the gradient of
-    ``rho0 sqrt(S)`` on the whole global micro-batch (docs/theory.md#algorithm-1-wdpo)."""
+    the global micro-batch's (:func:`global_mean_sq`), as KLDPO's normaliser is, and the penalty
+    is :func:`sqrt_mean_tangent` at ``S``: its gradient is ``rho0 / (2 sqrt S) grad avg sq``, so
+    the data-parallel mean of the workers' values and gradients (equal local batches) is
+    ``rho0 sqrt(S)`` and its gradient on the whole global micro-batch
+    (docs/theory.md#algorithm-1-wdpo)."""
 
     def avg(t):  # mean_i, or sum_i a_i t_i for weighted data
         return t.mean() if weights is None else (weights * t).sum()
 
     if variant == "sqrt-mean" and _world_size(group) > 1:
-        S = global_mean_sq(sq, weights, group).clamp_min(1e-30)
-        local = avg(sq)
-        root = S.sqrt().to(local.dtype)
-        pen = rho0 * (root + (local - local.detach()) / (2 * root))
+        pen = sqrt_mean_tangent(avg(sq), global_mean_sq(sq, weights, group), rho0)
         return avg(per_pair) + pen, pen
     if variant == "sqrt-mean":
         # sqrt has an infinite slope at 0; the clamp only matters when every gradient vanishes

@@ -162,9 +162,9 @@ def running_wdpo_objective(
     """``mean_b l_i + rho0 (mean_b ||g_i||^2 + S) / (2 sqrt(S))`` with ``S = mean_sq``
     (detached): the linearised WDPO ``sqrt-mean`` loss at the running ``S``. With ``S`` the
     batch's own ``mean_b ||g_i||^2`` its value and gradient are those of ``sqrt-mean``."""
-    s = mean_sq.detach().to(per_pair.dtype).clamp_min(1e-30)
-    root = s.sqrt()
-    return per_pair.mean() + rho0 * (sq_norms.mean() + s) / (2.0 * root)
+    from .losses import sqrt_mean_tangent
+
+    return per_pair.mean() + sqrt_mean_tangent(sq_norms.mean(), mean_sq, rho0)
 
 
 # ---------------------------------------------------------------------------- the trainer
