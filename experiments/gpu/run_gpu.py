@@ -9,7 +9,7 @@ GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
 ``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
 
     python experiments/gpu/run_gpu.py [--out DIR]          # GPU: all sections
-    python experiments/gpu/run_gpu.py --sections lora memory   # GPU: only these
+    python experiments/gpu/run_gpu.py --sections memory lora   # GPU: only these, in this order
     python experiments/gpu/run_gpu.py --smoke [--out DIR]  # CPU: tiny sizes, validates the script
     python experiments/gpu/run_gpu.py --smoke --sections lora memory   # CPU: ~1 min
 
@@ -66,20 +66,27 @@ def main() -> int:
         sections=args.sections,
     )
     rows, lora_rows, mem_rows = [], [], []
-    if "steps" in args.sections:
-        rows = steps_section(sizes, steps, warmup, out)
-    if "lora" in args.sections:
-        lora_rows = lora_section(sizes, steps, warmup, args.lora_r, out)
-    if "memory" in args.sections:
-        mem_rows = memory_section(args.smoke, out)
-    if "e2e" in args.sections:
-        env.update(e2e_section(sizes[0], args.smoke, out))
+    for section in dict.fromkeys(args.sections):  # in the order given, each once
+        if section == "steps":
+            rows = steps_section(sizes, steps, warmup, out)
+        elif section == "lora":
+            lora_rows = lora_section(sizes, steps, warmup, args.lora_r, out)
+        elif section == "memory":
+            mem_rows = memory_section(args.smoke, out)
+        else:
+            env.update(e2e_section(sizes[0], args.smoke, out))
     env["total_seconds"] = time.perf_counter() - t_start
     (out / "step_times.json").write_text(
         json.dumps(dict(env=env, rows=rows, lora_rows=lora_rows, memory_rows=mem_rows), indent=2)
     )
     print(json.dumps(env, indent=2))
     return 0
+
+
+def _append_row(path: Path, row: dict) -> None:
+    """One finished row, appended at once: a run stopped at its time limit keeps what it did."""
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
 
 
 def steps_section(sizes, steps, warmup, out) -> list[dict]:
@@ -92,6 +99,7 @@ def steps_section(sizes, steps, warmup, out) -> list[dict]:
         for method, kw, opts in plan:
             r = bench.time_method(size, method, kw, steps=steps, warmup=warmup, train_options=opts)
             rows.append(r)
+            _append_row(out / "step_times.partial.jsonl", r)
             print(
                 f"{size.name:12s} {method:6s} {str(kw):40s} {r['hvp']:22s}"
                 f" {r['sec_per_step'] * 1e3:9.1f} ms/step"
@@ -129,6 +137,7 @@ def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
                     size, method, kw, steps=steps, warmup=warmup, lora_r=r, reference=reference
                 )
                 rows.append(row)
+                _append_row(out / "lora_times.partial.jsonl", row)
                 print(
                     f"{size.name:12s} {method:6s} lora_r={r:<3d} {row['reference']:18s}"
                     f" {row['sec_per_step'] * 1e3:9.1f} ms/step"
