@@ -251,6 +251,24 @@ def test_dpo_scale_invariance_to_the_ends_of_float64(s):
     np.testing.assert_allclose(res.theta * s, base.theta, rtol=1e-7)
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("s", [1e-200, 1e-6, 1e6, 1e200])
+def test_kldpo_rescaled_path_equals_unit_scale_and_stays_in_the_ball(solver, s):
+    """Outside the scale range [1e-2, 1e2] KLDPO solves at unit scale (``problem.Scale``, a
+    power-of-two division) and maps theta back: the same margins, so theta * s, the value and
+    the worst case equal the unit-scale answer, and a ball constraint holds exactly."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 3))
+    y = (rng.random(30) < 0.7).astype(float)
+    base = kldpo(X, y, rho=0.3, beta=1.0, radius=0.5, solver=solver)
+    res = kldpo(X * s, y, rho=0.3, beta=1.0, radius=0.5 / s, solver=solver)
+    top = np.abs(X * s).max()
+    assert res.info["rescaled_by"] == 2.0 ** np.round(np.log2(top))  # beta 2^k, 2^k ~ max|x|
+    np.testing.assert_allclose(res.theta * s, base.theta, rtol=1e-6, atol=1e-9)
+    assert res.value == pytest.approx(base.value, abs=1e-10)
+    assert np.linalg.norm(res.theta) <= 0.5 / s
+
+
 def test_out_of_float64_range_is_refused_with_a_message_saying_so():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20, 3))

@@ -13,7 +13,7 @@ from ..errors import InputError, SolverError
 from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from .ball import on_boundary, project_ball
 from .fast import require_converged
-from .problem import divide_x, prepare, x_abs_max
+from .problem import Problem, Scale, prepare, x_abs_max
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -160,7 +160,7 @@ def dpo(
     data, beta, tref, radius = prob.data, prob.beta, prob.tref, prob.radius
     scale = margin_scale(data.X, beta)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
-        return _rescaled(data, beta, tref, radius, solver, cvxpy_solver)
+        return _rescaled(prob, solver, cvxpy_solver)
     bounded = prob.bounded
     keep = informative_rows(data.X, data.weights)
     coef = data.signed_labels[keep, None] * beta * data.X[keep]  # rows: sy_i beta x_i
@@ -313,55 +313,22 @@ def margin_scale(X, beta: float, *, top: float | None = None) -> float:
     return scale
 
 
-def unit_scale(data, beta: float, tref, radius):
-    """The same problem in units ``theta' = scale * theta`` with ``scale = beta * max|X|``:
-    ``(data', theta_ref', radius', scale)`` with ``X' = X / max|X|`` and ``beta' = 1``, so every
-    margin (hence every loss, value and multiplier) is unchanged. Raises InputError when
-    ``theta_ref`` or the radius leaves float64 range in the new units."""
-    scale = margin_scale(data, beta)
-    top = x_abs_max(data)
-    tref_s = np.asarray(tref, dtype=float) * scale
-    rad_s = None if radius is None else radius * scale
-    if not np.all(np.isfinite(tref_s)) or (rad_s is not None and not 0 < rad_s < np.inf):
-        raise InputError(
-            f"theta_ref or radius times the margins' scale beta * max|X| = {scale:.3g} is "
-            "outside float64 range: the problem's scale is outside floating-point range."
-        )
-    return divide_x(data, top), tref_s, rad_s, scale
-
-
-def theta_from_unit_scale(theta_s, scale: float, radius, what: str) -> np.ndarray:
-    """``theta_s / scale`` (see :func:`unit_scale`), projected on the ball against round-off;
-    SolverError when it leaves float64 range."""
-    with np.errstate(over="ignore"):  # an overflow is refused just below
-        theta = np.asarray(theta_s, dtype=float) / scale
-    if not np.all(np.isfinite(theta)):
-        raise SolverError(
-            f"{what}: the minimiser has size {np.linalg.norm(theta_s):.3g} / {scale:.3g}, "
-            "outside float64 range.",
-            status="out_of_range",
-            hint="rescale beta or X (the problem's scale is outside floating-point range).",
-        )
-    if radius is not None and np.linalg.norm(theta) > radius:
-        theta = theta * (radius / np.linalg.norm(theta))
-    return theta
-
-
-def _rescaled(data, beta, tref, radius, solver, cvxpy_solver) -> ExactResult:
-    """Exact DPO solved in the units of :func:`unit_scale` (the same margins, so the same
+def _rescaled(prob: Problem, solver, cvxpy_solver) -> ExactResult:
+    """Exact DPO solved at unit scale (:class:`.problem.Scale`: the same margins, so the same
     minimum)."""
-    scaled, tref_s, rad_s, scale = unit_scale(data, beta, tref, radius)
+    sc = Scale.of(prob, "exact DPO")
+    P = sc.problem
     res = dpo(
-        scaled,
-        beta=1.0,
-        theta_ref=tref_s,
-        radius=rad_s,
+        P.data,
+        beta=P.beta,
+        theta_ref=P.tref,
+        radius=P.radius,
         solver=solver,
         cvxpy_solver=cvxpy_solver,
     )
-    theta = theta_from_unit_scale(res.theta, scale, radius, "exact DPO")
-    info = dict(res.info, rescaled_by=scale)
-    value = dpo_risk(theta, data, beta=beta, theta_ref=tref)
+    theta = sc.theta(res.theta, "exact DPO")
+    info = dict(res.info, rescaled_by=sc.S)
+    value = dpo_risk(theta, prob.data, beta=prob.beta, theta_ref=prob.tref)
     return ExactResult(
         theta=theta,
         value=value,

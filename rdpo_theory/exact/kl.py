@@ -40,12 +40,10 @@ from .dpo import (
     SCALE_RANGE,
     dpo,
     margin_scale,
-    theta_from_unit_scale,
-    unit_scale,
 )
 from .kl_tilt import LOG2, kl_lambda_for_theta
 from .passes import as_rows, pinned_blas
-from .problem import Problem, prepare
+from .problem import Problem, Scale, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
     REGIME_COLLAPSE,
@@ -127,20 +125,21 @@ def kldpo(
         raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
     scale = margin_scale(None, prob.beta, top=prob.x_abs_max)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
-        # solve in units where the margins' scale is 1 (same margins, losses, value, lam, q)
-        data_s, tref_s, rad_s, scale = unit_scale(prob.data, prob.beta, prob.tref, prob.radius)
+        # solve at unit scale (same margins, losses, value, lam, q)
+        sc = Scale.of(prob, "exact KLDPO")
+        P = sc.problem
         res = kldpo(
-            data_s,
+            P.data,
             rho=rho,
-            beta=1.0,
-            theta_ref=tref_s,
-            radius=rad_s,
+            beta=P.beta,
+            theta_ref=P.tref,
+            radius=P.radius,
             solver=solver,
             cvxpy_solver=cvxpy_solver,
             certificate=certificate,
         )
-        res.theta = theta_from_unit_scale(res.theta, scale, prob.radius, "exact KLDPO")
-        res.info["rescaled_by"] = scale
+        res.theta = sc.theta(res.theta, "exact KLDPO")
+        res.info["rescaled_by"] = sc.S
         return res
     t0 = time.perf_counter()
     if rho == 0:

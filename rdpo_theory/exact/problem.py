@@ -232,6 +232,7 @@ class Scale:
     s: float
     S: float
     problem: Problem
+    radius: float | None = None  # the caller's parameter bound, in the caller's units
 
     @classmethod
     def of(cls, prob: Problem, what: str, *, in_place: bool = False) -> Scale:
@@ -257,11 +258,19 @@ class Scale:
         data = prob.data
         if in_place and not isinstance(data, RowsData) and in_place_ok(prob.row_abs_max):
             data = RowsData(data.X, data.y, data.weights, prob.row_abs_max)
-        return cls(s, S, Problem(divide_x(data, s), 1.0, tref, radius))
+        return cls(s, S, Problem(divide_x(data, s), 1.0, tref, radius), prob.radius)
 
-    def theta(self, theta_scaled) -> np.ndarray:
-        """Back to the caller's units: ``theta = theta' / S``."""
-        out = np.asarray(theta_scaled, dtype=float) / self.S
-        if not np.all(np.isfinite(out)):  # pragma: no cover - guarded by Scale.of
-            raise SolverError("theta is not representable at this scale", status="scale")
-        return out
+    def theta(self, theta_scaled, what: str = "exact solver") -> np.ndarray:
+        """Back to the caller's units: ``theta = theta' / S``, projected on the caller's ball
+        against round-off. Raises :class:`SolverError` when ``theta`` leaves float64 range
+        (e.g. ``dpo(X * 1e-320)``, whose minimiser has size about 1e320)."""
+        with np.errstate(over="ignore"):  # an overflow is refused just below
+            out = np.asarray(theta_scaled, dtype=float) / self.S
+        if not np.all(np.isfinite(out)):
+            raise SolverError(
+                f"{what}: the minimiser has size {np.linalg.norm(theta_scaled):.3g} / "
+                f"{self.S:.3g}, outside float64 range.",
+                status="scale_out_of_range",
+                hint="rescale beta or X (the problem's scale is outside floating-point range).",
+            )
+        return project_ball(out, self.radius)
