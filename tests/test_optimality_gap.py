@@ -292,3 +292,13 @@ def _data(X, y):
     from rdpo_theory.data import PreferenceData
 
     return PreferenceData(X, y)
+
+
+def test_kldpo_below_the_kl_resolution_fails_with_a_hint_to_solve_dpo():
+    """rho = 1e-16 is under float64's resolution of the worst case's KL: both paths fail, and
+    the error says why and what to do (never an uncertified answer)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = (rng.random(40) < 0.7).astype(float)
+    with pytest.raises(SolverError, match="below the KL solvers' resolution.*exact.dpo"):
+        kldpo(X, y, rho=1e-16, beta=1.0)

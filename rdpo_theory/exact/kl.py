@@ -56,6 +56,9 @@ from .status import (
 #: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
 SMALL_LAM = 1e-6
 
+#: Radii below this are under the KL solvers' float64 resolution: a failure there says so.
+TINY_RHO = 1e-13
+
 
 @pinned_blas
 def kldpo(
@@ -170,10 +173,18 @@ def kldpo(
             res.info["fallback_from"] = f"solver={solver!r}: {failures[0][1]}"
         return res
     reasons = "; ".join(f"solver={path!r}: {exc}" for path, exc in failures)
+    hint = "pass a finite radius= or rescale beta and X to moderate margins."
+    if rho < TINY_RHO:
+        hint = (
+            f"rho = {rho:.3g} is below the KL solvers' resolution (about {TINY_RHO:g}: the "
+            "worst case's KL is a difference of numbers of order one). At such a radius the "
+            "robust risk is within sqrt(rho / 2) times the spread of the losses of the "
+            "nominal risk at every theta (Pinsker), so solve exact.dpo instead."
+        )
     raise SolverError(
         f"exact KLDPO: no path certified the minimax optimum ({reasons}).",
         status=failures[-1][1].status,
-        hint="pass a finite radius= or rescale beta and X to moderate margins.",
+        hint=hint,
     )
 
 
