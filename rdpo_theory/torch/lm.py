@@ -347,20 +347,14 @@ def pair_logps(
     """
     B = check_batch(batch)
     ids, att, cm = (batch[k] for k in BATCH_KEYS)
+    kw = {"fused_head": True} if fused_head else {}  # the default call is unchanged
     if with_embeddings:
         emb_c, emb_r = embed_tokens(model, ids[:B]), embed_tokens(model, ids[B:])
         # fused SDPA kernels (flash, memory-efficient) have no double backward: use the math one
         with _math_attention():
-            lp = sequence_logps(
-                model,
-                ids,
-                att,
-                cm,
-                inputs_embeds=torch.cat([emb_c, emb_r]),
-                fused_head=fused_head,
-            )
+            lp = sequence_logps(model, ids, att, cm, inputs_embeds=torch.cat([emb_c, emb_r]), **kw)
         return lp[:B], lp[B:], (emb_c, emb_r)
-    lp = sequence_logps(model, ids, att, cm, fused_head=fused_head)
+    lp = sequence_logps(model, ids, att, cm, **kw)
     return lp[:B], lp[B:], None
 
 
