@@ -442,3 +442,21 @@ def test_precomputed_reference_and_config(batch, capsys):
 
     assert main(["llm", "--tiny", "--fused-head"]) == 2
     assert "--fused-head does not apply to --tiny" in capsys.readouterr().err
+
+
+def test_lora_model(batch, lm_chunks):
+    """A PEFT (LoRA) policy: the frozen base head is fused (its weight gets no gradient) and the
+    adapters' gradients agree, WDPO's double backward included; LoRA on the head itself is
+    refused."""
+    peft = pytest.importorskip("peft")
+
+    def lora(targets):
+        cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+        torch.manual_seed(5)
+        return peft.get_peft_model(_model(torch.float64), cfg)
+
+    res = [_logps_and_grads(lora(["c_attn", "c_fc"]), batch, f, True) for f in (True, False)]
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res[0][1], res[1][1], rtol=1e-10, atol=1e-10)
+    with pytest.raises(InputError, match="fused_head.*plain torch.nn.Linear"):
+        pair_logps(lora(["c_attn", "lm_head"]), batch, fused_head=True)
