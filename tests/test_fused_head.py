@@ -460,3 +460,59 @@ def test_lora_model(batch, lm_chunks):
     torch.testing.assert_close(res[0][1], res[1][1], rtol=1e-10, atol=1e-10)
     with pytest.raises(InputError, match="fused_head.*plain torch.nn.Linear"):
         pair_logps(lora(["c_attn", "lm_head"]), batch, fused_head=True)
+
+
+# --------------------------------------------------------------------------- data parallel
+DDP_METHODS = [
+    ("dpo", {}, {}),
+    ("wdpo", {"rho0": 0.5}, {"wdpo_hvp": "finite-difference", "wdpo_fd_eps": 1e-5}),
+]
+
+
+def _ddp_worker(rank, world, port, path):
+    from ddp_workers import accelerate_env
+
+    accelerate_env(rank, world, port)
+    from rdpo_theory.torch.train import TrainConfig, loss_and_backward, make_accelerator
+
+    half = len(ROWS) // world
+    tok = build_tokenizer()
+    part = ROWS[rank * half : (rank + 1) * half]
+    b = encode_pairs(tok, *zip(*[(r["prompt"], r["chosen"], r["rejected"]) for r in part]))
+    res = {}
+    for i, (method, kw, opts) in enumerate(DDP_METHODS):
+        for fused in (True, False):
+            cfg = TrainConfig(
+                method=method,
+                beta=0.5,
+                loss_kwargs=kw,
+                mixed_precision="no",
+                progress=False,
+                fused_head=fused,
+                **opts,
+            )
+            acc = make_accelerator(cfg)
+            assert acc.num_processes == world
+            model = acc.prepare(_model(torch.float64))
+            ref = _model(torch.float64, seed=1).requires_grad_(False)
+            loss_and_backward(cfg, model, ref, dict(b), accelerator=acc)
+            grads = [p.grad.reshape(-1) for p in acc.unwrap_model(model).parameters()]
+            res[(i, fused)] = torch.cat(grads)
+    torch.save(res, f"{path}/fused{rank}.pt")
+    acc.end_training()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_workers(tmp_path):
+    """A DDP-wrapped policy (accelerate, 2 gloo workers on CPU, float64): the fused head is
+    found through the wrapper and gives the default path's all-reduced gradients (DPO, and
+    WDPO by finite differences, the data-parallel WDPO)."""
+    from ddp_workers import spawn
+
+    spawn(_ddp_worker, 2, str(tmp_path))
+    parts = [torch.load(tmp_path / f"fused{r}.pt") for r in range(2)]
+    for i in range(len(DDP_METHODS)):
+        g1, g0 = parts[0][(i, True)], parts[0][(i, False)]
+        assert g0.norm() > 0
+        torch.testing.assert_close(g1, g0, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(parts[1][(i, True)], g1, rtol=0, atol=0)  # all-reduced

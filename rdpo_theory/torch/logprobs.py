@@ -16,6 +16,12 @@ per-row scalars and recomputes the softmax chunk by chunk in its own backward, s
 second-order graph holds no float32 softmax either: its vocabulary-sized tensors are the logits
 and the gradient the head keeps, both in the logits' dtype. Third derivatives are not supported
 (PyTorch raises).
+
+:func:`linear_selective_log_softmax` goes one step further, like a fused linear cross-entropy:
+it takes the head's input and weight instead of the logits and forms ``h W^T + b`` one row chunk
+at a time, in the forward and in every backward (first order, and the chunked second-order
+node for double backward), so no vocabulary-sized tensor outlives a chunk and WDPO's double
+backward keeps none at all. ``lm.sequence_logps(..., fused_head=True)`` uses it.
 """
 
 from __future__ import annotations
