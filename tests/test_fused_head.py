@@ -345,6 +345,14 @@ def test_refusals(batch, monkeypatch):
     capped.config.final_logit_softcapping = 30.0
     with pytest.raises(InputError, match="fused_head.*final_logit_softcapping"):
         pair_logps(capped, batch, fused_head=True)
+
+    class FullyShardedDataParallel(torch.nn.Module):  # the FSDP wrapper's name
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    with pytest.raises(InputError, match="fused_head.*FSDP"):
+        pair_logps(FullyShardedDataParallel(_model()), batch, fused_head=True)
     scaled = _model()
     inner_forward = scaled.forward
 

@@ -241,7 +241,13 @@ def output_head(model) -> torch.nn.Linear:
     It must be a plain ``torch.nn.Linear`` (``get_output_embeddings()``), and the model's
     config must declare no logit transform after it (:data:`LOGIT_TRANSFORMS`); otherwise
     :class:`~rdpo_theory.errors.InputError` (a LoRA-wrapped or quantised head, soft-capping).
+    Sharded parameters (FSDP, DeepSpeed ZeRO-3) are refused too: the fused head reads the
+    weight outside the model's forward, where those engines hold only a shard of it.
     """
+    wrappers, m = [type(model).__name__], model
+    while hasattr(m, "module"):
+        m = m.module
+        wrappers.append(type(m).__name__)
     inner = unwrap_model(model)
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if callable(get) else None
@@ -250,6 +256,17 @@ def output_head(model) -> torch.nn.Linear:
             "fused_head=True needs the model's output head (get_output_embeddings()) to be a "
             f"plain torch.nn.Linear, got {type(head).__name__} (e.g. a LoRA-wrapped or "
             "quantised head); use fused_head=False"
+        )
+    w = head.weight
+    if (
+        "FullyShardedDataParallel" in wrappers
+        or hasattr(w, "ds_id")  # DeepSpeed ZeRO-3
+        or type(w).__name__ == "DTensor"  # FSDP2
+    ):
+        raise InputError(
+            "fused_head=True needs the output head's whole weight outside the forward pass; "
+            "FSDP and DeepSpeed ZeRO-3 shard it (single process and DDP work); use "
+            "fused_head=False"
         )
     conf = getattr(inner, "config", None)
     for key, neutral in LOGIT_TRANSFORMS.items():
