@@ -524,3 +524,30 @@ def test_ddp_two_gloo_workers(tmp_path):
         assert g0.norm() > 0
         torch.testing.assert_close(g1, g0, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(parts[1][(i, True)], g1, rtol=0, atol=0)  # all-reduced
+
+
+def test_cli_fused_head(tmp_path):
+    """`rdpo llm --model DIR --dataset FILE --fused-head`: the run records fused_head, and its
+    first step's loss and held-out margin equal the default run's (float32 rounding)."""
+    import json
+
+    from rdpo_theory.cli import main
+
+    model_dir = tmp_path / "tiny-gpt2"
+    _model().save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    ds = tmp_path / "pairs.jsonl"
+    ds.write_text("\n".join(json.dumps(r) for r in ROWS * 3))
+    res = {}
+    for fused in (True, False):
+        out = tmp_path / f"out{fused}"
+        argv = ["llm", "--model", str(model_dir), "--dataset", str(ds), "--out", str(out)]
+        argv += ["--methods", "wdpo", "--steps", "2", "--batch-size", "2", "--rho0", "0.5"]
+        argv += ["--eval-fraction", "0.25"] + (["--fused-head"] if fused else [])
+        assert main(argv) == 0
+        assert json.loads((out / "wdpo" / "config.json").read_text())["fused_head"] is fused
+        first = json.loads((out / "wdpo" / "metrics.jsonl").read_text().splitlines()[0])
+        res[fused] = (first["loss"], json.loads((out / "summary.json").read_text()))
+    assert res[True][0] == pytest.approx(res[False][0], rel=1e-6)
+    margins = [res[f][1]["wdpo"]["heldout_margin"] for f in (True, False)]
+    assert margins[0] == pytest.approx(margins[1], rel=1e-4, abs=1e-6)
