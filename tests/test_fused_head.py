@@ -367,15 +367,21 @@ def test_refusals(batch, monkeypatch):
         pair_logps(scaled, batch, fused_head=True)
 
 
-def test_accelerate_bf16_autocast_head_dtype(batch):
-    """An accelerate-prepared model with bf16 mixed precision (CPU autocast inside its
-    forward only): the fused head runs in the dtype the model's head ran in (bf16, recorded
-    by a hook), so it passes the last-position check and matches the default path to bf16
-    rounding."""
-    from rdpo_theory.torch.train import TrainConfig, make_accelerator
+def test_autocast_inside_forward_head_dtype(batch, monkeypatch):
+    """A model that autocasts to bf16 inside its forward only (as an accelerate-prepared model
+    with mixed_precision="bf16" does, here on CPU): the fused head runs in the dtype the
+    model's head ran in (bf16, recorded by a hook), so it passes the last-position check and
+    matches the default path to bf16 rounding."""
+    from rdpo_theory.torch import lm
 
-    acc = make_accelerator(TrainConfig(mixed_precision="bf16", progress=False))
-    model = acc.prepare(_model())
+    model = _model()
+    inner_forward = model.forward
+
+    def forward(*a, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return inner_forward(*a, **kw)
+
+    monkeypatch.setattr(model, "forward", forward)
     seen = []
     orig = LP.linear_selective_log_softmax
 
@@ -383,16 +389,16 @@ def test_accelerate_bf16_autocast_head_dtype(batch):
         seen.append(kw.get("compute_dtype"))
         return orig(*a, **kw)
 
-    from rdpo_theory.torch import lm
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lm, "linear_selective_log_softmax", spy)
         with torch.no_grad():
             fused = torch.cat(pair_logps(model, batch, fused_head=True)[:2])
     with torch.no_grad():
         default = torch.cat(pair_logps(model, batch)[:2])
+        full = torch.cat(pair_logps(_model(), batch)[:2])  # float32 throughout
     assert seen == [torch.bfloat16]
     assert (fused - default).abs().max() <= 1e-2 * default.abs().max()
+    assert (default - full).abs().max() > 1e-5 * full.abs().max()  # bf16 did round
 
 
 # ------------------------------------------------------------------------------ trainer
