@@ -312,6 +312,29 @@ def test_untied_head_with_bias(batch, lm_chunks):
     torch.testing.assert_close(res[0][1], res[1][1], rtol=1e-10, atol=1e-10)
 
 
+def test_llama_model(batch, lm_chunks):
+    """Another architecture: a tiny Llama (RMSNorm, rotary positions, untied head), float64,
+    WDPO's double backward included."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    conf = LlamaConfig(
+        vocab_size=len(build_tokenizer()),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    res = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(conf).double()
+        res.append(_logps_and_grads(model, batch, fused, True))
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res[0][1], res[1][1], rtol=1e-10, atol=1e-10)
+
+
 def test_frozen_head_model(batch, lm_chunks):
     """A frozen (tied) head and embedding: gradients of the other parameters still agree."""
     res = []
@@ -353,6 +376,14 @@ def test_refusals(batch, monkeypatch):
 
     with pytest.raises(InputError, match="fused_head.*FSDP"):
         pair_logps(FullyShardedDataParallel(_model()), batch, fused_head=True)
+    old = _model()
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, use_cache=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(old, "forward", forward)
+    with pytest.raises(InputError, match="fused_head.*logits_to_keep"):
+        pair_logps(old, batch, fused_head=True)
     scaled = _model()
     inner_forward = scaled.forward
 

@@ -16,6 +16,7 @@ depends on row i of each), as :func:`rdpo_theory.torch.losses.input_grad_sq_norm
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -201,8 +202,8 @@ def sequence_logps(
     float32 copy of the logits, which stay the only vocabulary-sized tensor of the step.
 
     ``fused_head=True`` never forms the logits (N, T, V): the model runs with
-    ``output_hidden_states=True`` and ``logits_to_keep=1``, and the token log-probs come from
-    its final hidden states and output head by
+    ``output_hidden_states=[-1]`` (the last hidden state only) and ``logits_to_keep=1``, and
+    the token log-probs come from its final hidden states and output head by
     :func:`~rdpo_theory.torch.logprobs.linear_selective_log_softmax` (row chunks, in the dtype
     the model's head ran in, autocast included). The head must be a plain ``nn.Linear`` whose
     output is the model's logits (see :func:`output_head`); the one position the model still
@@ -323,17 +324,30 @@ def _fused_token_logps(model, kwargs: dict, target: torch.Tensor) -> torch.Tenso
     def record(mod, args, output):
         seen.append(head_compute_dtype(args[0], mod.weight, mod.bias))
 
+    inner = unwrap_model(model)
+    base = inner.get_base_model() if callable(getattr(inner, "get_base_model", None)) else inner
+    params = inspect.signature(base.forward).parameters
+    if "logits_to_keep" not in params and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    ):
+        raise InputError(
+            f"fused_head=True needs a model whose forward takes logits_to_keep "
+            f"({type(base).__name__}'s does not; recent transformers versions have it); use "
+            "fused_head=False"
+        )
     handle = head.register_forward_hook(record)
     try:
-        out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+        # only the last hidden state is kept (transformers >= 5 selects it by index; older
+        # versions read the list as True and return them all)
+        out = model(**kwargs, output_hidden_states=[-1], logits_to_keep=1)
     finally:
         handle.remove()
     hs = getattr(out, "hidden_states", None)
     logits = getattr(out, "logits", None)
-    if not hs or logits is None or len(seen) != 1 or logits.shape[1] != 1:
+    if not hs or hs[-1] is None or logits is None or len(seen) != 1 or logits.shape[1] != 1:
         raise InputError(
             "fused_head=True needs a causal LM that returns hidden_states "
-            "(output_hidden_states=True), honours logits_to_keep=1 and calls its output head "
+            "(output_hidden_states), honours logits_to_keep=1 and calls its output head "
             f"once (got hidden_states={'yes' if hs else 'no'}, logits of shape "
             f"{None if logits is None else tuple(logits.shape)}, {len(seen)} head call(s)); "
             "use fused_head=False"
