@@ -1,6 +1,7 @@
 """Peak memory of one DPO / KLDPO / WDPO training step (policy + reference forward, loss,
 backward; no optimizer) with the selective log-softmax against the previous sequence log-probs
-(a float32 copy of the logits and a full-vocabulary logsumexp, kept below as the baseline).
+(a float32 copy of the logits and a full-vocabulary logsumexp, kept below as the baseline) and
+against the fused linear head (``TrainConfig(fused_head=True)``: no logits tensor at all).
 
 GPT-2 124M configuration with random weights (no downloads), 8 pairs x 512 tokens (prompt 128,
 completions 192-384 tokens, so rows are padded to 512). CPU: the growth of the process's peak
@@ -12,6 +13,8 @@ autocast. The logits of one step are 2B x T x V = 16 x 512 x 50257 values: 1.53 
     python benchmarks/lm_memory.py                     # 8 x 512 (minutes per row on 2 cores)
     python benchmarks/lm_memory.py --pairs 2           # 2 x 512, the quick CPU table
     python benchmarks/lm_memory.py --methods dpo wdpo --out lm_memory.csv
+    python benchmarks/lm_memory.py --pairs 8 --layers 2 --width 128 --methods wdpo \
+        --logprobs fused                               # one logits-bound row
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def _measure(impl, method, pairs, length, threads, layers, width) -> dict:
         batch_size=pairs,
         max_steps=1,
         progress=False,
+        fused_head=impl == "fused",
         **opts,
     )
     acc = train.make_accelerator(cfg)
@@ -116,7 +120,9 @@ def _measure(impl, method, pairs, length, threads, layers, width) -> dict:
     )
 
 
-IMPLS = ("old", "selective")
+#: "old": the float32 log-softmax of the logits; "selective": the selective log-softmax of the
+#: logits (the default path); "fused": the fused linear head, no logits tensor.
+IMPLS = ("old", "selective", "fused")
 
 
 def _in_process(ctx, target, args, tail) -> dict:

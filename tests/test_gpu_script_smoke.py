@@ -1,7 +1,7 @@
 """The one-GPU script's memory section on a CPU (experiments/gpu/run_gpu.py --smoke): every
 (method, log-prob implementation) row of benchmarks/lm_memory.py runs in its own process, and
-the old float32 log-softmax and the selective one give the same loss, so a GPU session can run
-``--sections lora memory`` in one go."""
+the old float32 log-softmax, the selective one and the fused linear head give the same loss, so
+a GPU session can run ``--sections lora memory`` in one go."""
 
 import importlib.util
 import os
@@ -29,12 +29,13 @@ def test_memory_section_smoke(tmp_path):
     run_gpu = _load_run_gpu()
     records = run_gpu.memory_section(True, tmp_path)
     df = pd.read_csv(tmp_path / "lm_memory.csv")
-    assert len(records) == len(df) == 8
+    assert len(records) == len(df) == 12
     assert "error" not in df
     assert set(df["method"]) == {"dpo", "kldpo", "wdpo", "wdpo-fd"}
     for method, rows in df.groupby("method"):
         loss = rows.set_index("logprobs")["loss"]
         assert loss["selective"] == pytest.approx(loss["old"], rel=1e-6), method
+        assert loss["fused"] == pytest.approx(loss["selective"], rel=1e-6), method
         assert rows.set_index("logprobs")["peak_vs_old"]["old"] == 1.0
         assert (rows["peak_over_start_GiB"] > 0).all()
 

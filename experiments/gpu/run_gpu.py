@@ -4,9 +4,9 @@ and by finite-difference Hessian-vector products (``bench.FD_ROWS``: float32 dif
 and bf16 ones; flash attention stays on) -- then full fine-tuning against LoRA (rank 16, all
 linear layers; the base model with adapters disabled as the reference) and against a
 precomputed reference (no reference model in memory), the peak memory of one step with the
-selective log-softmax against the old float32 log-softmax (``benchmarks/lm_memory.py``,
-GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
-``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
+selective log-softmax against the old float32 log-softmax and the fused linear head
+(``benchmarks/lm_memory.py``, GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training
+run through ``rdpo_theory.torch.train.train_preference`` (bf16, grad accumulation, checkpoint).
 
     python experiments/gpu/run_gpu.py [--out DIR]          # GPU: all sections
     python experiments/gpu/run_gpu.py --sections memory lora   # GPU: only these, in this order
@@ -14,7 +14,7 @@ GPT-2 124M, 8 x 512), and a short end-to-end KLDPO training run through
     python experiments/gpu/run_gpu.py --smoke --sections lora memory   # CPU: ~1 min
 
 Sections (H100 estimates; lora and memory not yet run on a GPU): ``steps`` (~5 min),
-``lora`` (~4 min), ``memory`` (~2-3 min: 8 processes), ``e2e`` (~1 min). Outputs under
+``lora`` (~4 min), ``memory`` (~3-4 min: 12 processes), ``e2e`` (~1 min). Outputs under
 ``--out`` (default ``$OUT``, else ``gpu_out``):
 ``step_times.csv``, ``lora_times.csv``, ``lm_memory.csv``, ``step_times.json`` (all rows plus
 the environment), ``train_metrics.jsonl``.
@@ -170,9 +170,9 @@ def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
 
 
 def memory_section(smoke, out) -> list[dict]:
-    """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax, GPT-2
-    124M at 8 x 512 (``--smoke``: one block of width 64 under GPT-2's vocabulary, 1 x 32, the
-    same code path in seconds)."""
+    """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax vs the
+    fused linear head, GPT-2 124M at 8 x 512 (``--smoke``: one block of width 64 under GPT-2's
+    vocabulary, 1 x 32, the same code path in seconds)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import lm_memory
 

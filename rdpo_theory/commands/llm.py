@@ -103,6 +103,16 @@ def add_parser(sub) -> None:
         "beside the dataset (ref_logps-<hash>.json); no reference model in memory while training",
     )
     p.add_argument(
+        "--fused-head",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--model: score sequences with a fused linear head that never forms the logits "
+        "(batch x tokens x vocabulary), in the forward and every backward, WDPO's double "
+        "backward included; same log-probs up to rounding, for a plain nn.Linear head "
+        "(docs/one-gpu-recipe.md; default off)",
+    )
+    p.add_argument(
         "--robust-normalizer",
         default=None,
         choices=["micro-batch", "accumulated", "running"],
@@ -146,6 +156,7 @@ MODEL_DEFAULTS = {
     "lora_alpha": None,
     "lora_dropout": 0.0,
     "precompute_ref": False,
+    "fused_head": False,
     "robust_normalizer": "micro-batch",
     "robust_decay": 0.01,
 }
@@ -353,6 +364,7 @@ def build_configs(args) -> dict:
                 resume=args.resume,
                 on_nonfinite=args.on_nonfinite,
                 peft_config=_lora_config(args),
+                fused_head=args.fused_head,
                 **_normalizer_options(args, method),
             )
         except InputError as exc:
@@ -480,6 +492,7 @@ def _run_model(args) -> int:
             max_length=effective_max_length(base, args.max_length),
             accelerator=acc,
             progress=True,
+            fused_head=args.fused_head,
         )
         held = [rows[i] for i in perm[:n_eval]]
         train_rows = [rows[i] for i in perm[n_eval:]]
@@ -513,8 +526,10 @@ def _run_model(args) -> int:
                         for j, k in enumerate(BATCH_REF_KEYS):
                             b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
                     b = {k: v.to(acc.device) for k, v in b.items()}
-                    pc, pr, _ = pair_logps(pol, b)
-                    rc, rr = reference_logps(ref, pol, b, accelerator=acc)
+                    pc, pr, _ = pair_logps(pol, b, fused_head=args.fused_head)
+                    rc, rr = reference_logps(
+                        ref, pol, b, accelerator=acc, fused_head=args.fused_head
+                    )
                     rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
                     m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
                 m = torch.cat(m_all).numpy()

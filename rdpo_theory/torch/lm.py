@@ -16,6 +16,7 @@ depends on row i of each), as :func:`rdpo_theory.torch.losses.input_grad_sq_norm
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - older torch: the CPU/GPU default may l
     from contextlib import nullcontext as _math_attention
 
 from ..errors import InputError
-from .logprobs import selective_log_softmax
+from .logprobs import head_compute_dtype, linear_selective_log_softmax, selective_log_softmax
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
@@ -190,6 +191,7 @@ def sequence_logps(
     completion_mask: torch.Tensor,
     *,
     inputs_embeds: torch.Tensor | None = None,
+    fused_head: bool = False,
 ) -> torch.Tensor:
     """Summed completion log-probs (nats) of each row, shape (N,), float32 or wider.
 
@@ -198,41 +200,192 @@ def sequence_logps(
     With ``inputs_embeds`` (N, T, H) the model is called on embeddings instead of ids.
     Token log-probs come from :func:`~rdpo_theory.torch.logprobs.selective_log_softmax`: no
     float32 copy of the logits, which stay the only vocabulary-sized tensor of the step.
+
+    ``fused_head=True`` never forms the logits (N, T, V): the model runs with
+    ``output_hidden_states=[-1]`` (the last hidden state only) and ``logits_to_keep=1``, and
+    the token log-probs come from its final hidden states and output head by
+    :func:`~rdpo_theory.torch.logprobs.linear_selective_log_softmax` (row chunks, in the dtype
+    the model's head ran in, autocast included). The head must be a plain ``nn.Linear`` whose
+    output is the model's logits (see :func:`output_head`); the one position the model still
+    scores is checked against the fused computation (:func:`check_fused_head`). Same values and
+    gradients up to float rounding; the only vocabulary-sized tensors of a step are then
+    chunk temporaries, also in WDPO's double backward.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if inputs_embeds is None:
-        out = model(input_ids=input_ids, **kwargs)
+        kwargs["input_ids"] = input_ids
     else:
-        out = model(inputs_embeds=inputs_embeds, **kwargs)
-    logits = out.logits  # (N, T, V), model dtype; scored whole (a [:, :-1] slice would copy)
-    del out
+        kwargs["inputs_embeds"] = inputs_embeds
     target = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)  # last column: unused
-    tok = selective_log_softmax(logits, target)[:, :-1]
-    del logits
+    if fused_head:
+        tok = _fused_token_logps(model, kwargs, target)[:, :-1]
+    else:
+        out = model(**kwargs)
+        logits = out.logits  # (N, T, V), model dtype; scored whole (a [:, :-1] slice would copy)
+        del out
+        tok = selective_log_softmax(logits, target)[:, :-1]
+        del logits
     mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(tok.dtype)
     return (tok * mask).sum(-1)
 
 
+#: Config attributes of Hugging Face models that transform the logits after the output head
+#: (Gemma 2/3 soft-capping, Cohere's ``logit_scale``, Granite's ``logits_scaling``), with the
+#: value that means "no transform".
+LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1, "logits_scaling": 1}
+
+
+def output_head(model) -> torch.nn.Linear:
+    """The output head of ``model`` (unwrapped: DDP, accelerate, PEFT) for ``fused_head``.
+
+    It must be a plain ``torch.nn.Linear`` (``get_output_embeddings()``), and the model's
+    config must declare no logit transform after it (:data:`LOGIT_TRANSFORMS`); otherwise
+    :class:`~rdpo_theory.errors.InputError` (a LoRA-wrapped or quantised head, soft-capping).
+    Sharded parameters (FSDP, DeepSpeed ZeRO-3) are refused too: the fused head reads the
+    weight outside the model's forward, where those engines hold only a shard of it.
+    """
+    wrappers, m = [type(model).__name__], model
+    while hasattr(m, "module"):
+        m = m.module
+        wrappers.append(type(m).__name__)
+    inner = unwrap_model(model)
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not torch.nn.Linear:
+        raise InputError(
+            "fused_head=True needs the model's output head (get_output_embeddings()) to be a "
+            f"plain torch.nn.Linear, got {type(head).__name__} (e.g. a LoRA-wrapped or "
+            "quantised head); use fused_head=False"
+        )
+    w = head.weight
+    if (
+        "FullyShardedDataParallel" in wrappers
+        or hasattr(w, "ds_id")  # DeepSpeed ZeRO-3
+        or type(w).__name__ == "DTensor"  # FSDP2
+    ):
+        raise InputError(
+            "fused_head=True needs the output head's whole weight outside the forward pass; "
+            "FSDP and DeepSpeed ZeRO-3 shard it (single process and DDP work); use "
+            "fused_head=False"
+        )
+    conf = getattr(inner, "config", None)
+    for key, neutral in LOGIT_TRANSFORMS.items():
+        v = getattr(conf, key, None)
+        if v is not None and v != neutral:
+            raise InputError(
+                f"fused_head=True cannot be used: the model transforms its logits after the "
+                f"head (config.{key} = {v!r}); use fused_head=False"
+            )
+    return head
+
+
+def check_fused_head(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    logits: torch.Tensor,
+    compute_dtype: torch.dtype,
+) -> None:
+    """Refuse ``fused_head`` for a model whose logits are not ``head(hidden_states[-1])``.
+
+    ``hidden`` (N, D): the final hidden states at one position; ``logits`` (N, V): the model's
+    own logits there. They must agree with ``hidden W^T + b`` computed in ``compute_dtype``
+    (the dtype the head ran in) to ``|diff| <= eps (4 max|z| + sqrt(D) max||h|| max||W_v||)``
+    (``eps`` of ``compute_dtype``: rounding and summation order); otherwise the model
+    transforms its logits after the head or its last hidden state is not the head's input,
+    and :class:`~rdpo_theory.errors.InputError` names ``fused_head``.
+    """
+    with torch.no_grad():
+        cd = compute_dtype
+        b = None if head.bias is None else head.bias.to(cd)
+        z = torch.nn.functional.linear(hidden.to(cd), head.weight.to(cd), b).double()
+        ref = logits.double()
+        diff = float((z - ref).abs().max()) if z.numel() else 0.0
+        D = head.weight.shape[1]
+        bound = float(hidden.double().norm(dim=-1).max()) if z.numel() else 0.0
+        bound *= float(head.weight.double().norm(dim=-1).max()) * D**0.5
+        tol = torch.finfo(cd).eps * (4 * max(1.0, float(ref.abs().max())) + bound)
+    if not diff <= tol:
+        raise InputError(
+            f"fused_head=True cannot be used for this model: its logits differ from "
+            f"hidden_states[-1] @ head.weight^T + head.bias by {diff:.3g} (tolerance "
+            f"{tol:.3g} in {cd}), so it transforms its logits after the output head or its last "
+            "hidden state is not the head's input; use fused_head=False"
+        )
+
+
+def _fused_token_logps(model, kwargs: dict, target: torch.Tensor) -> torch.Tensor:
+    """Token log-probs (N, T) of ``target`` through the fused head (see :func:`sequence_logps`).
+    A forward hook on the head records the dtype it ran in (autocast, e.g. inside an
+    accelerate-prepared forward), which the fused computation then uses."""
+    head = output_head(model)
+    seen = []
+
+    def record(mod, args, output):
+        seen.append(head_compute_dtype(args[0], mod.weight, mod.bias))
+
+    inner = unwrap_model(model)
+    base = inner.get_base_model() if callable(getattr(inner, "get_base_model", None)) else inner
+    params = inspect.signature(base.forward).parameters
+    if "logits_to_keep" not in params and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    ):
+        raise InputError(
+            f"fused_head=True needs a model whose forward takes logits_to_keep "
+            f"({type(base).__name__}'s does not; recent transformers versions have it); use "
+            "fused_head=False"
+        )
+    handle = head.register_forward_hook(record)
+    try:
+        # only the last hidden state is kept (transformers >= 5 selects it by index; older
+        # versions read the list as True and return them all)
+        out = model(**kwargs, output_hidden_states=[-1], logits_to_keep=1)
+    finally:
+        handle.remove()
+    hs = getattr(out, "hidden_states", None)
+    logits = getattr(out, "logits", None)
+    if not hs or hs[-1] is None or logits is None or len(seen) != 1 or logits.shape[1] != 1:
+        raise InputError(
+            "fused_head=True needs a causal LM that returns hidden_states "
+            "(output_hidden_states), honours logits_to_keep=1 and calls its output head "
+            f"once (got hidden_states={'yes' if hs else 'no'}, logits of shape "
+            f"{None if logits is None else tuple(logits.shape)}, {len(seen)} head call(s)); "
+            "use fused_head=False"
+        )
+    hidden = hs[-1]  # (N, T, D): the head's input
+    del out, hs
+    check_fused_head(hidden[:, -1], head, logits[:, -1], seen[0])
+    del logits
+    return linear_selective_log_softmax(
+        hidden, head.weight, target, head.bias, compute_dtype=seen[0]
+    )
+
+
 def pair_logps(
-    model, batch: dict[str, torch.Tensor], *, with_embeddings: bool = False
+    model,
+    batch: dict[str, torch.Tensor],
+    *,
+    with_embeddings: bool = False,
+    fused_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """``(chosen_logps (B,), rejected_logps (B,), embeddings)`` of a preference batch.
 
     With ``with_embeddings`` the forward goes through ``inputs_embeds`` and ``embeddings`` is
     ``(emb_chosen, emb_rejected)``, each (B, T, H) with requires_grad, for WDPO; else None.
     That forward runs scaled-dot-product attention on its math backend, the only one with a
-    double backward (WDPO differentiates the embedding gradient).
+    double backward (WDPO differentiates the embedding gradient). ``fused_head``: see
+    :func:`sequence_logps`.
     """
     B = check_batch(batch)
     ids, att, cm = (batch[k] for k in BATCH_KEYS)
+    kw = {"fused_head": True} if fused_head else {}  # the default call is unchanged
     if with_embeddings:
         emb_c, emb_r = embed_tokens(model, ids[:B]), embed_tokens(model, ids[B:])
         # fused SDPA kernels (flash, memory-efficient) have no double backward: use the math one
         with _math_attention():
-            lp = sequence_logps(model, ids, att, cm, inputs_embeds=torch.cat([emb_c, emb_r]))
+            lp = sequence_logps(model, ids, att, cm, inputs_embeds=torch.cat([emb_c, emb_r]), **kw)
         return lp[:B], lp[B:], (emb_c, emb_r)
-    lp = sequence_logps(model, ids, att, cm)
+    lp = sequence_logps(model, ids, att, cm, **kw)
     return lp[:B], lp[B:], None
 
 

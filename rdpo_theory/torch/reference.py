@@ -43,20 +43,21 @@ BATCH_REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 CACHE_PREFIX = "ref_logps-"
 
 
-def reference_logps(ref_model, model, batch: dict, *, accelerator=None):
+def reference_logps(ref_model, model, batch: dict, *, accelerator=None, fused_head=False):
     """``(ref_chosen_logps (B,), ref_rejected_logps (B,))`` of a preference batch, without
     gradients: the batch's precomputed values if it has them, else ``ref_model``'s log-probs,
     else (``ref_model is None`` and ``model`` a PEFT model) ``model``'s with adapters disabled.
-    Forward passes run under ``accelerator.autocast()`` when an accelerator is given."""
+    Forward passes run under ``accelerator.autocast()`` when an accelerator is given;
+    ``fused_head``: see :func:`rdpo_theory.torch.lm.sequence_logps`."""
     if BATCH_REF_KEYS[0] in batch:
         return batch[BATCH_REF_KEYS[0]], batch[BATCH_REF_KEYS[1]]
     ctx = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     with torch.no_grad(), ctx:
         if ref_model is not None:
-            rc, rr, _ = pair_logps(ref_model, batch)
+            rc, rr, _ = pair_logps(ref_model, batch, fused_head=fused_head)
         elif is_peft_model(model):
             with adapters_disabled(model):
-                rc, rr, _ = pair_logps(model, batch)
+                rc, rr, _ = pair_logps(model, batch, fused_head=fused_head)
         else:
             raise InputError(
                 "no reference log-probs: pass ref_model, use a PEFT model (its adapters-disabled "
@@ -127,10 +128,12 @@ def precompute_reference_logps(
     add_eos: bool = True,
     accelerator=None,
     progress: bool = False,
+    fused_head: bool = False,
 ) -> np.ndarray:
     """Reference log-probs of every row, (n, 2) float64 (chosen, rejected), in one pass without
     gradients: ``ref_model``'s if given, else ``model``'s with adapters disabled (PEFT), else
-    ``model``'s own in eval mode (before training, the policy is the reference)."""
+    ``model``'s own in eval mode (before training, the policy is the reference).
+    ``fused_head``: score without the logits (:func:`rdpo_theory.torch.lm.sequence_logps`)."""
     from tqdm.auto import tqdm
 
     if ref_model is None and not is_peft_model(model):
@@ -155,7 +158,9 @@ def precompute_reference_logps(
                 add_eos=add_eos,
             )
             b = {k: v.to(device) for k, v in b.items()}
-            rc, rr = reference_logps(ref_model, model, b, accelerator=accelerator)
+            rc, rr = reference_logps(
+                ref_model, model, b, accelerator=accelerator, fused_head=fused_head
+            )
             out[lo : lo + len(part), 0] = rc.double().cpu().numpy()
             out[lo : lo + len(part), 1] = rr.double().cpu().numpy()
     finally:
@@ -179,6 +184,7 @@ def with_reference_logps(
     add_eos: bool = True,
     accelerator=None,
     progress: bool = False,
+    fused_head: bool = False,
 ) -> list[dict]:
     """``rows`` with ``ref_chosen_logp`` / ``ref_rejected_logp`` added (new dicts).
 
@@ -186,6 +192,8 @@ def with_reference_logps(
     ``cache_dir/ref_logps-<key>.json`` when that file exists (``key`` from
     :func:`reference_cache_key`), else from :func:`precompute_reference_logps`, and are then
     written there (by the main process) for the next run. ``cache_dir=None``: no file.
+    ``fused_head`` (:func:`rdpo_theory.torch.lm.sequence_logps`) changes how the values are
+    computed, not what they are (float rounding), so it is not part of the cache key.
     """
     rows = list(rows)
     if row_reference_values(rows) is not None:
@@ -215,6 +223,7 @@ def with_reference_logps(
             add_eos=add_eos,
             accelerator=accelerator,
             progress=progress,
+            fused_head=fused_head,
         )
         if path is not None and (accelerator is None or accelerator.is_main_process):
             path.parent.mkdir(parents=True, exist_ok=True)

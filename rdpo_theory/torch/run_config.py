@@ -23,8 +23,19 @@ CONFIG_FILE = "config.json"
 #: TrainConfig fields that may differ when a run is resumed: they change what is logged,
 #: saved or shown, or how far the run goes, never the numbers of a step.
 #: (``max_steps`` changes the learning rate of ``schedule="linear"``, so it is compared then.)
+#: ``fused_head`` changes how the log-probs are computed and the memory a step needs, not what
+#: they are (float rounding only): a run stopped by out-of-memory may resume with it.
 RESUMABLE_FIELDS = frozenset(
-    {"max_steps", "log_every", "save_every", "output_dir", "resume", "save_final_model", "progress"}
+    {
+        "max_steps",
+        "log_every",
+        "save_every",
+        "output_dir",
+        "resume",
+        "save_final_model",
+        "progress",
+        "fused_head",
+    }
 )
 
 

@@ -273,6 +273,15 @@ class TrainConfig:
     robust_decay : float in (0, 1]
         The EMA weight ``a`` of ``"running"``: the average spans about ``1 / a`` micro-batches
         (1 reproduces ``"micro-batch"``).
+    fused_head : bool
+        Compute every sequence log-prob (policy, reference, precomputed reference, the
+        finite-difference WDPO passes) with a fused linear head
+        (:func:`rdpo_theory.torch.lm.sequence_logps`): the logits (2B, T, V) are never formed,
+        only row chunks of them, in forward and in every backward, WDPO's double backward
+        included (``docs/one-gpu-recipe.md``). Same values and gradients up to float rounding,
+        one extra head matmul per backward. Needs a plain ``nn.Linear`` output head whose
+        output is the model's logits (no LoRA on the head, no soft-capping or logit scaling);
+        other models are refused at the first step. Default False.
     """
 
     method: str = "dpo"
@@ -306,6 +315,7 @@ class TrainConfig:
     peft_config: object | None = None
     precompute_ref: bool = False
     ref_cache_dir: str | Path | None = None
+    fused_head: bool = False
 
     def __post_init__(self):
         resolve_loss(self.method)  # an unknown method is named first
@@ -385,7 +395,14 @@ def check_run_fields(cfg: TrainConfig) -> None:
             raise InputError(f"max_length must be >= 2 (prompt + completion), got {cfg.max_length}")
     if cfg.on_nonfinite not in ON_NONFINITE:
         raise InputError(f"on_nonfinite must be one of {ON_NONFINITE}, got {cfg.on_nonfinite!r}")
-    for name in ("resume", "add_eos", "disable_dropout", "save_final_model", "progress"):
+    for name in (
+        "resume",
+        "add_eos",
+        "disable_dropout",
+        "save_final_model",
+        "progress",
+        "fused_head",
+    ):
         if not isinstance(getattr(cfg, name), bool):
             raise InputError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
     import torch.distributed as dist
@@ -515,9 +532,10 @@ def compute_loss(
     supplies (``weights`` (B,) for weighted rows; ``groups``, ``group_weights``, ``n_groups``
     for ``group_dpo``)."""
     wdpo = cfg.method == "wdpo"
-    rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
+    fused = cfg.fused_head
+    rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator, fused_head=fused)
     if policy_logps is None:
-        pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo)
+        pc, pr, emb = pair_logps(model, batch, with_embeddings=wdpo, fused_head=fused)
     else:
         pc, pr, emb = policy_logps
     rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
@@ -636,10 +654,12 @@ def wdpo_fd_backward(
     B = check_batch(batch)
     ids, att, cm = (batch[k] for k in ("input_ids", "attention_mask", "completion_mask"))
     acc = accelerator
-    rc, rr = reference_logps(ref_model, model, batch, accelerator=acc)
+    rc, rr = reference_logps(ref_model, model, batch, accelerator=acc, fused_head=cfg.fused_head)
+
+    fused = {"fused_head": True} if cfg.fused_head else {}
 
     def pair_losses(emb):
-        lp = sequence_logps(model, ids, att, cm, inputs_embeds=emb)
+        lp = sequence_logps(model, ids, att, cm, inputs_embeds=emb, **fused)
         m = TL.dpo_margins(lp[:B], lp[B:], rc.to(lp.dtype), rr.to(lp.dtype), beta=cfg.beta)
         return TL.dpo_pair_losses(m), m, lp
 
@@ -725,18 +745,21 @@ def accumulated_statistic(
     kw = cfg.loss_kwargs
     keep = keep_first and cfg.method == "kldpo"
     values, kept = [None] * len(batches), None
+    fused = cfg.fused_head
     for a in [*range(1, len(batches)), 0] if keep else range(len(batches)):
         batch = batches[a]
-        rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator)
+        rc, rr = reference_logps(ref_model, model, batch, accelerator=accelerator, fused_head=fused)
         batch[BATCH_REF_KEYS[0]], batch[BATCH_REF_KEYS[1]] = rc, rr
         if keep and a == 0:
-            pc, pr, _ = pair_logps(model, batch)
+            pc, pr, _ = pair_logps(model, batch, fused_head=fused)
             kept = (pc, pr, None)
         elif cfg.method == "kldpo":
             with torch.no_grad():
-                pc, pr, _ = pair_logps(model, batch)
+                pc, pr, _ = pair_logps(model, batch, fused_head=fused)
         else:
-            pc, pr, emb = pair_logps(unwrap_model(model), batch, with_embeddings=True)
+            pc, pr, emb = pair_logps(
+                unwrap_model(model), batch, with_embeddings=True, fused_head=fused
+            )
         m = TL.dpo_margins(pc, pr, rc.to(pc.dtype), rr.to(pc.dtype), beta=cfg.beta)
         per = TL.dpo_pair_losses(m)
         if cfg.method == "wdpo":
@@ -1051,8 +1074,10 @@ def _diagnose_nonfinite(cfg, model, ref_model, batches, losses, acc) -> str:
         if bool(torch.isfinite(loss)):
             continue
         with acc.autocast():
-            pc, pr, _ = pair_logps(model, batch)
-        rc, rr = reference_logps(ref_model, model, batch, accelerator=acc)
+            pc, pr, _ = pair_logps(model, batch, fused_head=cfg.fused_head)
+        rc, rr = reference_logps(
+            ref_model, model, batch, accelerator=acc, fused_head=cfg.fused_head
+        )
         names = ("policy_chosen_logps", "policy_rejected_logps")
         names += ("reference_chosen_logps", "reference_rejected_logps")
         bad = first_nonfinite(zip(names, (pc, pr, rc, rr)))
@@ -1111,6 +1136,7 @@ def setup_reference(
             add_eos=cfg.add_eos,
             accelerator=accelerator,
             progress=cfg.progress,
+            fused_head=cfg.fused_head,
         )
         ref_values = row_reference_values(rows)
     if ref_values is not None:
