@@ -649,6 +649,22 @@ def warm_start_rows(d: int) -> int:
     return int(min(50_000, max(5_000, 25_000_000 // max(d, 1))))
 
 
+#: A warm-start subsample needs at least this many rows per dimension: with fewer, its
+#: problem is ill-conditioned (d / rows near 1) and its answer overfits, so solving it costs
+#: more passes than it saves (measured at d = 1024 and 4096, docs/benchmarks-exact.md).
+WARM_START_ROWS_PER_DIM = 32
+
+
+def warm_start_subsample(n: int, d: int) -> np.ndarray | None:
+    """The warm-start subsample of the fast solvers (:func:`warm_start_rows` rows, fixed), or
+    None when ``n`` is small enough to start on the full data or when the subsample would hold
+    fewer than :data:`WARM_START_ROWS_PER_DIM` rows per dimension (high ``d``)."""
+    size = warm_start_rows(d)
+    if size < WARM_START_ROWS_PER_DIM * d:
+        return None
+    return subsample(n, size)
+
+
 def subsample(n: int, size: int, seed: int = 0) -> np.ndarray | None:
     """Sorted row indices of a fixed random subsample (for warm starts), or None if n <= size."""
     if n <= size:
@@ -693,7 +709,7 @@ def _kl_collapse(X, c, p, rho, max_iter):
     rows = Rows(as_rows(X), scale=c)  # a_i = c_i x_i
     lse = lse_of(p)
 
-    sub = subsample(rows.n, warm_start_rows(rows.d))
+    sub = warm_start_subsample(rows.n, rows.d)
     w0 = None
     if sub is not None and p[sub].sum() > 0:
         # screen on a subsample: any w gives the lower bound -log E_p exp(w . a) of KL_min, so
@@ -701,9 +717,16 @@ def _kl_collapse(X, c, p, rho, max_iter):
         ps = p[sub] / p[sub].sum()
         _, bound_s, _, w_s = _kl_collapse_newton(rows.subset(sub), ps, rho, max_iter, lse_of(ps))
         if bound_s > rho and np.any(w_s):
-            g_val, _ = lse(rows.matvec(w_s))
+            # the best multiple t w_s on the full data (one pass: the margins s are computed
+            # once, then -log E_p exp(t s) is concave in t). In high dimension the subsample's
+            # w overfits (large, with q concentrated on few rows): t < 1 can certify where
+            # t = 1 does not, and is a far better start for the full-data Newton.
+            margins = rows.matvec(w_s)
+            t = convex_line_min(lambda t: lse(t * margins)[0], 2.0, xtol=1e-6)
+            g_val, _ = lse(t * margins)
             if -g_val > rho * (1 + 1e-12):
-                return False, -g_val, None, w_s
+                return False, -g_val, None, t * w_s
+            w_s = t * w_s
         w0 = w_s  # the full-data Newton starts next to its optimum (fewer Gram passes)
     return _kl_collapse_newton(rows, p, rho, max_iter, lse, w0)
 

@@ -438,7 +438,7 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
     info: dict = {"solver": "fast"}
     if not np.any(p[np.flatnonzero(p > 0)] > 0):  # pragma: no cover - weights sum to 1
         raise SolverError("no positive weights", status="invalid")
-    sub = fast.subsample(data.n, fast.warm_start_rows(data.d))
+    sub = fast.warm_start_subsample(data.n, data.d)
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum() if p[sub].sum() > 0 else np.full(sub.shape[0], 1 / sub.size)

@@ -240,7 +240,7 @@ def w1_newton(prob: Problem, rho: float):
             # the ray out of the kink at theta_ref along -grad: its minimiser has a value below
             # f(theta_ref) (directional derivative rho beta - ||grad|| < 0), so descent from
             # there never comes back to the kink, where Newton models of the norm break down
-            rs = fast.subsample(data.n, fast.warm_start_rows(data.d))
+            rs = fast.subsample(data.n, fast.warm_start_rows(data.d))  # a 1-D search
             Xr, cr, pr = (X, c, p) if rs is None else (X.subset(rs), c[rs], p[rs] / p[rs].sum())
             mu = cr * Xr.matvec(u)
             m0 = cr * Xr.matvec(ref - prob.tref)
@@ -256,7 +256,7 @@ def w1_newton(prob: Problem, rho: float):
             )
             if t_star > 0:
                 th0 = ref + t_star * u
-    sub = fast.subsample(data.n, fast.warm_start_rows(data.d))
+    sub = fast.warm_start_subsample(data.n, data.d)
     H0 = None
     if sub is not None:
         ps = p[sub] / p[sub].sum()
