@@ -188,3 +188,20 @@ def test_hessian_free_path_equals_the_dense_newton_path(monkeypatch, which, rho,
     bounded = fn(X, y, rho=rho, beta=1.0, solver="fast", radius=1.0)
     assert not bounded.info["newton"]["hessian_free"]
     assert bounded.status == "optimal"
+
+
+def test_warm_start_subsample_needs_enough_rows_per_dimension():
+    """The fast solvers' warm start uses a fixed subsample only when it holds at least
+    WARM_START_ROWS_PER_DIM rows per dimension (an ill-conditioned subsample costs more
+    passes than it saves), and only when n exceeds it."""
+    from rdpo_theory.exact import fast as F
+
+    sub = F.warm_start_subsample(10**6, 32)
+    assert sub is not None and sub.size == F.warm_start_rows(32) == 50_000
+    assert np.all(np.diff(sub) > 0) and sub[-1] < 10**6
+    np.testing.assert_array_equal(sub, F.warm_start_subsample(10**6, 32))  # fixed
+    assert F.warm_start_subsample(40_000, 32) is None  # n below the subsample size
+    d_max = max(d for d in range(1, 2000) if F.warm_start_rows(d) >= F.WARM_START_ROWS_PER_DIM * d)
+    assert F.warm_start_subsample(10**6, d_max) is not None
+    assert F.warm_start_subsample(10**6, d_max + 1) is None
+    assert F.warm_start_subsample(10**6, 4096) is None

@@ -717,11 +717,14 @@ def _kl_collapse(X, c, p, rho, max_iter):
         ps = p[sub] / p[sub].sum()
         _, bound_s, _, w_s = _kl_collapse_newton(rows.subset(sub), ps, rho, max_iter, lse_of(ps))
         if bound_s > rho and np.any(w_s):
-            # the best multiple t w_s on the full data (one pass: the margins s are computed
-            # once, then -log E_p exp(t s) is concave in t). In high dimension the subsample's
+            # w_s itself on the full data (one pass), else its best multiple t w_s (no more
+            # passes: -log E_p exp(t X w_s) is concave in t). In high dimension the subsample's
             # w overfits (large, with q concentrated on few rows): t < 1 can certify where
             # t = 1 does not, and is a far better start for the full-data Newton.
             margins = rows.matvec(w_s)
+            g_val, _ = lse(margins)
+            if -g_val > rho * (1 + 1e-12):
+                return False, -g_val, None, w_s
             t = convex_line_min(lambda t: lse(t * margins)[0], 2.0, xtol=1e-6)
             g_val, _ = lse(t * margins)
             if -g_val > rho * (1 + 1e-12):
