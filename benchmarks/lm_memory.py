@@ -39,9 +39,13 @@ METHODS = {
 }
 
 
-def old_sequence_logps(model, input_ids, attention_mask, completion_mask, *, inputs_embeds=None):
+def old_sequence_logps(
+    model, input_ids, attention_mask, completion_mask, *, inputs_embeds=None, fused_head=False
+):
     """The sequence log-probs before the selective log-softmax (the baseline of this script):
     the sliced logits cast to float32, then gather minus a full-vocabulary logsumexp."""
+    if fused_head:
+        raise ValueError("the old log-softmax baseline has no fused head")
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if inputs_embeds is None:

@@ -154,8 +154,12 @@ def test_shape_mismatch():
         selective_log_softmax(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
 
 
-def _old_sequence_logps(model, input_ids, attention_mask, completion_mask, *, inputs_embeds=None):
+def _old_sequence_logps(
+    model, input_ids, attention_mask, completion_mask, *, inputs_embeds=None, fused_head=False
+):
     """The previous implementation: a float32 copy of the sliced logits, full logsumexp."""
+    if fused_head:
+        raise ValueError("the old log-softmax baseline has no fused head")
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     kw = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if inputs_embeds is None:

@@ -656,10 +656,8 @@ def wdpo_fd_backward(
     acc = accelerator
     rc, rr = reference_logps(ref_model, model, batch, accelerator=acc, fused_head=cfg.fused_head)
 
-    fused = {"fused_head": True} if cfg.fused_head else {}
-
     def pair_losses(emb):
-        lp = sequence_logps(model, ids, att, cm, inputs_embeds=emb, **fused)
+        lp = sequence_logps(model, ids, att, cm, inputs_embeds=emb, fused_head=cfg.fused_head)
         m = TL.dpo_margins(lp[:B], lp[B:], rc.to(lp.dtype), rr.to(lp.dtype), beta=cfg.beta)
         return TL.dpo_pair_losses(m), m, lp
 
