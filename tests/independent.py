@@ -157,3 +157,41 @@ def grid_minimax_1d(robust, radius, *, points=801):
         options={"xatol": 1e-14 * max(radius, 1.0)},
     )
     return float(min(vals.min(), res.fun))
+
+
+def kl_sup_decimal(l, p, rho, *, digits=60):
+    """``sup {E_q l : KL(q || p) <= rho}`` in ``digits``-digit decimal arithmetic (Python's
+    ``decimal``), for radii under float64's resolution of the tilt: the multiplier ``lam``
+    solves ``KL(q_lam || p) = rho`` by bisection in ``log lam`` (KL decreases in lam), with
+    ``q_lam ∝ p exp(l / lam)``. Returns ``(value, lam)`` as floats; the losses and weights
+    are taken as exact decimals of their float64 values."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = digits
+        L = [Decimal(float(v)) for v in l]
+        P = [Decimal(float(v)) for v in p]
+        tot = sum(P)
+        P = [v / tot for v in P]
+        R = Decimal(float(rho))
+        mean = sum(pi * li for pi, li in zip(P, L))
+
+        def tilt(lam):
+            e = [pi * ((li - mean) / lam).exp() for pi, li in zip(P, L)]
+            z = sum(e)
+            q = [v / z for v in e]
+            kl = sum(qi * (qi / pi).ln() for qi, pi in zip(q, P) if qi > 0)
+            return q, kl
+
+        var = sum(pi * (li - mean) ** 2 for pi, li in zip(P, L))
+        guess = (var / (2 * R)).sqrt()
+        lo, hi = guess / 8, guess * 8  # KL(lo) > rho > KL(hi) for small rho
+        assert tilt(lo)[1] > R > tilt(hi)[1]
+        for _ in range(200):
+            mid = (lo * hi).sqrt()
+            if tilt(mid)[1] > R:
+                lo = mid
+            else:
+                hi = mid
+        q, _ = tilt(hi)
+        return float(sum(qi * li for qi, li in zip(q, L))), float(hi)

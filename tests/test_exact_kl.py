@@ -174,3 +174,79 @@ def test_cli_kldpo_prints_dual_worst_case_and_gap(capsys):
     assert main(["solve", "--world", "toy", "--method", "wdpo", "--rho", "0.05"]) == 0
     text = capsys.readouterr().out
     assert "gap" in text and "dual" in text and "transport_cost" in text
+
+
+# ---------------------------------------------------------------------------- tiny radii
+@pytest.mark.parametrize("rho", [1e-20, 1e-16, 1e-13, 1e-11])
+def test_small_radius_bounds_bracket_the_decimal_supremum(rho):
+    """The centred feasible point and dual bound bracket the supremum computed in 60-digit
+    decimal arithmetic, O(rho) apart; the feasible point's KL (in decimal) is within rho."""
+    from decimal import Decimal, localcontext
+
+    from independent import kl_sup_decimal
+
+    from rdpo_theory.exact.kl_tilt import kl_small_radius_bounds
+
+    rng = np.random.default_rng(4)
+    l = rng.exponential(size=30)
+    p = rng.dirichlet(np.ones(30))
+    ref, lam_ref = kl_sup_decimal(l, p, rho)
+    b = kl_small_radius_bounds(l, p, rho)
+    ulps = 4 * np.finfo(float).eps * abs(ref)  # rounding of values of order one
+    assert b["primal"] <= ref + ulps and b["dual"] >= ref - ulps
+    assert b["dual"] - b["primal"] <= 2 * rho + ulps
+    assert b["lam"] == pytest.approx(lam_ref, rel=1e-3)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        P = [Decimal(float(v)) for v in p]
+        Q = [Decimal(float(v)) for v in b["q"]]
+        zq, zp = sum(Q), sum(P)
+        kl = sum((qi / zq) * ((qi / zq) / (pi / zp)).ln() for qi, pi in zip(Q, P))
+    assert 0.99 * rho <= float(kl) <= rho * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("rho", [1e-20, 1e-16])
+def test_robust_risk_at_a_tiny_radius_matches_decimal_precision(rho):
+    """The root find's value was 6e-9 nats above the supremum at rho = 1e-16 (its KL is a
+    difference of numbers of order one); below kl_tilt.SMALL_RHO the centred point is used."""
+    from independent import kl_sup_decimal
+
+    from rdpo_theory.exact import robust_risk
+
+    data = _random_data(5, n=40)
+    theta = np.array([0.5, -0.3, 0.8])
+    got = robust_risk(theta, data, method="kldpo", rho=rho, beta=1.0)
+    ref, _ = kl_sup_decimal(dpo_losses(theta, data, beta=1.0), data.weights, rho)
+    assert abs(got - ref) <= 2 * rho + 1e-15
+
+
+@pytest.mark.parametrize("solver", ["fast", "cvxpy"])
+def test_tiny_radius_with_zero_rows_weights_and_a_ball(solver):
+    """The small-radius path (rho < TINY_RHO) on weighted data with x = 0 rows and an active
+    ball: certified, its worst case feasible, its value above DPO's by sqrt(2 rho Var_p l) to
+    O(rho), and continuous with the Newton path just above the threshold."""
+    from independent import kl_sup_decimal
+
+    from rdpo_theory.exact.kl import TINY_RHO
+
+    data = _random_data(6, n=60, zeros=6)
+    d0 = dpo(data, beta=1.0, radius=0.3)
+    assert np.linalg.norm(d0.theta) == pytest.approx(0.3, rel=1e-6)  # the ball is active
+    rho = 1e-15
+    res = kldpo(data, rho=rho, beta=1.0, radius=0.3, solver=solver)
+    assert res.status == "optimal" and res.regime == "interior"
+    assert res.info["path"] == "small radius"
+    np.testing.assert_allclose(res.theta, d0.theta, atol=1e-9)
+    l = dpo_losses(res.theta, data, beta=1.0)
+    var = float(data.weights @ (l - data.weights @ l) ** 2)
+    assert res.value - d0.value == pytest.approx(np.sqrt(2 * rho * var), abs=1e-13)
+    ref, _ = kl_sup_decimal(l, data.weights, rho)
+    assert res.value >= ref - 1e-15 and res.value - res.gap <= ref + 1e-15
+    # far below sqrt(2 rho Var) ~ 1e-8, the gap a bound at p instead of q would leave
+    assert -1e-15 <= res.optimality_gap <= 1e-10
+    assert res.worst_case.sum() == pytest.approx(1.0, abs=1e-15)
+    assert np.all(res.worst_case[:6] > 0)  # the x = 0 atom's mass is spread over its rows
+    above = kldpo(data, rho=TINY_RHO * 1.01, beta=1.0, radius=0.3, solver=solver)
+    below = kldpo(data, rho=TINY_RHO * 0.99, beta=1.0, radius=0.3, solver=solver)
+    assert "path" not in above.info and below.info["path"] == "small radius"
+    assert below.value == pytest.approx(above.value, abs=1e-8)

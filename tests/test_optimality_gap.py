@@ -7,7 +7,14 @@ import functools
 
 import numpy as np
 import pytest
-from independent import grid_minimax_1d, kl_robust, max_loss_value, slsqp_minimax
+from independent import (
+    grid_minimax_1d,
+    kl_robust,
+    kl_sup_decimal,
+    losses,
+    max_loss_value,
+    slsqp_minimax,
+)
 
 from rdpo_theory.errors import InputError, SolverError
 from rdpo_theory.exact import dpo, fast, kldpo
@@ -294,11 +301,17 @@ def _data(X, y):
     return PreferenceData(X, y)
 
 
-def test_kldpo_below_the_kl_resolution_fails_with_a_hint_to_solve_dpo():
-    """rho = 1e-16 is under float64's resolution of the worst case's KL: both paths fail, and
-    the error says why and what to do (never an uncertified answer)."""
+def test_kldpo_below_the_kl_resolution_is_certified_by_the_small_radius_path():
+    """rho = 1e-16 is under float64's resolution of the Newton path: both paths answer through
+    the centred small-radius expansion, with an optimality gap certified against weak duality
+    and a value no lower than the decimal-precision robust risk at the returned theta."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 3))
     y = (rng.random(40) < 0.7).astype(float)
-    with pytest.raises(SolverError, match="below the KL solvers' resolution.*exact.dpo"):
-        kldpo(X, y, rho=1e-16, beta=1.0)
+    for solver in ("fast", "cvxpy"):
+        res = kldpo(X, y, rho=1e-16, beta=1.0, solver=solver)
+        assert res.status == "optimal" and res.info["path"] == "small radius"
+        assert -1e-15 <= res.optimality_gap <= 1e-12  # rounding of values of order one
+        robust, _ = kl_sup_decimal(losses(res.theta, X, y, 1.0), np.ones(40), 1e-16)
+        assert res.value >= robust - 1e-15
+        assert res.value - res.optimality_gap <= robust + 1e-15

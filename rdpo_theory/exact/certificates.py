@@ -44,7 +44,7 @@ from ..losses import (
 )
 from . import fast
 from .fast import conjugate_gradient, sum_noise
-from .kl_tilt import LOG2, kl_lambda_for_theta, kl_tilt
+from .kl_tilt import LOG2, SMALL_RHO, kl_lambda_for_theta, kl_small_radius_bounds, kl_tilt
 from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
@@ -74,7 +74,9 @@ def kl_primal_certificate(
     * ``"root"``: the tilted distribution ``q ∝ p exp(l / lam)`` with ``KL(q || p) = rho``
       (Brent root in log lam), which satisfies the KKT conditions of the primal exactly, so
       ``E_q l`` is the supremum; its KL is checked against rho (else SolverError). When
-      ``rho >= -log P(argmax l)`` the supremum is ``max l`` (lam = 0).
+      ``rho >= -log P(argmax l)`` the supremum is ``max l`` (lam = 0). Below
+      ``kl_tilt.SMALL_RHO`` the centred feasible point of :func:`.kl_tilt.kl_small_radius_bounds`
+      replaces the root (within O(rho) of the supremum; docs/theory.md#kl-small-radius).
     * ``"cvxpy"``: ``max sum q l`` s.t. ``sum rel_entr(q, p) <= rho`` by Clarabel at tight
       tolerances; anything but ``optimal`` raises SolverError (never a value from an
       inaccurate solve).
@@ -126,6 +128,8 @@ ROOT = "root (tilted distribution)"
 
 
 def _kl_root_certificate(l, p, rho, p0, ll, pp, hint=None) -> float:
+    if rho < SMALL_RHO:  # the centred feasible point: within O(rho) of the supremum
+        return kl_small_radius_bounds(ll, pp / pp.sum(), rho)["primal"]
     lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
     if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
         return float(ll.max())

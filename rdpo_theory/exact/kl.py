@@ -41,7 +41,7 @@ from .dpo import (
     dpo,
     margin_scale,
 )
-from .kl_tilt import LOG2, kl_lambda_for_theta
+from .kl_tilt import LOG2, kl_lambda_for_theta, kl_small_radius_bounds
 from .passes import as_rows, pinned_blas
 from .problem import Problem, Scale, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
@@ -56,7 +56,8 @@ from .status import (
 #: Below SMALL_LAM * (1 + loss scale) a multiplier triggers the lam* = 0 (max-loss) check.
 SMALL_LAM = 1e-6
 
-#: Radii below this are under the KL solvers' float64 resolution: a failure there says so.
+#: Radii below this are under the Newton path's float64 resolution (the worst case's KL is a
+#: difference of numbers of order one): they take the small-radius path (``_small_radius``).
 TINY_RHO = 1e-13
 
 
@@ -82,7 +83,10 @@ def kldpo(
         Pair feature differences (then ``y`` and ``weights`` come with it).
     y : array_like (n,), labels in {0, 1}
     rho : float >= 0
-        KL radius (nats). ``rho = 0`` is DPO.
+        KL radius (nats). ``rho = 0`` is DPO. Below ``TINY_RHO`` (1e-13) the small-radius
+        path answers: theta is the DPO optimum (within O(sqrt(rho)) of the KLDPO one), the
+        value and worst case come from centred expansions, certified to O(rho), and
+        ``info["path"] == "small radius"`` (docs/theory.md#kl-small-radius).
     beta : float > 0
     weights : array_like (n,), optional
         The nominal law p (probabilities; default uniform). A world's population weights give
@@ -147,6 +151,8 @@ def kldpo(
     t0 = time.perf_counter()
     if rho == 0:
         return _rho_zero(prob, solver, cvxpy_solver, t0)
+    if rho < TINY_RHO:
+        return _small_radius(prob, rho, solver, cvxpy_solver, t0)
     collapsed, ray = _collapse(prob, rho)
     if collapsed is not None:
         return _finish(prob, rho, *collapsed, solver, certificate, t0)
@@ -174,13 +180,6 @@ def kldpo(
         return res
     reasons = "; ".join(f"solver={path!r}: {exc}" for path, exc in failures)
     hint = "pass a finite radius= or rescale beta and X to moderate margins."
-    if rho < TINY_RHO:
-        hint = (
-            f"rho = {rho:.3g} is below the KL solvers' resolution (about {TINY_RHO:g}: the "
-            "worst case's KL is a difference of numbers of order one). At such a radius the "
-            "robust risk is within sqrt(rho / 2) times the spread of the losses of the "
-            "nominal risk at every theta (Pinsker), so solve exact.dpo instead."
-        )
     raise SolverError(
         f"exact KLDPO: no path certified the minimax optimum ({reasons}).",
         status=failures[-1][1].status,
@@ -203,7 +202,8 @@ def _informative(prob: Problem):
     return keep, w[keep], float(w[(w > 0) & ~keep].sum())
 
 
-def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
+def _dpo_point(prob, solver, cvxpy_solver):
+    """``(theta, info)``: the DPO optimum (rho = 0) by the requested path."""
     if solver == "cvxpy":
         res = dpo(
             prob.data,
@@ -212,11 +212,14 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
             radius=prob.radius,
             cvxpy_solver=cvxpy_solver,
         )
-        theta, info = res.theta, dict(res.info)
-    else:
-        from .wasserstein import w1_newton
+        return res.theta, dict(res.info)
+    from .wasserstein import w1_newton
 
-        theta, info = w1_newton(prob, 0.0)
+    return w1_newton(prob, 0.0)
+
+
+def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
+    theta, info = _dpo_point(prob, solver, cvxpy_solver)
     m = prob.margins(theta)
     value = float(prob.data.weights @ dpo_loss(m))
     A = prob.rows.scaled(prob.c)  # rows c_i x_i, not materialised
@@ -238,6 +241,62 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
         optimality_gap=opt_gap,
         info=info,
         regime=REGIME_DPO,
+    )
+
+
+def _small_radius(prob, rho, solver, cvxpy_solver, t0) -> ExactResult:
+    """KLDPO for ``0 < rho < TINY_RHO`` (docs/theory.md#kl-small-radius): theta is the DPO
+    optimum, the value and the worst case come from the centred expansions of
+    :func:`.kl_tilt.kl_small_radius_bounds`, and the optimality gap is certified against the
+    weak-duality bound ``min_theta E_q l`` at that feasible worst case ``q``."""
+    theta, info = _dpo_point(prob, solver, cvxpy_solver)
+    w = prob.data.weights
+    m = prob.margins(theta)
+    l = dpo_loss(m)
+    keep, pk, p0 = _informative(prob)
+    zero = (w > 0) & ~keep  # rows with x = 0 (loss log 2): one atom of mass p0
+    ll = np.concatenate([l[keep], [LOG2]]) if p0 > 0 else l[keep]
+    pp = np.concatenate([pk, [p0]]) if p0 > 0 else pk
+    b = kl_small_radius_bounds(ll, pp / pp.sum(), rho)
+    q = np.zeros_like(w)
+    q[keep] = b["q"][: int(keep.sum())]
+    if p0 > 0:
+        q[zero] = b["q"][-1] * w[zero] / p0
+    A = prob.rows.scaled(prob.c)
+    lower = cert.dpo_lower_bound(A, q, theta, theta_ref=prob.tref, radius=prob.radius, margins=m)
+    value = b["dual"]
+    opt_gap = certify_optimal(
+        value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver}, small radius)"
+    )
+    collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
+    info.update(
+        seconds=time.perf_counter() - t0,
+        solver=solver,
+        path="small radius",
+        certificate="small radius (centred tilt)",
+        lower_bound=lower,
+        primal_value=b["primal"],
+        passes=prob.rows.passes,
+        collapsed_to_theta_ref=collapsed,
+        on_boundary=on_boundary(theta, prob.radius),
+        kl_worst_case=b["kl"],
+        note=(
+            f"rho = {rho:.3g} is below the Newton path's float64 resolution ({TINY_RHO:g}): "
+            "theta is the DPO optimum (within O(sqrt(rho)) of the KLDPO one), value and "
+            "worst case are the centred small-radius expansions (docs/theory.md#kl-small-radius)."
+        ),
+    )
+    return ExactResult(
+        theta=theta,
+        value=value,
+        status=STATUS_OPTIMAL,
+        method="kldpo",
+        dual=b["lam"],
+        worst_case=q / q.sum(),
+        gap=value - b["primal"],
+        optimality_gap=opt_gap,
+        info=info,
+        regime=REGIME_COLLAPSE if collapsed else REGIME_INTERIOR,
     )
 
 
