@@ -127,12 +127,7 @@ def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
     rows = []
     for size in sizes:
         for method, kw in bench.METHODS:
-            for r, reference in (
-                (0, "copy"),
-                (0, "precomputed"),
-                (lora_r, "copy"),
-                (lora_r, "precomputed"),
-            ):
+            for r, reference in bench.lora_plan(lora_r):
                 row = bench.time_method(
                     size, method, kw, steps=steps, warmup=warmup, lora_r=r, reference=reference
                 )
@@ -147,11 +142,8 @@ def lora_section(sizes, steps, warmup, lora_r, out) -> list[dict]:
                 )
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-    df = pd.DataFrame(rows)
+    df = bench.vs_full(pd.DataFrame(rows))
     key = ["size", "method"]
-    full = df[(df["lora_r"] == 0) & (df["reference"] == "copy")].set_index(key)
-    for col, name in (("sec_per_step", "time_vs_full"), ("peak_bytes", "mem_vs_full")):
-        df[name] = df[col] / df.set_index(key).index.map(full[col]).to_numpy()
     df.to_csv(out / "lora_times.csv", index=False)
     print(
         df[

@@ -54,6 +54,33 @@ TINY = ModelSize("tiny-cpu", 2, 64, 4, 80, 32, 4, 13)
 SMALL_CPU = ModelSize("gpt2-4L-256-cpu", 4, 256, 4, 4096, 8, 32, 64)
 GPT2_SMALL = ModelSize("gpt2-124M", 12, 768, 12, 50257, 8, 128, 384)
 GPT2_MEDIUM = ModelSize("gpt2-355M", 24, 1024, 16, 50257, 8, 128, 384)
+#: GPT-2 124M and 355M at a batch a 2-core CPU steps in seconds (2 pairs x 256 tokens).
+GPT2_SMALL_CPU = ModelSize("gpt2-124M-cpu", 12, 768, 12, 50257, 2, 64, 192)
+GPT2_MEDIUM_CPU = ModelSize("gpt2-355M-cpu", 24, 1024, 16, 50257, 2, 64, 192)
+#: Every size above, by name.
+SIZES = {
+    s.name: s for s in (TINY, SMALL_CPU, GPT2_SMALL, GPT2_MEDIUM, GPT2_SMALL_CPU, GPT2_MEDIUM_CPU)
+}
+
+
+def lora_plan(lora_r: int) -> tuple[tuple[int, str], ...]:
+    """The ``(lora_r, reference)`` grid that compares full fine-tuning with LoRA of rank
+    ``lora_r``, each with a live reference (a copy; with LoRA the adapters-disabled base) and
+    with precomputed reference log-probs (see :func:`time_method`)."""
+    return ((0, "copy"), (0, "precomputed"), (lora_r, "copy"), (lora_r, "precomputed"))
+
+
+def vs_full(df):
+    """``df`` (rows of :func:`time_method` over :func:`lora_plan`) with ``time_vs_full`` and
+    ``mem_vs_full``: ``sec_per_step`` and ``peak_bytes`` over those of full fine-tuning with a
+    reference copy (``lora_r == 0``, ``reference == "copy"``) of the same size and method."""
+    key = ["size", "method", "hvp"]
+    full = df[(df["lora_r"] == 0) & (df["reference"] == "copy")].set_index(key)
+    idx = df.set_index(key).index
+    out = df.copy()
+    for col, name in (("sec_per_step", "time_vs_full"), ("peak_bytes", "mem_vs_full")):
+        out[name] = df[col].to_numpy() / idx.map(full[col]).to_numpy()
+    return out
 
 
 def build(size: ModelSize, seed: int = 0):
