@@ -1,8 +1,9 @@
 """Randomized differential tests of the exact robust solvers (issue 15 item 3).
 
 Random small problems (n 2..30, d 1..5, with and without a radius, separable or not, rho in
-every regime, beta and X scales 1e-8..1e8) are solved by the fast path, the cvxpy path and an
-independent reference written in ``tests/independent.py``. Asserted for every problem:
+every regime and down to 1e-18, under the Newton path's resolution; beta and X scales
+1e-8..1e8) are solved by the fast path, the cvxpy path and an independent reference written
+in ``tests/independent.py``. Asserted for every problem:
 
 * an answer either raises SolverError or is "optimal" with a small ``optimality_gap``;
 * two answers that both claim "optimal" agree within the sum of their certified gaps;
@@ -88,6 +89,8 @@ def draw(seed: int) -> Case:
     else:
         Xs, beta = X, scale
     rad = None if radius is None else radius / scale
+    if rng.random() < 0.1:  # drawn last, so the other problems stay as they were
+        regime, rho = "tiny", float(10.0 ** rng.uniform(-18, -9))
     return Case(Xs, y, beta, rad, rho, regime, scale, kind)
 
 
