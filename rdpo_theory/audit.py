@@ -102,11 +102,15 @@ def worst_case(losses, *, weights=None, divergence: str = "kl", radius: float) -
 
 
 def _kl_worst_case(lo: np.ndarray, p: np.ndarray, rho: float) -> np.ndarray:
-    from .exact.kl_tilt import kl_lambda_for_theta, kl_tilt
+    from .exact.kl_tilt import SMALL_RHO, kl_lambda_for_theta, kl_small_radius_bounds, kl_tilt
 
     if rho == 0:
         return p.copy()
     pos = p > 0
+    if rho < SMALL_RHO:  # under the root's resolution: the centred feasible point
+        q = np.zeros_like(p)  # (docs/theory.md#kl-small-radius)
+        q[pos] = kl_small_radius_bounds(lo[pos], p[pos] / p[pos].sum(), rho)["q"]
+        return q
     lam = kl_lambda_for_theta(lo, p, rho)
     q = np.zeros_like(p)
     if lam == 0.0:  # max-loss regime (or constant losses): p restricted to the argmax set

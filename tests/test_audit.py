@@ -124,6 +124,27 @@ def test_kl_worst_case_is_the_tilt_and_beats_random_points():
             assert z @ l <= q @ l + 1e-12
 
 
+@pytest.mark.parametrize("rho", [1e-18, 1e-14])
+def test_kl_worst_case_at_a_tiny_radius_matches_decimal_precision(rho):
+    """Under the root's float64 resolution the worst case is the centred feasible point: its
+    KL (60-digit decimal) is within the radius and its value within 2 rho of the supremum."""
+    from decimal import Decimal, localcontext
+
+    from independent import kl_sup_decimal
+
+    rng = np.random.default_rng(2)
+    l, p = rng.exponential(size=40), rng.dirichlet(np.ones(40))
+    q = A.worst_case(l, weights=p, divergence="kl", radius=rho)
+    ref, _ = kl_sup_decimal(l, p, rho)
+    assert ref - 2 * rho - 1e-15 <= q @ l <= ref + 1e-15
+    with localcontext() as ctx:
+        ctx.prec = 60
+        Q, P = [Decimal(v) for v in q], [Decimal(v) for v in p]
+        zq, zp = sum(Q), sum(P)  # each float64 array sums to 1 up to rounding only
+        kl = sum((a / zq) * ((a / zq) / (b / zp)).ln() for a, b in zip(Q, P))
+    assert float(kl) <= rho * (1 + 1e-6)
+
+
 def test_worst_case_error_closed_forms():
     rng = np.random.default_rng(2)
     m = rng.normal(0.5, 1.0, size=400)
