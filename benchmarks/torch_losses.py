@@ -8,10 +8,12 @@ and batch. Goals from the issue: KLDPO <= 1.05x DPO; WDPO <= 3x DPO in time and 
 ``--lora R`` times full fine-tuning against LoRA of rank R instead (``bench.lora_plan``: a
 reference copy or the adapters-disabled base, and precomputed reference log-probs), on GPT-2
 124M and 355M at 2 pairs x 256 tokens on a CPU (``--sizes`` picks others), with the whole
-process's peak RSS and the ratios to full fine-tuning with a reference copy.
+process's peak RSS and the ratios to full fine-tuning with a reference copy. ``--live-rss``
+makes freed tensors leave the resident set (glibc's ``MALLOC_MMAP_THRESHOLD_``), for peak
+memory that counts live tensors only, at the price of slower steps.
 
     python benchmarks/torch_losses.py [--steps 10] [--out bench.csv]
-    python benchmarks/torch_losses.py --lora 16 --steps 2 [--sizes gpt2-124M-cpu]
+    python benchmarks/torch_losses.py --lora 16 --steps 2 [--sizes gpt2-124M-cpu] [--live-rss]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import queue
 import sys
 from pathlib import Path
@@ -118,7 +121,18 @@ def main():
     ap.add_argument("--lora", type=int, default=0, metavar="R", help="full vs LoRA of rank R")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(bench.SIZES))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per row")
+    ap.add_argument(
+        "--live-rss",
+        action="store_true",
+        help="workers run with glibc's MALLOC_MMAP_THRESHOLD_=65536: peak RSS then tracks live "
+        "tensors (freed blocks leave the resident set) but steps run slower",
+    )
     args = ap.parse_args()
+    if args.live_rss:
+        # glibc keeps freed heap pages resident, so a CPU peak RSS counts earlier steps'
+        # temporaries too; with blocks over 64 KiB mmapped, freeing returns them. Spawned
+        # workers inherit the variable (glibc reads it when a process starts).
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     if args.lora:
         names = args.sizes or [bench.GPT2_SMALL_CPU.name, bench.GPT2_MEDIUM_CPU.name]
         threads = args.threads or torch.get_num_threads()
