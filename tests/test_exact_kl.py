@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from rdpo_theory import InputError, PreferenceData, SolverError, World
 from rdpo_theory.cli import main
 from rdpo_theory.exact import dpo, kldpo
-from rdpo_theory.exact.certificates import kl_primal_sup
+from rdpo_theory.exact.certificates import kl_primal_certificate, kl_primal_sup
 from rdpo_theory.losses import dpo_losses
 
 
@@ -218,6 +218,10 @@ def test_robust_risk_at_a_tiny_radius_matches_decimal_precision(rho):
     got = robust_risk(theta, data, method="kldpo", rho=rho, beta=1.0)
     ref, _ = kl_sup_decimal(dpo_losses(theta, data, beta=1.0), data.weights, rho)
     assert abs(got - ref) <= 2 * rho + 1e-15
+    l = dpo_losses(theta, data, beta=1.0)
+    value, info = kl_primal_certificate(l, data.weights, rho, method="auto")
+    assert info["certificate"] == "small radius (centred tilt)"
+    assert abs(value - ref) <= 2 * rho + 1e-15
 
 
 @pytest.mark.parametrize("solver", ["fast", "cvxpy"])

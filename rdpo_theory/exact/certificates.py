@@ -74,9 +74,7 @@ def kl_primal_certificate(
     * ``"root"``: the tilted distribution ``q ∝ p exp(l / lam)`` with ``KL(q || p) = rho``
       (Brent root in log lam), which satisfies the KKT conditions of the primal exactly, so
       ``E_q l`` is the supremum; its KL is checked against rho (else SolverError). When
-      ``rho >= -log P(argmax l)`` the supremum is ``max l`` (lam = 0). Below
-      ``kl_tilt.SMALL_RHO`` the centred feasible point of :func:`.kl_tilt.kl_small_radius_bounds`
-      replaces the root (within O(rho) of the supremum; docs/theory.md#kl-small-radius).
+      ``rho >= -log P(argmax l)`` the supremum is ``max l`` (lam = 0).
     * ``"cvxpy"``: ``max sum q l`` s.t. ``sum rel_entr(q, p) <= rho`` by Clarabel at tight
       tolerances; anything but ``optimal`` raises SolverError (never a value from an
       inaccurate solve).
@@ -84,6 +82,12 @@ def kl_primal_certificate(
       root certificate; when the conic solve fails, is inaccurate, or disagrees with the root
       one by more than 1e-8 (relative), the root certificate is used. Above the row limit:
       root.
+
+    Below ``kl_tilt.SMALL_RHO`` (1e-10) ``"auto"`` and ``"root"`` return the centred feasible
+    point of :func:`.kl_tilt.kl_small_radius_bounds` instead (``"small radius (centred
+    tilt)"``, within O(rho) of the supremum; docs/theory.md#kl-small-radius): there the
+    root's KL and the conic program's feasibility tolerance (1e-11) are both coarser than
+    rho.
 
     ``hint``: the solver's multiplier, where the root search starts (same root, fewer
     evaluations). ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"``
@@ -98,6 +102,8 @@ def kl_primal_certificate(
         raise ValueError(f"unknown method {method!r}")
     if rho == 0:
         return float(pp @ ll), {"certificate": "rho = 0 (E_p l)"}
+    if rho < SMALL_RHO and method != "cvxpy":  # within O(rho) of the supremum
+        return kl_small_radius_bounds(ll, pp / pp.sum(), rho)["primal"], {"certificate": SMALL}
     if method == "root" or (method == "auto" and ll.shape[0] > KL_CVXPY_MAX_ROWS):
         return _kl_root_certificate(l, p, rho, p0, ll, pp, hint), {"certificate": ROOT}
     try:
@@ -125,11 +131,10 @@ def kl_primal_certificate(
 
 CONIC = "cvxpy (rel_entr)"
 ROOT = "root (tilted distribution)"
+SMALL = "small radius (centred tilt)"
 
 
 def _kl_root_certificate(l, p, rho, p0, ll, pp, hint=None) -> float:
-    if rho < SMALL_RHO:  # the centred feasible point: within O(rho) of the supremum
-        return kl_small_radius_bounds(ll, pp / pp.sum(), rho)["primal"]
     lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
     if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
         return float(ll.max())

@@ -273,7 +273,7 @@ def _small_radius(prob, rho, solver, cvxpy_solver, t0) -> ExactResult:
         seconds=time.perf_counter() - t0,
         solver=solver,
         path="small radius",
-        certificate="small radius (centred tilt)",
+        certificate=cert.SMALL,
         lower_bound=lower,
         primal_value=b["primal"],
         passes=prob.rows.passes,
