@@ -96,14 +96,16 @@ def run(sizes, steps):
     return df
 
 
-def run_lora(sizes, steps, lora_r, threads, partial=None):
-    """Full fine-tuning against LoRA of rank ``lora_r`` (``bench.lora_plan``), per method."""
+def run_lora(sizes, steps, lora_r, threads, partial=None, methods=None):
+    """Full fine-tuning against LoRA of rank ``lora_r`` (``bench.lora_plan``), per method
+    (``methods``: names from ``bench.METHODS``, default all)."""
     from rdpo_theory.torch import bench
 
     plan = [
         (s, m, kw, {"lora_r": r, "reference": ref})
         for s in sizes
         for m, kw in bench.METHODS
+        if methods is None or m in methods
         for r, ref in bench.lora_plan(lora_r)
     ]
     df = bench.vs_full(_rows(plan, steps, warmup=1, threads=threads, partial=partial))
@@ -122,6 +124,13 @@ def main():
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(bench.SIZES))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per row")
     ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=[m for m, _ in bench.METHODS],
+        help="--lora only",
+    )
+    ap.add_argument(
         "--live-rss",
         action="store_true",
         help="workers run with glibc's MALLOC_MMAP_THRESHOLD_=65536: peak RSS then tracks live "
@@ -137,7 +146,8 @@ def main():
         names = args.sizes or [bench.GPT2_SMALL_CPU.name, bench.GPT2_MEDIUM_CPU.name]
         threads = args.threads or torch.get_num_threads()
         partial = None if args.out is None else Path(args.out).with_suffix(".partial.jsonl")
-        df = run_lora([bench.SIZES[n] for n in names], args.steps, args.lora, threads, partial)
+        sizes = [bench.SIZES[n] for n in names]
+        df = run_lora(sizes, args.steps, args.lora, threads, partial, args.methods)
         cols = ["size", "device", "precision", "method", "lora_r", "reference"]
         cols += ["trainable_M", "sec_per_step", "time_vs_full", "peak_GiB", "mem_vs_full"]
         cols += ["error"] if "error" in df else []
