@@ -46,6 +46,9 @@ def _rows(plan, steps, warmup=2, threads=1, partial=None):
     each CPU peak RSS is the row's own. A worker that dies (the kernel's out-of-memory kill)
     gives a row with an ``error`` column instead of a hung run. ``partial``: a JSON-lines
     file that each finished row is appended to at once."""
+    from rdpo_theory.torch import bench
+    from rdpo_theory.torch.train import TrainConfig
+
     ctx = mp.get_context("spawn")
     rows = []
     for size, method, kw, opts in tqdm(plan, desc="rows", unit="row"):
@@ -66,9 +69,9 @@ def _rows(plan, steps, warmup=2, threads=1, partial=None):
                 size=size.name,
                 method=method,
                 params=str(kw),
-                hvp=opts.get("train_options", {}).get("wdpo_hvp", "double-backward")
-                if method == "wdpo"
-                else "-",
+                hvp=bench.hvp_label(
+                    TrainConfig(method=method, loss_kwargs=kw, **opts.get("train_options", {}))
+                ),
                 lora_r=opts.get("lora_r", 0),
                 reference=opts.get("reference", "copy"),
                 error=f"killed by signal {-p.exitcode} (out of memory?)"
@@ -83,11 +86,12 @@ def _rows(plan, steps, warmup=2, threads=1, partial=None):
     return pd.DataFrame(rows)
 
 
-def run(sizes, steps):
+def run(sizes, steps, threads=1):
     from rdpo_theory.torch import bench
 
     plan = [(m, kw, {}) for m, kw in bench.METHODS] + list(bench.FD_ROWS)
-    df = _rows([(s, m, kw, {"train_options": o}) for s in sizes for m, kw, o in plan], steps)
+    plan = [(s, m, kw, {"train_options": o}) for s in sizes for m, kw, o in plan]
+    df = _rows(plan, steps, threads=threads)
     for col, ratio in (("sec_per_step", "time_vs_dpo"), ("peak_over_start_bytes", "mem_vs_dpo")):
         ref = df[df["method"] == "dpo"].set_index("size")[col]
         df[ratio] = df[col] / df["size"].map(ref).clip(lower=1e-12)
@@ -122,7 +126,9 @@ def main():
     ap.add_argument("--out", default=None, help="optional CSV path")
     ap.add_argument("--lora", type=int, default=0, metavar="R", help="full vs LoRA of rank R")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(bench.SIZES))
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads per row")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per row (default 1; --lora: all)"
+    )
     ap.add_argument(
         "--methods",
         nargs="+",
@@ -160,7 +166,7 @@ def main():
         sizes = [bench.GPT2_SMALL]
     if args.sizes:
         sizes = [bench.SIZES[n] for n in args.sizes]
-    df = run(sizes, args.steps)
+    df = run(sizes, args.steps, threads=args.threads or 1)
     cols = [
         "size",
         "device",

@@ -44,7 +44,13 @@ from ..losses import (
 )
 from . import fast
 from .fast import conjugate_gradient, sum_noise
-from .kl_tilt import LOG2, SMALL_RHO, kl_lambda_for_theta, kl_small_radius_bounds, kl_tilt
+from .kl_tilt import (
+    SMALL_RHO,
+    kl_lambda_for_theta,
+    kl_small_radius_bounds,
+    kl_tilt,
+    with_zero_atom,
+)
 from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
@@ -96,8 +102,7 @@ def kl_primal_certificate(
     l = np.asarray(l, dtype=float)
     p = np.asarray(p, dtype=float)
     pos = p > 0
-    ll = np.concatenate([l[pos], [LOG2]]) if p0 > 0 else l[pos]
-    pp = np.concatenate([p[pos], [p0]]) if p0 > 0 else p[pos]
+    ll, pp = with_zero_atom(l[pos], p[pos], p0)
     if method not in ("auto", "cvxpy", "root"):
         raise ValueError(f"unknown method {method!r}")
     if rho == 0:

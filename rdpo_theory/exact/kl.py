@@ -41,7 +41,7 @@ from .dpo import (
     dpo,
     margin_scale,
 )
-from .kl_tilt import LOG2, kl_lambda_for_theta, kl_small_radius_bounds
+from .kl_tilt import LOG2, kl_lambda_for_theta, kl_small_radius_bounds, with_zero_atom
 from .passes import as_rows, pinned_blas
 from .problem import Problem, Scale, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
@@ -202,6 +202,11 @@ def _informative(prob: Problem):
     return keep, w[keep], float(w[(w > 0) & ~keep].sum())
 
 
+def _at_reference(prob, theta) -> bool:
+    """Whether ``theta`` is ``theta_ref`` (to 1e-9 relative): the collapse regime."""
+    return bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
+
+
 def _dpo_point(prob, solver, cvxpy_solver):
     """``(theta, info)``: the DPO optimum (rho = 0) by the requested path."""
     if solver == "cvxpy":
@@ -255,8 +260,7 @@ def _small_radius(prob, rho, solver, cvxpy_solver, t0) -> ExactResult:
     l = dpo_loss(m)
     keep, pk, p0 = _informative(prob)
     zero = (w > 0) & ~keep  # rows with x = 0 (loss log 2): one atom of mass p0
-    ll = np.concatenate([l[keep], [LOG2]]) if p0 > 0 else l[keep]
-    pp = np.concatenate([pk, [p0]]) if p0 > 0 else pk
+    ll, pp = with_zero_atom(l[keep], pk, p0)
     b = kl_small_radius_bounds(ll, pp / pp.sum(), rho)
     q = np.zeros_like(w)
     q[keep] = b["q"][: int(keep.sum())]
@@ -268,7 +272,7 @@ def _small_radius(prob, rho, solver, cvxpy_solver, t0) -> ExactResult:
     opt_gap = certify_optimal(
         value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver}, small radius)"
     )
-    collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
+    collapsed = _at_reference(prob, theta)
     info.update(
         seconds=time.perf_counter() - t0,
         solver=solver,
@@ -704,7 +708,7 @@ def _finish(prob, rho, theta, lam, mu, info, solver, certificate, t0) -> ExactRe
     )
     opt_gap = certify_optimal(value, lower, tol=OPTIMALITY_TOL, what=f"exact KLDPO ({solver})")
     info["lower_bound"] = lower
-    collapsed = bool(np.linalg.norm(theta - prob.tref) <= 1e-9 * (1 + np.linalg.norm(prob.tref)))
+    collapsed = _at_reference(prob, theta)
     info.update(
         seconds=time.perf_counter() - t0,
         passes=prob.rows.passes,

@@ -229,7 +229,7 @@ def time_method(
         precision=acc.mixed_precision,
         method=method,
         params=str(loss_kwargs),
-        hvp=_hvp_label(cfg),
+        hvp=hvp_label(cfg),
         lora_r=int(lora_r),
         reference=reference,
         trainable_params=int(sum(p.numel() for p in trainable)),
@@ -243,7 +243,7 @@ def time_method(
     )
 
 
-def _hvp_label(cfg: TrainConfig) -> str:
+def hvp_label(cfg: TrainConfig) -> str:
     """How WDPO differentiates its penalty: ``double-backward``, or
     ``fd-float32(eps)`` / ``fd-autocast(eps)`` for finite differences; ``-`` for other methods."""
     if cfg.method != "wdpo":
