@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -45,6 +47,8 @@ __all__ = [
     "Callable_",
     "NONE",
     "check",
+    "declare",
+    "DECLARED",
     "validate",
     "invalid_values",
     "option",
@@ -261,6 +265,46 @@ def invalid_values(constraints: list) -> list:
         if not ok and not any(v is w for w in out):
             out.append(v)
     return out
+
+
+#: Every function declared with :func:`declare`, by qualified name: the generated bad-input
+#: tests walk this registry, so a newly declared option joins them automatically.
+DECLARED: dict[str, Any] = {}
+
+
+def declare(constraints: Mapping[str, list], *, owner: str | None = None):
+    """Decorator declaring a public function's parameter constraints next to its signature
+    (scikit-learn's ``_parameter_constraints``). The arguments given to a call are checked
+    by :func:`validate` before the body runs; the declaration is kept on the function as
+    ``_parameter_constraints`` and in :data:`DECLARED`.
+
+    Example::
+
+        @declare({"rho": NONNEGATIVE, "beta": POSITIVE})
+        def kldpo(X, y, *, rho, beta): ...
+    """
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        unknown = set(constraints) - set(sig.parameters)
+        if unknown:
+            raise TypeError(f"{fn.__qualname__} declares unknown parameters {sorted(unknown)}")
+        name = owner or fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                bound = sig.bind_partial(*args, **kwargs)
+            except TypeError:
+                return fn(*args, **kwargs)  # let Python report the bad call itself
+            validate(bound.arguments, constraints, owner=name)
+            return fn(*args, **kwargs)
+
+        wrapper._parameter_constraints = dict(constraints)
+        DECLARED[f"{fn.__module__}.{fn.__qualname__}"] = wrapper
+        return wrapper
+
+    return deco
 
 
 # --------------------------------------------------------------------------- options

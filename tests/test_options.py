@@ -8,6 +8,7 @@ import pytest
 
 from rdpo_theory.errors import InputError
 from rdpo_theory.options import (
+    DECLARED,
     NONE,
     NONNEGATIVE,
     POSITIVE_INT,
@@ -15,6 +16,7 @@ from rdpo_theory.options import (
     Options,
     add_arguments,
     check,
+    declare,
     from_arguments,
     invalid_values,
     option,
@@ -92,3 +94,22 @@ def test_fields_validated():
         _Cfg(max_steps=0)
     with pytest.raises(InputError, match="'mode'"):
         _Cfg(mode="c")
+
+
+@declare({"rho": NONNEGATIVE, "n": POSITIVE_INT})
+def _solver(x, *, rho, n=1):
+    return x * rho * n
+
+
+def test_declare_checks_before_the_body_and_registers():
+    assert _solver(2, rho=0.5) == 1.0
+    with pytest.raises(InputError, match="The 'rho' parameter of _solver"):
+        _solver(2, rho="0.5")
+    with pytest.raises(InputError, match="'n'"):
+        _solver(2, rho=0.5, n=0)
+    assert any(k.endswith("_solver") for k in DECLARED)
+    assert _solver._parameter_constraints["n"] == POSITIVE_INT
+    # the generated-test recipe: one invalid value alone is refused before anything else
+    for bad in invalid_values(NONNEGATIVE):
+        with pytest.raises(InputError):
+            _solver(rho=bad)
