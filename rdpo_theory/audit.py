@@ -5,17 +5,24 @@ log-probabilities, or any other per-pair loss) with nominal weights ``p`` (defau
 the audit answers: how large can the mean loss become when the pairs are reweighted by an
 adversary within a divergence ball around ``p``?
 
-    worst_loss(radius) = sup { sum_i q_i l_i : q in the simplex, D(q || p) <= radius }.
+    worst_loss(rho) = sup { sum_i q_i l_i : q in the simplex, D(q || p) <= rho }.
 
-Three balls, each solved exactly by the code the exact solvers use at their optimum:
+Every ball is an ambiguity set of :mod:`rdpo_theory.divergences` (docs/theory.md#ambiguity-sets),
+solved exactly by the code the exact solvers use at their optimum; ``divergence`` is its family
+id or a set object:
 
 * ``"kl"``: ``D = KL(q || p)``; the worst case is the tilted law ``q ∝ p exp(l / lam)`` whose
-  KL equals the radius (a scalar root in lam, ``exact.kl_tilt.kl_lambda_for_theta``), or ``p``
-  restricted to the argmax set when ``radius >= -log P(argmax l)`` (docs/theory.md#kl-regimes).
+  KL equals rho (a scalar root in lam, ``divergences.kl.kl_lambda_for_theta``), or ``p``
+  restricted to the argmax set when ``rho >= -log P(argmax l)`` (docs/theory.md#kl-regimes).
 * ``"chi2"``: ``D = 1/2 sum_i p_i (q_i / p_i - 1)^2`` (the project's convention, with the 1/2);
-  the sorted closed form of ``losses.chi2_weights`` (docs/theory.md#baselines).
-* ``"cvar"``: ``q_i <= p_i / alpha``; the "radius" is the level alpha in (0, 1] (smaller is
-  more adversarial); ``losses.cvar_weights``.
+  the sorted closed form of ``divergences.chi2.chi2_weights`` (docs/theory.md#baselines).
+* ``"cvar"``: ``q_i <= p_i / alpha``; rho is the level alpha in (0, 1] (smaller is
+  more adversarial); ``divergences.cvar.cvar_weights``;
+* every other family id of :data:`rdpo_theory.divergences.DIVERGENCES`, or a set object (a
+  set with parameters).
+
+The ball size is called ``rho`` (``radius`` is a deprecated alias: in this package ``radius``
+is the parameter ball ``||theta|| <= B``); the tables keep their ``radius`` column.
 
 A radius with a meaning (docs/theory.md#subpopulation-radius): every subpopulation of mass
 ``>= alpha`` (the law ``p`` conditioned on a set of mass alpha) lies in the KL ball of radius
@@ -26,39 +33,53 @@ bounds the mean loss of every group holding at least an alpha share of the data.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from . import _validate as V
+from . import divergences as D
 from . import losses as L
-from .errors import InputError, SolverError
+from .errors import InputError
 
-#: The supported divergence balls.
+#: The divergence balls audited by default (``check_divergence`` also takes
+#: every id of :data:`rdpo_theory.divergences.DIVERGENCES` and any
+#: :class:`rdpo_theory.divergences.AmbiguitySet` that reweights).
 DIVERGENCES = ("kl", "chi2", "cvar")
 #: The four per-pair log-prob columns of an audit table (TRL names, nats): policy chosen,
 #: policy rejected, reference chosen, reference rejected.
 LOGP_COLUMNS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
 
-def check_divergence(divergence: str) -> str:
-    """Validate a divergence name (one of :data:`DIVERGENCES`)."""
-    if divergence not in DIVERGENCES:
-        raise InputError(
-            f"The 'divergence' parameter must be one of {DIVERGENCES}. Got {divergence!r} instead."
-        )
-    return divergence
+def check_divergence(divergence) -> str:
+    """Validate a divergence (a family id of :data:`rdpo_theory.divergences.DIVERGENCES` or a
+    set object); returns it."""
+    if isinstance(divergence, D.AmbiguitySet) or divergence in D.DIVERGENCES:
+        return divergence
+    raise InputError(
+        f"The 'divergence' parameter must be one of {D.DIVERGENCES}. Got {divergence!r} instead."
+    )
 
 
-def check_radius(radius, divergence: str) -> float:
+def ambiguity_set(divergence) -> D.AmbiguitySet:
+    """The :class:`~rdpo_theory.divergences.AmbiguitySet` of a divergence id (or the set)."""
+    return D.get(check_divergence(divergence))
+
+
+def _check_rho(rho, divergence) -> float:
     """A KL or chi-square radius ``>= 0``, or a CVaR level in (0, 1]."""
-    if divergence == "cvar":
-        a = V.positive(radius, "radius (the CVaR level alpha)")
+    ball = ambiguity_set(divergence)
+    if isinstance(ball, D.CVaR):
+        a = V.positive(rho, "rho (the CVaR level alpha)")
         if a > 1:
             raise InputError(f"The CVaR level alpha must lie in (0, 1]. Got {a} instead.")
         return a
-    return V.positive(radius, "radius", allow_zero=True, allow_inf=False)
+    return ball.check(rho, "rho")
+
+
+@V.renamed_keyword("radius", "rho")
+def check_radius(rho, divergence: str) -> float:
+    """A KL or chi-square radius ``>= 0``, or a CVaR level in (0, 1]."""
+    return _check_rho(rho, divergence)
 
 
 def _losses_weights(losses, weights):
@@ -68,8 +89,9 @@ def _losses_weights(losses, weights):
     return lo, V.as_weights(weights, lo.shape[0], "weights")
 
 
-def worst_case(losses, *, weights=None, divergence: str = "kl", radius: float) -> np.ndarray:
-    """The adversary's law ``q`` (n,) attaining ``sup { E_q l : D(q || p) <= radius }``.
+@V.renamed_keyword("radius", "rho")
+def worst_case(losses, *, weights=None, divergence: str = "kl", rho: float) -> np.ndarray:
+    """The adversary's law ``q`` (n,) attaining ``sup { E_q l : D(q || p) <= rho }``.
 
     Parameters
     ----------
@@ -77,9 +99,10 @@ def worst_case(losses, *, weights=None, divergence: str = "kl", radius: float) -
         Per-pair losses (nats).
     weights : array_like, shape (n,), optional
         Nominal probabilities ``p`` (default uniform 1/n).
-    divergence : {"kl", "chi2", "cvar"}
-    radius : float
-        KL or chi-square radius (>= 0), or the CVaR level alpha in (0, 1].
+    divergence : str (a family id of divergences.DIVERGENCES) or an AmbiguitySet
+    rho : float
+        KL or chi-square radius (>= 0), or the CVaR level alpha in (0, 1] (``radius``: a
+        deprecated alias).
 
     Returns
     -------
@@ -92,65 +115,15 @@ def worst_case(losses, *, weights=None, divergence: str = "kl", radius: float) -
         KL only: the scalar root does not reproduce the radius (losses spread beyond float64).
     """
     lo, p = _losses_weights(losses, weights)
-    check_divergence(divergence)
-    r = check_radius(radius, divergence)
-    if divergence == "chi2":
-        return L.chi2_weights(lo, rho=r, weights=p)
-    if divergence == "cvar":
-        return L.cvar_weights(lo, level=r, weights=p)
-    return _kl_worst_case(lo, p, r)
-
-
-def _kl_worst_case(lo: np.ndarray, p: np.ndarray, rho: float) -> np.ndarray:
-    from .exact.kl_tilt import SMALL_RHO, kl_lambda_for_theta, kl_small_radius_bounds, kl_tilt
-
-    if rho == 0:
-        return p.copy()
-    pos = p > 0
-    if rho < SMALL_RHO:  # under the root's resolution: the centred feasible point
-        q = np.zeros_like(p)  # (docs/theory.md#kl-small-radius)
-        q[pos] = kl_small_radius_bounds(lo[pos], p[pos] / p[pos].sum(), rho)["q"]
-        return q
-    lam = kl_lambda_for_theta(lo, p, rho)
-    q = np.zeros_like(p)
-    if lam == 0.0:  # max-loss regime (or constant losses): p restricted to the argmax set
-        lmax = float(lo[pos].max())
-        top = pos & (lo >= lmax - 1e-14 * max(1.0, abs(lmax)))
-        if -math.log(p[top].sum()) > rho * (1 + 1e-9) + 1e-14:
-            raise SolverError(
-                f"KL worst case: no multiplier reproduces radius {rho!r} "
-                "(the losses' spread is at the limit of float64).",
-                status="root_failed",
-                hint="rescale the losses (e.g. a smaller beta).",
-            )
-        q[top] = p[top] / p[top].sum()
-        return q
-    qp, kl, _ = kl_tilt(lo[pos], p[pos], lam)
-    if not abs(kl - rho) <= 1e-9 * max(rho, 1e-12) + 1e-14:
-        raise SolverError(
-            f"KL worst case: the tilted distribution has KL {kl!r}, not the radius {rho!r}.",
-            status="root_inaccurate",
-            hint="rescale the losses (e.g. a smaller beta).",
-        )
-    q[pos] = qp
-    return q
+    r = _check_rho(rho, divergence)
+    return ambiguity_set(divergence).worst_case(lo, p, rho=r)
 
 
 def ball_size(q, p, divergence: str) -> float:
     """The size of the smallest ball around ``p`` containing ``q``: ``KL(q || p)``,
     ``1/2 sum_i p_i (q_i / p_i - 1)^2``, or for CVaR the largest level
     ``alpha = 1 / max_i (q_i / p_i)`` with ``q <= p / alpha``."""
-    check_divergence(divergence)
-    q = np.asarray(q, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if divergence == "kl":
-        return L.kl_divergence(q, p)
-    if divergence == "chi2":
-        return L.chi2_divergence(q, p)
-    if np.any((p == 0) & (q > 0)):
-        return 0.0
-    k = p > 0
-    return float(1.0 / np.max(q[k] / p[k]))
+    return ambiguity_set(divergence).divergence(q, p)
 
 
 def _summary(lo, p, q) -> dict:
@@ -165,7 +138,8 @@ def _summary(lo, p, q) -> dict:
     }
 
 
-def profile(losses, *, weights=None, divergence: str = "kl", radii) -> pd.DataFrame:
+@V.renamed_keyword("radii", "rhos")
+def profile(losses, *, weights=None, divergence: str = "kl", rhos) -> pd.DataFrame:
     """Exact robustness profile of per-pair losses over a list of radii.
 
     Parameters
@@ -174,50 +148,52 @@ def profile(losses, *, weights=None, divergence: str = "kl", radii) -> pd.DataFr
         Per-pair losses ``l_i`` (nats).
     weights : array_like, shape (n,), optional
         Nominal probabilities ``p`` (default uniform).
-    divergence : {"kl", "chi2", "cvar"}
-    radii : sequence of float
-        KL/chi-square radii (>= 0) or CVaR levels in (0, 1].
+    divergence : str (a family id of divergences.DIVERGENCES) or an AmbiguitySet
+    rhos : sequence of float
+        KL/chi-square radii (>= 0) or CVaR levels in (0, 1] (``radii``: a deprecated alias).
 
     Returns
     -------
     DataFrame
-        One row per radius: ``divergence, radius, nominal_loss`` (``sum p l``), ``worst_loss``
-        (``sum q l`` at the exact worst case q, see :func:`worst_case`), ``ess`` (Kish
-        effective sample size ``1 / sum q_i^2``, in pairs), ``ess_fraction`` (``ess`` over the
-        nominal ``1 / sum p_i^2``), ``max_weight`` (``max q_i``), ``max_ratio``
-        (``max q_i / p_i``, how much the most upweighted pair gains) and ``ball_size`` (the
-        divergence of q from p; equals the radius unless the ball reaches the max loss).
+        One row per ball size: ``divergence, radius`` (the ball size rho), ``nominal_loss`` (``sum p
+        l``), ``worst_loss`` (``sum q l`` at the exact worst case q, see :func:`worst_case`),
+        ``ess`` (Kish effective sample size ``1 / sum q_i^2``, in pairs), ``ess_fraction`` (``ess``
+        over the nominal ``1 / sum p_i^2``), ``max_weight`` (``max q_i``), ``max_ratio`` (``max q_i
+        / p_i``, how much the most upweighted pair gains) and ``ball_size`` (the divergence of q
+        from p; equals the radius unless the ball reaches the max loss).
     """
     lo, p = _losses_weights(losses, weights)
-    check_divergence(divergence)
-    radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
-    if radii.size == 0:
-        raise InputError("radii is empty: give at least one radius")
+    ball = ambiguity_set(divergence)
+    name = divergence if isinstance(divergence, str) else repr(divergence)
+    rhos = np.atleast_1d(np.asarray(rhos, dtype=np.float64))
+    if rhos.size == 0:
+        raise InputError("rhos is empty: give at least one ball size")
     rows = []
-    for r in radii:
-        q = worst_case(lo, weights=p, divergence=divergence, radius=float(r))
+    for r in rhos:
+        q = worst_case(lo, weights=p, divergence=ball, rho=float(r))
         rows.append(
-            {"divergence": divergence, "radius": float(r)}
+            {"divergence": name, "radius": float(r)}
             | _summary(lo, p, q)
-            | {"ball_size": ball_size(q, p, divergence)}
+            | {"ball_size": ball.divergence(q, p)}
         )
     return pd.DataFrame(rows)
 
 
-def worst_case_error(margins, *, weights=None, divergence: str = "kl", radius: float) -> float:
+@V.renamed_keyword("radius", "rho")
+def worst_case_error(margins, *, weights=None, divergence: str = "kl", rho: float) -> float:
     """Largest preference error rate over the ball: ``sup_q q({i : m_i < 0})``.
 
     With ``P = p({m < 0})`` the answer is, exactly:
-    KL: the ``s`` in ``[P, 1]`` with ``s log(s/P) + (1-s) log((1-s)/(1-P)) = radius`` (1 when
-    ``radius >= log(1/P)``), found as the KL worst case of the 0/1 losses (a scalar root);
-    chi-square: ``min(1, P + sqrt(2 radius P (1 - P)))``; CVaR: ``min(1, P / alpha)``.
+    KL: the ``s`` in ``[P, 1]`` with ``s log(s/P) + (1-s) log((1-s)/(1-P)) = rho`` (1 when
+    ``rho >= log(1/P)``), found as the KL worst case of the 0/1 losses (a scalar root);
+    chi-square: ``min(1, P + sqrt(2 rho P (1 - P)))``; CVaR: ``min(1, P / alpha)``.
 
     Parameters
     ----------
     margins : array_like, shape (n,)
         Oriented margins ``m_i`` (e.g. ``beta`` times the log-ratio difference of chosen
         over rejected); a pair is an error when ``m_i < 0``.
-    weights, divergence, radius : as in :func:`profile`.
+    weights, divergence, rho : as in :func:`worst_case`.
 
     Returns
     -------
@@ -225,12 +201,13 @@ def worst_case_error(margins, *, weights=None, divergence: str = "kl", radius: f
     """
     m = V.as_vector(margins, "margins")
     err = (m < 0).astype(np.float64)
-    q = worst_case(err, weights=weights, divergence=divergence, radius=radius)
+    q = worst_case(err, weights=weights, divergence=divergence, rho=rho)
     return float(min(1.0, q @ err))
 
 
+@V.renamed_keyword("radius", "rho")
 def top_pairs(
-    losses, *, weights=None, divergence: str = "kl", radius: float, k: int = 10
+    losses, *, weights=None, divergence: str = "kl", rho: float, k: int = 10
 ) -> pd.DataFrame:
     """The ``k`` pairs the worst case upweights most.
 
@@ -243,7 +220,7 @@ def top_pairs(
     lo, p = _losses_weights(losses, weights)
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise InputError(f"The 'k' parameter of top_pairs must be a positive integer. Got {k!r}.")
-    q = worst_case(lo, weights=p, divergence=divergence, radius=radius)
+    q = worst_case(lo, weights=p, divergence=divergence, rho=rho)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(p > 0, q / p, 0.0)
     order = np.lexsort((-lo, -ratio))[: int(k)]
@@ -296,32 +273,25 @@ def group_profile(losses, groups, *, weights=None) -> pd.DataFrame:
 
 
 def radius_for_subpopulation(alpha: float, divergence: str = "kl") -> float:
-    """The smallest radius whose ball contains every subpopulation of mass ``>= alpha``.
+    """The smallest ball size whose ball contains every subpopulation of mass ``>= alpha``.
 
     A subpopulation of mass alpha is ``q = p 1_S / alpha`` with ``p(S) = alpha``. Its
     divergence from p is ``KL = log(1 / alpha)`` and
     ``chi2 = 1/2 [alpha (1/alpha - 1)^2 + (1 - alpha)] = (1 - alpha) / (2 alpha)`` (the project's
     chi-square carries a factor 1/2); it satisfies ``q <= p / alpha``, so the CVaR level is
     alpha itself. Larger subpopulations have smaller divergences
-    (docs/theory.md#subpopulation-radius).
+    (docs/theory.md#subpopulation-radius). Each set's
+    :meth:`~rdpo_theory.divergences.AmbiguitySet.radius_for_subpopulation` computes it.
 
     Parameters
     ----------
     alpha : float in (0, 1]
         The smallest share to cover (e.g. the smallest group's share of the data).
-    divergence : {"kl", "chi2", "cvar"}
+    divergence : str (a family id of divergences.DIVERGENCES) or an AmbiguitySet
 
     Returns
     -------
     float
         KL or chi-square radius, or the CVaR level.
     """
-    check_divergence(divergence)
-    a = V.positive(alpha, "alpha")
-    if a > 1:
-        raise InputError(f"The 'alpha' parameter must lie in (0, 1]. Got {a} instead.")
-    if divergence == "kl":
-        return float(math.log(1.0 / a))
-    if divergence == "chi2":
-        return float((1.0 - a) / (2.0 * a))
-    return float(a)
+    return ambiguity_set(divergence).radius_for_subpopulation(alpha)

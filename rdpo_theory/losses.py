@@ -20,6 +20,11 @@ from scipy.special import expit, log_expit, logsumexp
 
 from . import _validate as V
 from .data import PreferenceData, as_data
+
+# the ball kernels live with their ambiguity sets (one copy; re-exported here)
+from .divergences.chi2 import chi2_divergence, chi2_objective, chi2_weights  # noqa: F401
+from .divergences.cvar import cvar_objective, cvar_weights  # noqa: F401
+from .divergences.kl import kl_divergence  # noqa: F401
 from .errors import InputError
 
 
@@ -319,125 +324,3 @@ def group_robust_weights(losses, groups, *, weights=None) -> np.ndarray:
     sel = idx == int(np.argmax(L))
     q = np.where(sel, p, 0.0)
     return q / q.sum()
-
-
-def chi2_weights(losses, *, rho: float, weights=None) -> np.ndarray:
-    """Worst-case distribution of the chi-square ball, exactly.
-
-    ``argmax_q sum_i q_i l_i`` over the simplex subject to
-    ``D(q || p) = 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho``. By the Cressie-Read dual
-    (Duchi and Namkoong 2021) the answer is ``q_i = p_i (l_i - eta*)_+ / sum_j p_j (l_j - eta*)_+``
-    where ``eta*`` minimises ``eta + sqrt(1 + 2 rho) sqrt(sum_i p_i (l_i - eta)_+^2)``; it is
-    found exactly by sorting (see ``_chi2_eta``). When
-    ``sqrt((1 + 2 rho) P(argmax l)) >= 1`` the ball contains the point mass on the argmax set
-    and ``q`` is ``p`` restricted to it.
-
-    Returns
-    -------
-    ndarray, shape (n,), summing to 1.
-    """
-    lo, p = _losses_and_weights(losses, weights)
-    eta = _chi2_eta(lo, p, V.positive(rho, "rho", allow_zero=True))
-    if eta is None:
-        return p.copy()
-    top = lo >= np.max(lo[p > 0])
-    if eta == np.inf:  # point mass on the argmax set
-        q = np.where(top, p, 0.0)
-        return q / q.sum()
-    q = p * np.maximum(lo - eta, 0.0)
-    return q / q.sum()
-
-
-def _chi2_eta(lo: np.ndarray, p: np.ndarray, rho: float):
-    """``eta*`` of :func:`chi2_weights`; None when q = p (rho = 0 or constant losses); inf
-    for the argmax regime.
-
-    Exact and vectorised: with the losses sorted in decreasing order and the top k active,
-    stationarity ``sqrt(1 + 2 rho) E(l - eta)_+ = sqrt(E (l - eta)_+^2)`` gives
-    ``eta_k = u_k - sqrt(s2_k / ((1 + 2 rho) P_k - 1))`` (u_k, s2_k: mean and variance of the
-    top k under p, P_k their mass); the answer is the k whose eta_k lies in
-    ``[l_(k+1), l_(k))``.
-    """
-    keep = p > 0
-    l, w = lo[keep], p[keep]
-    lmax = l.max()
-    top = l >= lmax
-    if rho == 0 or np.all(top):
-        return None
-    c2 = 1.0 + 2.0 * rho
-    if c2 * w[top].sum() >= 1.0:
-        return np.inf
-    order = np.argsort(-l, kind="stable")
-    ls, ws = l[order], w[order]
-    P = np.cumsum(ws)
-    u = np.cumsum(ws * ls) / P
-    s2 = np.maximum(np.cumsum(ws * (ls - u[-1]) ** 2) / P - (u - u[-1]) ** 2, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = u - np.sqrt(s2 / (c2 * P - 1.0))
-    nxt = np.concatenate([ls[1:], [-np.inf]])
-    ok = (c2 * P > 1.0) & (eta >= nxt) & (eta < ls)
-    if not ok.any():  # rounding at a segment boundary: take the closest candidate
-        bad = np.where(c2 * P > 1.0, np.maximum(nxt - eta, eta - ls), np.inf)
-        return float(eta[int(np.argmin(bad))])
-    return float(eta[int(np.argmax(ok))])
-
-
-def chi2_objective(losses, *, rho: float, weights=None) -> float:
-    """``sup { E_q l : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho }`` (nats), via
-    :func:`chi2_weights`. For small rho with every ``q_i > 0`` it equals
-    ``E_p l + sqrt(2 rho Var_p(l))``."""
-    lo, p = _losses_and_weights(losses, weights)
-    return float(chi2_weights(lo, rho=rho, weights=p) @ lo)
-
-
-def chi2_divergence(q, p) -> float:
-    """``D(q || p) = 1/2 sum_i p_i (q_i / p_i - 1)^2`` (inf if q charges a point with p = 0)."""
-    q = np.asarray(q, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if np.any((p == 0) & (q > 0)):
-        return float("inf")
-    k = p > 0
-    return float(0.5 * np.sum((q[k] - p[k]) ** 2 / p[k]))
-
-
-def kl_divergence(q, p) -> float:
-    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges p = 0)."""
-    from scipy.special import rel_entr
-
-    q = np.asarray(q, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    return float(np.sum(rel_entr(q, p)))
-
-
-def cvar_weights(losses, *, level: float, weights=None) -> np.ndarray:
-    """Worst case of the CVaR ball ``{q : q_i <= p_i / level}``: the top ``level`` fraction of
-    the loss distribution, reweighted by ``1 / level`` (partial weight at the boundary).
-
-    Parameters
-    ----------
-    losses : array_like, shape (n,)
-    level : float in (0, 1]
-        Tail fraction; ``level = 1`` gives ``q = p`` (the mean), ``level -> 0`` the max.
-    weights : array_like, shape (n,), optional
-
-    Returns
-    -------
-    ndarray, shape (n,), summing to 1.
-    """
-    lo, p = _losses_and_weights(losses, weights)
-    level = V.positive(level, "level")
-    if level > 1:
-        raise InputError(f"level must lie in (0, 1], got {level}")
-    order = np.argsort(-lo, kind="stable")
-    cap = p[order] / level
-    before = np.concatenate([[0.0], np.cumsum(cap)[:-1]])
-    q_sorted = np.clip(1.0 - before, 0.0, cap)
-    q = np.empty_like(lo)
-    q[order] = q_sorted
-    return q / q.sum()
-
-
-def cvar_objective(losses, *, level: float, weights=None) -> float:
-    """``CVaR_level(l) = min_eta eta + E_p (l - eta)_+ / level = sup_{q <= p/level} E_q l``."""
-    lo, p = _losses_and_weights(losses, weights)
-    return float(cvar_weights(lo, level=level, weights=p) @ lo)

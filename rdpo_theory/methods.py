@@ -20,35 +20,81 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
+#: The family vocabulary: one id per ambiguity set (the ``family`` of
+#: :mod:`rdpo_theory.divergences`' sets) or per objective without a ball. Every table column
+#: ``family``, every colour (:data:`rdpo_theory.plots.METHOD_COLORS`) and every
+#: :attr:`Method.family` uses these ids.
+FAMILIES: dict[str, str] = {
+    "dpo": "DPO, no ball",
+    "kl": "KL ball (KLDPO)",
+    "chi2": "chi-square ball",
+    "cvar": "CVaR ball",
+    "w1": "Wasserstein-1 ball (WDPO)",
+    "w2": "Wasserstein-2 ball (WDPO's Algorithm 1 and the paper's code)",
+    "cdpo": "conservative DPO (label smoothing)",
+    "rdpo": "robust DPO for a known flip rate",
+    "ipo": "identity preference optimisation",
+    "drdpo": "Dr. DPO (soft-min)",
+    "gdpo": "group-robust DPO",
+    "reference": "reference policies (no training objective)",
+}
+
 
 @dataclass(frozen=True)
 class Method:
-    """A method id with its display label, colour family and one-line description."""
+    """A method id with its display label, family (:data:`FAMILIES`), one-line description,
+    the name of its robustness parameter (its table column; None without one) and, where it
+    has one, the family id of its ambiguity set in :mod:`rdpo_theory.divergences`."""
 
     id: str
     label: str
     family: str
     description: str
+    parameter: str | None = None
+    ambiguity: str | None = None
 
 
 METHODS: dict[str, Method] = {
     m.id: m
     for m in (
         Method("dpo", "DPO", "dpo", "DPO (exact minimiser, or trained by the same loop)"),
-        Method("kldpo-exact", "KLDPO (exact)", "kldpo", "exact KLDPO minimax solution"),
-        Method("kldpo-alg2", "KLDPO (Alg. 2)", "kldpo", "Algorithm 2: normalized weights"),
-        Method("kldpo-clipped", "KLDPO (clipped)", "kldpo", "paper's code: clipped weights"),
-        Method("wdpo-exact", "WDPO (exact)", "wdpo", "exact WDPO, continuous x, labels fixed"),
-        Method("wdpo-finite", "WDPO (exact, finite Z)", "wdpo", "exact WDPO, adversary on Z"),
-        Method("wdpo-alg1", "WDPO (Alg. 1)", "wdpo", "Algorithm 1: sqrt-mean regulariser"),
-        Method("wdpo-per-pair", "WDPO (per-pair)", "wdpo", "paper's code: per-pair penalty"),
-        Method("cdpo", "cDPO", "cdpo", "conservative DPO (label smoothing eps)"),
-        Method("rdpo", "rDPO", "rdpo", "robust DPO for a known flip rate eps"),
-        Method("ipo", "IPO", "ipo", "identity preference optimisation"),
-        Method("drdpo", "Dr. DPO", "drdpo", "distributionally robustifying DPO (soft-min)"),
+        Method("kldpo-exact", "KLDPO (exact)", "kl", "exact KLDPO minimax solution", "rho", "kl"),
+        Method(
+            "kldpo-alg2", "KLDPO (Alg. 2)", "kl", "Algorithm 2: normalized weights", "tau", "kl"
+        ),
+        Method(
+            "kldpo-clipped", "KLDPO (clipped)", "kl", "paper's code: clipped weights", "tau", "kl"
+        ),
+        Method(
+            "wdpo-exact",
+            "WDPO (exact)",
+            "w1",
+            "exact WDPO, continuous x, labels fixed",
+            "rho",
+            "w1",
+        ),
+        Method(
+            "wdpo-finite", "WDPO (exact, finite Z)", "w1", "exact WDPO, adversary on Z", "rho", "w1"
+        ),
+        Method(
+            "wdpo-alg1", "WDPO (Alg. 1)", "w2", "Algorithm 1: sqrt-mean regulariser", "rho0", "w2"
+        ),
+        Method(
+            "wdpo-per-pair", "WDPO (per-pair)", "w2", "paper's code: per-pair penalty", "rho0", "w2"
+        ),
+        Method("cdpo", "cDPO", "cdpo", "conservative DPO (label smoothing eps)", "eps"),
+        Method("rdpo", "rDPO", "rdpo", "robust DPO for a known flip rate eps", "eps"),
+        Method("ipo", "IPO", "ipo", "identity preference optimisation", "tau"),
+        Method(
+            "drdpo",
+            "Dr. DPO",
+            "drdpo",
+            "distributionally robustifying DPO (soft-min)",
+            "beta_prime",
+        ),
         Method("gdpo", "group DPO", "gdpo", "group-robust DPO (worst group)"),
-        Method("chi2dpo", "chi2-DPO", "chi2dpo", "chi-square DRO DPO"),
-        Method("cvardpo", "CVaR-DPO", "cvardpo", "CVaR DPO"),
+        Method("chi2dpo", "chi2-DPO", "chi2", "chi-square DRO DPO", "rho", "chi2"),
+        Method("cvardpo", "CVaR-DPO", "cvar", "CVaR DPO", "level", "cvar"),
         Method("sft", "SFT", "reference", "the supervised starting policy"),
         Method("reference", "reference", "reference", "the reference policy theta_ref"),
         Method("pi*", "pi* (DPO target)", "reference", "population DPO optimum"),
@@ -67,6 +113,94 @@ TRAINED = {
     ("wdpo", "sqrt-mean"): "wdpo-alg1",
     ("wdpo", "per-pair"): "wdpo-per-pair",
 }
+
+#: Every list of methods of the studies and commands, by name, in table order: the studies
+#: look their methods up here (:func:`listed`) instead of keeping lists of their own.
+LISTS: dict[str, tuple[str, ...]] = {
+    # studies.rates: the quick and full method sets
+    "rates-quick": ("dpo", "kldpo-exact", "wdpo-exact", "kldpo-alg2", "wdpo-alg1"),
+    "rates-full": (
+        "dpo",
+        "kldpo-exact",
+        "wdpo-exact",
+        "wdpo-finite",
+        "wdpo-alg1",
+        "wdpo-per-pair",
+        "kldpo-alg2",
+        "kldpo-clipped",
+    ),
+    # studies.shift: every fitted method
+    "shift": (
+        "dpo",
+        "wdpo-exact",
+        "wdpo-alg1",
+        "kldpo-exact",
+        "kldpo-alg2",
+        "cdpo",
+        "rdpo",
+        "ipo",
+        "drdpo",
+        "gdpo",
+        "chi2dpo",
+        "cvardpo",
+    ),
+    # studies.group_shift: the robust methods with a ball that covers a share
+    "group-shift": ("kldpo-exact", "chi2dpo", "cvardpo"),
+    # studies.minibatch: the trained estimators (loss and variant via loss_variant)
+    "minibatch": ("kldpo-alg2", "kldpo-clipped", "wdpo-alg1", "wdpo-per-pair"),
+    # exact.robust_risk: objectives by trainer loss name
+    "risk": ("dpo", "kldpo", "wdpo"),
+    # rdpo llm: the default methods (trainer loss names)
+    "llm": ("dpo", "kldpo", "wdpo"),
+}
+
+
+def listed(name: str) -> tuple[str, ...]:
+    """The method list ``name`` of :data:`LISTS` (a tuple of ids or trainer loss names)."""
+    if name not in LISTS:
+        raise InputError(f"no method list {name!r}; known: {sorted(LISTS)}")
+    return LISTS[name]
+
+
+def loss_variant(method: str) -> tuple[str, str | None]:
+    """The trainer loss and variant of a trained method id (the first entry of
+    :data:`TRAINED` giving it with an explicit variant, else with None):
+    ``loss_variant("kldpo-clipped") == ("kldpo", "clipped")``."""
+    found = [k for k, v in TRAINED.items() if v == method]
+    if not found:
+        raise InputError(f"method {method!r} is not a trained method; known: {sorted(TRAINED)}")
+    with_variant = [k for k in found if k[1] is not None]
+    return (with_variant or found)[0]
+
+
+def parameter(method: str) -> str | None:
+    """The robustness parameter (table column) of a method id, None without one."""
+    return METHODS[check(method)].parameter
+
+
+def ambiguity_family(method: str, *, p: float | None = None) -> str | None:
+    """The family id of the ambiguity set of a method id, trainer loss name (``"kldpo"``) or
+    family id (``"kl"``); None when it has no ball (DPO and the non-ball baselines). A
+    Wasserstein order ``p`` picks ``"w<p>"`` (``p=2`` -> ``"w2"``) for the Wasserstein ones."""
+    from . import divergences as D
+
+    fam = method if method in D.SETS else None
+    if fam is None:
+        m = METHODS.get(method) or METHODS.get(TRAINED.get((method, None), ""))
+        fam = m.ambiguity if m is not None else None
+    if fam is not None and p is not None and fam.startswith("w"):
+        fam = f"w{float(p):g}"
+    return fam
+
+
+def ambiguity(method: str, **params):
+    """The :class:`~rdpo_theory.divergences.AmbiguitySet` of a method id, loss name or family
+    id (``params`` go to its constructor: ``ambiguity("w1", cost=C)``); None without a
+    ball."""
+    from . import divergences as D
+
+    fam = ambiguity_family(method, p=params.pop("p", None))
+    return None if fam is None else D.get(fam, **params)
 
 
 #: Parameter columns a table may carry next to ``method`` (one per method parameter).
@@ -97,9 +231,9 @@ def trained_id(loss: str, variant: str | None = None) -> str:
 
 
 def family(method: str) -> str:
-    """Colour family of a method id (``"kldpo"`` for every KLDPO estimator); unknown ids are
-    their own family."""
-    m = METHODS.get(method)
+    """Family (:data:`FAMILIES`) of a method id or trainer loss name (``"kl"`` for every
+    KLDPO estimator and for ``"kldpo"``); unknown ids are their own family."""
+    m = METHODS.get(method) or METHODS.get(TRAINED.get((method, None), ""))
     return m.family if m is not None else method
 
 
@@ -118,13 +252,20 @@ def label(method: str, **params) -> str:
 
 
 __all__ = [
+    "FAMILIES",
+    "LISTS",
     "METHODS",
     "PARAMETER_COLUMNS",
     "Method",
     "TRAINED",
+    "ambiguity",
+    "ambiguity_family",
     "check",
     "family",
     "label",
+    "listed",
+    "loss_variant",
+    "parameter",
     "series_columns",
     "trained_id",
 ]

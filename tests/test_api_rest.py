@@ -247,7 +247,8 @@ def test_method_ids_of_trained_losses_and_labels():
     with pytest.raises(InputError):
         M.trained_id("wdpo", "sqrt")
     assert M.label("kldpo-alg2", tau=0.1, rho0=float("nan")) == "KLDPO (Alg. 2), tau=0.1"
-    assert M.family("wdpo-exact") == M.family("wdpo-alg1") == "wdpo"
+    assert M.family("wdpo-exact") == M.family("wdpo-finite") == "w1"
+    assert M.family("wdpo-alg1") == M.family("wdpo-per-pair") == "w2"
 
 
 # ---------------------------------------------------------------------------- layering
@@ -349,8 +350,15 @@ def test_robust_risk_lives_once_in_exact():
     ref = transport_primal_sup(dpo_losses(theta, cand, beta=1.5), data.weights, C, 0.5)[0]
     got = robust_risk(theta, data, method="wdpo", rho=0.5, beta=1.5, candidates=cand, kappa=0.3)
     assert got == pytest.approx(ref, rel=1e-12)
+    # chi-square: the sorted closed form equals the dual eta + sqrt(1 + 2 rho) ||(l - eta)+||
+    etas = np.linspace(l.min() - 3, l.max(), 200001)
+    chi_dual = np.min(
+        etas + np.sqrt(1.2) * np.sqrt(np.mean(np.maximum(l - etas[:, None], 0) ** 2, 1))
+    )
+    chi = robust_risk(theta, data, method="chi2", rho=0.1, beta=1.5)
+    assert base < chi <= chi_dual + 1e-12 and chi == pytest.approx(chi_dual, rel=1e-7)
     with pytest.raises(InputError, match="method must be one of"):
-        robust_risk(theta, data, method="chi2", rho=0.1, beta=1.0)
+        robust_risk(theta, data, method="cdpo", rho=0.1, beta=1.0)
     with pytest.raises(InputError, match="rho must be 0"):
         robust_risk(theta, data, method="dpo", rho=0.1, beta=1.0)
     studies = Path(__file__).resolve().parents[1] / "rdpo_theory" / "studies"

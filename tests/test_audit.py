@@ -58,7 +58,7 @@ def test_audit_equals_exact_solver_value(sample, divergence):
         else:
             res = E.cvardpo(d, level=r, beta=w.beta)
         l = L.dpo_losses(res.theta, d, beta=w.beta)
-        prof = A.profile(l, weights=d.weights, divergence=divergence, radii=[r])
+        prof = A.profile(l, weights=d.weights, divergence=divergence, rhos=[r])
         assert prof["worst_loss"].iloc[0] == pytest.approx(res.value, abs=1e-8)
         assert prof["nominal_loss"].iloc[0] == pytest.approx(d.weights @ l, abs=1e-14)
         if divergence == "kl":
@@ -75,7 +75,7 @@ def test_audit_equals_exact_solver_value(sample, divergence):
         # the robust optimum is no worse than DPO's theta under the same audit
         dpo_theta = E.dpo(d, beta=w.beta).theta
         l_dpo = L.dpo_losses(dpo_theta, d, beta=w.beta)
-        other = A.profile(l_dpo, weights=d.weights, divergence=divergence, radii=[r])
+        other = A.profile(l_dpo, weights=d.weights, divergence=divergence, rhos=[r])
         assert other["worst_loss"].iloc[0] >= res.value - 1e-8
 
 
@@ -88,7 +88,7 @@ def test_profile_columns_and_monotonicity():
         ("chi2", [0, 0.01, 0.5, 10.0, 1e4]),
         ("cvar", [1.0, 0.5, 0.1, 0.01, 1e-4]),
     ]:
-        prof = A.profile(l, weights=p, divergence=div, radii=radii)
+        prof = A.profile(l, weights=p, divergence=div, rhos=radii)
         assert list(prof.columns) == [
             "divergence",
             "radius",
@@ -114,7 +114,7 @@ def test_profile_columns_and_monotonicity():
 def test_kl_worst_case_is_the_tilt_and_beats_random_points():
     rng = np.random.default_rng(1)
     l, p, rho = rng.normal(size=50), rng.dirichlet(np.ones(50)), 0.3
-    q = A.worst_case(l, weights=p, divergence="kl", radius=rho)
+    q = A.worst_case(l, weights=p, divergence="kl", rho=rho)
     assert L.kl_divergence(q, p) == pytest.approx(rho, rel=1e-9)
     lam = 1 / np.polyfit(l, np.log(q / p), 1)[0]  # log q/p is affine in l with slope 1/lam
     np.testing.assert_allclose(np.log(q / p) - l / lam, np.mean(np.log(q / p) - l / lam), atol=1e-9)
@@ -134,7 +134,7 @@ def test_kl_worst_case_at_a_tiny_radius_matches_decimal_precision(rho):
 
     rng = np.random.default_rng(2)
     l, p = rng.exponential(size=40), rng.dirichlet(np.ones(40))
-    q = A.worst_case(l, weights=p, divergence="kl", radius=rho)
+    q = A.worst_case(l, weights=p, divergence="kl", rho=rho)
     ref, _ = kl_sup_decimal(l, p, rho)
     assert ref - 2 * rho - 1e-15 <= q @ l <= ref + 1e-15
     with localcontext() as ctx:
@@ -150,27 +150,27 @@ def test_worst_case_error_closed_forms():
     m = rng.normal(0.5, 1.0, size=400)
     P = np.mean(m < 0)
     for rho in (0.01, 0.1, 0.5):
-        assert A.worst_case_error(m, divergence="chi2", radius=rho) == pytest.approx(
+        assert A.worst_case_error(m, divergence="chi2", rho=rho) == pytest.approx(
             min(1, P + np.sqrt(2 * rho * P * (1 - P))), abs=1e-12
         )
 
         def bkl(s, rho=rho):
             return s * np.log(s / P) + (1 - s) * np.log((1 - s) / (1 - P)) - rho
 
-        assert A.worst_case_error(m, divergence="kl", radius=rho) == pytest.approx(
+        assert A.worst_case_error(m, divergence="kl", rho=rho) == pytest.approx(
             brentq(bkl, P, 1 - 1e-15, xtol=1e-15), abs=1e-9
         )
-    assert A.worst_case_error(m, divergence="kl", radius=np.log(1 / P) + 1e-9) == 1.0
+    assert A.worst_case_error(m, divergence="kl", rho=np.log(1 / P) + 1e-9) == 1.0
     for a in (1.0, 0.5, P, 0.1):
-        assert A.worst_case_error(m, divergence="cvar", radius=a) == pytest.approx(min(1, P / a))
-    assert A.worst_case_error(np.abs(m) + 0.1, divergence="kl", radius=5.0) == 0.0
+        assert A.worst_case_error(m, divergence="cvar", rho=a) == pytest.approx(min(1, P / a))
+    assert A.worst_case_error(np.abs(m) + 0.1, divergence="kl", rho=5.0) == 0.0
 
 
 def test_top_pairs_and_group_profile():
     l = np.array([0.1, 2.0, 0.5, 3.0, 1.0])
-    top = A.top_pairs(l, divergence="kl", radius=0.2, k=2)
+    top = A.top_pairs(l, divergence="kl", rho=0.2, k=2)
     assert top["index"].tolist() == [3, 1] and np.all(top["ratio"] > 1)
-    cv = A.top_pairs(l, divergence="cvar", radius=0.4, k=3)  # two pairs at ratio 1 / 0.4
+    cv = A.top_pairs(l, divergence="cvar", rho=0.4, k=3)  # two pairs at ratio 1 / 0.4
     assert cv["index"].tolist()[:2] == [3, 1]
     np.testing.assert_allclose(cv["ratio"].iloc[:2], 2.5)
     g = A.group_profile(l, ["a", "b", "a", "b", "c"], weights=[0.1, 0.2, 0.3, 0.2, 0.2])
@@ -179,7 +179,7 @@ def test_top_pairs_and_group_profile():
     np.testing.assert_allclose(g["share"], [0.4, 0.4, 0.2])
     assert g["worst"].tolist() == [False, True, False]
     with pytest.raises(InputError, match="k"):
-        A.top_pairs(l, divergence="kl", radius=0.1, k=0)
+        A.top_pairs(l, divergence="kl", rho=0.1, k=0)
 
 
 @pytest.mark.parametrize("divergence", ["kl", "chi2", "cvar"])
@@ -212,7 +212,7 @@ def test_radius_for_subpopulation_constructs_the_subpopulation(divergence):
             assert A.ball_size(split, p, divergence) <= r_target * (1 + 1e-12) + 1e-15
         # so the audit at that radius bounds the subpopulation's loss
         for sub, rad in ((q, r), (split, r_target)):
-            prof = A.profile(l, weights=p, divergence=divergence, radii=[rad])
+            prof = A.profile(l, weights=p, divergence=divergence, rhos=[rad])
             assert prof["worst_loss"].iloc[0] >= sub @ l - 1e-10
     assert A.radius_for_subpopulation(0.25, "kl") == pytest.approx(np.log(4))
     assert A.radius_for_subpopulation(0.25, "chi2") == pytest.approx(1.5)
@@ -220,14 +220,30 @@ def test_radius_for_subpopulation_constructs_the_subpopulation(divergence):
 
 def test_bad_input_names_the_argument():
     with pytest.raises(InputError, match="divergence"):
-        A.profile([1.0, 2.0], divergence="tv", radii=[0.1])
-    with pytest.raises(InputError, match="radius"):
-        A.profile([1.0, 2.0], divergence="kl", radii=[-0.1])
+        A.profile([1.0, 2.0], divergence="tv", rhos=[0.1])
+    with pytest.raises(InputError, match="rho"):
+        A.profile([1.0, 2.0], divergence="kl", rhos=[-0.1])
     with pytest.raises(InputError, match="alpha"):
-        A.profile([1.0, 2.0], divergence="cvar", radii=[1.5])
+        A.profile([1.0, 2.0], divergence="cvar", rhos=[1.5])
     with pytest.raises(InputError, match="losses"):
-        A.profile([1.0, np.nan], divergence="kl", radii=[0.1])
+        A.profile([1.0, np.nan], divergence="kl", rhos=[0.1])
     with pytest.raises(InputError, match="weights"):
-        A.profile([1.0, 2.0], weights=[0.5, 0.6], divergence="kl", radii=[0.1])
+        A.profile([1.0, 2.0], weights=[0.5, 0.6], divergence="kl", rhos=[0.1])
     with pytest.raises(InputError, match="alpha"):
         A.radius_for_subpopulation(0.0, "kl")
+
+
+def test_radius_keywords_are_deprecated_aliases_of_rho():
+    """``radius=`` / ``radii=`` (the old names) warn and give the same answer as ``rho=``."""
+    l = np.array([0.2, 0.9, 0.4, 1.3])
+    with pytest.warns(DeprecationWarning, match="rho"):
+        old = A.worst_case(l, divergence="chi2", radius=0.3)
+    np.testing.assert_array_equal(old, A.worst_case(l, divergence="chi2", rho=0.3))
+    with pytest.warns(DeprecationWarning, match="rhos"):
+        prof = A.profile(l, divergence="kl", radii=[0.1])
+    assert (
+        prof["worst_loss"].iloc[0]
+        == A.profile(l, divergence="kl", rhos=[0.1])["worst_loss"].iloc[0]
+    )
+    with pytest.raises(InputError, match="both"):
+        A.top_pairs(l, divergence="kl", radius=0.1, rho=0.1)

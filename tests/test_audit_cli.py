@@ -69,10 +69,10 @@ def test_audit_logps_table_matches_the_api(tmp_path, capsys):
     for div in ("kl", "chi2", "cvar"):
         row = table[(table.model == "b") & (table.divergence == div) & (table.alpha == 0.1)]
         r = A.radius_for_subpopulation(0.1, div)
-        ref = A.profile(L.dpo_loss(m), weights=p, divergence=div, radii=[r])
+        ref = A.profile(L.dpo_loss(m), weights=p, divergence=div, rhos=[r])
         assert row["worst_loss"].iloc[0] == pytest.approx(ref["worst_loss"].iloc[0], rel=1e-12)
         assert row["worst_error"].iloc[0] == pytest.approx(
-            A.worst_case_error(m, weights=p, divergence=div, radius=r), rel=1e-12
+            A.worst_case_error(m, weights=p, divergence=div, rho=r), rel=1e-12
         )
     # the worst group's loss is below the audit at the ball covering its share
     groups = pd.read_csv(out / "audit_groups.csv")

@@ -185,7 +185,7 @@ def test_small_radius_bounds_bracket_the_decimal_supremum(rho):
 
     from independent import kl_sup_decimal
 
-    from rdpo_theory.exact.kl_tilt import kl_small_radius_bounds
+    from rdpo_theory.divergences.kl import kl_small_radius_bounds
 
     rng = np.random.default_rng(4)
     l = rng.exponential(size=30)

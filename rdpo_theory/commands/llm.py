@@ -8,6 +8,7 @@ from ..errors import InputError
 from ..extras import require
 from ..figures import register, write_tables
 from ..io import dumps_json
+from ..methods import listed
 
 
 def add_parser(sub) -> None:
@@ -131,7 +132,7 @@ def add_parser(sub) -> None:
 
 #: Defaults of the --model options (None in the parser, so that a given option is detected).
 MODEL_DEFAULTS = {
-    "methods": ["dpo", "kldpo", "wdpo"],
+    "methods": list(listed("llm")),
     "beta": 0.1,
     "tau": 1.0,
     "kl_variant": "normalized",

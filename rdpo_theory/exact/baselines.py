@@ -32,6 +32,7 @@ import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
+from .. import divergences as D
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
@@ -422,86 +423,43 @@ def group_dpo(
     )
 
 
-# ---------------------------------------------------------------------------- chi2 / CVaR
-def collapse_certificate(X, y=None, *, kind: str, param: float, beta: float, weights=None) -> float:
-    """Is ``theta = theta_ref`` optimal for chi-square (``kind="chi2"``, ``param = rho``) or CVaR
-    (``kind="cvar"``, ``param = level``) DPO?
+# ---------------------------------------------------------------------------- divergence balls
+def collapse_certificate(X, y=None, *, kind, param: float, beta: float, weights=None) -> float:
+    """Is ``theta = theta_ref`` optimal for the exact DRO-DPO over a ball: chi-square
+    (``kind="chi2"``, ``param = rho``), CVaR (``kind="cvar"``, ``param = level``) or any
+    :class:`~rdpo_theory.divergences.AmbiguitySet` with a collapse certificate?
 
     At ``theta_ref`` every loss is log 2 and the robust objective's directional derivative along
     v is ``(1/2) sup_q E_q[-a . v]`` with ``a_i = sy_i beta x_i``. By minimax it is >= 0 for every
     v exactly when some q in the ball has ``sum_i q_i a_i = 0``. This returns the smallest ball
-    size reaching such a q: ``min D(q || p)`` (chi2) or ``1 / min max_i q_i / p_i`` (CVaR, a level),
-    so theta_ref is optimal iff the return value is ``<= rho`` (chi2) or ``>= level`` (CVaR).
-    Returns inf (chi2) or 0 (CVaR) when no law on the support balances the margins.
+    size reaching such a q (:meth:`~rdpo_theory.divergences.AmbiguitySet.balancing_law`):
+    ``min D(q || p)`` (chi2) or ``1 / min max_i q_i / p_i`` (CVaR, a level), so theta_ref is
+    optimal iff the set :meth:`~rdpo_theory.divergences.AmbiguitySet.contains` it (``<= rho``
+    for chi2, ``>= level`` for CVaR). Returns inf (chi2) or 0 (CVaR) when no law on the support
+    balances the margins.
     """
     d = as_data(X) if y is None and weights is None else as_data(X, y, weights)
     beta = L.check_beta(beta)
-    if kind not in ("chi2", "cvar"):
-        raise InputError(f"kind must be 'chi2' or 'cvar', got {kind!r}")
+    ball = _dpo_ball(kind, "kind")
     keep = d.weights > 0
-    return balancing_law(d.signed_labels[keep, None] * beta * d.X[keep], d.weights[keep], kind)[0]
+    return ball.balancing_law(d.signed_labels[keep, None] * beta * d.X[keep], d.weights[keep])[0]
 
 
-def balancing_law(A: np.ndarray, p: np.ndarray, kind: str) -> tuple[float, np.ndarray | None]:
-    """``(size, q)``: the law ``q`` closest to ``p`` (chi-square divergence, or the CVaR level
-    ``1 / max_i q_i / p_i``) with ``sum_i q_i a_i = 0`` (see :func:`collapse_certificate`),
-    or ``(inf or 0, None)`` when none exists. Rows are scaled to unit size first (the zero
-    set of ``A^T q`` does not change), so solver tolerances mean the same at every scale.
-    The CVaR program is an LP (HiGHS), the chi-square one a QP (Clarabel)."""
-    from scipy.optimize import linprog
-
-    amax = float(np.abs(A).max()) if A.size else 0.0
-    Au = A / amax if amax > 0 else A
-    n, dd = Au.shape
-    if kind == "cvar":  # variables (q, t): min t, q <= t p, sum q = 1, A^T q = 0
-        res = linprog(
-            np.r_[np.zeros(n), 1.0],
-            A_ub=np.hstack([np.eye(n), -p[:, None]]),
-            b_ub=np.zeros(n),
-            A_eq=np.vstack([np.r_[np.ones(n), 0.0], np.hstack([Au.T, np.zeros((dd, 1))])]),
-            b_eq=np.r_[1.0, np.zeros(dd)],
-            bounds=[(0, None)] * (n + 1),
-            method="highs",
+def _dpo_ball(divergence, name: str = "divergence") -> D.AmbiguitySet:
+    """The ambiguity set of a family id or set object, refused unless it has a joint program."""
+    try:
+        ball = D.get(divergence)
+    except (InputError, TypeError):
+        ball = None
+    if ball is None or not ball.dpo_method:
+        raise InputError(
+            f"The '{name}' parameter must be a divergence ball with an exact (theta, eta) "
+            f"program ('chi2', 'cvar', ...). Got {divergence!r} instead."
         )
-        if res.status == 2:
-            return 0.0, None
-        if res.status != 0:
-            raise SolverError("collapse certificate (LP) failed", status=f"highs_{res.status}")
-        q = np.clip(res.x[:n], 0.0, None)
-        return 1.0 / max(float(np.max(q / p)), 1e-300), q / q.sum()
-    q = cp.Variable(n, nonneg=True)
-    prob = cp.Problem(
-        cp.Minimize(0.5 * cp.sum(cp.multiply(1 / p, cp.square(q - p)))),
-        [cp.sum(q) == 1, Au.T @ q == 0],
-    )
-    prob.solve(solver="CLARABEL")
-    if prob.status == cp.INFEASIBLE:
-        return float("inf"), None
-    if prob.status != cp.OPTIMAL:
-        raise SolverError("collapse certificate: solver did not finish", status=str(prob.status))
-    qv = np.clip(np.asarray(q.value, dtype=float), 0.0, None)
-    qv = qv / qv.sum()
-    return L.chi2_divergence(qv, p), qv
+    return ball
 
 
-def _into_ball(q, p, kind: str, param: float) -> np.ndarray:
-    """Mix ``q`` with ``p`` just enough to lie in the ball (``q`` from a solver may exceed
-    it by its tolerance); weak duality needs a feasible law."""
-    q = np.clip(np.asarray(q, dtype=float), 0.0, None)
-    q = q / q.sum()
-    if kind == "chi2":
-        D = L.chi2_divergence(q, p)
-        # D((1 - t) q + t p) = (1 - t)^2 D(q)
-        t = 0.0 if D <= param else 1.0 - np.sqrt(param / D)
-    else:
-        pos = p > 0
-        r = float(np.max(q[pos] / p[pos])) if pos.any() else 0.0
-        # max_i ((1 - t) q_i + t p_i) / p_i <= (1 - t) r + t <= 1 / level
-        t = 0.0 if r <= 1.0 / param else (r - 1.0 / param) / (r - 1.0)
-    return (1.0 - t) * q + t * p
-
-
-def _dual_program(s: _Setup, kind: str, param: float, what: str):
+def _dual_program(s: _Setup, ball: D.AmbiguitySet, param: float, what: str):
     """Solve ``min eta + penalty(v)`` with ``v >= l(theta) - eta, v >= 0``. Returns
     ``(theta, status, info, eta, q_dual)``, ``q_dual`` the multipliers of the constraints
     ``v >= u - eta`` (the saddle law on the informative rows)."""
@@ -509,11 +467,7 @@ def _dual_program(s: _Setup, kind: str, param: float, what: str):
     eta = cp.Variable(name="eta")
     v = cp.Variable(s.A.shape[0], nonneg=True, name="v")
     vt = cp.pos(LOG2 - eta)  # the aggregated tie rows (constant loss log 2)
-    if kind == "chi2":
-        pen = cp.norm(cp.hstack([cp.multiply(np.sqrt(s.p), v), np.sqrt(s.tie_mass) * vt]), 2)
-        obj = eta + np.sqrt(1 + 2 * param) * pen
-    else:
-        obj = eta + (s.p @ v + s.tie_mass * vt) / param
+    obj = eta + ball.dual_penalty(v, vt, s.p, s.tie_mass, param)
     tail = v >= u - eta
     cons = s.constraints() + [u >= cp.logistic(-s.m), tail]
     problem = cp.Problem(cp.Minimize(obj), cons)
@@ -566,7 +520,7 @@ def chi2dpo(
     """
     rho = V.positive(rho, "rho", allow_zero=True)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "chi2dpo")
-    return _ball_dpo(s, "chi2", rho, "chi2dpo", "exact chi-square DPO")
+    return _ball_dpo(s, D.ChiSquare(), rho)
 
 
 def cvardpo(
@@ -595,22 +549,63 @@ def cvardpo(
         ``value`` = CVaR at theta from :func:`rdpo_theory.losses.cvar_objective`, ``dual`` =
         eta* (the value at risk), ``worst_case`` = q (n,), ``gap`` = solver objective - value.
     """
-    level = V.positive(level, "level")
-    if level > 1:
-        raise InputError(f"level must lie in (0, 1], got {level}")
+    level = D.CVaR().check(level)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cvardpo")
-    return _ball_dpo(s, "cvar", level, "cvardpo", "exact CVaR DPO")
+    return _ball_dpo(s, D.CVaR(), level)
 
 
-def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
-    """Shared body of :func:`chi2dpo` and :func:`cvardpo`: solve the dual program, take the
+def ball_dpo(
+    X,
+    y=None,
+    *,
+    divergence,
+    rho: float,
+    beta: float,
+    weights=None,
+    theta_ref=None,
+    radius=None,
+    solver: str = "cvxpy",
+    cvxpy_solver: str = "CLARABEL",
+) -> ExactResult:
+    """Exact DRO-DPO over a divergence ball (docs/theory.md#ambiguity-sets):
+
+        min_theta sup { E_q l(theta) : q in ball(p, rho) } = min_{theta, eta} eta + pen(l - eta)
+
+    with the set's joint program (:meth:`~rdpo_theory.divergences.AmbiguitySet.dual_penalty`):
+    chi-square (:func:`chi2dpo`), CVaR (:func:`cvardpo`, ``rho`` = the level) or any set of
+    :mod:`rdpo_theory.divergences` that has one. Certified exactly as :func:`chi2dpo`.
+
+    Parameters
+    ----------
+    divergence : str or AmbiguitySet
+        A family id (``"chi2"``, ``"cvar"``, ...) or a set object.
+    rho : float
+        The ball size (the set's ``parameter``).
+    beta, weights, theta_ref, radius, solver, cvxpy_solver
+        As in :func:`chi2dpo`.
+
+    Returns
+    -------
+    ExactResult
+        As :func:`chi2dpo`; ``method`` is the set's ``dpo_method``.
+    """
+    ball = _dpo_ball(divergence)
+    rho = ball.check(rho)
+    s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, ball.dpo_method)
+    return _ball_dpo(s, ball, rho)
+
+
+def _ball_dpo(s: _Setup, ball: D.AmbiguitySet, param: float):
+    """Shared body of :func:`ball_dpo`, :func:`chi2dpo` and :func:`cvardpo`: solve the dual
+    program, take the
     value and worst case ``q`` from the exact numpy best response at the returned theta, and
     certify the minimax value (``docs/theory.md#optimality-gap``) by weak duality:
     ``min_theta E_q l(theta) <= min_theta sup_ball E_Q l`` for any q in the ball (the best
     response, or the program's multipliers, the saddle law, when the best response splits
     ties differently). When the program fails or is not certified, the collapse
-    ``theta = theta_ref`` is tested (:func:`balancing_law`) and certified the same way."""
+    ``theta = theta_ref`` is tested (the set's ``balancing_law``) and certified the same way."""
     d = s.data
+    method, what = ball.dpo_method, f"exact {ball.title} DPO"
     if s.trivial():
         r = _trivial_result(s, method, LOG2, REGIME_COLLAPSE)
         r.worst_case = d.weights.copy()
@@ -618,7 +613,7 @@ def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
         return r
     if not s.bounded:
         s.check_separable(what)
-    if param == (0.0 if kind == "chi2" else 1.0):  # the ball is {p}: DPO exactly
+    if param == ball.nominal:  # the ball is {p}: DPO exactly
         from .dpo import dpo
 
         res = dpo(d, beta=s.beta, theta_ref=s.tref, radius=s.radius, cvxpy_solver=s.cvxpy_solver)
@@ -631,9 +626,7 @@ def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
 
     def best_response(th):
         per = L.dpo_loss(s.margins(th))
-        if kind == "chi2":
-            return per, L.chi2_weights(per, rho=param, weights=d.weights)
-        return per, L.cvar_weights(per, level=param, weights=d.weights)
+        return per, ball.worst_case(per, d.weights, rho=param)
 
     def certify(th, laws):
         """The best lower bound over candidate laws q (n,), and the value at th."""
@@ -643,14 +636,14 @@ def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
         for law in [q, *laws]:
             if law is None:
                 continue
-            lower, oinfo = s.lower_bound(_into_ball(law, d.weights, kind, param)[s.keep])
+            lower, oinfo = s.lower_bound(ball.into_ball(law, d.weights, param)[s.keep])
             if lower > best[0]:
                 best = (lower, oinfo)
         return value, q, best
 
     error = found = None
     try:
-        th, status, info, eta, qd = _dual_program(s, kind, param, what)
+        th, status, info, eta, qd = _dual_program(s, ball, param, what)
         laws = []
         if qd is not None:
             full = np.zeros(d.n)
@@ -702,9 +695,8 @@ def _ball_dpo(s: _Setup, kind: str, param: float, method: str, what: str):
     inside = not s.bounded or np.linalg.norm(s.tref) <= s.radius
     if inside:
         pos = d.weights > 0
-        size, qb = balancing_law(d.signed_labels[pos, None] * d.X[pos], d.weights[pos], kind)
-        ok = size <= param * (1 + 1e-9) if kind == "chi2" else size >= param * (1 - 1e-9)
-        if ok and qb is not None:
+        size, qb = ball.balancing_law(d.signed_labels[pos, None] * d.X[pos], d.weights[pos])
+        if ball.contains(size, param) and qb is not None:
             th = s.tref.copy()
             s.set_theta(th)
             full = np.zeros(d.n)

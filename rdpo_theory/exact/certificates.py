@@ -37,6 +37,18 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 from scipy.special import expit, xlog1py, xlogy
 
+from ..divergences.kl import (
+    SMALL_RHO,
+    kl_lambda_for_theta,
+    kl_root_value,
+    kl_small_radius_bounds,
+    kl_tilt,
+    with_zero_atom,
+)
+from ..divergences.wasserstein import (  # noqa: F401  (re-exported; one copy, with the set)
+    transport_dual_value,
+    transport_primal_sup,
+)
 from ..errors import SolverError
 from ..losses import (
     dpo_loss,
@@ -44,13 +56,6 @@ from ..losses import (
 )
 from . import fast
 from .fast import conjugate_gradient, sum_noise
-from .kl_tilt import (
-    SMALL_RHO,
-    kl_lambda_for_theta,
-    kl_small_radius_bounds,
-    kl_tilt,
-    with_zero_atom,
-)
 from .passes import Rows, as_rows
 from .result import certify_optimal, solve_problem  # noqa: F401 (certify_optimal re-exported)
 
@@ -89,11 +94,11 @@ def kl_primal_certificate(
       one by more than 1e-8 (relative), the root certificate is used. Above the row limit:
       root.
 
-    Below ``kl_tilt.SMALL_RHO`` (1e-10) ``"auto"`` and ``"root"`` return the centred feasible
-    point of :func:`.kl_tilt.kl_small_radius_bounds` instead (``"small radius (centred
-    tilt)"``, within O(rho) of the supremum; docs/theory.md#kl-small-radius): there the
-    root's KL and the conic program's feasibility tolerance (1e-11) are both coarser than
-    rho.
+    Below ``divergences.kl.SMALL_RHO`` (1e-10) ``"auto"`` and ``"root"`` return the centred
+    feasible point of :func:`rdpo_theory.divergences.kl.kl_small_radius_bounds` instead
+    (``"small radius (centred tilt)"``, within O(rho) of the supremum;
+    docs/theory.md#kl-small-radius): there the root's KL and the conic program's feasibility
+    tolerance (1e-11) are both coarser than rho.
 
     ``hint``: the solver's multiplier, where the root search starts (same root, fewer
     evaluations). ``info["certificate"]`` names the certificate used (``"cvxpy (rel_entr)"``
@@ -110,7 +115,7 @@ def kl_primal_certificate(
     if rho < SMALL_RHO and method != "cvxpy":  # within O(rho) of the supremum
         return kl_small_radius_bounds(ll, pp / pp.sum(), rho)["primal"], {"certificate": SMALL}
     if method == "root" or (method == "auto" and ll.shape[0] > KL_CVXPY_MAX_ROWS):
-        return _kl_root_certificate(l, p, rho, p0, ll, pp, hint), {"certificate": ROOT}
+        return kl_root_value(l, p, rho, p0=p0, hint=hint), {"certificate": ROOT}
     try:
         value = _kl_conic_certificate(ll, pp, rho)
     except (SolverError, cp.error.SolverError, ValueError, ArithmeticError) as exc:
@@ -123,11 +128,11 @@ def kl_primal_certificate(
                 hint="use certificate='root' (the exact tilted distribution).",
             ) from exc
         status = getattr(exc, "status", type(exc).__name__)
-        value = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
+        value = kl_root_value(l, p, rho, p0=p0, hint=hint)
         return value, {"certificate": ROOT, "certificate_note": f"conic certificate {status}"}
     if method == "cvxpy":
         return value, {"certificate": CONIC}
-    root = _kl_root_certificate(l, p, rho, p0, ll, pp, hint)
+    root = kl_root_value(l, p, rho, p0=p0, hint=hint)
     if abs(value - root) > 1e-8 * max(1.0, abs(root)):
         note = f"conic certificate {value!r} disagrees with the exact tilted one {root!r}"
         return root, {"certificate": ROOT, "certificate_note": note}
@@ -137,20 +142,6 @@ def kl_primal_certificate(
 CONIC = "cvxpy (rel_entr)"
 ROOT = "root (tilted distribution)"
 SMALL = "small radius (centred tilt)"
-
-
-def _kl_root_certificate(l, p, rho, p0, ll, pp, hint=None) -> float:
-    lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
-    if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
-        return float(ll.max())
-    q, kl, value = kl_tilt(ll, pp, lam)
-    if not abs(kl - rho) <= 1e-9 * max(rho, 1e-12) + 1e-14:
-        raise SolverError(
-            f"KL certificate: the tilted distribution has KL {kl!r}, not rho = {rho!r}.",
-            status="root_inaccurate",
-            hint="rescale beta (the losses' spread is at the limit of float64).",
-        )
-    return value
 
 
 def _kl_conic_certificate(ll, pp, rho) -> float:
@@ -353,60 +344,7 @@ def kl_minimax_lower_bound(
     return best
 
 
-# ---------------------------------------------------------------------------- transport LP
-def transport_primal_sup(L, p, C, budget: float) -> tuple[float, np.ndarray, float]:
-    """The optimal-transport LP ``max sum_ik pi_ik L_k`` over plans with row sums ``p`` and
-    cost ``sum_ik pi_ik C_ik <= budget``; entries with ``C_ik = inf`` are forbidden.
-
-    Parameters
-    ----------
-    L : (K,) candidate losses; p : (n,) weights; C : (n, K) costs ``d^p``; budget : ``rho^p``.
-
-    Returns
-    -------
-    value : float
-    plan : ndarray (n, K)
-        Optimal plan ``pi``; its column sums are the worst-case distribution over candidates.
-    eta : float
-        The LP multiplier of the budget constraint (an optimal Wasserstein dual eta).
-    """
-    L = np.asarray(L, dtype=float)
-    n, K = C.shape
-    rows = np.flatnonzero(p > 0)
-    allowed = np.isfinite(C[rows])
-    ii, kk = np.nonzero(allowed)
-    nv = ii.shape[0]
-    A_eq = sp.csr_matrix((np.ones(nv), (ii, np.arange(nv))), shape=(rows.shape[0], nv))
-    costs = C[rows][ii, kk]
-    shift = float(L[kk].max())
-    res = linprog(
-        -(L[kk] - shift),
-        A_ub=sp.csr_matrix(costs[None, :]),
-        b_ub=[budget],
-        A_eq=A_eq,
-        b_eq=p[rows],
-        bounds=(0, None),
-        method="highs",
-    )
-    if res.status != 0:
-        raise SolverError(
-            f"transport LP (Wasserstein certificate): HiGHS ended with {res.message!r}.",
-            status=f"highs_{res.status}",
-            hint="check that every row can reach a candidate within the budget rho^p.",
-        )
-    plan = np.zeros((n, K))
-    plan[rows[ii], kk] = np.clip(res.x, 0.0, None)
-    eta = float(-res.ineqlin.marginals[0])
-    return float(-res.fun) + shift * float(p[rows].sum()), plan, max(eta, 0.0)
-
-
-def transport_dual_value(L, p, C, budget: float, eta: float) -> float:
-    """``eta * budget + sum_i p_i max_k (L_k - eta C_ik)`` (docs/theory.md#finite-candidates),
-    inf entries skipped."""
-    rows = p > 0
-    with np.errstate(invalid="ignore"):
-        inner = np.where(np.isfinite(C[rows]), L[None, :] - eta * C[rows], -np.inf)
-    return float(eta * budget + p[rows] @ inner.max(axis=1))
+# transport LP: moved to rdpo_theory.divergences.wasserstein (re-exported above)
 
 
 # ---------------------------------------------------------------------------- Wasserstein-1

@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from ..divergences.kl import LOG2
 from ..errors import SolverError
 from ..losses import dpo_loss
-from .kl_tilt import LOG2
 from .passes import Rows, as_rows
 
 BLOCK = 1 << 15

@@ -30,6 +30,7 @@ import warnings
 import cvxpy as cp
 import numpy as np
 
+from ..divergences.kl import LOG2, kl_lambda_for_theta, kl_small_radius_bounds, with_zero_atom
 from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
@@ -41,7 +42,6 @@ from .dpo import (
     dpo,
     margin_scale,
 )
-from .kl_tilt import LOG2, kl_lambda_for_theta, kl_small_radius_bounds, with_zero_atom
 from .passes import as_rows, pinned_blas
 from .problem import Problem, Scale, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
@@ -252,8 +252,9 @@ def _rho_zero(prob, solver, cvxpy_solver, t0) -> ExactResult:
 def _small_radius(prob, rho, solver, cvxpy_solver, t0) -> ExactResult:
     """KLDPO for ``0 < rho < TINY_RHO`` (docs/theory.md#kl-small-radius): theta is the DPO
     optimum, the value and the worst case come from the centred expansions of
-    :func:`.kl_tilt.kl_small_radius_bounds`, and the optimality gap is certified against the
-    weak-duality bound ``min_theta E_q l`` at that feasible worst case ``q``."""
+    :func:`rdpo_theory.divergences.kl.kl_small_radius_bounds`, and the optimality gap is
+    certified against the weak-duality bound ``min_theta E_q l`` at that feasible worst case
+    ``q``."""
     theta, info = _dpo_point(prob, solver, cvxpy_solver)
     w = prob.data.weights
     m = prob.margins(theta)

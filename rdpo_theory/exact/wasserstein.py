@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData
+from ..divergences.wasserstein import default_cost  # noqa: F401  (re-exported)
 from ..errors import InputError, SolverError
 from ..losses import dpo_loss
 from . import certificates as cert
@@ -183,18 +184,6 @@ def _check_candidates(candidates, d: int) -> tuple[np.ndarray, np.ndarray]:
     if Xc.shape[1] != d:
         raise InputError(f"candidates must have d = {d} columns, got {Xc.shape[1]}")
     return Xc, yc
-
-
-def default_cost(X, y, Xc, yc, kappa: float) -> np.ndarray:
-    """``d(z_i, z'_k) = ||x_i - x'_k||_2 + kappa [y_i != y'_k]`` (n, K); inf when kappa = inf
-    and the labels differ."""
-    n, K = X.shape[0], Xc.shape[0]
-    D = np.empty((n, K))
-    step = max(1, 4_000_000 // max(1, K * X.shape[1]))
-    for lo in range(0, n, step):  # exact differences (no cancellation: d(z, z) = 0 exactly)
-        D[lo : lo + step] = np.linalg.norm(X[lo : lo + step, None, :] - Xc[None], axis=2)
-    flip = y[:, None] != yc[None, :]
-    return np.where(flip, D + kappa, D) if np.isfinite(kappa) else np.where(flip, np.inf, D)
 
 
 def _check_cost(cost, data: PreferenceData, Xc, yc, kappa) -> np.ndarray:

@@ -16,22 +16,23 @@ from ..methods import family, label
 #: a method looks the same everywhere.
 METHOD_COLORS = {
     "dpo": "#1f77b4",
-    "kldpo": "#d62728",
-    "wdpo": "#2ca02c",
+    "kl": "#d62728",
+    "w1": "#2ca02c",
+    "w2": "#2ca02c",
     "cdpo": "#9467bd",
     "rdpo": "#8c564b",
     "ipo": "#e377c2",
     "drdpo": "#7f7f7f",
     "gdpo": "#bcbd22",
-    "chi2dpo": "#17becf",
-    "cvardpo": "#ff7f0e",
+    "chi2": "#17becf",
+    "cvar": "#ff7f0e",
     "reference": "#555555",
 }
 
 
 def method_color(method: str) -> str:
-    """Colour of a method id; every estimator of a family (``kldpo-exact``, ``kldpo-alg2``)
-    shares its family's colour."""
+    """Colour of a method id or trainer loss name; every estimator of a family
+    (``kldpo-exact``, ``kldpo-alg2``) shares its family's colour."""
     return METHOD_COLORS.get(family(method), "#333333")
 
 

@@ -47,13 +47,13 @@ def robust_gap(runs: pd.DataFrame, path: Path) -> Path:
         sub = runs[runs["family"] == fam]
         for meth in methods:
             d = sub[sub["method"] == meth]
-            if "rho0_ratio" in d and family(meth) == "wdpo":
+            if "rho0_ratio" in d and family(meth) in ("w1", "w2"):
                 d = d[np.isclose(d["rho0_ratio"], 1.0)]
             if d.empty:
                 continue
             g = d.groupby("radius_value", as_index=False)["robust_gap"].mean()
             y = np.maximum(g["robust_gap"].to_numpy(), GAP_FLOOR)
-            label = method_label(meth) + (", rho0 = rho" if family(meth) == "wdpo" else "")
+            label = method_label(meth) + (", rho0 = rho" if family(meth) in ("w1", "w2") else "")
             ax.plot(g["radius_value"], y, label=label, **_STYLE[meth])
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -8,23 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..methods import listed
 from . import method_color, method_label, new_figure, savefig
 
-#: methods drawn in the busy panels, in legend order
-SHOWN = (
-    "dpo",
-    "wdpo-exact",
-    "wdpo-alg1",
-    "kldpo-exact",
-    "kldpo-alg2",
-    "cdpo",
-    "rdpo",
-    "ipo",
-    "drdpo",
-    "gdpo",
-    "chi2dpo",
-    "cvardpo",
-)
+#: methods drawn in the busy panels, in legend order: the shift study's (rdpo_theory.methods)
+SHOWN = listed("shift")
 
 
 def _style(method: str) -> dict:

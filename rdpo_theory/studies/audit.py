@@ -119,12 +119,12 @@ def audit_table(
         for div in divergences:
             A.check_divergence(div)
             radii = [A.radius_for_subpopulation(a, div) for a in alphas]
-            prof = A.profile(l, weights=p, divergence=div, radii=radii)
+            prof = A.profile(l, weights=p, divergence=div, rhos=radii)
             prof.insert(0, "model", model)
             prof.insert(2, "alpha", alphas)
             prof["nominal_error"] = nominal_error
             prof["worst_error"] = [
-                A.worst_case_error(m, weights=p, divergence=div, radius=r) for r in radii
+                A.worst_case_error(m, weights=p, divergence=div, rho=r) for r in radii
             ]
             out.append(prof)
         if len(rho0s):
@@ -189,7 +189,7 @@ def audit_top_pairs(
         m, l, p = pair_losses(sub, beta=beta)
         for div in divergences:
             r = A.radius_for_subpopulation(alpha, div)
-            top = A.top_pairs(l, weights=p, divergence=div, radius=r, k=k)
+            top = A.top_pairs(l, weights=p, divergence=div, rho=r, k=k)
             idx = top["index"].to_numpy()
             t = pd.DataFrame(
                 {

@@ -33,17 +33,21 @@ import numpy as np
 import pandas as pd
 
 from .. import _validate as V
+from .. import methods as M
 from ..audit import radius_for_subpopulation
 from ..errors import InputError, RDPOError
 from ..rng import make_rng
 from ..worlds import World
 
-#: Robust methods with a ball parameter: method -> (divergence, parameter name, default grid).
-BALLS = {
-    "kldpo-exact": ("kl", "rho", (0.01, 0.03, 0.1, 0.3, 1.0)),
-    "chi2dpo": ("chi2", "rho", (0.01, 0.03, 0.1, 0.3, 1.0)),
-    "cvardpo": ("cvar", "level", (0.9, 0.7, 0.5, 0.3, 0.1)),
+#: Default grid of each robust method's ball parameter.
+GRIDS = {
+    "kldpo-exact": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "chi2dpo": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "cvardpo": (0.9, 0.7, 0.5, 0.3, 0.1),
 }
+#: Robust methods with a ball parameter (the registry's "group-shift" list): method ->
+#: (divergence, parameter name, default grid), the first two from :mod:`rdpo_theory.methods`.
+BALLS = {m: (M.ambiguity_family(m), M.parameter(m), GRIDS[m]) for m in M.listed("group-shift")}
 SELECTIONS = ("coverage", "validation", "oracle")
 
 

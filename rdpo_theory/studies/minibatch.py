@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from ..methods import listed, loss_variant
 from ..minibatch import LAYOUTS, Estimator, fixed_point
 from .approx_vs_exact import ApproxConfig, evaluate_rewards, exact_kl, make_world
 
@@ -55,15 +56,15 @@ def w2_robust_value(theta, data, rho, beta) -> float:
 #: sqrt(2 * 1e-12) = 1.4e-6 of the DPO optimum there.
 TINY_RADIUS = 1e-12
 
+#: The normalizers run for each estimator of the registry's "minibatch" list.
+NORMALIZERS = {
+    "kldpo-alg2": ("batch", "running"),
+    "kldpo-clipped": ("batch",),
+    "wdpo-alg1": ("batch", "running"),
+    "wdpo-per-pair": ("batch",),
+}
 #: (method, variant, normalizer) of the study.
-ESTIMATORS = (
-    ("kldpo", "normalized", "batch"),
-    ("kldpo", "normalized", "running"),
-    ("kldpo", "clipped", "batch"),
-    ("wdpo", "sqrt-mean", "batch"),
-    ("wdpo", "sqrt-mean", "running"),
-    ("wdpo", "per-pair", "batch"),
-)
+ESTIMATORS = tuple((*loss_variant(m), nz) for m in listed("minibatch") for nz in NORMALIZERS[m])
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from .. import theory as T
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
 from ..exact.wasserstein import default_cost
+from ..methods import listed
 from ..worlds import BUILTIN_WORLDS, World, builtin_world
 from .sweep import Task, fingerprint, run_sweep
 
@@ -292,17 +293,8 @@ register_method(
     )
 )
 
-QUICK_METHODS = ("dpo", "kldpo-exact", "wdpo-exact", "kldpo-alg2", "wdpo-alg1")
-FULL_METHODS = (
-    "dpo",
-    "kldpo-exact",
-    "wdpo-exact",
-    "wdpo-finite",
-    "wdpo-alg1",
-    "wdpo-per-pair",
-    "kldpo-alg2",
-    "kldpo-clipped",
-)
+QUICK_METHODS = listed("rates-quick")  # the method lists live in rdpo_theory.methods
+FULL_METHODS = listed("rates-full")
 
 
 # ---------------------------------------------------------------------------- study context

@@ -39,25 +39,32 @@ import numpy as np
 import pandas as pd
 
 from .. import _validate as V
+from .. import methods as M
 from ..data import PreferenceData
 from ..errors import InputError, RDPOError
 from ..rng import make_rng
 from ..worlds import World, behaviour_shift, context_shift, mixture_reward, preference_shift
 
-#: method -> (parameter name, quick grid, full grid). ``None`` means no parameter.
+#: method -> (quick grid, full grid) of its robustness parameter; ``[None]``: no parameter.
+GRIDS: dict[str, tuple[list, list]] = {
+    "dpo": ([None], [None]),
+    "wdpo-exact": ([0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
+    "wdpo-alg1": ([0.02, 0.1], [0.01, 0.02, 0.05, 0.1, 0.2]),
+    "kldpo-exact": ([0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
+    "kldpo-alg2": ([0.5, 1.0], [0.25, 0.5, 0.75, 1.0, 2.0]),
+    "cdpo": ([0.05, 0.2], [0.02, 0.05, 0.1, 0.2, 0.3]),
+    "rdpo": ([0.05, 0.2], [0.02, 0.05, 0.1, 0.2, 0.3]),
+    "ipo": ([0.1, 0.5], [0.05, 0.1, 0.25, 0.5, 1.0]),
+    "drdpo": ([3.0, 10.0], [2.0, 3.0, 5.0, 10.0, 30.0]),
+    "gdpo": ([None], [None]),
+    "chi2dpo": ([0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
+    "cvardpo": ([0.9, 0.7], [0.95, 0.9, 0.8, 0.7, 0.5]),
+}
+#: method -> (parameter name, quick grid, full grid), for the methods of the registry's
+#: "shift" list (:func:`rdpo_theory.methods.listed`); the parameter name is the registry's
+#: (``"-"`` for none).
 METHODS: dict[str, tuple[str, list, list]] = {
-    "dpo": ("-", [None], [None]),
-    "wdpo-exact": ("rho", [0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
-    "wdpo-alg1": ("rho0", [0.02, 0.1], [0.01, 0.02, 0.05, 0.1, 0.2]),
-    "kldpo-exact": ("rho", [0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
-    "kldpo-alg2": ("tau", [0.5, 1.0], [0.25, 0.5, 0.75, 1.0, 2.0]),
-    "cdpo": ("eps", [0.05, 0.2], [0.02, 0.05, 0.1, 0.2, 0.3]),
-    "rdpo": ("eps", [0.05, 0.2], [0.02, 0.05, 0.1, 0.2, 0.3]),
-    "ipo": ("tau", [0.1, 0.5], [0.05, 0.1, 0.25, 0.5, 1.0]),
-    "drdpo": ("beta_prime", [3.0, 10.0], [2.0, 3.0, 5.0, 10.0, 30.0]),
-    "gdpo": ("-", [None], [None]),
-    "chi2dpo": ("rho", [0.01, 0.05], [0.005, 0.01, 0.02, 0.05, 0.1]),
-    "cvardpo": ("level", [0.9, 0.7], [0.95, 0.9, 0.8, 0.7, 0.5]),
+    m: (M.parameter(m) or "-", *GRIDS[m]) for m in M.listed("shift")
 }
 STUDIES = ("preference", "context", "behaviour", "multi")
 
@@ -255,10 +262,9 @@ def _fit_result(method, param, data, *, beta, radius, groups, steps):
         return approx_reweight.drdpo(data, beta_prime=param, **gd)
     if method == "gdpo":
         return exact.group_dpo(data, groups=groups, **ex)
-    if method == "chi2dpo":
-        return exact.chi2dpo(data, rho=param, **ex)
-    if method == "cvardpo":
-        return exact.cvardpo(data, level=param, **ex)
+    ball = M.ambiguity(method)
+    if ball is not None and ball.dpo_method:  # a divergence ball with a joint program
+        return exact.ball_dpo(data, divergence=ball, rho=param, **ex)
     raise InputError(f"unknown method {method!r}; known: {sorted(METHODS)}")
 
 

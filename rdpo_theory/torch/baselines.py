@@ -17,8 +17,9 @@ they agree):
 * chi-square and CVaR DPO: best-response weights of the ball around the batch's empirical law,
   held constant (no gradient through them), loss ``sum_i q_i l_i``. By Danskin's theorem its
   gradient is the gradient of the robust objective. The weights are computed on the global
-  batch (every worker's losses gathered, as KLDPO does) by the exact numpy routines (one
-  source of truth; N scalars per step).
+  batch (every worker's losses gathered, as KLDPO does) by the ball's own numpy kernel,
+  :meth:`rdpo_theory.divergences.AmbiguitySet.pair_weights` (one source of truth; N scalars
+  per step).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as V
+from .. import divergences as D
 from .. import losses as npl
 from ..errors import InputError
 from .losses import (
@@ -120,14 +122,16 @@ def update_group_weights(group_weights, group_losses, *, step: float) -> torch.T
     return torch.softmax(z, dim=0)
 
 
-def _np_weights(per_pair: torch.Tensor, fn, weights, **kw) -> torch.Tensor:
+def ball_objective(
+    per_pair: torch.Tensor, *, divergence, rho: float, weights=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, q)``: the best response of a divergence ball on the batch (any set of
+    :mod:`rdpo_theory.divergences` that reweights, by family id or object),
+    ``loss = sum_i q_i l_i`` with ``q`` its worst case at ball size ``rho`` around
+    ``p = weights`` (default ``1/B``), held constant."""
     p = None if weights is None else torch.exp(_log_base(per_pair, weights))
-    q = fn(
-        per_pair.detach().to(torch.float64).cpu().numpy(),
-        weights=None if p is None else p.detach().to(torch.float64).cpu().numpy(),
-        **kw,
-    )
-    return torch.as_tensor(q, dtype=per_pair.dtype, device=per_pair.device)
+    q = D.get(divergence).torch_pair_weights(per_pair, rho, weights=p)
+    return (q * per_pair).sum(), q
 
 
 @V.renamed_keyword("base_weights", "weights")
@@ -137,8 +141,7 @@ def chi2_objective(
     """``(loss, q)``: chi-square DRO best response on the batch, ``loss = sum_i q_i l_i`` with
     ``q`` the worst case of ``{q : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho}`` (held constant),
     ``p = weights`` (default ``1/B``)."""
-    q = _np_weights(per_pair, npl.chi2_weights, weights, rho=rho)
-    return (q * per_pair).sum(), q
+    return ball_objective(per_pair, divergence="chi2", rho=rho, weights=weights)
 
 
 @V.renamed_keyword("base_weights", "weights")
@@ -148,8 +151,7 @@ def cvar_objective(
     """``(loss, q)``: CVaR at tail fraction ``level`` on the batch, ``loss = sum_i q_i l_i`` with
     ``q_i <= p_i / level`` on the largest losses (held constant), ``p = weights``
     (default ``1/B``)."""
-    q = _np_weights(per_pair, npl.cvar_weights, weights, level=level)
-    return (q * per_pair).sum(), q
+    return ball_objective(per_pair, divergence="cvar", rho=level, weights=weights)
 
 
 # ---------------------------------------------------------------------------- full losses
@@ -275,7 +277,7 @@ def _world(process_group) -> int:
     return dist.get_world_size(process_group)
 
 
-def _ball_objective(per, weights, group, fn, **kw):
+def _ball_objective(per, weights, group, ball: D.AmbiguitySet, param: float):
     """Best response of a ball around ``p`` on the global batch (gathered like KLDPO), held
     constant: the local share of ``sum_{global} q_i l_i`` and the local q."""
     glob, start = gather_batch(per.detach().to(torch.float64), group)
@@ -283,7 +285,7 @@ def _ball_objective(per, weights, group, fn, **kw):
     if weights is not None:
         p, _ = batch_probabilities(weights, per, group)
         p_glob = gather_batch(p.to(torch.float64), group)[0].cpu().numpy()
-    q = fn(glob.cpu().numpy(), weights=p_glob, **kw)
+    q = ball.pair_weights(glob.cpu().numpy(), param, weights=p_glob)
     q_loc = torch.as_tensor(q[start : start + per.numel()], dtype=per.dtype, device=per.device)
     return (q_loc * per).sum() * (glob.numel() / per.numel()), q_loc
 
@@ -293,7 +295,7 @@ def chi2dpo_loss(margins, *, beta: float, rho: float, weights=None, group=None) 
     """chi-square DPO: best-response reweighting of DPO per-pair losses over the global batch
     (every worker of ``group``), centred at ``p = w / sum w`` with ``weights``."""
     per = dpo_pair_losses(margins)
-    loss, q = _ball_objective(per, weights, group, npl.chi2_weights, rho=rho)
+    loss, q = _ball_objective(per, weights, group, D.ChiSquare(), rho)
     return LossOutput(loss, per, margins, weights=q)
 
 
@@ -302,5 +304,5 @@ def cvardpo_loss(margins, *, beta: float, level: float, weights=None, group=None
     """CVaR DPO: best-response reweighting of DPO per-pair losses over the global batch
     (every worker of ``group``), centred at ``p = w / sum w`` with ``weights``."""
     per = dpo_pair_losses(margins)
-    loss, q = _ball_objective(per, weights, group, npl.cvar_weights, level=level)
+    loss, q = _ball_objective(per, weights, group, D.CVaR(), level)
     return LossOutput(loss, per, margins, weights=q)

@@ -1,19 +1,26 @@
-"""The KL tilt at fixed losses and its radius root (docs/theory.md#kl-dual).
+"""The KL ball: its tilt at fixed losses, the radius root and the set object
+(docs/theory.md#kl-dual, docs/theory.md#ambiguity-sets).
 
 For per-pair losses ``l`` (n,) (nats) and a base law ``p`` (n,), the KL ball's worst case at a
 fixed multiplier ``lam > 0`` is the tilted law ``q_lam ∝ p exp(l / lam)``; the optimal
 multiplier for radius ``rho`` solves ``KL(q_lam || p) = rho`` (0 in the max-loss regime
 ``rho >= -log P(argmax l)``).
 
-This module is deliberately apart from the fast solver (:mod:`.fast`): the KL certificates
-(:mod:`.certificates`) and the audit (:mod:`rdpo_theory.audit`) recompute the worst case at a
-returned theta through these one-dimensional functions, independently of the Newton iteration
-on ``(theta, lam)`` that produced it.
+These one-dimensional functions are deliberately apart from the fast solver
+(:mod:`rdpo_theory.exact.fast`): the KL certificates (:mod:`rdpo_theory.exact.certificates`),
+the exact robust risk and the audit (:mod:`rdpo_theory.audit`) recompute the worst case at a
+returned theta through them, independently of the Newton iteration on ``(theta, lam)`` that
+produced it. Pure numpy (scipy on first use): no torch, no cvxpy.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ..errors import SolverError
+from .base import AmbiguitySet, Supremum, argmax_set, check_alpha, losses_weights
 
 LOG2 = float(np.log(2.0))
 
@@ -115,6 +122,63 @@ def _kl_root(ll, pp, rho, spread, hint=None) -> float:
     return float(np.exp(brentq(f, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=200)))
 
 
+def kl_root_value(l, p, rho: float, *, p0: float = 0.0, hint: float | None = None) -> float:
+    """``sup { E_q l : KL(q || p) <= rho }`` (nats) from the tilted law whose KL is ``rho``
+    (the KKT point of the primal, so ``E_q l`` is the supremum), or ``max l`` in the max-loss
+    regime. ``p0``: mass of an extra atom of loss log 2 (:func:`with_zero_atom`); ``hint``: a
+    nearby multiplier (:func:`kl_lambda_for_theta`). Raises :class:`~rdpo_theory.SolverError`
+    when the tilt's KL misses ``rho`` (losses spread beyond float64)."""
+    pos = p > 0
+    ll, pp = with_zero_atom(l[pos], p[pos], p0)
+    lam = kl_lambda_for_theta(l, p, rho, p0=p0, hint=hint)
+    if lam == 0.0:  # rho >= -log P(argmax): the adversary puts all mass on the argmax set
+        return float(ll.max())
+    q, kl, value = kl_tilt(ll, pp, lam)
+    if not abs(kl - rho) <= 1e-9 * max(rho, 1e-12) + 1e-14:
+        raise SolverError(
+            f"KL certificate: the tilted distribution has KL {kl!r}, not rho = {rho!r}.",
+            status="root_inaccurate",
+            hint="rescale beta (the losses' spread is at the limit of float64).",
+        )
+    return value
+
+
+def kl_worst_case(lo: np.ndarray, p: np.ndarray, rho: float) -> tuple[np.ndarray, float]:
+    """``(q, lam)``: the law (n,) attaining ``sup { E_q l : KL(q || p) <= rho }`` and its
+    multiplier (0 in the max-loss regime, inf at ``rho = 0`` or below :data:`SMALL_RHO`, where
+    ``q`` is the centred feasible point of :func:`kl_small_radius_bounds`). Raises
+    :class:`~rdpo_theory.SolverError` when the root does not reproduce the radius."""
+    if rho == 0:
+        return p.copy(), math.inf
+    pos = p > 0
+    if rho < SMALL_RHO:  # under the root's resolution: the centred feasible point
+        q = np.zeros_like(p)  # (docs/theory.md#kl-small-radius)
+        q[pos] = kl_small_radius_bounds(lo[pos], p[pos] / p[pos].sum(), rho)["q"]
+        return q, math.inf
+    lam = kl_lambda_for_theta(lo, p, rho)
+    q = np.zeros_like(p)
+    if lam == 0.0:  # max-loss regime (or constant losses): p restricted to the argmax set
+        top = argmax_set(lo, p)
+        if -math.log(p[top].sum()) > rho * (1 + 1e-9) + 1e-14:
+            raise SolverError(
+                f"KL worst case: no multiplier reproduces radius {rho!r} "
+                "(the losses' spread is at the limit of float64).",
+                status="root_failed",
+                hint="rescale the losses (e.g. a smaller beta).",
+            )
+        q[top] = p[top] / p[top].sum()
+        return q, 0.0
+    qp, kl, _ = kl_tilt(lo[pos], p[pos], lam)
+    if not abs(kl - rho) <= 1e-9 * max(rho, 1e-12) + 1e-14:
+        raise SolverError(
+            f"KL worst case: the tilted distribution has KL {kl!r}, not the radius {rho!r}.",
+            status="root_inaccurate",
+            hint="rescale the losses (e.g. a smaller beta).",
+        )
+    q[pos] = qp
+    return q, lam
+
+
 # ---------------------------------------------------------------------------- tiny radii
 def _xlog1px_minus_x(x):
     """``(1 + x) log(1 + x) - x`` elementwise for ``x > -1``, without cancellation near 0
@@ -188,3 +252,103 @@ def kl_small_radius_bounds(ll, pp, rho: float) -> dict:
     )
     s = float(opt.x) if dual(float(opt.x)) <= dual(s0) else s0
     return dict(q=q / q.sum(), kl=kl, primal=primal, dual=mean + dual(s), lam=float(np.exp(s)))
+
+
+def kl_divergence(q, p) -> float:
+    """``KL(q || p) = sum_i q_i log(q_i / p_i)`` in nats (0 log 0 = 0; inf if q charges p = 0)."""
+    from scipy.special import rel_entr
+
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.sum(rel_entr(q, p)))
+
+
+def kl_dual_value(l, p, rho: float, lam: float) -> float:
+    """The KL dual ``lam rho + lam log E_p exp(l / lam)`` (nats) at ``lam > 0``, computed around
+    ``max l``; ``max l`` over the support at ``lam = 0``. ``>= sup { E_q l : KL(q||p) <= rho }``
+    for every ``lam >= 0`` (docs/theory.md#kl-dual)."""
+    pos = p > 0
+    ll, pp = l[pos], p[pos]
+    top = float(ll.max())
+    if lam == 0:
+        return top
+    if not np.isfinite(lam):
+        return float(pp @ ll) if rho == 0 else math.inf
+    from scipy.special import logsumexp
+
+    return top + lam * rho + lam * float(logsumexp((ll - top) / lam, b=pp))
+
+
+class KL(AmbiguitySet):
+    """The KL ball ``{q : KL(q || p) = sum_i q_i log(q_i / p_i) <= rho}`` (rho in nats).
+
+    Worst case: the tilt ``q ∝ p exp(l / lam)`` with ``KL(q || p) = rho``, or ``p`` on the
+    argmax set when ``rho >= -log P(argmax l)``; dual ``{"lam": lam}`` of
+    ``inf_{lam >= 0} lam rho + lam log E_p exp(l / lam)``. The scalable algorithm (Algorithm 2)
+    fixes the multiplier: :meth:`pair_weights` takes ``tau = lam`` and returns the tilt
+    ``softmax(log p + l / tau)``. Covers a subpopulation of share alpha at ``log(1 / alpha)``.
+    """
+
+    family = "kl"
+    title = "KL"
+    weight_parameter = "tau"
+    anchor = "docs/theory.md#kl-dual"
+
+    def divergence(self, q, p) -> float:
+        """``KL(q || p)`` in nats (:func:`kl_divergence`)."""
+        return kl_divergence(q, p)
+
+    def radius_for_subpopulation(self, alpha: float) -> float:
+        """``log(1 / alpha)``."""
+        return float(math.log(1.0 / check_alpha(alpha)))
+
+    def supremum(self, losses, weights=None, *, rho: float) -> Supremum:
+        lo, p = losses_weights(losses, weights)
+        rho = self.check(rho)
+        q, lam = kl_worst_case(lo, p, rho)
+        pos = p > 0
+        if rho == 0:
+            return Supremum(float(p[pos] @ lo[pos]), q, {"lam": lam}, "nominal")
+        if lam == 0.0:
+            return Supremum(float(lo[pos].max()), q, {"lam": 0.0}, "max-loss")
+        if not np.isfinite(lam):  # tiny radius: the centred feasible point, within O(rho)
+            b = kl_small_radius_bounds(lo[pos], p[pos] / p[pos].sum(), rho)
+            return Supremum(b["primal"], q, {"lam": b["lam"]}, "interior")
+        return Supremum(kl_tilt(lo[pos], p[pos], lam)[2], q, {"lam": lam}, "interior")
+
+    def dual_value(self, losses, weights=None, *, rho: float, lam: float) -> float:
+        lo, p = losses_weights(losses, weights)
+        return kl_dual_value(lo, p, self.check(rho), float(lam))
+
+    def pair_weights(self, losses, param: float, *, weights=None) -> np.ndarray:
+        """The tilt ``q ∝ p exp(l / tau)`` at the fixed multiplier ``tau = param`` (Algorithm
+        2's weights divided by n; :func:`rdpo_theory.losses.kl_weights` gives the ratios
+        ``q / p``)."""
+        from ..losses import kl_weights
+
+        lo, p = losses_weights(losses, weights)
+        return p * kl_weights(lo, tau=param, weights=p)
+
+    def torch_pair_weights(self, per_pair, param: float, *, weights=None):
+        """The tilt of :meth:`pair_weights` in torch, from
+        :func:`rdpo_theory.torch.losses.kl_weights` (the trainer's kernel; global-batch
+        statistics under ``torch.distributed``), divided by the batch size or times ``p``."""
+        from ..torch.losses import kl_weights
+
+        w = kl_weights(per_pair, tau=param, weights=weights)
+        return w / w.numel() if weights is None else w * weights.detach().to(w.dtype)
+
+
+__all__ = [
+    "KL",
+    "LOG2",
+    "SMALL_RHO",
+    "kl_divergence",
+    "kl_dual_value",
+    "kl_lambda_for_theta",
+    "kl_root_value",
+    "kl_small_radius_bounds",
+    "kl_tilt",
+    "kl_worst_case",
+    "with_zero_atom",
+]
