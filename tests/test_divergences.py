@@ -230,3 +230,93 @@ def test_the_torch_backend_does_not_load_cvxpy():
         "print('cvxpy' in sys.modules)"
     )
     assert _fresh(code) == "False"
+
+
+# ---------------------------------------------------------------------------- Cressie-Read
+def _cvxpy_cressie_read(l, p, k, rho) -> float:
+    """The primal over an independent formulation: ``sum_i p_i f_k(q_i / p_i) <= rho`` written
+    as ``sum_i p_i^(1-k) q_i^k <= 1 + k (k - 1) rho`` (since ``sum q = sum p = 1``)."""
+    q = cp.Variable(l.shape[0], nonneg=True)
+    power = cp.sum(cp.multiply(p ** (1 - k), cp.power(q, k)))
+    prob = cp.Problem(cp.Maximize(l @ q), [cp.sum(q) == 1, power <= 1 + k * (k - 1) * rho])
+    prob.solve(solver="CLARABEL")  # a power cone, at Clarabel's default tolerances (1e-8)
+    assert prob.status == cp.OPTIMAL
+    return float(prob.value)
+
+
+@pytest.mark.parametrize("rho", [1e-6, 0.05, 0.4, 3.0, 1e4])
+def test_cressie_read_of_order_2_is_this_projects_chi_square(rho):
+    """f_2(t) = (t - 1)^2 / 2: the project's chi-square (with its 1/2) is CR(2), constant 1."""
+    cr, chi = D.CressieRead(2).supremum(L, P, rho=rho), D.ChiSquare().supremum(L, P, rho=rho)
+    assert cr.value == pytest.approx(chi.value, rel=1e-12, abs=1e-13)
+    np.testing.assert_allclose(cr.worst_case, chi.worst_case, atol=1e-10)
+    assert cr.regime == chi.regime
+    assert D.CressieRead(2).divergence(chi.worst_case, P) == pytest.approx(
+        D.ChiSquare().divergence(chi.worst_case, P), rel=1e-12
+    )
+    assert D.CressieRead(2).radius_for_subpopulation(0.3) == pytest.approx(
+        D.ChiSquare().radius_for_subpopulation(0.3), rel=1e-15
+    )
+
+
+@pytest.mark.parametrize("rho", [0.05, 0.4, 3.0])
+def test_cressie_read_tends_to_kl_as_k_tends_to_1(rho):
+    kl = D.KL().supremum(L, P, rho=rho).value
+    assert D.CressieRead(1).supremum(L, P, rho=rho).value == kl  # k = 1 is the KL ball
+    gaps = [abs(D.CressieRead(1 + e).supremum(L, P, rho=rho).value - kl) for e in (1e-2, 1e-3)]
+    assert gaps[1] < 0.2 * gaps[0] + 1e-12  # O(k - 1) through the power path
+    assert gaps[1] <= 1e-3 * max(1.0, kl)
+    assert D.CressieRead(1 + 1e-3).radius_for_subpopulation(0.2) == pytest.approx(
+        np.log(5), rel=2e-3
+    )
+
+
+@pytest.mark.parametrize("k", [1.5, 3.0])
+@pytest.mark.parametrize("rho", [0.05, 0.4, 3.0])
+def test_cressie_read_supremum_against_cvxpy_and_its_dual(k, rho):
+    ball = D.CressieRead(k)
+    sup = ball.supremum(L, P, rho=rho)
+    assert sup.value == pytest.approx(_cvxpy_cressie_read(L, P, k, rho), abs=1e-6)
+    q = sup.worst_case
+    assert q @ L == pytest.approx(sup.value, abs=1e-12)
+    assert ball.divergence(q, P) <= rho * (1 + 1e-9)  # feasible, so a lower bound
+    eta = sup.dual["eta"]
+    assert ball.dual_value(L, P, rho=rho, eta=eta) == pytest.approx(sup.value, abs=1e-10)
+    for other in np.linspace(eta - 2, eta + 0.5, 11):  # weak duality: every eta bounds it
+        assert ball.dual_value(L, P, rho=rho, eta=other) >= sup.value - 1e-12
+    with pytest.raises(InputError, match="k"):
+        D.CressieRead(0.5)
+
+
+def test_cressie_read_reaches_every_layer_through_the_interface():
+    from rdpo_theory import audit, exact
+    from rdpo_theory.data import as_data
+    from rdpo_theory.losses import dpo_losses
+    from rdpo_theory.worlds import World
+
+    # the audit and the registry take it by family id (order 2 by default)
+    prof = audit.profile(L, weights=P, divergence="cressie-read", rhos=[0.3])
+    chi = audit.profile(L, weights=P, divergence="chi2", rhos=[0.3])
+    assert prof["worst_loss"].iloc[0] == pytest.approx(chi["worst_loss"].iloc[0], rel=1e-12)
+    assert M.ambiguity("crdpo") == D.CressieRead(2)
+    # exact.robust_risk and the exact program over the ball
+    w = World.random(n_contexts=4, n_actions=3, dim=2, seed=3)
+    d = w.empirical(n=400, seed=2)
+    kw = dict(rho=0.05, beta=w.beta, radius=w.B)
+    a = exact.ball_dpo(d, divergence=D.CressieRead(2), **kw)
+    b = exact.chi2dpo(d, **kw)
+    assert a.status == "optimal" and a.method == "crdpo" and a.regime == "interior"
+    np.testing.assert_allclose(a.theta, b.theta, atol=1e-6)  # the power cone is the SOC
+    c = exact.ball_dpo(d, divergence=D.CressieRead(3), **kw)
+    assert c.status == "optimal" and c.regime == "interior" and c.optimality_gap <= 1e-6
+    assert np.abs(c.theta - a.theta).max() > 1e-3  # a different ball, a different answer
+    data = as_data(d)
+    got = exact.robust_risk(c.theta, data, method="cressie-read", rho=0.05, beta=w.beta)
+    l = dpo_losses(c.theta, data, beta=w.beta)
+    assert got == pytest.approx(D.CressieRead(2).supremum(l, data.weights, rho=0.05).value)
+    assert c.value == pytest.approx(D.CressieRead(3).supremum(l, data.weights, rho=0.05).value)
+    # the scalable weights, numpy and torch
+    torch = pytest.importorskip("torch")
+    q = D.CressieRead(3).pair_weights(L, 0.4, weights=P)
+    qt = D.CressieRead(3).torch_pair_weights(torch.tensor(L), 0.4, weights=torch.tensor(P))
+    np.testing.assert_allclose(qt.numpy(), q, rtol=1e-12)

@@ -5,7 +5,8 @@ scalable algorithms in numpy and torch, the studies) reaches a ball through one 
 interface of :class:`~rdpo_theory.divergences.base.AmbiguitySet`:
 
 * :class:`KL` (``"kl"``), :class:`ChiSquare` (``"chi2"``), :class:`CVaR` (``"cvar"``),
-  :class:`Wasserstein` (``"w1"``, ``"w2"``, ... for order ``p``);
+  :class:`CressieRead` (``"cressie-read"``, order ``k``), :class:`Wasserstein`
+  (``"w1"``, ``"w2"``, ... for order ``p``);
 * :func:`get` builds one from its family id (the vocabulary of :mod:`rdpo_theory.methods`).
 
 Importing this package never imports torch or cvxpy.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from ..errors import InputError
 from .base import AmbiguitySet, Supremum
 from .chi2 import ChiSquare
+from .cressie_read import CressieRead
 from .cvar import CVaR
 from .kl import KL
 from .wasserstein import Wasserstein
@@ -25,12 +27,13 @@ SETS = {
     "kl": KL,
     "chi2": ChiSquare,
     "cvar": CVaR,
+    "cressie-read": CressieRead,
     "w1": Wasserstein,
     "w2": Wasserstein,
 }
 
 #: The divergence balls of the audit (reweightings of the pairs), by family id.
-DIVERGENCES = ("kl", "chi2", "cvar")
+DIVERGENCES = ("kl", "chi2", "cvar", "cressie-read")
 
 
 def get(family: str, **params) -> AmbiguitySet:
@@ -65,6 +68,7 @@ __all__ = [
     "AmbiguitySet",
     "CVaR",
     "ChiSquare",
+    "CressieRead",
     "KL",
     "Supremum",
     "Wasserstein",
