@@ -217,6 +217,7 @@ def test_importing_divergences_loads_neither_torch_nor_cvxpy():
     assert _fresh(code) == "False False"
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch: ~10 s
 def test_the_torch_backend_does_not_load_cvxpy():
     pytest.importorskip("torch")
     code = (

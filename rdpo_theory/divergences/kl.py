@@ -331,8 +331,10 @@ class KL(AmbiguitySet):
 
     def torch_pair_weights(self, per_pair, param: float, *, weights=None):
         """The tilt of :meth:`pair_weights` in torch, from
-        :func:`rdpo_theory.torch.losses.kl_weights` (the trainer's kernel; global-batch
-        statistics under ``torch.distributed``), divided by the batch size or times ``p``."""
+        :func:`rdpo_theory.torch.losses.kl_weights` (the trainer's kernel), divided by the
+        batch size or times ``p``: one process (under ``torch.distributed`` the trainer's
+        weights use global-batch statistics; use :func:`~rdpo_theory.torch.losses.kl_weights`
+        there)."""
         from ..torch.losses import kl_weights
 
         w = kl_weights(per_pair, tau=param, weights=weights)

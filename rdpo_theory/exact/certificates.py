@@ -38,6 +38,7 @@ from scipy.optimize import linprog
 from scipy.special import expit, xlog1py, xlogy
 
 from ..divergences.kl import (
+    KL,
     SMALL_RHO,
     kl_lambda_for_theta,
     kl_root_value,
@@ -288,15 +289,9 @@ def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None, linear=None
 
 def kl_into_ball(q, p, rho: float) -> np.ndarray:
     """``q`` mixed with ``p`` so that ``KL(q || p) <= rho`` (convexity of KL in q):
-    ``(1 - e) q + e p`` with ``e = 1 - rho / KL(q || p)`` when ``KL(q || p) > rho``."""
-    q = np.asarray(q, dtype=float)
-    q = np.where(p > 0, np.clip(q, 0.0, None), 0.0)
-    q = q / q.sum()
-    kl = kl_divergence(q, p)
-    if kl <= rho:
-        return q
-    e = min(1.0, (1.0 - rho / kl) * (1.0 + 1e-12) + 1e-15)
-    return (1.0 - e) * q + e * p
+    ``(1 - e) q + e p`` with ``e = 1 - rho / KL(q || p)`` when ``KL(q || p) > rho``
+    (:meth:`rdpo_theory.divergences.AmbiguitySet.into_ball` of the KL ball)."""
+    return KL().into_ball(q, p, rho)
 
 
 def kl_minimax_lower_bound(
