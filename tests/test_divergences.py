@@ -260,7 +260,7 @@ def test_cressie_read_of_order_2_is_this_projects_chi_square(rho):
     )
 
 
-@pytest.mark.parametrize("rho", [0.05, 0.4, 3.0])
+@pytest.mark.parametrize("rho", [1e-6, 0.05, 0.4, 3.0])
 def test_cressie_read_tends_to_kl_as_k_tends_to_1(rho):
     kl = D.KL().supremum(L, P, rho=rho).value
     assert D.CressieRead(1).supremum(L, P, rho=rho).value == kl  # k = 1 is the KL ball
