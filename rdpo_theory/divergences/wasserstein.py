@@ -28,8 +28,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import linprog
 
 from .. import _validate as V
 from ..errors import InputError, SolverError
@@ -64,6 +62,9 @@ def transport_primal_sup(L, p, C, budget: float) -> tuple[float, np.ndarray, flo
     eta : float
         The LP multiplier of the budget constraint (an optimal Wasserstein dual eta).
     """
+    import scipy.sparse as sp
+    from scipy.optimize import linprog
+
     L = np.asarray(L, dtype=float)
     n, K = C.shape
     rows = np.flatnonzero(p > 0)
@@ -165,6 +166,9 @@ class Wasserstein(AmbiguitySet):
     def divergence(self, q, p, cost=None) -> float:
         """``W_p`` between ``p`` (n,) on the support and ``q`` (K,) on the candidates: the
         transport LP ``min sum_ik pi_ik d_ik^p`` with marginals ``p`` and ``q``, to the ``1/p``."""
+        import scipy.sparse as sp
+        from scipy.optimize import linprog
+
         q = np.asarray(q, dtype=np.float64)
         p = np.asarray(p, dtype=np.float64)
         C = self._cost(cost, p.shape[0], q.shape[0]) ** self.p
