@@ -116,7 +116,7 @@ def worst_case(losses, *, weights=None, divergence: str = "kl", rho: float) -> n
     """
     lo, p = _losses_weights(losses, weights)
     r = _check_rho(rho, divergence)
-    return ambiguity_set(divergence).worst_case(lo, p, rho=r)
+    return ambiguity_set(divergence).best_response(lo, p, r)
 
 
 def ball_size(q, p, divergence: str) -> float:

@@ -154,6 +154,14 @@ class AmbiguitySet:
         """The worst-case law ``q`` (n,) of :meth:`supremum`."""
         return self.supremum(losses, weights, rho=rho).worst_case
 
+    def best_response(self, losses, weights, rho: float) -> np.ndarray:
+        """The worst-case law ``q`` (n,) by the set's kernel alone, for the layers' inner loops
+        (the audit, the exact programs' certificates, the torch losses), which validate their
+        arrays once themselves: no second validation or renormalisation of ``weights`` (the
+        kernels that check their input, chi-square and CVaR, still do). Default:
+        :meth:`worst_case`."""
+        return self.worst_case(losses, weights, rho=rho)
+
     def dual_value(self, losses, weights=None, *, rho: float, **dual) -> float:
         """The dual objective at the dual point ``dual`` (keywords as in
         :attr:`Supremum.dual`): ``>= supremum`` for every dual point (weak duality), equal at
@@ -215,7 +223,7 @@ class AmbiguitySet:
         """The per-pair law ``q`` (n,) (sums to 1) that the scalable algorithms hold fixed in
         ``sum_i q_i l_i`` (no gradient through it): the best response of the ball of size
         ``param``; KL fixes the multiplier instead (``param = tau``)."""
-        return self.worst_case(losses, weights, rho=param)
+        return self.best_response(losses, weights, param)
 
     def torch_pair_weights(self, per_pair, param: float, *, weights=None):
         """:meth:`pair_weights` of a torch tensor ``per_pair`` (B,), detached, in its dtype and

@@ -146,6 +146,10 @@ class ChiSquare(AmbiguitySet):
             return Supremum(float(q @ lo), q, {"eta": float(lo[p > 0].max())}, "max-loss")
         return Supremum(float(q @ lo), q, {"eta": float(eta)}, "interior")
 
+    def best_response(self, losses, weights, rho: float) -> np.ndarray:
+        """:func:`chi2_weights` (which validates its input)."""
+        return chi2_weights(losses, rho=rho, weights=weights)
+
     def dual_value(self, losses, weights=None, *, rho: float, eta: float) -> float:
         lo, p = losses_weights(losses, weights)
         return chi2_dual_value(lo, p, self.check(rho), float(eta))

@@ -118,6 +118,10 @@ class CVaR(AmbiguitySet):
         regime = "max-loss" if q @ lo >= lo[p > 0].max() else "interior"
         return Supremum(float(q @ lo), q, {"eta": eta}, regime)
 
+    def best_response(self, losses, weights, rho: float) -> np.ndarray:
+        """:func:`cvar_weights` (which validates its input)."""
+        return cvar_weights(losses, level=rho, weights=weights)
+
     def dual_value(self, losses, weights=None, *, rho: float, eta: float) -> float:
         lo, p = losses_weights(losses, weights)
         return cvar_dual_value(lo, p, self.check(rho), float(eta))

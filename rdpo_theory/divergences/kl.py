@@ -316,6 +316,11 @@ class KL(AmbiguitySet):
             return Supremum(b["primal"], q, {"lam": b["lam"]}, "interior")
         return Supremum(kl_tilt(lo[pos], p[pos], lam)[2], q, {"lam": lam}, "interior")
 
+    def best_response(self, losses, weights, rho: float) -> np.ndarray:
+        """:func:`kl_worst_case` of validated arrays ``losses`` and ``weights`` (both (n,))."""
+        lo = np.asarray(losses, dtype=np.float64)
+        return kl_worst_case(lo, np.asarray(weights, dtype=np.float64), self.check(rho))[0]
+
     def dual_value(self, losses, weights=None, *, rho: float, lam: float) -> float:
         lo, p = losses_weights(losses, weights)
         return kl_dual_value(lo, p, self.check(rho), float(lam))

@@ -626,7 +626,7 @@ def _ball_dpo(s: _Setup, ball: D.AmbiguitySet, param: float):
 
     def best_response(th):
         per = L.dpo_loss(s.margins(th))
-        return per, ball.worst_case(per, d.weights, rho=param)
+        return per, ball.best_response(per, d.weights, param)
 
     def certify(th, laws):
         """The best lower bound over candidate laws q (n,), and the value at th."""
