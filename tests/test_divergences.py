@@ -175,6 +175,15 @@ def test_the_registry_holds_the_family_vocabulary_and_every_method_list():
     assert M.loss_variant("kldpo-clipped") == ("kldpo", "clipped")
 
 
+def test_every_family_has_a_colour():
+    pytest.importorskip("matplotlib")
+    from rdpo_theory.plots import METHOD_COLORS, method_color
+
+    assert set(M.FAMILIES) <= set(METHOD_COLORS)
+    assert method_color("kldpo") == method_color("kldpo-exact")  # loss names share the colour
+    assert method_color("wdpo-exact") == method_color("wdpo-alg1")
+
+
 LAYERS = (
     "audit.py",
     "exact/risk.py",

@@ -26,6 +26,7 @@ METHOD_COLORS = {
     "gdpo": "#bcbd22",
     "chi2": "#17becf",
     "cvar": "#ff7f0e",
+    "cressie-read": "#006d5b",
     "reference": "#555555",
 }
 
