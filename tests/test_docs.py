@@ -59,3 +59,53 @@ def test_no_reference_points_outside_the_repository():
     if hits.returncode == 128:  # not a git checkout (e.g. an sdist): nothing to check
         return
     assert hits.stdout == "", hits.stdout
+
+
+def _hook(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_site_check_flags_unrendered_maths_and_literal_roles():
+    """docs/hooks/site_checks.py: what the strict build rejects, on the HTML patterns of the old
+    theory page (a list item's display maths that arithmatex missed, garbled by emphasis)."""
+    check = _hook("site_checks").find_problems
+    good = (
+        '<article><p>Let <span class="arithmatex">\\(x = \\frac12\\)</span>.</p>'
+        '<div class="arithmatex">\\[\\sum_i p_i\\]</div><code>$HOME \\theta</code></article>'
+    )
+    assert check(good) == []
+    bad = {
+        "stray '$'": '<article><p>so $<span class="arithmatex">\\(x\\)</span>$</p></article>',
+        "garbled": "<article><p>\\mathrm{KL}<em _in _mathbb_R w>{\\min}</em></p></article>",
+        "TeX outside": "<article><p>the bound \\(x\\) and \\lambda_0</p></article>",
+        "literal numpydoc role": "<article><p>see :class:<code>~a.B</code></p></article>",
+    }
+    for kind, html in bad.items():
+        problems = check(html)
+        assert any(kind in p for p in problems), (kind, problems)
+
+
+def test_numpydoc_roles_become_cross_references():
+    """docs/hooks/numpydoc_roles.py resolves roles like Sphinx (``~`` shortens, bare and ``.``
+    names are looked up from the documented object outwards) into optional autorefs."""
+    import griffe
+
+    roles = _hook("numpydoc_roles")
+    pkg = griffe.load("rdpo_theory", search_paths=[str(ROOT)], resolve_aliases=False)
+    fit = pkg["approx.fit"]
+    out = roles.rewrite(
+        "See :class:`~rdpo_theory.errors.InputError`, :func:`fit`, :func:`numpy.exp` and\n"
+        ":mod:`rdpo_theory.\n    approx`.\nx : as in :func:`fit`.",
+        fit,
+    )
+    assert '<autoref optional identifier="rdpo_theory.errors.InputError"><code>InputError<' in out
+    assert '<autoref optional identifier="rdpo_theory.approx.fit"><code>fit</code>' in out
+    assert '<autoref optional identifier="rdpo_theory.approx"><code>rdpo_theory.approx<' in out
+    assert "<code>numpy.exp</code>" in out and "numpy.exp</code></autoref>" not in out
+    assert out.endswith("x : as in fit.")  # a parameter's type is rendered as code: plain text
+    assert ":func:" not in out and ":class:" not in out and ":mod:" not in out
