@@ -109,3 +109,54 @@ def test_numpydoc_roles_become_cross_references():
     assert "<code>numpy.exp</code>" in out and "numpy.exp</code></autoref>" not in out
     assert out.endswith("x : as in fit.")  # a parameter's type is rendered as code: plain text
     assert ":func:" not in out and ":class:" not in out and ":mod:" not in out
+
+
+def _drawn(module, draw, *args):
+    """Call a plotting function of ``module`` and return its figure instead of saving it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    figs = []
+    original = module.savefig
+    module.savefig = lambda fig, path, **kw: figs.append(fig) or path
+    try:
+        draw(*args, "unused.png")
+    finally:
+        module.savefig = original
+    return figs[0]
+
+
+def _data_axes(fig):
+    return [ax for ax in fig.axes if ax.axison and (ax.lines or ax.collections)]
+
+
+def test_committed_figures_keep_legends_off_the_data_and_label_their_axes():
+    """The shift trade-off and the rates bounds, redrawn from the committed tables: every
+    panel with data has both axis labels and no legend of its own (legends sit in a panel
+    kept for them), and Theorem 2's bound near 1e41 is clipped off the axis with a note."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from rdpo_theory.plots import rates, shift
+
+    fig = _drawn(shift, shift.plot_tradeoff, pd.read_csv(ROOT / "figures" / "shift_tradeoff.csv"))
+    panels = _data_axes(fig)
+    assert len(panels) == 4
+    for ax in panels:
+        assert ax.get_legend() is None and ax.get_xlabel() and ax.get_ylabel()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and len(legends[0].get_texts()) >= 10
+    plt.close(fig)
+
+    bounds = pd.read_csv(ROOT / "figures" / "rates_bounds.csv")
+    assert bounds["bound_certified"].max() > 1e40  # the case the clipping is for
+    fig = _drawn(rates, rates.bound_vs_observed, bounds)
+    panels = _data_axes(fig)
+    assert len(panels) == 3
+    for ax in panels:
+        assert ax.get_legend() is None and ax.get_xlabel() and ax.get_ylabel()
+        observed_max = max(line.get_ydata().max() for line in ax.lines[:1])
+        assert ax.get_ylim()[1] <= observed_max * 10 ** (rates._DECADES_ABOVE + 1)
+    notes = [t.get_text() for ax in panels for t in ax.texts]
+    assert any("axis clipped" in t and "e+40" in t for t in notes), notes
+    plt.close(fig)
