@@ -105,3 +105,18 @@ def test_theory_equations_are_typeset(site, browser):
     for raw in ("$$", "\\(", "\\[", "\\frac"):
         assert raw not in text, f"raw {raw!r} left in the typeset theory page"
     assert not external, f"the page fetched from outside localhost: {external}"
+
+
+def test_tutorial_page_shows_the_executed_notebook(site, browser):
+    """The tutorial page carries the notebook's printed output and its figure, decoded."""
+    page, external = open_page(browser, f"{site}/tutorials/first-steps/")
+    figures = page.evaluate(
+        """() => [...document.querySelectorAll('article img.notebook-figure')]
+            .map(i => [i.complete, i.naturalWidth])"""
+    )
+    text = page.inner_text("article")
+    page.close()
+    assert figures and all(done and width > 200 for done, width in figures), figures
+    assert "population DPO:" in text and "implied rho =" in text  # printed outputs
+    assert "# %%" not in text  # the notebook, not the raw jupytext source
+    assert not external, f"the page fetched from outside localhost: {external}"
