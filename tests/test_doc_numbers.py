@@ -10,7 +10,8 @@ CSV line each (quote a field that holds a comma):
   line break in the Markdown source is a space);
 * ``table``: the committed CSV, relative to the repository root (figures/shift_tradeoff.csv);
 * ``rows``: ``"column=value column=value ..."``, compared with the CSV's text as written, which
-  must select exactly one row (``param=`` selects an empty cell);
+  must select exactly one row (``param=`` selects an empty cell; quote a value holding spaces,
+  shell-style: ``layout='paper: 8 GPUs x 4, gathered, A=4'``);
 * ``columns``: one column, or several separated by spaces, whose values appear in ``text`` in
   that order (``"slope ci_lo ci_hi"`` for ``-0.507 [-0.547, -0.466]``);
 * ``fmt``: the format spec the page rounds with (``".3f"``, ``".2f"``, ``".0e"``; an exponent is
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shlex
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -78,7 +80,7 @@ def format_number(value: float, fmt: str) -> str:
 
 
 def select(table: str, rows: str) -> dict[str, str]:
-    wanted = dict(part.split("=", 1) for part in rows.split())
+    wanted = dict(part.split("=", 1) for part in shlex.split(rows))
     rows_found = [r for r in _table(table) if all(r.get(k) == v for k, v in wanted.items())]
     assert len(rows_found) == 1, f"{table}: {rows!r} selects {len(rows_found)} rows, not 1"
     return rows_found[0]

@@ -160,3 +160,40 @@ def test_committed_figures_keep_legends_off_the_data_and_label_their_axes():
     notes = [t.get_text() for ax in panels for t in ax.texts]
     assert any("axis clipped" in t and "e+40" in t for t in notes), notes
     plt.close(fig)
+
+
+def _ci_commands(path: Path) -> dict[str, str]:
+    """The command after each ``<!-- ci:NAME -->`` marker's bash fence, as .ci/run reads it."""
+    lines = path.read_text().splitlines()
+    out = {}
+    for tag in ("main-command", "test-command"):
+        i = lines.index(f"<!-- ci:{tag} -->")
+        assert lines[i + 1] == "```bash", (path, tag)
+        out[tag] = lines[i + 2]
+    return out
+
+
+def test_getting_started_shows_the_readme_commands():
+    """docs/getting-started.md repeats README's two commands verbatim (it once lacked lora)."""
+    readme = _ci_commands(ROOT / "README.md")
+    assert _ci_commands(ROOT / "docs" / "getting-started.md") == readme
+    assert "lora" in readme["test-command"]
+
+
+def test_data_format_page_example_is_what_the_reader_accepts(tmp_path, capsys):
+    """The CSV example of docs/data-format.md loads, and its documented command solves it."""
+    from rdpo_theory.cli import main
+    from rdpo_theory.data import PreferenceData
+
+    page = (ROOT / "docs" / "data-format.md").read_text()
+    example = re.search(r"```text\n(x0,x1,y,weight\n.*?)```", page, flags=re.S).group(1)
+    path = tmp_path / "pairs.csv"
+    path.write_text(example)
+    data = PreferenceData.load(path)
+    assert data.X.shape == (4, 2) and data.y.tolist() == [1, 0, 0, 1]
+    assert data.weights.tolist() == [0.4, 0.1, 0.25, 0.25]
+    command = re.search(r"```bash\n(rdpo solve --data pairs\.csv[^\n]*)\n```", page).group(1)
+    argv = command.split()[1:]
+    argv[argv.index("pairs.csv")] = str(path)
+    assert main(argv) == 0
+    assert "kldpo" in capsys.readouterr().out.lower()
