@@ -29,11 +29,8 @@ CODE = re.compile(r"<(code|pre|script|style|textarea)\b[^>]*>.*?</\1>", re.S)
 TAG = re.compile(r"<[^>]+>")
 ROLE = re.compile(r":(?:py:)?(?:class|func|mod|data|meth|attr|obj|exc|const):(?:`|<code>)")
 GARBLED = re.compile(r"<em _")
-TEX = re.compile(
-    r"\\[()\[\]]|\\(?:frac|sum|sqrt|theta|lambda|rho|beta|sigma|mathrm|mathbb|mathcal|log|exp|"
-    r"left|right|le|ge|qquad|quad|text|top|cdot|infty|partial|nabla|operatorname|big|min|max)"
-    r"(?![A-Za-z])"
-)
+# any TeX control word (\frac, \theta, \mathrm, ...) or maths delimiter left as text
+TEX = re.compile(r"\\[()\[\]]|\\[A-Za-z]{2,}")
 CONTEXT = 40
 
 
