@@ -92,6 +92,11 @@ def test_theory_equations_are_typeset(site, browser):
     )
     counts = page.evaluate(
         """() => ({
+            // a glyph is drawn by a CSS ::before rule; without it the equation is laid out but
+            // invisible (what a cleared MathJax cache once did)
+            blank: [...document.querySelectorAll('.arithmatex mjx-c')].filter(
+                c => getComputedStyle(c, '::before').content === 'none').length,
+            glyphs: document.querySelectorAll('.arithmatex mjx-c').length,
             maths: document.querySelectorAll('.arithmatex').length,
             display: document.querySelectorAll('div.arithmatex mjx-container[display]').length,
             typeset: document.querySelectorAll('.arithmatex mjx-container').length,
@@ -102,6 +107,7 @@ def test_theory_equations_are_typeset(site, browser):
     page.close()
     assert counts["maths"] > 100 and counts["typeset"] == counts["maths"], counts
     assert counts["display"] >= 20 and counts["errors"] == 0, counts
+    assert counts["glyphs"] > 1000 and counts["blank"] == 0, counts
     for raw in ("$$", "\\(", "\\[", "\\frac"):
         assert raw not in text, f"raw {raw!r} left in the typeset theory page"
     assert not external, f"the page fetched from outside localhost: {external}"

@@ -85,6 +85,9 @@ def test_site_check_flags_unrendered_maths_and_literal_roles():
         "TeX outside": "<article><p>the bound \\(x\\) and \\lambda_0</p></article>",
         "literal numpydoc role": "<article><p>see :class:<code>~a.B</code></p></article>",
     }
+    folded = _hook("site_checks").folded_bullets
+    assert folded("<article><li><p>(stable form).\n* <strong>Loss.</strong></p></li></article>")
+    assert not folded("<article><table></table>\n<p>* A footnote marker.</p></article>")
     for kind, html in bad.items():
         problems = check(html)
         assert any(kind in p for p in problems), (kind, problems)

@@ -9,6 +9,8 @@ and styles, and reports what is left:
 * a ``$`` (an unmatched or unrecognised inline/display delimiter);
 * ``\\(``, ``\\)``, ``\\[``, ``\\]`` or a TeX control word (``\\frac``, ``\\theta``, ...);
 * ``<em _``: Markdown emphasis applied to the underscores of an unrecognised equation;
+* (logged, not yet fatal: ``folded_bullets``) a ``* `` bullet folded into the previous
+  paragraph (a list item that holds a display equation needs a blank line before the next);
 * ``:class:``, ``:func:``, ``:mod:``, ``:data:``, ``:meth:`` and other numpydoc roles shown
   literally (see ``numpydoc_roles.py``), in code or not.
 
@@ -31,6 +33,9 @@ ROLE = re.compile(r":(?:py:)?(?:class|func|mod|data|meth|attr|obj|exc|const):(?:
 GARBLED = re.compile(r"<em _")
 # any TeX control word (\frac, \theta, \mathrm, ...) or maths delimiter left as text
 TEX = re.compile(r"\\[()\[\]]|\\[A-Za-z]{2,}")
+# a "* " bullet that Markdown folded into the previous paragraph (a loose list item without a
+# blank line before the next item)
+BULLET = re.compile(r"\n[ \t]*[*+] (?=\S)")
 CONTEXT = 40
 
 
@@ -57,7 +62,22 @@ def find_problems(html: str) -> list[str]:
     return problems
 
 
+def folded_bullets(html: str) -> list[str]:
+    """``* `` bullets Markdown folded into the previous paragraph of one built page (checked
+    on the HTML, so an escaped ``\\*`` starting a paragraph is not one)."""
+    body = html[html.index("<article") : html.rindex("</article>")] if "<article" in html else html
+    body = CODE.sub(" ", MATHS.sub(" ", body))
+    return [
+        f"list marker run into a paragraph: ...{_around(body, m.start(), m.end())}..."
+        for m in BULLET.finditer(body)
+    ]
+
+
 def on_post_page(output: str, page, config) -> str:  # noqa: D103
     for problem in find_problems(output):
         log.warning("%s: %s", page.file.src_uri, problem)
+    # Reported, not yet fatal: docs/minibatch.md and a docstring of rdpo_theory/exact/fast.py
+    # still fold a bullet; make this a warning once they are fixed.
+    for problem in folded_bullets(output):
+        log.info("%s: %s", page.file.src_uri, problem)
     return output
