@@ -3,7 +3,7 @@
 Every number a study produces that the prose quotes is declared in tests/doc_numbers.csv, one
 CSV line each (quote a field that holds a comma):
 
-    file,text,table,rows,columns,fmt
+    file,text,table,rows,columns,fmt[,scale]
 
 * ``file``: the page, relative to the repository root (README.md, docs/studies.md, ...);
 * ``text``: a verbatim piece of the page containing the number(s), whitespace-insensitive (a
@@ -15,7 +15,8 @@ CSV line each (quote a field that holds a comma):
 * ``columns``: one column, or several separated by spaces, whose values appear in ``text`` in
   that order (``"slope ci_lo ci_hi"`` for ``-0.507 [-0.547, -0.466]``);
 * ``fmt``: the format spec the page rounds with (``".3f"``, ``".2f"``, ``".0e"``; an exponent is
-  written without padding, ``7e-8``).
+  written without padding, ``7e-8``);
+* ``scale`` (optional): a divisor applied first, e.g. ``1073741824`` for bytes quoted in GiB.
 
 The test fails when the quoted text is no longer in the page (the prose changed: update the
 line) or when the table's value, rounded with ``fmt``, is not the number written (the table
@@ -43,6 +44,7 @@ class Quote(NamedTuple):
     rows: str
     columns: str
     fmt: str
+    scale: str | None = None  # the table's value is divided by it first (e.g. 1073741824: GiB)
 
 
 DECLARED = ROOT / "tests" / "doc_numbers.csv"
@@ -92,7 +94,7 @@ def check(quote: Quote) -> None:
     row = select(quote.table, quote.rows)
     pos = 0
     for column in quote.columns.split():
-        written = format_number(float(row[column]), quote.fmt)
+        written = format_number(float(row[column]) / float(quote.scale or 1), quote.fmt)
         m = re.compile(rf"(?<![\d.]){re.escape(written)}(?![\d])").search(text, pos)
         assert m, (
             f"{quote.file}: {text!r} should quote {quote.table} {quote.rows!r} {column} = "
