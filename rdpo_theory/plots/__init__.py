@@ -59,3 +59,24 @@ def savefig(fig, path: str | Path, *, dpi: int = 130) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+#: What a normalised reward means, for axis labels: (R - R(pi_ref)) / (R(best) - R(pi_ref)).
+NORMALISED_REWARD = "normalised reward (pi_ref = 0, best action = 1)"
+
+
+def legend_panel(ax, handles, labels, *, title: str | None = None, ncol: int = 1, **kwargs):
+    """Turn ``ax`` (a slot of the figure's grid kept free for it) into the legend, so the
+    legend covers no data and ``tight_layout`` makes room for it."""
+    ax.axis("off")
+    return ax.legend(
+        handles,
+        labels,
+        loc="center",
+        ncol=ncol,
+        frameon=False,
+        title=title,
+        fontsize=kwargs.pop("fontsize", 8),
+        title_fontsize=8,
+        **kwargs,
+    )

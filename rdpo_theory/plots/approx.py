@@ -42,7 +42,12 @@ def robust_gap(runs: pd.DataFrame, path: Path) -> Path:
     fig, axes = new_figure(2, width=4.6)
     for ax, fam, methods, xlabel in (
         (axes[0, 0], "kl", ["dpo", "kldpo-alg2", "kldpo-clipped"], "KL radius rho (nats)"),
-        (axes[0, 1], "w2", ["dpo", "wdpo-alg1", "wdpo-per-pair"], "W2 radius rho"),
+        (
+            axes[0, 1],
+            "w2",
+            ["dpo", "wdpo-alg1", "wdpo-per-pair"],
+            "W2 radius rho (feature-norm units)",
+        ),
     ):
         sub = runs[runs["family"] == fam]
         for meth in methods:
@@ -59,7 +64,7 @@ def robust_gap(runs: pd.DataFrame, path: Path) -> Path:
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("robust gap (nats)")
+        ax.set_ylabel(f"robust gap (nats; below {GAP_FLOOR:g} drawn at {GAP_FLOOR:g})", fontsize=8)
         ax.set_title(f"{'KLDPO' if fam == 'kl' else 'WDPO'}: distance to the minimax value")
         ax.legend(fontsize=7)
     return savefig(fig, path)

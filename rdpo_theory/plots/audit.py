@@ -58,7 +58,7 @@ def plot_audit(table, path) -> Path:
             if not r.empty:
                 ax.plot(r["radius"], r["worst_loss"], ls, color=colour, label=model, lw=1.5)
         ax.set_xlabel("rho0 (embedding space)")
-        ax.set_ylabel("mean l + rho0 RMS ||grad_e l||")
+        ax.set_ylabel("mean l + rho0 RMS ||grad_e l|| (nats)")
         ax.set_title("Wasserstein, first-order estimate", fontsize=9)
         axes[1][-1].axis("off")
     axes[0][0].legend(fontsize=7, loc="best")

@@ -18,9 +18,10 @@ def plot_group_shift(summary, path) -> Path:
     fig, axes = new_figure(ncols=2, width=5.0, height=3.6)
     labels = [f"{m}\n{s}" if s != "-" else m for m, s in zip(df["method"], df["selection"])]
     for ax, col, title in (
-        (axes[0][0], "worst_logloss", "worst group: population log-loss (nats)"),
+        (axes[0][0], "worst_logloss", "worst-group population log-loss (nats)"),
         (axes[0][1], "mean_logloss", "share-weighted mean log-loss (nats)"),
     ):
+        ax.set_ylabel(title, fontsize=8)
         for i, r in enumerate(df.itertuples()):
             ax.errorbar(
                 i,
@@ -35,7 +36,7 @@ def plot_group_shift(summary, path) -> Path:
             ax.axhline(dpo[f"{col}_mean"].iloc[0], color="k", ls=":", lw=1)
         ax.set_xticks(range(len(df)))
         ax.set_xticklabels(labels, rotation=70, fontsize=7)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title.split(' (')[0]} (95% CI over seeds; dotted: DPO)", fontsize=9)
     n = int(df["n_seeds"].max())
     fig.suptitle(f"group shift, contexts as groups ({n} seeds)", fontsize=10)
     return savefig(fig, path)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..methods import family
-from . import method_color, method_label, new_figure, savefig
+from . import legend_panel, method_color, method_label, new_figure, savefig
 
 _STYLES = ["-", "--", ":", "-."]
 
@@ -35,11 +35,16 @@ def error_vs_n(runs: pd.DataFrame, slopes: pd.DataFrame, path: str | Path) -> Pa
     """Mean error and excess risk vs n (log-log), 10-90% seed bands, fitted slope in the legend."""
     ok = runs[runs["ok"].astype(bool)]
     styles = _style(ok)
-    fig, axes = new_figure(2, width=5.4, height=4.2)
-    for ax, metric, title in zip(
+    fig, grid = new_figure(2, 2, width=5.4, height=2.6, gridspec_kw={"height_ratios": [3, 1.3]})
+    axes = grid[:1]
+    for ax, lax, metric, title in zip(
         axes[0],
+        grid[1],
         ("error", "excess_risk"),
-        ("||theta_n - theta_target||_2", "excess population robust risk (nats)"),
+        (
+            "error ||theta_n - theta_target||_2 (parameter units)",
+            "excess population robust risk (nats)",
+        ),
     ):
         for (method, rho), g in ok.groupby(["method", "rho"], sort=False):
             color, ls = styles[(method, rho)]
@@ -78,8 +83,9 @@ def error_vs_n(runs: pd.DataFrame, slopes: pd.DataFrame, path: str | Path) -> Pa
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n (pairs)")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.set_ylabel(title, fontsize=8)
+        ax.set_title(f"mean {metric.replace('_', ' ')} over seeds (band: 10-90%)", fontsize=9)
+        legend_panel(lax, *ax.get_legend_handles_labels(), fontsize=7, title="slope [95% CI]")
     return savefig(fig, path)
 
 
@@ -87,8 +93,8 @@ def bound_vs_observed(bounds: pd.DataFrame, path: str | Path) -> Path:
     """Observed (1 - delta) quantile of the error vs the bound at delta, one panel per method."""
     groups = list(bounds.groupby(["method", "rho"], sort=False))
     ncol = max(1, len(groups))
-    fig, axes = new_figure(ncol, width=3.6, height=3.4)
-    for ax, ((method, rho), g) in zip(axes[0], groups):
+    fig, grid = new_figure(ncol, 2, width=3.8, height=2.1, gridspec_kw={"height_ratios": [3, 1]})
+    for ax, lax, ((method, rho), g) in zip(grid[0], grid[1], groups):
         g = g.sort_values("n")
         color = method_color(method)
         ax.plot(
@@ -121,6 +127,7 @@ def bound_vs_observed(bounds: pd.DataFrame, path: str | Path) -> Path:
             ax.text(
                 0.5, 0.9, "certified bound = inf", transform=ax.transAxes, ha="center", fontsize=7
             )
+        _clip_to_data(ax, g)
         bad = g[g["violated"].astype(bool)]
         if len(bad):
             ax.plot(bad["n"], bad["observed_quantile"], "rx", ms=8, label="violated")
@@ -128,8 +135,50 @@ def bound_vs_observed(bounds: pd.DataFrame, path: str | Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("n (pairs)")
         ax.set_title(f"{_label(method, rho)} ({g['bound'].iloc[0]})", fontsize=9)
-        ax.legend(fontsize=6)
+        metric = g["metric"].iloc[0]
+        ax.set_ylabel(
+            f"{_METRIC_LABELS.get(metric, metric)}\n(1 - delta) quantile over seeds", fontsize=8
+        )
+        legend_panel(lax, *ax.get_legend_handles_labels(), fontsize=7)
     return savefig(fig, path)
+
+
+#: y-axis text of the error metrics in ``rates_bounds.csv`` (parameter units: theta's norm)
+_METRIC_LABELS = {
+    "error": "error ||theta_n - theta||_2",
+    "err_sigma": "error ||theta_n - theta*||_(Sigma_D + lam0 I)",
+}
+
+#: decades of headroom above the observed errors before a bound is drawn off scale
+_DECADES_ABOVE = 4
+
+
+def _clip_to_data(ax, g: pd.DataFrame) -> None:
+    """Keep the y axis within ``_DECADES_ABOVE`` decades of the observed errors; a bound above
+    that (Theorem 2 reaches 1e41) is marked by arrows at the top edge and its range written on
+    the panel, instead of flattening the data into one line."""
+    obs = g["observed_quantile"].to_numpy(float)
+    obs = obs[np.isfinite(obs) & (obs > 0)]
+    if not obs.size:
+        return
+    lo = 10 ** np.floor(np.log10(obs.min()) - 0.3)
+    top = 10 ** np.ceil(np.log10(obs.max()) + _DECADES_ABOVE)
+    bounds = pd.concat([g["bound_certified"], g["bound_attained"]]).to_numpy(float)
+    bounds = bounds[np.isfinite(bounds)]
+    ax.set_ylim(lo, max(top, bounds.max() * 3) if bounds.size and bounds.max() <= top else top)
+    above = bounds[bounds > top]
+    if above.size:
+        ax.plot(g["n"], np.full(len(g), top / 1.6), "k^", ms=4, label="bound (off scale)")
+        ax.text(
+            0.5,
+            0.80,
+            f"axis clipped: bound {above.min():.1e} to {above.max():.1e}\n"
+            f"lies above, {np.log10(above.min() / obs.max()):.0f}+ decades over the data",
+            transform=ax.transAxes,
+            ha="center",
+            fontsize=7,
+            bbox={"fc": "white", "ec": "0.6", "pad": 2},
+        )
 
 
 def slope_intervals(slopes: pd.DataFrame, path: str | Path) -> Path:
@@ -154,8 +203,17 @@ def slope_intervals(slopes: pd.DataFrame, path: str | Path) -> Path:
             ax.axvline(v, ls=ls, color="0.4", lw=0.9, label=f"{v:g}")
         ax.set_yticks(y)
         ax.set_yticklabels([_label(m, r) for m, r in zip(s["method"], s["rho"])], fontsize=7)
-        ax.set_xlabel(f"log-log slope of mean {metric}")
-        ax.legend(fontsize=7, title="rate", title_fontsize=7)
+        ax.set_xlabel(f"log-log slope of mean {metric.replace('_', ' ')} in n (95% CI)")
+        ax.margins(y=0.15)
+        ax.legend(
+            fontsize=7,
+            title="reference rate",
+            title_fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.25),
+            ncol=2,
+            frameon=False,
+        )
     return savefig(fig, path)
 
 

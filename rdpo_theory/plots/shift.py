@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..methods import listed
-from . import method_color, method_label, new_figure, savefig
+from . import NORMALISED_REWARD, legend_panel, method_color, method_label, savefig
 
 #: methods drawn in the busy panels, in legend order: the shift study's (rdpo_theory.methods)
 SHOWN = listed("shift")
@@ -42,14 +42,36 @@ def _curves(ax, d: pd.DataFrame, *, col: str, selection: str, refs: bool = True)
                 )
 
 
+def _grid(nrows: int, ncols: int, *, width: float, height: float, legend: float = 1.9, polar=False):
+    """A figure of ``nrows x ncols`` panels plus a column on the right kept for the legend;
+    returns ``(fig, axes[nrows, ncols], legend_ax)``."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(width * ncols + legend, height * nrows))
+    gs = fig.add_gridspec(nrows, ncols + 1, width_ratios=[width] * ncols + [legend])
+    kw = {"projection": "polar"} if polar else {}
+    axes = np.array([[fig.add_subplot(gs[r, c], **kw) for c in range(ncols)] for r in range(nrows)])
+    return fig, axes, fig.add_subplot(gs[:, ncols])
+
+
+def _handles(axes) -> tuple[list, list]:
+    """Legend entries of every panel, each label once, in drawing order."""
+    seen: dict[str, object] = {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
+
+
 def plot_mixture(
     summary: pd.DataFrame, path, *, selection: str = "validation", alpha0: float | None = None
 ) -> Path:
     """Four panels (settings x {convex, geometric}): mean normalised reward vs alpha with 95%
-    bands per method, plus the pi* and best-action reference lines."""
+    bands per method, plus the pi* and best-action reference lines; the legend has its own
+    column."""
     d = summary[summary["study"] == "preference"]
     settings = list(dict.fromkeys(d["setting"]))
-    fig, axes = new_figure(2, len(settings), width=5.0, height=3.6)
+    fig, axes, lax = _grid(len(settings), 2, width=4.6, height=3.5)
     for r, setting in enumerate(settings):
         for c, mixture in enumerate(("convex", "geometric")):
             ax = axes[r, c]
@@ -60,25 +82,33 @@ def plot_mixture(
                 selection=selection,
             )
             if alpha0 is not None:
-                ax.axvline(alpha0, color="0.6", lw=0.8)
+                ax.axvline(alpha0, color="0.6", lw=0.8, label=f"training alpha0 = {alpha0:g}")
             ax.set_title(f"{mixture} mixture, {setting} rewards", fontsize=10)
-            ax.set_xlabel("evaluation alpha")
-            ax.set_ylabel("normalised reward")
-    axes[0, -1].legend(fontsize=6.5, ncol=2, loc="lower left")
+            ax.set_xlabel("evaluation alpha (weight of reward r1)")
+            ax.set_ylabel(NORMALISED_REWARD, fontsize=8)
+    legend_panel(lax, *_handles(axes), title="method (band: 95% CI over seeds)")
     fig.suptitle(
         f"Preference shift: trained at alpha0, {selection}-selected parameters", fontsize=11
     )
     return savefig(fig, path)
 
 
+_MARKERS = "osD^v<>pP*Xh"
+
+
 def plot_tradeoff(tr: pd.DataFrame, path) -> Path:
     """Worst-case normalised reward over the alpha grid vs nominal (alpha0) reward, one point
-    per (method, parameter), 95% error bars, one panel per (setting, mixture)."""
+    per (method, parameter) joined per method, 95% error bars drawn light behind the points,
+    one panel per (setting, mixture) on a 2 x 2 grid, the legend in its own column."""
     combos = list(dict.fromkeys(zip(tr["setting"], tr["mixture"])))
-    fig, axes = new_figure(len(combos), 1, width=4.2, height=3.8)
-    for ax, (setting, mixture) in zip(axes[0], combos):
+    ncols = 2 if len(combos) > 1 else 1
+    nrows = -(-len(combos) // ncols)
+    fig, axes, lax = _grid(nrows, ncols, width=4.6, height=4.0)
+    for ax in axes.ravel()[len(combos) :]:
+        ax.axis("off")
+    for ax, (setting, mixture) in zip(axes.ravel(), combos):
         d = tr[(tr["setting"] == setting) & (tr["mixture"] == mixture)]
-        for m in SHOWN:
+        for k, m in enumerate(SHOWN):
             g = d[d["method"] == m].sort_values("nominal_mean")
             if g.empty:
                 continue
@@ -88,30 +118,51 @@ def plot_tradeoff(tr: pd.DataFrame, path) -> Path:
                 g["worst_mean"],
                 xerr=g["nominal_ci"],
                 yerr=g["worst_ci"],
+                fmt="none",
+                ecolor=st["color"],
+                elinewidth=0.8,
+                alpha=0.3,
+                capsize=0,
+                zorder=1,
+            )
+            ax.plot(
+                g["nominal_mean"],
+                g["worst_mean"],
                 color=st["color"],
                 ls=st["ls"],
-                marker="o",
-                ms=3,
                 lw=1,
+                marker=_MARKERS[k % len(_MARKERS)],
+                ms=5.5,
+                mec="k",
+                mew=0.5,
+                zorder=3,
                 label=method_label(m),
             )
-        ax.set_title(f"{mixture}, {setting}", fontsize=10)
-        ax.set_xlabel("nominal reward (alpha0)")
-        ax.set_ylabel("worst-case reward over alpha")
-    axes[0, 0].legend(fontsize=6, ncol=2)
+        ax.set_title(f"{mixture} mixture, {setting} rewards", fontsize=10)
+        ax.set_xlabel("nominal reward at alpha0 (normalised)")
+        ax.set_ylabel("worst-case reward over alpha (normalised)")
+        ax.grid(alpha=0.3, lw=0.5)
+    legend_panel(
+        lax,
+        *_handles(axes),
+        title=(
+            "method, one point per parameter\n(bars: 95% CI over seeds;\n"
+            "reward: pi_ref = 0, best action = 1)"
+        ),
+    )
     return savefig(fig, path)
 
 
 def plot_radar(summary: pd.DataFrame, path, *, selection: str = "validation") -> Path:
     """One radar per training pair: normalised reward on each of the K objectives, one polygon
-    per method (the paper's Figure 3)."""
-    import matplotlib.pyplot as plt
-
+    per method (the paper's Figure 3). The radial scale is labelled in a grey box between two
+    spokes, with few ticks, so it stays legible over the polygons."""
     d = summary[(summary["study"] == "multi")]
     pairs = list(dict.fromkeys(d["setting"]))
-    fig = plt.figure(figsize=(4.6 * len(pairs), 4.6))
-    for i, pair in enumerate(pairs):
-        ax = fig.add_subplot(1, len(pairs), i + 1, projection="polar")
+    fig, axes, lax = _grid(1, len(pairs), width=4.4, height=4.6, legend=1.9, polar=True)
+    lo = float(np.floor(min(d["score_mean"].min(), 0.0) * 10) / 10)
+    hi = float(np.ceil(d["score_mean"].max() * 10) / 10)
+    for ax, pair in zip(axes[0], pairs):
         g0 = d[d["setting"] == pair]
         K = int(g0["shift"].max()) + 1
         ang = np.linspace(0, 2 * np.pi, K, endpoint=False)
@@ -126,18 +177,34 @@ def plot_radar(summary: pd.DataFrame, path, *, selection: str = "validation") ->
         trained = {int(t) for t in pair.split("+")}
         ax.set_xticks(ang)
         ax.set_xticklabels([f"r{k}{'*' if k in trained else ''}" for k in range(K)])
-        ax.set_title(f"trained on 0.5 r{pair.replace('+', ' + 0.5 r')}", fontsize=10)
-    fig.axes[-1].legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+        ax.tick_params(axis="x", pad=6)
+        ax.set_ylim(lo, hi)
+        ticks = [t for t in np.arange(0.0, hi + 1e-9, 0.25 if hi <= 1.5 else 0.5) if lo < t]
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{t:g}" for t in ticks], fontsize=7, color="0.3")
+        ax.set_rlabel_position(np.degrees(ang[1] / 2 if K > 1 else 0))
+        for label in ax.get_yticklabels():
+            label.set_bbox({"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
+        ax.set_title(f"trained on 0.5 r{pair.replace('+', ' + 0.5 r')}", fontsize=10, pad=14)
+    legend_panel(
+        lax,
+        *_handles(axes),
+        title=(
+            "method (* = trained objective;\nradius: normalised reward on\n"
+            "objective r_k, pi_ref = 0,\nbest action = 1)"
+        ),
+    )
     return savefig(fig, path)
 
 
 def plot_families(summary: pd.DataFrame, path, *, selection: str = "validation") -> Path:
-    """Context shift (normalised reward) and behaviour shift (preference log-loss) vs t."""
-    fig, axes = new_figure(2, 1, width=5.0, height=3.6)
+    """Context shift (normalised reward) and behaviour shift (preference log-loss) vs t, the
+    legend in its own column."""
+    fig, axes, lax = _grid(1, 2, width=4.6, height=3.6)
     for ax, (study, col, lab) in zip(
         axes[0],
         (
-            ("context", "score", "normalised reward"),
+            ("context", "score", NORMALISED_REWARD),
             ("behaviour", "value", "preference log-loss (nats)"),
         ),
     ):
@@ -152,9 +219,9 @@ def plot_families(summary: pd.DataFrame, path, *, selection: str = "validation")
             g = summary[(summary["study"] == study) & (summary["method"] == "pi*")]
             ax.plot(g["shift"], g["value_mean"], "k--", lw=1.5, label="truth (pi*)")
         ax.set_title(f"{study} shift (convex, first setting)", fontsize=10)
-        ax.set_xlabel("shift t")
-        ax.set_ylabel(lab)
-    axes[0, 1].legend(fontsize=6.5, ncol=2)
+        ax.set_xlabel("shift t (0 = training distribution)")
+        ax.set_ylabel(lab, fontsize=8)
+    legend_panel(lax, *_handles(axes), title="method (band: 95% CI)")
     return savefig(fig, path)
 
 
