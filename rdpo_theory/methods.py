@@ -53,6 +53,8 @@ METHODS: dict[str, Method] = {
         Method("reference", "reference", "reference", "the reference policy theta_ref"),
         Method("pi*", "pi* (DPO target)", "reference", "population DPO optimum"),
         Method("best-action", "best action", "reference", "best action per context"),
+        Method("dpo-pro", "DPO-PRO", "dpo-pro", "label-only chi-square ambiguity (exact)"),
+        Method("chipo", "chi-PO", "chipo", "chi-square preference optimisation (local)"),
     )
 }
 

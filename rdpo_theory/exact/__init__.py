@@ -1,7 +1,9 @@
 """Exact solvers (cvxpy programs and fast exact paths) with certificates."""
 
 from .baselines import cdpo, chi2dpo, cvardpo, group_dpo, ipo, rdpo
+from .chipo import chipo
 from .dpo import dpo
+from .dpo_pro import dpo_pro
 from .kl import kldpo
 from .result import ExactResult
 from .risk import robust_risk
@@ -19,4 +21,6 @@ __all__ = [
     "dpo",
     "kldpo",
     "wdpo",
+    "dpo_pro",
+    "chipo",
 ]
