@@ -184,3 +184,15 @@ def test_torch_objectives_import_no_cvxpy():
     code = "import sys, rdpo_theory.torch.objectives; print('cvxpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_dpo_pro_retries_clarabel_on_a_full_frontier_world():
+    """Regression: seed 6 of ``rdpo frontier --full`` ended 'optimal_inaccurate' at rho = 0.001
+    before the solver retried Clarabel with its fallback settings."""
+    from rdpo_theory.rng import stream_seed
+    from rdpo_theory.studies import frontier as F
+
+    cfg = F.FrontierConfig.full(methods={"dpo-pro": [0.001]}, alphas=(0.0,))
+    (row,) = F.run_task({"seed": 6}, stream_seed(cfg.base_seed, 7, 6), cfg)
+    assert row["status"] == "optimal" and 0 <= row["optimality_gap"] < 1e-6

@@ -38,14 +38,16 @@ import time
 import cvxpy as cp
 import numpy as np
 
+from .. import _validate as V
 from .. import losses as L
 from .. import options as O
 from ..data import PreferenceData
 from ..errors import InputError
+from ._common import solve_with_retries
 from .dpo import informative_rows
 from .optimality import logistic_lower_bound
 from .problem import prepare
-from .result import ExactResult, certify_optimal, solve_problem
+from .result import ExactResult, certify_optimal
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
 LOG2 = float(np.log(2.0))
@@ -150,6 +152,7 @@ def dpo_pro(
         label probabilities ``pi`` (n,) (not a law over rows), ``optimality_gap`` certified,
         ``info["soft_labels"]`` = q, regime ``"nominal"``.
     """
+    cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo_pro")
     prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
     d, beta, tref = prob.data, prob.beta, prob.tref
     qq = soft_labels(d) if q is None else np.asarray(q, dtype=float)
@@ -177,7 +180,7 @@ def dpo_pro(
     cons = [c_lo, c_hi] + ([cp.norm(th, 2) <= rad_u] if rad_u is not None else [])
     obj = p @ (cp.logistic(m) + t) + tie * LOG2
     problem = cp.Problem(cp.Minimize(obj), cons)
-    solve_problem(problem, what="exact DPO-PRO", cvxpy_solver=cvxpy_solver)
+    solve_with_retries(problem, what="exact DPO-PRO", cvxpy_solver=cvxpy_solver)
     thu = np.asarray(th.value, dtype=float)
     if rad_u is not None and np.linalg.norm(thu) > rad_u:
         thu *= rad_u / np.linalg.norm(thu)

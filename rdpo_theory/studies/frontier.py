@@ -296,7 +296,12 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         ].notna().any() else float("nan")  # fmt: skip
         rec["status"] = ";".join(sorted(set(g["status"])))
         rows.append(rec)
-    return pareto(pd.DataFrame(rows))
+    # rows in the runs' method order, then by parameter (a fit that failed on the first seed
+    # would otherwise move to the end)
+    order = {m: i for i, m in enumerate(dict.fromkeys(runs["method"]))}
+    out = pd.DataFrame(rows)
+    key = out["method"].map(order) * 1e6 + pd.to_numeric(out["param"], errors="coerce").fillna(-1)
+    return pareto(out.loc[key.sort_values(kind="stable").index].reset_index(drop=True))
 
 
 def _frontier(v: np.ndarray) -> np.ndarray:
