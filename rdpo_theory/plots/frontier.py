@@ -84,6 +84,8 @@ def plot_frontier(summary_csv, regret_csv, path) -> Path:
         c.annotate(f"{mval:.2f}", (x, mval + h), textcoords="offset points", xytext=(0, 3),
                    ha="center", fontsize=8)  # fmt: skip
     c.set_xticks(xs, labels, fontsize=8)
+    top = max([m + h for m, h in zip(means, cis)] + [0.1])
+    c.set_ylim(top=1.15 * top)
     c.set_ylabel("mixed-reward score of the chosen fit")
     c.set_title("(c) best fit by worst-case value (red)\nvs by worst-case regret (green)",
                 fontsize=9)  # fmt: skip
