@@ -177,6 +177,7 @@ def test_torch_chipo_matches_numpy_and_finite_differences():
         TO.chipo_loss(pc, pr, rc, rr, beta=0.5, r_max=0.0)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds
 def test_torch_objectives_import_no_cvxpy():
     import subprocess
     import sys
