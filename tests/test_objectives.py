@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 
-from rdpo_theory import InputError, World
+from rdpo_theory import InputError, SolverError, World
 from rdpo_theory import exact as E
 from rdpo_theory import losses as L
 from rdpo_theory.data import PreferenceData
@@ -86,6 +86,17 @@ def test_dpo_pro_reduces_to_dpo_at_rho_zero_and_grows_with_rho():
     vals = [E.dpo_pro(data, rho=r, beta=world.beta, radius=world.B).value for r in (0.005, 0.05)]
     assert r0.value <= vals[0] + 1e-9 <= vals[1] + 2e-9
     assert vals[1] <= np.log(2) + 1e-7  # theta_ref is feasible and gives log 2
+
+
+def test_dpo_pro_separable_hard_labels_need_a_radius():
+    X, y = np.array([[1.0], [2.0], [0.5]]), np.ones(3)
+    with pytest.raises(SolverError, match="without a radius") as err:
+        E.dpo_pro(X, y, rho=0.1, beta=1.0)
+    assert err.value.status == "unbounded"
+    res = E.dpo_pro(X, y, rho=0.1, beta=1.0, radius=2.0)  # hard labels: DPO, theta on the ball
+    assert res.theta[0] == pytest.approx(2.0, rel=1e-7)
+    assert res.value == pytest.approx(np.mean(SP(-res.theta[0] * X[:, 0])), rel=1e-12)
+    assert res.value == pytest.approx(np.mean(SP(-2.0 * X[:, 0])), rel=1e-6)  # certified tol
 
 
 def test_dpo_pro_bad_inputs():

@@ -42,7 +42,7 @@ from .. import _validate as V
 from .. import losses as L
 from .. import options as O
 from ..data import PreferenceData
-from ..errors import InputError
+from ..errors import InputError, SolverError
 from ._common import solve_with_retries
 from .dpo import informative_rows
 from .optimality import logistic_lower_bound
@@ -148,8 +148,9 @@ def dpo_pro(
     Returns
     -------
     ExactResult
-        ``value`` = the DPO-PRO risk at theta (nats, numpy), ``worst_case`` = the adversary's
-        label probabilities ``pi`` (n,) (not a law over rows), ``optimality_gap`` certified,
+        ``value`` = the DPO-PRO risk at theta (nats, numpy), ``optimality_gap`` certified,
+        ``info["worst_labels"]`` = the adversary's label probabilities ``pi`` (n,) at theta
+        (``worst_case`` stays None: the law of the pairs does not move),
         ``info["soft_labels"]`` = q, regime ``"nominal"``.
     """
     cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo_pro")
@@ -201,6 +202,15 @@ def dpo_pro(
         linear=Au.T @ (p * (1.0 - pi)),
         constant=tie * LOG2,
     )
+    if rad_u is None and not np.isfinite(lower):
+        # the lower bound is -inf only when the logistic part leaves a direction free: with
+        # hard labels and separable data the minimiser is at infinity
+        raise SolverError(
+            "exact DPO-PRO: without a radius the objective decreases along a direction the "
+            "data leave free (separable pairs with hard labels), so no minimiser is certified.",
+            status="unbounded",
+            hint="pass a finite radius= (the parameter bound B).",
+        )
     gap = certify_optimal(value, lower, what="exact DPO-PRO")
     worst = worst_labels(margins, qq, rho=rho)
     return ExactResult(
@@ -208,7 +218,6 @@ def dpo_pro(
         value=value,
         status=STATUS_OPTIMAL,
         method="dpo-pro",
-        worst_case=worst,
         optimality_gap=gap,
         info={
             "solver": "cvxpy",
@@ -216,6 +225,7 @@ def dpo_pro(
             "seconds": time.perf_counter() - t0,
             "solver_value": float(problem.value),
             "soft_labels": qq,
+            "worst_labels": worst,
             "optimality": oinfo,
         },
         regime=REGIME_NOMINAL,
