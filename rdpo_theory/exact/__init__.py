@@ -5,9 +5,11 @@ from .chipo import chipo
 from .dpo import dpo
 from .dpo_pro import dpo_pro
 from .kl import kldpo
+from .rebel import dro_rebel
 from .result import ExactResult
 from .risk import robust_risk
 from .wasserstein import wdpo
+from .winsor import winsor_dpo
 
 __all__ = [
     "cdpo",
@@ -23,4 +25,6 @@ __all__ = [
     "wdpo",
     "dpo_pro",
     "chipo",
+    "winsor_dpo",
+    "dro_rebel",
 ]

@@ -35,11 +35,7 @@ from .. import options as O
 from ..errors import InputError
 from ..rng import make_rng
 from .result import ExactResult
-
-#: The status of an answer that is a local minimum found by multi-start, never certified.
-STATUS_LOCAL = "local"
-#: The regime of an answer to a non-convex problem.
-REGIME_LOCAL = "local"
+from .status import REGIME_LOCAL, STATUS_LOCAL
 
 
 # ---------------------------------------------------------------------------- numpy kernel
