@@ -21,6 +21,7 @@ TINY = dict(
         "wdpo-exact": [0.5],
         "dpo-pro": [0.01],
         "chipo": [1.0],
+        "winsor-dpo": [0.15],
     },  # fmt: skip
     chipo_starts=2,
 )
@@ -83,6 +84,7 @@ def test_tiny_run_metrics_follow_their_definitions(tiny_tables):
     assert (runs["worst_regret"] >= -1e-7).all()
     st = runs.set_index("method")["status"]
     assert set(st.loc["chipo"]) == {"local"} and set(st.loc["dpo-pro"]) == {"optimal"}
+    assert set(st.loc["winsor-dpo"]) == {"local"}
     assert runs.loc[runs["method"] != "chipo", "optimality_gap"].abs().max() < 1e-6
     s = tiny_tables["frontier_summary"]
     assert s.loc[s["method"] == "dpo", "d_nominal_mean"].iloc[0] == 0.0

@@ -26,6 +26,10 @@ METHOD_COLORS = {
     "chi2dpo": "#17becf",
     "cvardpo": "#ff7f0e",
     "reference": "#555555",
+    "dpo-pro": "#000000",
+    "chipo": "#6b8e23",
+    "winsor-dpo": "#b8860b",
+    "rebel": "#4b0082",
 }
 
 

@@ -10,14 +10,8 @@ import pandas as pd
 
 from . import method_color, method_label, new_figure, savefig
 
-#: colours of the families the shared palette does not have yet
-EXTRA_COLORS = {"dpo-pro": "#000000", "chipo": "#6b8e23"}
 MARKERS = {"dpo": "*", "dpo-pro": "P", "chipo": "X", "gdpo": "D", "ipo": "v", "cdpo": "^",
-           "rdpo": "<"}  # fmt: skip
-
-
-def _color(m: str) -> str:
-    return EXTRA_COLORS.get(m, method_color(m))
+           "rdpo": "<", "winsor-dpo": "h"}  # fmt: skip
 
 
 def plot_frontier(summary_csv, regret_csv, path) -> Path:
@@ -32,7 +26,7 @@ def plot_frontier(summary_csv, regret_csv, path) -> Path:
                          gridspec_kw={"width_ratios": [1, 1, 1, 0.5]})  # fmt: skip
     a, b, c, leg = ax[0]
     for m, g in s.groupby("method", sort=False):
-        col = _color(m)
+        col = method_color(m)
         mk = MARKERS.get(m, "o")
         a.scatter([], [], marker=mk, s=46, color=col, edgecolor="k", linewidth=0.5,
                   label=method_label(m))  # fmt: skip

@@ -55,6 +55,7 @@ METHODS: dict[str, tuple[str, list, list]] = {
     "gdpo": ("-", [None], [None]),
     "dpo-pro": ("rho", [0.001, 0.01, 0.05], [0.0005, 0.001, 0.003, 0.01, 0.03, 0.1]),
     "chipo": ("r_max", [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 5.0]),
+    "winsor-dpo": ("rho_f", [0.05, 0.15], [0.02, 0.05, 0.15, 0.3]),
 }
 
 
@@ -136,7 +137,9 @@ def _shift_config(cfg: FrontierConfig) -> S.ShiftConfig:
 # ---------------------------------------------------------------------------- fitting
 def fit(method: str, param, train: PreferenceData, law: np.ndarray, world, groups, cfg, seed):
     """One fit: ``(theta, certified optimality gap or NaN, status)``. ``law`` is the sample's
-    law over ``world.population`` (chi-PO needs the pairs' actions)."""
+    law over ``world.population`` (chi-PO needs the pairs' actions). Winsorised DPO is the
+    fixed point of its update on the full sample of ``n`` pairs as one batch (its flip
+    budget ``rho_f`` is the grid parameter; the other settings are the authors')."""
     from .. import exact
 
     ex = dict(beta=cfg.beta, radius=world.B)
@@ -144,6 +147,10 @@ def fit(method: str, param, train: PreferenceData, law: np.ndarray, world, group
         r = exact.dpo_pro(train, rho=param, **ex)
     elif method == "chipo":
         r = exact.chipo(world, law, r_max=param, starts=cfg.chipo_starts, seed=seed)
+    elif method == "winsor-dpo":  # a batch statistic: the n sampled pairs, equally weighted
+        from ..exact.winsor import batch_rows
+
+        r = exact.winsor_dpo(batch_rows(train, cfg.n), rho_f=param, **ex)
     else:  # every other method of the grid has an exact, certified solver
         th, gap = S.fit_method(method, param, train, groups=groups, steps=1, with_gap=True, **ex)
         return th, (float("nan") if gap is None else float(gap)), "optimal"
