@@ -50,11 +50,12 @@ def sparsemax(v) -> np.ndarray:
 
 
 def flip_probabilities(z, *, rho_f: float, tau_select: float = 1.0) -> np.ndarray:
-    """wDPO's budgeted flip probabilities ``pi`` (B,), entries in [0, 1] summing to
-    ``rho_f B`` (less only when fewer pairs have a negative margin): the sparsemax of the
-    flip gains ``softplus(-z) - softplus(z) = -z`` (kept where positive) over
-    ``tau_select``, scaled by the budget and clipped at 1, the clipped mass handed back in
-    proportion to the sparsemax weights of the pairs below 1."""
+    """wDPO's budgeted flip probabilities ``pi`` (B,), entries in [0, 1] summing to at most
+    ``rho_f B``: the sparsemax of the flip gains ``softplus(-z) - softplus(z) = -z`` (kept
+    where positive) over ``tau_select``, scaled by the budget and clipped at 1, the clipped
+    mass handed back once in proportion to the sparsemax weights of the pairs below 1. Only
+    the sparsemax support can be flipped, so the sum is less than the budget when the
+    support is small (docs/theory.md#winsor-dpo)."""
     z = np.asarray(z, dtype=float)
     scores = np.maximum(-z, 0.0) / max(float(tau_select), 1e-6)
     if not np.any(scores > 0):
