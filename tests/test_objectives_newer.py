@@ -232,3 +232,23 @@ def test_torch_rebel_matches_numpy_and_finite_differences(ball):
     h = 1e-6
     fd = [(value(a0 + h * e) - value(a0 - h * e)) / (2 * h) for e in np.eye(16)]
     np.testing.assert_allclose(pc.grad.numpy(), fd, rtol=1e-5, atol=1e-9)
+
+
+def test_chi2_dual_needs_the_one_plus_two_rho_factor():
+    """docs/theory.md#dro-rebel: the chi-square dual with sqrt(1 + 2 rho) equals the primal
+    supremum; the authors' sqrt(2 rho) form, searched over the losses as their code does,
+    does not (and is unbounded below as eta -> -inf for 2 rho < 1)."""
+    rng = np.random.default_rng(5)
+    ell, rho = rng.exponential(1.0, 50), 0.2
+    p = np.full(50, 1 / 50)
+    sup = L.chi2_objective(ell, rho=rho)
+
+    def dual(eta, c):
+        return eta + c * np.sqrt(p @ np.maximum(ell - eta, 0) ** 2)
+
+    etas = np.linspace(ell.min() - 5, ell.max(), 20001)
+    assert min(dual(e, np.sqrt(1 + 2 * rho)) for e in etas) == pytest.approx(sup, rel=1e-6)
+    cand = np.r_[ell.min() - 1, ell, ell.max() + 1]
+    code = min(dual(e, np.sqrt(2 * rho)) for e in cand)
+    assert abs(code - sup) > 0.05
+    assert dual(-1e6, np.sqrt(2 * rho)) < -1e5
