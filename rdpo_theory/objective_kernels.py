@@ -1,6 +1,7 @@
 """Numpy kernels of the newer robust preference objectives that the exact solvers and the
-torch losses share: winsorised DPO's frozen weights (docs/theory.md#winsor-dpo) and
-DRO-REBEL's relative-reward regression (docs/theory.md#dro-rebel).
+torch losses share: winsorised DPO's frozen weights (docs/theory.md#winsor-dpo),
+DRO-REBEL's relative-reward regression (docs/theory.md#dro-rebel) and DPO-PRO's label ball
+(docs/theory.md#dpo-pro).
 
 This module imports neither cvxpy nor torch, so :mod:`rdpo_theory.torch.objectives` can call
 it on detached values (one copy of each kernel).
@@ -114,6 +115,15 @@ def winsor_pair_losses(z, pi, r, T) -> np.ndarray:
     return (1.0 - r) * ((1.0 - pi) * dpo_loss(z) + pi * dpo_loss(-z)) + r * T
 
 
+# ---------------------------------------------------------------------------- DPO-PRO
+def label_interval(q, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """DPO-PRO's label ball ``{pi : (pi - q)^2 <= rho q (1 - q)} ∩ [0, 1]`` as ``(lo, hi)``
+    (docs/theory.md#dpo-pro)."""
+    q = np.asarray(q, dtype=float)
+    delta = np.sqrt(rho * q * (1.0 - q))
+    return np.clip(q - delta, 0.0, 1.0), np.clip(q + delta, 0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------- DRO-REBEL
 def rebel_residuals(m, dr, *, eta: float) -> np.ndarray:
     """REBEL residuals ``m / eta - dr`` from log-ratio differences ``m`` (nats) and reward
@@ -132,6 +142,7 @@ def w2_rebel_value(e, p, shift_norm: float, rho: float) -> float:
 
 __all__ = [
     "flip_probabilities",
+    "label_interval",
     "rebel_residuals",
     "sparsemax",
     "w2_rebel_value",

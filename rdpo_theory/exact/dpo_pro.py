@@ -43,6 +43,7 @@ from .. import losses as L
 from .. import options as O
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
+from ..objective_kernels import label_interval
 from ._common import solve_with_retries
 from .dpo import informative_rows
 from .optimality import logistic_lower_bound
@@ -75,13 +76,6 @@ def soft_labels(data: PreferenceData, *, decimals: int = 12) -> np.ndarray:
     q = np.where(direction > 0, share_plus[pair], 1.0 - share_plus[pair])
     q[~nz.any(axis=1)] = 1.0
     return q
-
-
-def label_interval(q, rho: float) -> tuple[np.ndarray, np.ndarray]:
-    """The chi-square ball ``{pi : (pi - q)^2 <= rho q (1 - q)} ∩ [0, 1]`` as ``(lo, hi)``."""
-    q = np.asarray(q, dtype=float)
-    delta = np.sqrt(rho * q * (1.0 - q))
-    return np.clip(q - delta, 0.0, 1.0), np.clip(q + delta, 0.0, 1.0)
 
 
 def dpo_pro_loss(m, q, *, rho: float) -> np.ndarray:

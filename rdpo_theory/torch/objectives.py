@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .. import losses as npl
 from .. import options as O
 from ..errors import InputError
-from ..objective_kernels import winsor_weights
+from ..objective_kernels import label_interval, winsor_weights
 from .baselines import chi2_objective
 from .losses import LossOutput, dpo_margins, dpo_pair_losses, logp_loss, weighted_mean
 
@@ -51,8 +51,10 @@ def dpo_pro_pair_losses(margins: torch.Tensor, q, *, rho: float) -> torch.Tensor
     ``lo, hi = clip(q -+ sqrt(rho q (1 - q)), 0, 1)`` (docs/theory.md#dpo-pro)."""
     rho = O.check("rho", rho, O.NONNEGATIVE, owner="dpo_pro_loss")
     qt = _soft_labels(q, margins)
-    delta = torch.sqrt(rho * qt * (1.0 - qt))
-    lo, hi = (qt - delta).clamp(0.0, 1.0), (qt + delta).clamp(0.0, 1.0)
+    lo, hi = (
+        torch.as_tensor(a, dtype=margins.dtype, device=margins.device)
+        for a in label_interval(qt.to(torch.float64).cpu().numpy(), rho)
+    )
     return F.softplus(margins) + torch.maximum(-lo * margins, -hi * margins)
 
 
