@@ -252,3 +252,20 @@ def test_chi2_dual_needs_the_one_plus_two_rho_factor():
     code = min(dual(e, np.sqrt(2 * rho)) for e in cand)
     assert abs(code - sup) > 0.05
     assert dual(-1e6, np.sqrt(2 * rho)) < -1e5
+
+
+def test_rebel_on_the_bradley_terry_reward_of_the_same_data_is_dpo():
+    """docs/theory.md#dro-rebel: with the reward model fitted by Bradley-Terry on the same
+    pairs and eta = 1 / beta, REBEL's regression is realisable and returns DPO's minimiser
+    (no ball active); its KL variant adds nothing."""
+    from rdpo_theory.exact import dpo
+
+    world = World.random(n_contexts=5, n_actions=3, dim=2, seed=3)
+    data = world.population.data
+    bt = dpo(data, beta=1.0).theta  # the reward model r = bt . psi (MLE)
+    ref = dpo(data, beta=2.0).theta
+    for ball in ("none", "kl"):
+        res = R.dro_rebel(data.X, data.X @ bt, eta=0.5, ball=ball, rho=0.1,
+                          weights=data.weights)  # fmt: skip
+        np.testing.assert_allclose(res.theta, ref, atol=1e-5)
+        assert res.value < 1e-9
