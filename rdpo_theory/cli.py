@@ -13,7 +13,18 @@ from .errors import RDPOError
 from .extras import extra_of, install_hint
 
 #: Subcommand modules, in help order.
-COMMANDS = ["solve", "figures", "rates", "shift", "llm", "audit", "compare", "minibatch", "cache"]
+COMMANDS = [
+    "solve",
+    "figures",
+    "rates",
+    "shift",
+    "llm",
+    "audit",
+    "compare",
+    "minibatch",
+    "cache",
+    "frontier",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

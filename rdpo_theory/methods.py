@@ -101,6 +101,18 @@ METHODS: dict[str, Method] = {
         Method("reference", "reference", "reference", "the reference policy theta_ref"),
         Method("pi*", "pi* (DPO target)", "reference", "population DPO optimum"),
         Method("best-action", "best action", "reference", "best action per context"),
+        Method("dpo-pro", "DPO-PRO", "dpo-pro", "label-only chi-square ambiguity (exact)"),
+        Method("chipo", "chi-PO", "chipo", "chi-square preference optimisation (local)"),
+        Method(
+            "winsor-dpo",
+            "wDPO (winsorised)",
+            "winsor-dpo",
+            "winsorised DPO: budgeted flips and loss caps (fixed point, local)",
+        ),
+        Method("rebel", "REBEL", "rebel", "relative-reward regression (exact)"),
+        Method("kl-rebel", "KL-REBEL", "rebel", "DRO-REBEL, KL ball (exact)"),
+        Method("chi2-rebel", "chi2-REBEL", "rebel", "DRO-REBEL, chi-square ball (exact)"),
+        Method("w2-rebel", "W2-REBEL", "rebel", "DRO-REBEL, type-2 Wasserstein ball (exact)"),
     )
 }
 

@@ -27,10 +27,13 @@ class ExactResult:
         The objective at ``theta`` (nats): the weighted mean loss for DPO, the robust
         (worst-case) loss for KLDPO and WDPO.
     status : str
-        Always ``"optimal"`` (:data:`.status.STATUS_OPTIMAL`): the answer is certified.
-        Inaccurate, infeasible or unbounded solves raise
+        ``"optimal"`` (:data:`.status.STATUS_OPTIMAL`) from every solver of a convex problem:
+        the answer is certified. Inaccurate, infeasible or unbounded solves raise
         :class:`~rdpo_theory.errors.SolverError` instead. Which case of the problem the
-        answer is in goes in ``regime``.
+        answer is in goes in ``regime``. The solvers of problems that are not convex
+        minimisations (``exact.chipo``, ``exact.winsor_dpo``) return ``"local"``
+        (:data:`.status.STATUS_LOCAL`, regime ``"local"``, ``optimality_gap`` None): a local
+        answer, never certified.
     method : str
     dual : float or None
         The optimal dual multiplier (lam* for KL, eta* for Wasserstein).
@@ -68,6 +71,7 @@ class ExactResult:
         * ``"penalty"``: continuous W1 WDPO (DPO plus a norm penalty);
         * ``"finite"``: WDPO over finite candidates;
         * ``"shift"``: continuous W_p WDPO, p > 1 (see ``margin_shift``).
+        * ``"local"``: an answer with status ``"local"`` (chi-PO, winsorised DPO).
     margin_shift : ndarray or None
         Continuous W_p WDPO with p > 1 only: the drop of each support point's margin under the
         worst case (nats of log-odds, >= 0), shape (n,) (or (2n,) when tied maximisers are

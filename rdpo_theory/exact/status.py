@@ -1,15 +1,22 @@
 """The status and regime values an :class:`~rdpo_theory.exact.ExactResult` can carry.
 
-Every exact solver returns ``status == STATUS_OPTIMAL`` (a certified answer; anything else
-raises :class:`~rdpo_theory.errors.SolverError`) and one of the ``REGIME_*`` values below,
-which says which case of the problem the answer is in (docs/theory.md#kl-regimes,
-docs/theory.md#wasserstein-dro, docs/theory.md#baselines).
+Every exact solver of a convex problem returns ``status == STATUS_OPTIMAL`` (a certified
+answer; anything else raises :class:`~rdpo_theory.errors.SolverError`) and one of the
+``REGIME_*`` values below, which says which case of the problem the answer is in
+(docs/theory.md#kl-regimes, docs/theory.md#wasserstein-dro, docs/theory.md#baselines). The
+solvers of the objectives that are not convex minimisations (chi-PO, docs/theory.md#chipo;
+winsorised DPO, docs/theory.md#winsor-dpo) return ``status == STATUS_LOCAL`` with
+``regime == REGIME_LOCAL`` and no optimality gap: a local answer, never certified.
 """
 
 from __future__ import annotations
 
 #: The only status of a returned result: the solver certified optimality.
 STATUS_OPTIMAL = "optimal"
+
+#: The status of a local answer (a multi-start local minimum, or a fixed point of a training
+#: update that minimises no stated objective): never certified, no optimality gap.
+STATUS_LOCAL = "local"
 
 #: A non-robust objective (DPO, IPO, cDPO, rDPO): nothing to be robust against.
 REGIME_NOMINAL = "nominal"
@@ -29,6 +36,9 @@ REGIME_FINITE = "finite"
 #: Continuous W_p WDPO with p > 1: each pair's margin is shifted by the adversary.
 REGIME_SHIFT = "shift"
 
+#: The answer to a problem that is not a convex minimisation (status ``"local"``).
+REGIME_LOCAL = "local"
+
 #: Every regime value a result can carry.
 REGIMES = (
     REGIME_NOMINAL,
@@ -39,4 +49,5 @@ REGIMES = (
     REGIME_PENALTY,
     REGIME_FINITE,
     REGIME_SHIFT,
+    REGIME_LOCAL,
 )

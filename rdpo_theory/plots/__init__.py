@@ -28,6 +28,10 @@ METHOD_COLORS = {
     "cvar": "#ff7f0e",
     "cressie-read": "#006d5b",
     "reference": "#555555",
+    "dpo-pro": "#000000",
+    "chipo": "#6b8e23",
+    "winsor-dpo": "#b8860b",
+    "rebel": "#4b0082",
 }
 
 
