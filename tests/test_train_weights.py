@@ -114,7 +114,7 @@ def test_group_weights_survive_resume(tok, tmp_path):
     assert run["group_labels"] == ["a", "b", "c"] and len(run["group_weights"]) == 3
     assert not np.allclose(run["group_weights"], 1 / 3)  # they moved
     resumed = train_preference(
-        build_model(CFG, 9),
+        build_model(CFG, 0),  # the start weights (checked); trained ones from step-2
         tok,
         rows,
         _cfg(max_steps=4, output_dir=tmp_path / "b", resume=True, **kw),

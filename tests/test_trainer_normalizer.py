@@ -69,7 +69,7 @@ def test_running_resume_reproduces_the_uninterrupted_run(tok, tmp_path):
     )
     assert saved["running"]["normalizer"]["steps"] == 2
     res = train_preference(
-        build_model(CFG, 9),
+        build_model(CFG, 0),  # the start weights (checked); trained ones from the checkpoint
         tok,
         ROWS,
         _cfg(tmp_path / "b", max_steps=4, resume=True, **kw),
@@ -333,7 +333,7 @@ def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
 
 def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys):
     """`rdpo llm --model DIR --robust-normalizer running --robust-decay 0.5`: the recorded run
-    configuration of KLDPO carries the options, DPO's keeps the micro-batch default, and bad
+    configuration of KLDPO carries the options, DPO's keeps the batch default, and bad
     values stop the command with one line naming the option."""
     from rdpo_theory.cli import main
 
@@ -350,13 +350,13 @@ def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys)
     kl = json.loads((out / "kldpo" / "config.json").read_text())
     dpo = json.loads((out / "dpo" / "config.json").read_text())
     assert (kl["robust_normalizer"], kl["robust_decay"]) == ("running", 0.5)
-    assert dpo["robust_normalizer"] == "micro-batch"
+    assert dpo["robust_normalizer"] == "batch"
     normalizers = [m["normalizer"] for m in read_metrics(out / "kldpo") if "normalizer" in m]
     assert normalizers and all(torch.isfinite(torch.tensor(normalizers)))
     capsys.readouterr()
     bad = argv[:5] + ["--out", str(tmp_path / "o2"), "--methods", "dpo"]
     assert main(bad + ["--robust-normalizer", "running"]) != 0
-    assert "--robust-normalizer sets kldpo/wdpo" in capsys.readouterr().err
+    assert "--robust_normalizer sets kldpo/wdpo" in capsys.readouterr().err
     fresh = argv[:5] + ["--out", str(tmp_path / "o3")] + argv[7:-2]
     assert main(fresh + ["--robust-decay", "2"]) != 0
     err = capsys.readouterr().err

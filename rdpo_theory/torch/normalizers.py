@@ -35,8 +35,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from .. import _validate as V
 from ..errors import InputError
+from ..options import Interval, check
 
 NORMALIZERS = ("batch", "running")
 #: Default EMA weight ``a`` of the running normalisers (about 100 steps of memory).
@@ -57,12 +57,13 @@ def check_normalizer(normalizer: str, variant: str) -> str:
     return normalizer
 
 
-def check_decay(decay) -> float:
-    """``decay`` in (0, 1]; :class:`InputError` naming it otherwise."""
-    decay = V.positive(decay, "decay")
-    if decay > 1:
-        raise InputError(f"The 'decay' parameter must lie in (0, 1]. Got {decay} instead.")
-    return decay
+#: The declared constraint of a running normaliser's decay: a float in (0, 1].
+DECAY = [Interval(float, 0, 1, closed="right")]
+
+
+def check_decay(decay, name: str = "decay", *, owner: str | None = None) -> float:
+    """``decay`` in (0, 1] (:data:`DECAY`); :class:`InputError` naming ``name`` otherwise."""
+    return float(check(name, decay, DECAY, owner=owner))
 
 
 def _all_reduce_mean(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -168,23 +169,40 @@ def running_wdpo_objective(
 
 
 # ---------------------------------------------------------------------------- the trainer
-#: ``TrainConfig.robust_normalizer`` values implemented by the trainer.
-TRAINER_NORMALIZERS = ("micro-batch", "accumulated", "running")
+#: ``TrainConfig.robust_normalizer`` values implemented by the trainer (and by
+#: ``RobustDPOTrainer`` and ``rdpo llm``): the same words as ``normalizer`` above and
+#: :mod:`rdpo_theory.approx`.
+TRAINER_NORMALIZERS = ("batch", "accumulated", "running")
+#: Old spellings still accepted, with a DeprecationWarning, for ``"batch"``.
+DEPRECATED_NORMALIZERS = ("micro-batch",)
+#: The default ``robust_normalizer`` of the trainer, the TRL subclass and ``rdpo llm`` (one
+#: constant, so that changing the default is a one-line change).
+DEFAULT_TRAINER_NORMALIZER = "batch"
 
 
 def check_trainer_normalizer(normalizer: str, method: str, loss_kwargs: dict) -> str:
-    """Validated ``TrainConfig.robust_normalizer``:
+    """Validated ``TrainConfig.robust_normalizer``, returned in its current spelling:
 
-    * ``"micro-batch"`` (every method): the statistics of each forward pass (KLDPO's gathered
-      over workers);
+    * ``"batch"`` (every method): the statistics of each forward pass (KLDPO's gathered over
+      workers); ``"micro-batch"`` is a deprecated alias (DeprecationWarning);
     * ``"accumulated"``: KLDPO (``normalized`` and ``clipped``) and WDPO ``sqrt-mean``;
     * ``"running"``: KLDPO ``normalized`` and WDPO ``sqrt-mean``.
     """
+    if isinstance(normalizer, str) and normalizer in DEPRECATED_NORMALIZERS:
+        import warnings
+
+        warnings.warn(
+            f"robust_normalizer={normalizer!r} is deprecated; use 'batch' (same behaviour)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        normalizer = "batch"
     if normalizer not in TRAINER_NORMALIZERS:
         raise InputError(
-            f"robust_normalizer must be one of {TRAINER_NORMALIZERS}, got {normalizer!r}"
+            f"The 'robust_normalizer' parameter must be one of {TRAINER_NORMALIZERS}. "
+            f"Got {normalizer!r} instead."
         )
-    if normalizer == "micro-batch":
+    if normalizer == "batch":
         return normalizer
     if method not in ("kldpo", "wdpo"):
         raise InputError(
@@ -286,7 +304,7 @@ def normalized_loss(
     if weights is not None:
         raise InputError(
             "rows with a 'weight' column cannot be trained with robust_normalizer "
-            "'accumulated' or 'running'; use robust_normalizer='micro-batch'"
+            "'accumulated' or 'running'; use robust_normalizer='batch'"
         )
     variant = _variant(method, variant)
     m = TL.dpo_margins(
