@@ -72,10 +72,19 @@ _PATH = [Instance(str, Path, name="str or Path"), NONE]
 def loss_methods() -> list[str]:
     """Every method name :func:`resolve_loss` knows: the core methods, then each ``NAME`` with
     a ``NAME_loss`` in :mod:`rdpo_theory.torch.baselines`."""
+    return list(CORE_METHODS) + [m for m in sorted(_baseline_losses()) if m not in CORE_METHODS]
+
+
+def _baseline_losses() -> dict:
+    """``{NAME: NAME_loss}`` for the losses *defined* in :mod:`rdpo_theory.torch.baselines`
+    (not helpers it imports, such as the ``logp_loss`` decorator)."""
     from . import baselines
 
-    extra = sorted(n[: -len("_loss")] for n in dir(baselines) if n.endswith("_loss"))
-    return list(CORE_METHODS) + [m for m in extra if m not in CORE_METHODS]
+    return {
+        n[: -len("_loss")]: fn
+        for n, fn in vars(baselines).items()
+        if n.endswith("_loss") and getattr(fn, "__module__", None) == baselines.__name__
+    }
 
 
 def resolve_loss(method: str):
@@ -84,9 +93,7 @@ def resolve_loss(method: str):
     :mod:`rdpo_theory.torch.baselines` (``cdpo``, ``rdpo``, ``ipo``, ...)."""
     if method in CORE_METHODS:
         return getattr(TL, f"{method}_loss")
-    from . import baselines
-
-    fn = getattr(baselines, f"{method}_loss", None) if isinstance(method, str) else None
+    fn = _baseline_losses().get(method) if isinstance(method, str) else None
     if fn is None:
         raise InputError(f"method must be one of {loss_methods()}, got {method!r}")
     return fn
@@ -217,7 +224,7 @@ class TrainConfig:
     batch_size: int = option(8, help="pairs per micro-batch per process", constraints=POSITIVE_INT)
     grad_accum: int = option(1, help="micro-batches per optimizer step", constraints=POSITIVE_INT)
     max_steps: int = option(
-        100, help="optimizer steps", constraints=POSITIVE_INT, aliases=("--steps",)
+        100, help="optimizer steps to train for", constraints=POSITIVE_INT, aliases=("--steps",)
     )
     warmup_steps: int = option(
         0,
@@ -271,7 +278,7 @@ class TrainConfig:
     save_final_model: bool = option(
         True, help="save the trained model (and tokenizer) under final/", constraints=_BOOL
     )
-    progress: bool = option(True, help="show a tqdm progress bar", constraints=_BOOL)
+    progress: bool = option(True, help="show a tqdm progress bar of the steps", constraints=_BOOL)
     wdpo_hvp: str = option(
         "double-backward",
         help="how WDPO differentiates its penalty: double-backward (exact, math attention) or "
