@@ -107,7 +107,7 @@ def _train_cfg(method, kw, normalizer, batch_size):
 
 
 def _train_one(method, kw, normalizer, batch_size):
-    from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer
+    from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer
     from rdpo_theory.torch.train import train_preference
 
     cfg = EmotionConfig.smoke()

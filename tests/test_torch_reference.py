@@ -15,8 +15,8 @@ pytest.importorskip("accelerate")
 peft = pytest.importorskip("peft")
 
 from rdpo_theory import InputError  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch import reference as R  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps  # noqa: E402
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,

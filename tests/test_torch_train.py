@@ -16,7 +16,7 @@ pytest.importorskip("accelerate")
 pytestmark = pytest.mark.slow  # language-model tests (minutes)
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps, sequence_logps  # noqa: E402
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,

@@ -13,9 +13,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rdpo_theory import InputError, NonFiniteError  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch import guards, loop  # noqa: E402
 from rdpo_theory.torch import train as T  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.losses import dpo_loss, kldpo_loss  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, read_metrics, train_preference  # noqa: E402
 
@@ -210,7 +210,7 @@ def _permuted_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from rdpo_theory.torch.emotion import vocabulary
+    from rdpo_theory.studies.emotion import vocabulary
 
     words = vocabulary()
     words[-1], words[-2] = words[-2], words[-1]

@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, read_metrics, train_preference  # noqa: E402
 
 CFG = EmotionConfig.smoke()
@@ -286,7 +286,7 @@ def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
 
     import numpy as np
 
-    from rdpo_theory.torch.emotion import preference_rows, sample_corpus, sft
+    from rdpo_theory.studies.emotion import preference_rows, sample_corpus, sft
     from rdpo_theory.torch.lm import encode_pairs, pair_logps
     from rdpo_theory.torch.train import micro_batch_indices
 

@@ -238,7 +238,7 @@ def run(args) -> int:
 
 
 def _run_tiny(args) -> int:
-    from ..torch.emotion import EmotionConfig, run_emotion
+    from ..studies.emotion import EmotionConfig, run_emotion
     from . import checks as C
 
     if args.dataset is not None:
@@ -280,7 +280,7 @@ def _print_summary(table) -> None:
 
 
 def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
-    """Write the tables of :func:`rdpo_theory.torch.emotion.run_emotion` under ``out``:
+    """Write the tables of :func:`rdpo_theory.studies.emotion.run_emotion` under ``out``:
     ``llm_tiny.csv``, ``llm_tiny_metrics.csv``, ``llm_tiny_pairs.jsonl``,
     ``llm_tiny_config.json``, and the figure ``llm_tiny.png`` drawn from the CSV."""
     import dataclasses
@@ -316,7 +316,7 @@ def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
 )
 def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
     """Run the miniature emotion experiment (quick: 2 seeds) and write its outputs."""
-    from ..torch.emotion import EmotionConfig, run_emotion
+    from ..studies.emotion import EmotionConfig, run_emotion
 
     cfg = EmotionConfig.quick() if quick else EmotionConfig()
     seeds = (0, 1) if quick else (0, 1, 2)

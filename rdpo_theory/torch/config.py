@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .. import _validate as V
 from ..errors import InputError
@@ -34,6 +35,7 @@ from ..options import (
     option,
     validate_fields,
 )
+from . import baselines
 from . import losses as TL
 from .normalizers import (
     DECAY,
@@ -78,8 +80,6 @@ def loss_methods() -> list[str]:
 def _baseline_losses() -> dict:
     """``{NAME: NAME_loss}`` for the losses *defined* in :mod:`rdpo_theory.torch.baselines`
     (not helpers it imports, such as the ``logp_loss`` decorator)."""
-    from . import baselines
-
     return {
         n[: -len("_loss")]: fn
         for n, fn in vars(baselines).items()
@@ -388,8 +388,6 @@ class TrainConfig:
 def probe_loss_kwargs(cfg: TrainConfig) -> None:
     """Check the values in ``cfg.loss_kwargs`` by calling the method's loss once on a two-pair
     dummy batch, so the loss's own checks name the bad parameter (e.g. ``tau``)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return  # the probe would run collectives (KLDPO's all_gather); names were checked
     if not all(isinstance(v, int | float | str | None) for v in cfg.loss_kwargs.values()):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import _validate as V
 from ..errors import InputError
@@ -467,8 +468,7 @@ def train_preference(
     -------
     TrainResult
     """
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import set_seed  # the llm extra
 
     cfg = config
     if not isinstance(cfg, TrainConfig):

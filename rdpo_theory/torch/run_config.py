@@ -25,6 +25,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
+from .. import __version__
 from ..errors import InputError
 from .normalizers import DEPRECATED_NORMALIZERS
 
@@ -88,8 +91,6 @@ def weights_hash(model) -> str | None:
     """SHA-256 of a model's ``state_dict``: every entry's name, dtype, shape and bytes, in
     order (None for an object without ``state_dict``). Tensors are copied to the CPU one at a
     time."""
-    import torch
-
     model = _unwrap(model)
     if not hasattr(model, "state_dict"):
         return None
@@ -126,10 +127,6 @@ def tokenizer_identity(tokenizer) -> dict | None:
 def run_record(cfg, rows, model, ref_model, *, num_processes: int, tokenizer=None) -> dict:
     """The configuration written to ``config.json``: ``cfg.to_dict()`` plus a ``run`` block.
     Call it with the models as given to the trainer (the weights the run starts from)."""
-    import torch
-
-    from .. import __version__
-
     try:
         import transformers
 
