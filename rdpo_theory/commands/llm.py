@@ -445,18 +445,52 @@ def cover_groups(rows) -> float:
     return min(share.values()) / sum(share.values())
 
 
-def _run_model(args) -> int:
+def heldout_metrics(args, tok, policy, ref, held, acc, max_length) -> dict:
+    """Held-out reward accuracy and mean margin ``beta ((pc - rc) - (pr - rr))`` of a trained
+    ``policy`` against ``ref`` (or the rows' precomputed reference log-probs)."""
     import numpy as np
     import torch
+
+    from ..torch.lm import encode_pairs, pair_logps
+    from ..torch.losses import dpo_margins
+    from ..torch.reference import BATCH_REF_KEYS, ROW_REF_KEYS, reference_logps
+
+    m_all = []
+    with torch.no_grad():
+        pol = policy.eval()
+        if ref is not None:
+            ref = ref.to(acc.device)
+        for lo in range(0, len(held), args.batch_size):
+            part = held[lo : lo + args.batch_size]
+            b = encode_pairs(
+                tok,
+                [r["prompt"] for r in part],
+                [r["chosen"] for r in part],
+                [r["rejected"] for r in part],
+                max_length=max_length,
+            )
+            if args.precompute_ref:
+                for j, k in enumerate(BATCH_REF_KEYS):
+                    b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
+            b = {k: v.to(acc.device) for k, v in b.items()}
+            pc, pr, _ = pair_logps(pol, b, fused_head=args.fused_head)
+            rc, rr = reference_logps(ref, pol, b, accelerator=acc, fused_head=args.fused_head)
+            rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
+            m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
+    m = torch.cat(m_all).numpy()
+    return {
+        "heldout_pairs": len(held),
+        "heldout_accuracy": float(np.mean(m > 0)),
+        "heldout_margin": float(np.mean(m)),
+    }
+
+
+def _run_model(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..rng import make_rng
-    from ..torch.lm import effective_max_length, encode_pairs, pair_logps
-    from ..torch.losses import dpo_margins
+    from ..torch.lm import effective_max_length
     from ..torch.reference import (
-        BATCH_REF_KEYS,
-        ROW_REF_KEYS,
-        reference_logps,
         with_reference_logps,
     )
     from ..torch.train import make_accelerator, train_preference
@@ -520,36 +554,7 @@ def _run_model(args) -> int:
         res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
         ev = {"train_last": res.metrics[-1] if res.metrics else {}}
         if held:
-            with torch.no_grad():
-                m_all = []
-                pol = res.model.eval()
-                if ref is not None:
-                    ref = ref.to(acc.device)
-                for lo in range(0, len(held), args.batch_size):
-                    part = held[lo : lo + args.batch_size]
-                    b = encode_pairs(
-                        tok,
-                        [r["prompt"] for r in part],
-                        [r["chosen"] for r in part],
-                        [r["rejected"] for r in part],
-                        max_length=max_length,
-                    )
-                    if args.precompute_ref:
-                        for j, k in enumerate(BATCH_REF_KEYS):
-                            b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
-                    b = {k: v.to(acc.device) for k, v in b.items()}
-                    pc, pr, _ = pair_logps(pol, b, fused_head=args.fused_head)
-                    rc, rr = reference_logps(
-                        ref, pol, b, accelerator=acc, fused_head=args.fused_head
-                    )
-                    rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
-                    m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
-                m = torch.cat(m_all).numpy()
-            ev.update(
-                heldout_pairs=len(held),
-                heldout_accuracy=float(np.mean(m > 0)),
-                heldout_margin=float(np.mean(m)),
-            )
+            ev.update(heldout_metrics(args, tok, res.model, ref, held, acc, max_length))
         summary[method] = ev
         if acc.is_main_process:
             (args.out / method / "eval.json").write_text(dumps_json(ev, indent=2))
