@@ -134,13 +134,6 @@ def dpo_margins(
 ) -> torch.Tensor:
     """Scaled implicit-reward margins ``m = beta * ((pc - rc) - (pr - rr))``, shape (B,).
 
-    Parameters
-    ----------
-    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
-        Tensors of shape (B,): summed log-probabilities (nats) of each completion.
-    beta : float > 0
-        DPO temperature.
-
     A log-probability is never ``+inf`` or NaN: a pair with such a value in any of the four
     tensors gets a NaN margin, so every loss built on the margins is NaN, never a finite
     number (``+inf`` in the policy's chosen log-prob would otherwise give the finite DPO loss
@@ -149,6 +142,13 @@ def dpo_margins(
     (:func:`rdpo_theory.torch.guards.set_debug`, ``RDPO_DEBUG=1``) the call raises
     :class:`~rdpo_theory.errors.InputError` naming it. ``-inf`` (probability 0) is a
     log-probability and is left to the arithmetic.
+
+    Parameters
+    ----------
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+        Tensors of shape (B,): summed log-probabilities (nats) of each completion.
+    beta : float > 0
+        DPO temperature.
     """
     logps = (
         policy_chosen_logps,
