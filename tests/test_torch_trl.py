@@ -187,7 +187,7 @@ def test_accumulated_normalizer_two_by_two_equals_one_by_four(tok, tmp_path, met
     for name, (bs, ga, norm) in {
         "one": (4, 1, "accumulated"),
         "two": (2, 2, "accumulated"),
-        "mb": (2, 2, "micro-batch"),
+        "mb": (2, 2, "batch"),
     }.items():
         args = _args(
             tmp_path / name, per_device_train_batch_size=bs, gradient_accumulation_steps=ga

@@ -160,3 +160,35 @@ def test_rows_with_three_empty_strings_are_refused_naming_the_row():
         check_rows([good, good, empty, good])
     rows = check_rows([good, {"prompt": "", "chosen": "x", "rejected": ""}])  # one non-empty
     assert len(rows) == 2
+
+
+def test_llm_refuses_an_empty_row_in_file_order(tmp_path, capsys):
+    """rdpo llm checks the rows before its train/held-out split, so the row number is the
+    file's (0-based, non-blank rows), not a position in the shuffled training rows."""
+    import json
+
+    from rdpo_theory.cli import main
+
+    ds = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 5
+    rows[3] = {"prompt": "", "chosen": "", "rejected": ""}
+    ds.write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["llm", "--model", str(tmp_path / "m"), "--dataset", str(ds)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset row 3: prompt, chosen and rejected are all empty" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_trl_and_trainer_share_the_default_and_the_alias():
+    import inspect
+
+    from rdpo_theory.torch.normalizers import check_trainer_normalizer
+
+    with pytest.warns(DeprecationWarning):
+        assert check_trainer_normalizer("micro-batch", "dpo", {}) == "batch"
+    pytest.importorskip("trl")
+    from rdpo_theory.torch.trl import RobustDPOTrainer
+
+    sig = inspect.signature(RobustDPOTrainer.__init__)
+    assert sig.parameters["robust_normalizer"].default == DEFAULT_TRAINER_NORMALIZER

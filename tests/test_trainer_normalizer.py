@@ -198,8 +198,8 @@ def _mean_dicts(ds):
 @pytest.mark.parametrize(
     "normalizer,variant",
     [
-        ("micro-batch", "normalized"),
-        ("micro-batch", "clipped"),
+        ("batch", "normalized"),
+        ("batch", "clipped"),
         ("accumulated", "normalized"),
         ("accumulated", "clipped"),
         ("running", "normalized"),
@@ -227,7 +227,7 @@ def test_logged_kl_diagnostics_equal_a_hand_computation(tok, normalizer, variant
     clip = lk.get("clip")
     if normalizer == "accumulated":
         want = _hand_kl(np.concatenate(ls), tau=tau, clip=clip)
-    elif normalizer == "micro-batch":
+    elif normalizer == "batch":
         want = _mean_dicts([_hand_kl(l, tau=tau, clip=clip) for l in ls])
     else:
         z1 = np.mean(np.exp(ls[0] / tau))
@@ -243,7 +243,7 @@ def test_logged_kl_diagnostics_equal_a_hand_computation(tok, normalizer, variant
         assert logged[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
-@pytest.mark.parametrize("normalizer", ["micro-batch", "accumulated", "running"])
+@pytest.mark.parametrize("normalizer", ["batch", "accumulated", "running"])
 def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
     """WDPO sqrt-mean logs its normaliser S = mean ||grad_z l_i||^2 (step 1, 2 micro-batches
     of 4): per micro-batch averaged over the step, over the step's 8 pairs, or the running
@@ -253,7 +253,7 @@ def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
     cfg = _cfg(robust_normalizer=normalizer, robust_decay=0.5, grad_accum=2, max_steps=1, **W)
     logged = _train64(tok, cfg).metrics[0]
     s1, s2 = (float(np.mean(s)) for s in _step0_values(tok, cfg, wdpo=True))
-    want = {"micro-batch": (s1 + s2) / 2, "accumulated": (s1 + s2) / 2}
+    want = {"batch": (s1 + s2) / 2, "accumulated": (s1 + s2) / 2}
     want["running"] = (s1 + (0.5 * s1 + 0.5 * s2)) / 2
     assert abs(s1 - s2) > 1e-3 * s1  # the micro-batches differ
     assert logged["normalizer"] == pytest.approx(want[normalizer], rel=1e-5)

@@ -493,7 +493,7 @@ def _run_model(args) -> int:
     from ..torch.reference import (
         with_reference_logps,
     )
-    from ..torch.train import make_accelerator, train_preference
+    from ..torch.train import check_rows, make_accelerator, train_preference
     from . import checks as C
 
     if args.dataset is None:
@@ -503,7 +503,7 @@ def _run_model(args) -> int:
     C.output_dir(args.out)
     C.integer(args.seed, "--seed", minimum=0)
     configs = build_configs(args)
-    rows = load_jsonl(args.dataset)
+    rows = check_rows(load_jsonl(args.dataset))  # row numbers in file order, before the split
     check_model_path(args.model)
     perm = make_rng(args.seed).permutation(len(rows))
     n_eval = int(round(args.eval_fraction * len(rows)))
