@@ -90,7 +90,8 @@ def model_identity(model) -> dict:
 def weights_hash(model) -> str | None:
     """SHA-256 of a model's ``state_dict``: every entry's name, dtype, shape and bytes, in
     order (None for an object without ``state_dict``). Tensors are copied to the CPU one at a
-    time."""
+    time (about a second per GB of weights); meta tensors contribute their name, dtype and
+    shape only."""
     model = _unwrap(model)
     if not hasattr(model, "state_dict"):
         return None
@@ -99,6 +100,8 @@ def weights_hash(model) -> str | None:
         if not isinstance(t, torch.Tensor):
             continue
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.is_meta:  # no values to hash (a model not yet materialised)
+            continue
         flat = t.detach().contiguous().reshape(-1).cpu()
         h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return h.hexdigest()
