@@ -51,6 +51,12 @@ def test_llm_help_comes_from_trainconfig(monkeypatch):
     assert "--lr" in text and "--steps" in text and "--warmup" in text  # old flags kept
 
 
+def test_every_llm_option_has_help():
+    _, p = _llm_parser()
+    for action in p._actions:  # noqa: SLF001 - argparse keeps no public list of actions
+        assert action.help and len(action.help) > 8, action.option_strings
+
+
 def _configs(argv):
     from rdpo_theory.commands.llm import build_configs, check_args
 
