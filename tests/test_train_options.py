@@ -84,6 +84,9 @@ def test_old_flags_parse_to_the_same_config(tmp_path):
     assert new["dpo"].robust_decay == FIELDS["robust_decay"].default  # robust methods only
     default = _configs(common)["dpo"]  # rdpo llm's own defaults
     assert (default.batch_size, default.learning_rate, default.warmup_steps) == (4, 5e-6, 10)
+    assert default.max_grad_norm == 1.0
+    no_clip = _configs([*common, "--max_grad_norm", "none", "--no-progress"])["dpo"]
+    assert no_clip.max_grad_norm is None and no_clip.progress is False
 
 
 def test_field_errors_name_the_field():

@@ -145,6 +145,17 @@ METHOD_OPTIONS = {
 }
 
 
+class _NotGiven:
+    """The parsed value of a training flag that was not given (its default is filled in by
+    :func:`check_args`); distinct from None, which ``--max_grad_norm none`` gives."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+NOT_GIVEN = _NotGiven()
+
+
 class _Recorder:
     """Passes ``add_argument`` calls to a parser (or group) and keeps the actions made."""
 
@@ -162,8 +173,8 @@ def add_train_arguments(parser) -> list[str]:
     (:func:`rdpo_theory.options.add_arguments`: the field name is the flag, the dashed
     spelling and the old flags ``--lr``, ``--steps``, ``--warmup`` are aliases; the help is the
     field's). The help shows the default ``rdpo llm`` uses (:data:`TRAIN_DEFAULTS`, else the
-    field's), while the parsed default is None, so that :func:`check_args` sees which options
-    were given. Returns the field names."""
+    field's), while the parsed default is :data:`NOT_GIVEN`, so that :func:`check_args` sees
+    which options were given. Returns the field names."""
     from ..options import add_arguments
     from ..torch.config import TrainConfig
 
@@ -175,7 +186,7 @@ def add_train_arguments(parser) -> list[str]:
         if "%(default)s" not in text:
             text += " (default: %(default)s)"
         action.help = "--model: " + text.replace("%(default)s", shown)
-        action.default = None
+        action.default = NOT_GIVEN
     return names
 
 
@@ -199,14 +210,21 @@ def _flag(key: str) -> str:
 
 def check_args(args) -> None:
     """Refuse options that do not apply to the chosen mode or methods; fill the defaults."""
+    import argparse
+
     from . import checks as C
 
     train = train_defaults()
+    # a view in which an option is None exactly when it was not given (a training option given
+    # as "none", e.g. --max_grad_norm none, is given)
+    seen = dict(vars(args))
+    seen.update({k: None if getattr(args, k) is NOT_GIVEN else "given" for k in train})
+    seen = argparse.Namespace(**seen)
     if args.tiny:
         given = {k: _flag(k) for k in MODEL_DEFAULTS}
         given.update({k: f"--{k}" for k in train if k != "resume"})
-        C.not_applicable(args, given, "to --tiny (they set --model training)")
-        if args.resume:
+        C.not_applicable(seen, given, "to --tiny (they set --model training)")
+        if seen.resume is not None:
             raise InputError("--resume does not apply to --tiny")
         if args.cover_groups:
             raise InputError("--cover-groups does not apply to --tiny (it sets --model training)")
@@ -220,11 +238,14 @@ def check_args(args) -> None:
             )
         methods = set(args.methods or MODEL_DEFAULTS["methods"])
         for key, (family, flag) in METHOD_OPTIONS.items():
-            if getattr(args, key) is not None and not family & methods:
+            if getattr(seen, key) is not None and not family & methods:
                 raise InputError(
                     f"{flag} sets {'/'.join(sorted(family))}, which --methods does not include"
                 )
-    for key, value in {**MODEL_DEFAULTS, **train, **TINY_DEFAULTS}.items():
+    for key, value in train.items():
+        if getattr(args, key) is NOT_GIVEN:
+            setattr(args, key, value)
+    for key, value in {**MODEL_DEFAULTS, **TINY_DEFAULTS}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
 
