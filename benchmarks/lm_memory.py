@@ -69,7 +69,9 @@ def _child(impl, method, pairs, length, threads, q, layers=12, width=768):
 
 
 def _measure(impl, method, pairs, length, threads, layers, width) -> dict:
-    from rdpo_theory.torch import bench, lm, train
+    import lm_bench as bench
+
+    from rdpo_theory.torch import lm, train
 
     if impl == "old":  # the trainer reaches sequence_logps through lm and train
         lm.sequence_logps = old_sequence_logps

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def _child(size_name, method, kw, opts, steps, warmup, threads, q):
-    from rdpo_theory.torch import bench
+    import lm_bench as bench
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads)  # 1: stable CPU timings on a shared machine
@@ -46,7 +46,8 @@ def _rows(plan, steps, warmup=2, threads=1, partial=None):
     each CPU peak RSS is the row's own. A worker that dies (the kernel's out-of-memory kill)
     gives a row with an ``error`` column instead of a hung run. ``partial``: a JSON-lines
     file that each finished row is appended to at once."""
-    from rdpo_theory.torch import bench
+    import lm_bench as bench
+
     from rdpo_theory.torch.train import TrainConfig
 
     ctx = mp.get_context("spawn")
@@ -87,7 +88,7 @@ def _rows(plan, steps, warmup=2, threads=1, partial=None):
 
 
 def run(sizes, steps, threads=1):
-    from rdpo_theory.torch import bench
+    import lm_bench as bench
 
     plan = [(m, kw, {}) for m, kw in bench.METHODS] + list(bench.FD_ROWS)
     plan = [(s, m, kw, {"train_options": o}) for s in sizes for m, kw, o in plan]
@@ -103,7 +104,7 @@ def run(sizes, steps, threads=1):
 def run_lora(sizes, steps, lora_r, threads, partial=None, methods=None):
     """Full fine-tuning against LoRA of rank ``lora_r`` (``bench.lora_plan``), per method
     (``methods``: names from ``bench.METHODS``, default all)."""
-    from rdpo_theory.torch import bench
+    import lm_bench as bench
 
     plan = [
         (s, m, kw, {"lora_r": r, "reference": ref})
@@ -119,7 +120,7 @@ def run_lora(sizes, steps, lora_r, threads, partial=None, methods=None):
 
 
 def main():
-    from rdpo_theory.torch import bench
+    import lm_bench as bench
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)

@@ -1,6 +1,6 @@
 """Step time of the trainer's robust normalisers against DPO (one optimiser step of
 ``--accum`` micro-batches: reference and policy forwards, loss, backward, AdamW), on the CPU
-GPT-2 benchmark models of :mod:`rdpo_theory.torch.bench` (random weights, synthetic pairs).
+GPT-2 benchmark models of ``benchmarks/lm_bench.py`` (random weights, synthetic pairs).
 
 Rows: DPO; KLDPO (``normalized``) with ``robust_normalizer`` ``micro-batch``, ``running`` and
 ``accumulated``; WDPO ``sqrt-mean`` with the same three. Every step runs the trainer's own
@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from rdpo_theory.torch import bench  # noqa: E402
+import lm_bench as bench  # noqa: E402
+
 from rdpo_theory.torch.normalizers import RunningStatistic  # noqa: E402
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,
@@ -38,11 +39,11 @@ from rdpo_theory.torch.train import (  # noqa: E402
 )
 
 PLAN = (
-    ("dpo", {}, "micro-batch"),
-    ("kldpo", {"tau": 1.0}, "micro-batch"),
+    ("dpo", {}, "batch"),
+    ("kldpo", {"tau": 1.0}, "batch"),
     ("kldpo", {"tau": 1.0}, "running"),
     ("kldpo", {"tau": 1.0}, "accumulated"),
-    ("wdpo", {"rho0": 0.01}, "micro-batch"),
+    ("wdpo", {"rho0": 0.01}, "batch"),
     ("wdpo", {"rho0": 0.01}, "running"),
     ("wdpo", {"rho0": 0.01}, "accumulated"),
 )
@@ -135,10 +136,8 @@ def run(sizes, rounds: int, accum: int, warmup: int = 2) -> pd.DataFrame:
     for col, ratio in (("sec_min", "time_vs_dpo"), ("cpu_sec_min", "cpu_vs_dpo")):
         ref = df[df["method"] == "dpo"].set_index("size")[col]
         df[ratio] = df[col] / df["size"].map(ref)
-    mb = df[df["normalizer"] == "micro-batch"].set_index(["size", "method"])["sec_min"]
-    df["time_vs_micro_batch"] = df["sec_min"] / [
-        mb[(s, m)] for s, m in zip(df["size"], df["method"])
-    ]
+    mb = df[df["normalizer"] == "batch"].set_index(["size", "method"])["sec_min"]
+    df["time_vs_batch"] = df["sec_min"] / [mb[(s, m)] for s, m in zip(df["size"], df["method"])]
     return df
 
 

@@ -16,3 +16,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny emotion world's word-level tokenizer (the torch tests' shared fixture; needs the
+    ``llm`` extra)."""
+    pytest.importorskip("transformers")
+    from rdpo_theory.studies.emotion import build_tokenizer
+
+    return build_tokenizer()

@@ -18,7 +18,7 @@ from rdpo_theory import audit as A  # noqa: E402
 from rdpo_theory import losses as L  # noqa: E402
 from rdpo_theory.cli import main  # noqa: E402
 from rdpo_theory.studies import audit as S  # noqa: E402
-from rdpo_theory.torch import emotion as E  # noqa: E402
+from rdpo_theory.studies import emotion as E  # noqa: E402
 
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad", "rejected": " afraid hide"},

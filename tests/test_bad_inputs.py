@@ -471,7 +471,10 @@ COMMAND_CASES = {  # argv -> what the one-line error says (failure 4)
     "llm bogus method": ([*LLM, "--methods", "dpo", "bogus"], "--methods bogus: method"),
     "llm tau 0": ([*LLM, "--methods", "kldpo", "--tau", "0"], "tau must be > 0"),
     "llm rho0 -1": ([*LLM, "--methods", "wdpo", "--rho0", "-1"], "rho0 must be >= 0"),
-    "llm max-length 1": ([*LLM, "--max-length", "1"], "max_length must be >= 2"),
+    "llm max-length 1": (
+        [*LLM, "--max-length", "1"],
+        "'max_length' parameter of TrainConfig must be an int >= 2",
+    ),
     "llm steps 0": ([*LLM, "--steps", "0"], "max_steps"),
     "llm seed -1": ([*LLM, "--seed", "-1"], "--seed must be >= 0"),
     "llm duplicate": ([*LLM, "--methods", "dpo", "dpo"], "twice"),

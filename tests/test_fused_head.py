@@ -238,7 +238,7 @@ def test_bad_inputs():
 pytest.importorskip("transformers")
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps  # noqa: E402
 
 ROWS = [
@@ -480,7 +480,7 @@ def test_precomputed_reference_and_config(batch, capsys):
     ]
     assert vals[0].shape == (len(ROWS), 2)
     torch.testing.assert_close(torch.tensor(vals[0]), torch.tensor(vals[1]), rtol=0, atol=1e-12)
-    with pytest.raises(InputError, match="fused_head must be True or False"):
+    with pytest.raises(InputError, match="'fused_head' parameter of TrainConfig must be"):
         TrainConfig(fused_head=1)
     assert "fused_head" in RESUMABLE_FIELDS
     from rdpo_theory.cli import main

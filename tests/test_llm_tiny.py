@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # language-model tests (minutes)
 
 from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.cli import main  # noqa: E402
-from rdpo_theory.torch import emotion as E  # noqa: E402
+from rdpo_theory.studies import emotion as E  # noqa: E402
 from rdpo_theory.worlds import mixture_reward  # noqa: E402
 
 

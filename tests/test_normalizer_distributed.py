@@ -75,12 +75,12 @@ TRAIN_ROWS = [
 KL_CLIPPED = {"tau": 0.1, "variant": "clipped", "clip": 2.0}
 #: (method, loss_kwargs, robust_normalizer): every option of TrainConfig.robust_normalizer
 OPTIONS = [
-    ("kldpo", {"tau": 0.2}, "micro-batch"),
+    ("kldpo", {"tau": 0.2}, "batch"),
     ("kldpo", {"tau": 0.2}, "accumulated"),
     ("kldpo", {"tau": 0.2}, "running"),
-    ("kldpo", KL_CLIPPED, "micro-batch"),
+    ("kldpo", KL_CLIPPED, "batch"),
     ("kldpo", KL_CLIPPED, "accumulated"),
-    ("wdpo", {"rho0": 0.05}, "micro-batch"),
+    ("wdpo", {"rho0": 0.05}, "batch"),
     ("wdpo", {"rho0": 0.05}, "accumulated"),
     ("wdpo", {"rho0": 0.05}, "running"),
 ]
@@ -107,7 +107,7 @@ def _train_cfg(method, kw, normalizer, batch_size):
 
 
 def _train_one(method, kw, normalizer, batch_size):
-    from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer
+    from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer
     from rdpo_theory.torch.train import train_preference
 
     cfg = EmotionConfig.smoke()

@@ -13,7 +13,7 @@ from ddp_workers import accelerate_env, spawn
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, loss_and_backward  # noqa: E402
 

@@ -13,8 +13,8 @@ from rdpo_theory.torch.logprobs import naive_log_softmax, selective_log_softmax
 
 pytest.importorskip("transformers")
 
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch import lm  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

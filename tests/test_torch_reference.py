@@ -15,8 +15,8 @@ pytest.importorskip("accelerate")
 peft = pytest.importorskip("peft")
 
 from rdpo_theory import InputError  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch import reference as R  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps  # noqa: E402
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,
@@ -33,11 +33,6 @@ ROWS = [
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 3
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _model(seed=0, dtype=torch.float32):

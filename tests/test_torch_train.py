@@ -13,10 +13,13 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-pytestmark = pytest.mark.slow  # language-model tests (minutes)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
+]  # language-model tests (minutes)
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.lm import encode_pairs, pair_logps, sequence_logps  # noqa: E402
 from rdpo_theory.torch.train import (  # noqa: E402
     TrainConfig,
@@ -30,28 +33,12 @@ from rdpo_theory.torch.train import (  # noqa: E402
 CFG = EmotionConfig.smoke()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra intra-op threads only add contention on a shared machine."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
     {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 4
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _model(seed=0):
@@ -263,7 +250,7 @@ def test_checkpoint_resume_is_exact(tok, tmp_path):
         part, tok, ROWS, _cfg(tmp_path / "b", max_steps=2, warmup_steps=2), ref_model=_model()
     )
     assert latest_checkpoint(tmp_path / "b").name == "step-2"
-    resumed = _model(seed=9)  # different weights: load_state must overwrite them
+    resumed = _model()  # the start weights (checked); load_state must load the trained ones
     res = train_preference(
         resumed,
         tok,

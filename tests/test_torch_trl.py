@@ -16,7 +16,7 @@ from datasets import Dataset  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model  # noqa: E402
 from rdpo_theory.torch.trl import RobustDPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,11 +27,6 @@ ROWS = [
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 2
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _args(tmp_path, **kw):
@@ -187,7 +182,7 @@ def test_accumulated_normalizer_two_by_two_equals_one_by_four(tok, tmp_path, met
     for name, (bs, ga, norm) in {
         "one": (4, 1, "accumulated"),
         "two": (2, 2, "accumulated"),
-        "mb": (2, 2, "micro-batch"),
+        "mb": (2, 2, "batch"),
     }.items():
         args = _args(
             tmp_path / name, per_device_train_batch_size=bs, gradient_accumulation_steps=ga

@@ -13,12 +13,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rdpo_theory import InputError, NonFiniteError  # noqa: E402
-from rdpo_theory.torch import guards  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model  # noqa: E402
+from rdpo_theory.torch import guards, loop  # noqa: E402
 from rdpo_theory.torch import train as T  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.losses import dpo_loss, kldpo_loss  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, read_metrics, train_preference  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = EmotionConfig.smoke()
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
@@ -26,19 +27,6 @@ ROWS = [
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _model(seed=0, dropout=0.0):
@@ -109,7 +97,7 @@ def _inject_nan_at(monkeypatch, calls: set[int], *, grad_only=False):
                 out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(T, "loss_and_backward", fake)
+    monkeypatch.setattr(loop, "loss_and_backward", fake)
 
 
 def test_skip_mode_drops_the_step_and_counts_it(tok, tmp_path, monkeypatch):
@@ -205,6 +193,58 @@ def test_resume_refuses_a_different_run(tok, tmp_path):
     assert rec["run"]["global_batch"] == 4 and len(rec["run"]["data_sha256"]) == 64
 
 
+def _permuted_tokenizer():
+    """The tiny world's words with two ids swapped: same words, other ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rdpo_theory.studies.emotion import vocabulary
+
+    words = vocabulary()
+    words[-1], words[-2] = words[-2], words[-1]
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def test_resume_refuses_other_weights_or_tokenizer_ids(tok, tmp_path):
+    """Issue 23: resume accepted a tokenizer with the same words but other ids, and a reference
+    (or a starting policy) with the same config but other weights. config.json now records the
+    vocabulary hash (token -> id) and the weight hashes of the models as given, and resume
+    refuses a mismatch naming the field; the same inputs resume."""
+    kw = dict(max_steps=2, save_every=1)
+    train_preference(_model(), tok, ROWS, _cfg(tmp_path, **kw), ref_model=_model())
+    rec = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert rec["model"]["weights_sha256"] == rec["reference_model"]["weights_sha256"]
+    assert len(rec["tokenizer"]["vocab_sha256"]) == 64
+    other_tok = _permuted_tokenizer()
+    assert sorted(other_tok.get_vocab()) == sorted(tok.get_vocab())  # same words
+    assert other_tok.get_vocab() != tok.get_vocab()  # other ids
+    resume = _cfg(tmp_path, resume=True, max_steps=3, save_every=1)
+    cases = (
+        (dict(tokenizer=other_tok), "run.tokenizer.vocab_sha256"),
+        (dict(ref_model=_model(seed=5)), "run.reference_model.weights_sha256"),
+        (dict(model=_model(seed=5)), "run.model.weights_sha256"),
+    )
+    for change, field in cases:
+        args = {"model": _model(), "tokenizer": tok, "ref_model": _model(), **change}
+        with pytest.raises(InputError, match="differs in 1 field") as e:
+            train_preference(
+                args["model"], args["tokenizer"], ROWS, resume, ref_model=args["ref_model"]
+            )
+        assert field in str(e.value)
+    # without ref_model the reference is a copy of the policy: other start weights are both
+    train_preference(_model(seed=5), tok, ROWS, _cfg(tmp_path / "c", **kw))
+    with pytest.raises(InputError, match="differs in 2 field") as e:
+        train_preference(_model(seed=6), tok, ROWS, _cfg(tmp_path / "c", resume=True, max_steps=3))
+    assert "run.reference_model.weights_sha256" in str(e.value)
+    res = train_preference(_model(), tok, ROWS, resume, ref_model=_model())
+    assert [m["step"] for m in res.metrics] == [1, 2, 3]
+
+
 def test_interrupted_run_resumes_to_the_uninterrupted_one(tok, tmp_path, monkeypatch):
     """Dropout on (the RNG matters), a linear schedule, skips counted: a run killed in step 4
     after its step-2 checkpoint, then resumed, equals the run that was never interrupted."""
@@ -221,7 +261,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_one(tok, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "loss_and_backward", dies_at_4)
+    monkeypatch.setattr(loop, "loss_and_backward", dies_at_4)
     with pytest.raises(KeyboardInterrupt):
         train_preference(
             _model(dropout=0.2), tok, ROWS, _cfg(tmp_path / "b", **kw), ref_model=_model()
@@ -229,8 +269,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_one(tok, tmp_path, monkeyp
     monkeypatch.undo()
     assert [m["step"] for m in read_metrics(tmp_path / "b")] == [1, 2, 3]
     torch.manual_seed(12345)  # a different global RNG state: resume must restore its own
+    # the model the run started from (its weight hash is checked); the trained weights, not
+    # these, come from the step-2 checkpoint: without them the losses below would differ
     res = train_preference(
-        _model(seed=7, dropout=0.2),
+        _model(dropout=0.2),
         tok,
         ROWS,
         _cfg(tmp_path / "b", resume=True, **kw),

@@ -15,9 +15,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, train_preference  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = EmotionConfig.smoke()
 BASE = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide", "group": "a"},
@@ -26,19 +27,6 @@ BASE = [
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous", "group": "c"},
 ]
 COUNTS = [2, 1, 3, 1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _m(seed):
@@ -114,7 +102,7 @@ def test_group_weights_survive_resume(tok, tmp_path):
     assert run["group_labels"] == ["a", "b", "c"] and len(run["group_weights"]) == 3
     assert not np.allclose(run["group_weights"], 1 / 3)  # they moved
     resumed = train_preference(
-        build_model(CFG, 9),
+        build_model(CFG, 0),  # the start weights (checked); trained ones from step-2
         tok,
         rows,
         _cfg(max_steps=4, output_dir=tmp_path / "b", resume=True, **kw),

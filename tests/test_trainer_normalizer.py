@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rdpo_theory import InputError  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.studies.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, read_metrics, train_preference  # noqa: E402
 
 CFG = EmotionConfig.smoke()
@@ -22,11 +22,6 @@ ROWS = [
 KL = dict(method="kldpo", loss_kwargs={"tau": 0.5})
 pytestmark = pytest.mark.usefixtures("one_thread")
 W = dict(method="wdpo", loss_kwargs={"rho0": 0.05})
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _cfg(out=None, **kw):
@@ -69,7 +64,7 @@ def test_running_resume_reproduces_the_uninterrupted_run(tok, tmp_path):
     )
     assert saved["running"]["normalizer"]["steps"] == 2
     res = train_preference(
-        build_model(CFG, 9),
+        build_model(CFG, 0),  # the start weights (checked); trained ones from the checkpoint
         tok,
         ROWS,
         _cfg(tmp_path / "b", max_steps=4, resume=True, **kw),
@@ -198,8 +193,8 @@ def _mean_dicts(ds):
 @pytest.mark.parametrize(
     "normalizer,variant",
     [
-        ("micro-batch", "normalized"),
-        ("micro-batch", "clipped"),
+        ("batch", "normalized"),
+        ("batch", "clipped"),
         ("accumulated", "normalized"),
         ("accumulated", "clipped"),
         ("running", "normalized"),
@@ -227,7 +222,7 @@ def test_logged_kl_diagnostics_equal_a_hand_computation(tok, normalizer, variant
     clip = lk.get("clip")
     if normalizer == "accumulated":
         want = _hand_kl(np.concatenate(ls), tau=tau, clip=clip)
-    elif normalizer == "micro-batch":
+    elif normalizer == "batch":
         want = _mean_dicts([_hand_kl(l, tau=tau, clip=clip) for l in ls])
     else:
         z1 = np.mean(np.exp(ls[0] / tau))
@@ -243,7 +238,7 @@ def test_logged_kl_diagnostics_equal_a_hand_computation(tok, normalizer, variant
         assert logged[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
-@pytest.mark.parametrize("normalizer", ["micro-batch", "accumulated", "running"])
+@pytest.mark.parametrize("normalizer", ["batch", "accumulated", "running"])
 def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
     """WDPO sqrt-mean logs its normaliser S = mean ||grad_z l_i||^2 (step 1, 2 micro-batches
     of 4): per micro-batch averaged over the step, over the step's 8 pairs, or the running
@@ -253,7 +248,7 @@ def test_logged_wdpo_normalizer_equals_a_hand_computation(tok, normalizer):
     cfg = _cfg(robust_normalizer=normalizer, robust_decay=0.5, grad_accum=2, max_steps=1, **W)
     logged = _train64(tok, cfg).metrics[0]
     s1, s2 = (float(np.mean(s)) for s in _step0_values(tok, cfg, wdpo=True))
-    want = {"micro-batch": (s1 + s2) / 2, "accumulated": (s1 + s2) / 2}
+    want = {"batch": (s1 + s2) / 2, "accumulated": (s1 + s2) / 2}
     want["running"] = (s1 + (0.5 * s1 + 0.5 * s2)) / 2
     assert abs(s1 - s2) > 1e-3 * s1  # the micro-batches differ
     assert logged["normalizer"] == pytest.approx(want[normalizer], rel=1e-5)
@@ -286,7 +281,7 @@ def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
 
     import numpy as np
 
-    from rdpo_theory.torch.emotion import preference_rows, sample_corpus, sft
+    from rdpo_theory.studies.emotion import preference_rows, sample_corpus, sft
     from rdpo_theory.torch.lm import encode_pairs, pair_logps
     from rdpo_theory.torch.train import micro_batch_indices
 
@@ -333,7 +328,7 @@ def test_running_mean_weights_do_not_depend_on_the_micro_batch_size(tok):
 
 def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys):
     """`rdpo llm --model DIR --robust-normalizer running --robust-decay 0.5`: the recorded run
-    configuration of KLDPO carries the options, DPO's keeps the micro-batch default, and bad
+    configuration of KLDPO carries the options, DPO's keeps the batch default, and bad
     values stop the command with one line naming the option."""
     from rdpo_theory.cli import main
 
@@ -350,13 +345,13 @@ def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys)
     kl = json.loads((out / "kldpo" / "config.json").read_text())
     dpo = json.loads((out / "dpo" / "config.json").read_text())
     assert (kl["robust_normalizer"], kl["robust_decay"]) == ("running", 0.5)
-    assert dpo["robust_normalizer"] == "micro-batch"
+    assert dpo["robust_normalizer"] == "batch"
     normalizers = [m["normalizer"] for m in read_metrics(out / "kldpo") if "normalizer" in m]
     assert normalizers and all(torch.isfinite(torch.tensor(normalizers)))
     capsys.readouterr()
     bad = argv[:5] + ["--out", str(tmp_path / "o2"), "--methods", "dpo"]
     assert main(bad + ["--robust-normalizer", "running"]) != 0
-    assert "--robust-normalizer sets kldpo/wdpo" in capsys.readouterr().err
+    assert "--robust_normalizer sets kldpo/wdpo" in capsys.readouterr().err
     fresh = argv[:5] + ["--out", str(tmp_path / "o3")] + argv[7:-2]
     assert main(fresh + ["--robust-decay", "2"]) != 0
     err = capsys.readouterr().err

@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # lm_bench
 
-from rdpo_theory.torch import bench  # noqa: E402
+import lm_bench as bench  # noqa: E402
 
 SECTIONS = ("steps", "lora", "memory", "e2e")
 
@@ -165,7 +166,6 @@ def memory_section(smoke, out) -> list[dict]:
     """benchmarks/lm_memory.py: one step's peak memory, old vs selective log-softmax vs the
     fused linear head, GPT-2 124M at 8 x 512 (``--smoke``: one block of width 64 under GPT-2's
     vocabulary, 1 x 32, the same code path in seconds)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import lm_memory
 
     if smoke:
@@ -180,7 +180,7 @@ def memory_section(smoke, out) -> list[dict]:
 
 def e2e_section(size, smoke, out) -> dict:
     """The trainer itself on synthetic text pairs (checkpoint + metrics)."""
-    from rdpo_theory.torch.emotion import build_tokenizer
+    from rdpo_theory.studies.emotion import build_tokenizer
     from rdpo_theory.torch.train import TrainConfig, train_preference
 
     tok = build_tokenizer()

@@ -155,7 +155,7 @@ def make_tiny(out, *, quick: bool = True, jobs: int = -1) -> list[Path]:
 
     from ..plots.audit import plot_audit
     from ..studies import audit as S
-    from ..torch.emotion import EmotionConfig, run_emotion
+    from ..studies.emotion import EmotionConfig, run_emotion
     from .llm import load_jsonl
 
     cfg = (EmotionConfig.quick if quick else EmotionConfig)(mixtures=("convex",))

@@ -46,7 +46,6 @@ def add_parser(sub) -> None:
         "default dpo kldpo wdpo)",
     )
     opt = {
-        "--beta": (float, "DPO temperature"),
         "--tau": (float, "KLDPO temperature"),
         "--rho0": (float, "WDPO radius coefficient"),
         "--eps": (float, "cdpo/rdpo flip or smoothing rate"),
@@ -54,29 +53,26 @@ def add_parser(sub) -> None:
         "--level": (float, "cvardpo CVaR tail fraction"),
         "--beta-prime": (float, "drdpo soft-min temperature"),
         "--group-step": (float, "group_dpo exponentiated-gradient step of the group weights"),
-        "--steps": (int, "optimizer steps"),
-        "--batch-size": (int, "pairs per device micro-batch"),
-        "--grad-accum": (int, "micro-batches per optimizer step"),
-        "--lr": (float, "learning rate"),
-        "--warmup": (int, "warmup steps"),
-        "--max-length": (int, "token budget per row (capped at the model's positions)"),
-        "--save-every": (int, "checkpoint every N steps (0: only at the end)"),
         "--eval-fraction": (float, "held-out share of pairs"),
-        "--seed": (int, "seed of the data split and training"),
     }
     for flag, (kind, text) in opt.items():
         key = flag[2:].replace("-", "_")
         p.add_argument(
             flag, type=kind, default=None, help=f"--model: {text} (default {MODEL_DEFAULTS[key]})"
         )
-    p.add_argument("--kl-variant", default=None, choices=["normalized", "clipped"])
-    p.add_argument("--wdpo-variant", default=None, choices=["sqrt-mean", "per-pair"])
     p.add_argument(
-        "--on-nonfinite",
+        "--kl-variant",
         default=None,
-        choices=["raise", "skip"],
-        help="--model: a step with a NaN/inf loss or gradient norm stops the run (raise, "
-        "default) or is dropped and counted (skip)",
+        choices=["normalized", "clipped"],
+        help="--model: KLDPO weights normalised by the batch partition sum or clipped around "
+        "a centre (default normalized)",
+    )
+    p.add_argument(
+        "--wdpo-variant",
+        default=None,
+        choices=["sqrt-mean", "per-pair"],
+        help="--model: WDPO penalty rho0 sqrt(mean ||grad||^2) or the per-pair mean "
+        "(default sqrt-mean)",
     )
     p.add_argument(
         "--cover-groups",
@@ -85,7 +81,6 @@ def add_parser(sub) -> None:
         "every group's share alpha_min (the smallest group share of the training rows): "
         "rho = (1 - alpha_min) / (2 alpha_min), level = alpha_min; rows need a 'group'",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/METHOD checkpoints")
     p.add_argument(
         "--lora-r",
         type=int,
@@ -93,47 +88,23 @@ def add_parser(sub) -> None:
         help="--model: train LoRA adapters of this rank on all linear layers (needs peft); the "
         "reference is the base model with adapters disabled (default 0: full fine-tuning)",
     )
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 r)")
-    p.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0)")
     p.add_argument(
-        "--precompute-ref",
-        action="store_const",
-        const=True,
-        default=None,
-        help="--model: compute the reference log-probs once before training and cache them "
-        "beside the dataset (ref_logps-<hash>.json); no reference model in memory while training",
+        "--lora-alpha", type=float, default=None, help="--model: LoRA alpha (default 2 r)"
     )
     p.add_argument(
-        "--fused-head",
-        action="store_const",
-        const=True,
-        default=None,
-        help="--model: score sequences with a fused linear head that never forms the logits "
-        "(batch x tokens x vocabulary), in the forward and every backward, WDPO's double "
-        "backward included; same log-probs up to rounding, for a plain nn.Linear head "
-        "(docs/one-gpu-recipe.md; default off)",
+        "--lora-dropout", type=float, default=None, help="--model: LoRA dropout (default 0)"
     )
-    p.add_argument(
-        "--robust-normalizer",
-        default=None,
-        choices=["micro-batch", "accumulated", "running"],
-        help="--model: which pairs normalise the KLDPO/WDPO robust weights: each micro-batch, "
-        "the whole optimiser step (--grad-accum micro-batches), or a running estimate "
-        "(docs/trainer-normalizers.md; default micro-batch)",
+    train = p.add_argument_group(
+        "training options (--model; the fields of rdpo_theory.torch.train.TrainConfig)"
     )
-    p.add_argument(
-        "--robust-decay",
-        type=float,
-        default=None,
-        help="--model: decay of the running normaliser, in (0, 1] (default 0.01)",
-    )
+    add_train_arguments(train)
     p.set_defaults(func=run)
 
 
-#: Defaults of the --model options (None in the parser, so that a given option is detected).
+#: Defaults of the --model options that are not TrainConfig fields (None in the parser, so
+#: that a given option is detected).
 MODEL_DEFAULTS = {
     "methods": list(listed("llm")),
-    "beta": 0.1,
     "tau": 1.0,
     "kl_variant": "normalized",
     "rho0": 0.01,
@@ -143,33 +114,30 @@ MODEL_DEFAULTS = {
     "level": 0.5,
     "beta_prime": 1.0,
     "group_step": 0.01,
-    "steps": 100,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 5e-6,
-    "warmup": 10,
-    "max_length": 512,
-    "save_every": 0,
     "eval_fraction": 0.1,
-    "seed": 0,
-    "on_nonfinite": "raise",
     "lora_r": 0,
     "lora_alpha": None,
     "lora_dropout": 0.0,
-    "precompute_ref": False,
-    "fused_head": False,
-    "robust_normalizer": "micro-batch",
-    "robust_decay": 0.01,
 }
+#: ``rdpo llm``'s defaults for TrainConfig fields where they differ from the class's (a
+#: command run on a local model: smaller micro-batches, a warmup, a token budget).
+TRAIN_DEFAULTS = {"batch_size": 4, "learning_rate": 5e-6, "warmup_steps": 10, "max_length": 512}
+#: TrainConfig fields that ``rdpo llm`` sets itself (from --methods, --out, --lora-*, the
+#: method options), so they are not flags.
+TRAIN_EXCLUDED = ("method", "loss_kwargs", "output_dir", "peft_config")
 TINY_DEFAULTS = {"seeds": 3, "jobs": -1}
-#: Options that set one family of methods: refused when --methods has none of them.
+#: Options that set one family of methods: refused when --methods has none of them. TrainConfig
+#: fields are spelt as their flags (the field name).
 METHOD_OPTIONS = {
     "tau": ({"kldpo"}, "--tau"),
     "kl_variant": ({"kldpo"}, "--kl-variant"),
     "rho0": ({"wdpo"}, "--rho0"),
     "wdpo_variant": ({"wdpo"}, "--wdpo-variant"),
-    "robust_normalizer": ({"kldpo", "wdpo"}, "--robust-normalizer"),
-    "robust_decay": ({"kldpo", "wdpo"}, "--robust-decay"),
+    "robust_normalizer": ({"kldpo", "wdpo"}, "--robust_normalizer"),
+    "robust_decay": ({"kldpo", "wdpo"}, "--robust_decay"),
+    "wdpo_hvp": ({"wdpo"}, "--wdpo_hvp"),
+    "wdpo_fd_eps": ({"wdpo"}, "--wdpo_fd_eps"),
+    "wdpo_fd_precision": ({"wdpo"}, "--wdpo_fd_precision"),
     "eps": ({"cdpo", "rdpo"}, "--eps"),
     "rho": ({"chi2dpo"}, "--rho"),
     "level": ({"cvardpo"}, "--level"),
@@ -178,18 +146,86 @@ METHOD_OPTIONS = {
 }
 
 
+class _NotGiven:
+    """The parsed value of a training flag that was not given (its default is filled in by
+    :func:`check_args`); distinct from None, which ``--max_grad_norm none`` gives."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+NOT_GIVEN = _NotGiven()
+
+
+class _Recorder:
+    """Passes ``add_argument`` calls to a parser (or group) and keeps the actions made."""
+
+    def __init__(self, parser):
+        self.parser, self.actions = parser, []
+
+    def add_argument(self, *args, **kwargs):
+        action = self.parser.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
+
+
+def add_train_arguments(parser) -> list[str]:
+    """One flag per command-line field of :class:`~rdpo_theory.torch.train.TrainConfig`
+    (:func:`rdpo_theory.options.add_arguments`: the field name is the flag, the dashed
+    spelling and the old flags ``--lr``, ``--steps``, ``--warmup`` are aliases; the help is the
+    field's). The help shows the default ``rdpo llm`` uses (:data:`TRAIN_DEFAULTS`, else the
+    field's), while the parsed default is :data:`NOT_GIVEN`, so that :func:`check_args` sees
+    which options were given. Returns the field names."""
+    from ..options import add_arguments
+    from ..torch.config import TrainConfig
+
+    rec = _Recorder(parser)
+    names = add_arguments(rec, TrainConfig, exclude=TRAIN_EXCLUDED, defaults=TRAIN_DEFAULTS)
+    for action in rec.actions:
+        shown = "none" if action.default is None else str(action.default)
+        text = action.help or ""
+        if "%(default)s" not in text:
+            text += " (default: %(default)s)"
+        action.help = "--model: " + text.replace("%(default)s", shown)
+        action.default = NOT_GIVEN
+    return names
+
+
+def train_defaults() -> dict:
+    """The default of every command-line TrainConfig field under ``rdpo llm``."""
+    import dataclasses
+
+    from ..torch.config import TrainConfig
+
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in TRAIN_EXCLUDED or not f.metadata.get("cli", True):
+            continue
+        out[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return {**out, **TRAIN_DEFAULTS}
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
 def check_args(args) -> None:
     """Refuse options that do not apply to the chosen mode or methods; fill the defaults."""
+    import argparse
+
     from . import checks as C
 
+    train = train_defaults()
+    # a view in which an option is None exactly when it was not given (a training option given
+    # as "none", e.g. --max_grad_norm none, is given)
+    seen = dict(vars(args))
+    seen.update({k: None if getattr(args, k) is NOT_GIVEN else "given" for k in train})
+    seen = argparse.Namespace(**seen)
     if args.tiny:
         given = {k: _flag(k) for k in MODEL_DEFAULTS}
-        C.not_applicable(args, given, "to --tiny (they set --model training)")
-        if args.resume:
+        given.update({k: f"--{k}" for k in train if k != "resume"})
+        C.not_applicable(seen, given, "to --tiny (they set --model training)")
+        if seen.resume is not None:
             raise InputError("--resume does not apply to --tiny")
         if args.cover_groups:
             raise InputError("--cover-groups does not apply to --tiny (it sets --model training)")
@@ -203,10 +239,13 @@ def check_args(args) -> None:
             )
         methods = set(args.methods or MODEL_DEFAULTS["methods"])
         for key, (family, flag) in METHOD_OPTIONS.items():
-            if getattr(args, key) is not None and not family & methods:
+            if getattr(seen, key) is not None and not family & methods:
                 raise InputError(
                     f"{flag} sets {'/'.join(sorted(family))}, which --methods does not include"
                 )
+    for key, value in train.items():
+        if getattr(args, key) is NOT_GIVEN:
+            setattr(args, key, value)
     for key, value in {**MODEL_DEFAULTS, **TINY_DEFAULTS}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -221,7 +260,7 @@ def run(args) -> int:
 
 
 def _run_tiny(args) -> int:
-    from ..torch.emotion import EmotionConfig, run_emotion
+    from ..studies.emotion import EmotionConfig, run_emotion
     from . import checks as C
 
     if args.dataset is not None:
@@ -263,7 +302,7 @@ def _print_summary(table) -> None:
 
 
 def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
-    """Write the tables of :func:`rdpo_theory.torch.emotion.run_emotion` under ``out``:
+    """Write the tables of :func:`rdpo_theory.studies.emotion.run_emotion` under ``out``:
     ``llm_tiny.csv``, ``llm_tiny_metrics.csv``, ``llm_tiny_pairs.jsonl``,
     ``llm_tiny_config.json``, and the figure ``llm_tiny.png`` drawn from the CSV."""
     import dataclasses
@@ -299,7 +338,7 @@ def write_tiny_outputs(out, table, metrics, pairs, cfg) -> list[Path]:
 )
 def make(out: Path, *, quick: bool, jobs: int) -> list[Path]:
     """Run the miniature emotion experiment (quick: 2 seeds) and write its outputs."""
-    from ..torch.emotion import EmotionConfig, run_emotion
+    from ..studies.emotion import EmotionConfig, run_emotion
 
     cfg = EmotionConfig.quick() if quick else EmotionConfig()
     seeds = (0, 1) if quick else (0, 1, 2)
@@ -340,33 +379,29 @@ def load_causal_lm(auto_class, name: str):
 
 def build_configs(args) -> dict:
     """One validated TrainConfig per ``--methods`` entry, built before any work so that a bad
-    method or parameter (``--tau 0``, ``--rho0 -1``, ``--max-length 1``) stops the command
-    before anything is trained or written."""
+    method or parameter (``--tau 0``, ``--rho0 -1``, ``--max_length 1``) stops the command
+    before anything is trained or written. The training flags are the TrainConfig fields
+    (:func:`rdpo_theory.options.from_arguments`)."""
+    from ..options import from_arguments
     from ..torch.train import TrainConfig, latest_checkpoint
 
     if len(set(args.methods)) != len(args.methods):
         raise InputError(f"--methods lists a method twice: {args.methods}")
+    names = set(train_defaults())
     configs = {}
     for method in args.methods:
+        own = names if method in ("kldpo", "wdpo") else names - _ROBUST_ONLY
+        if method != "wdpo":
+            own = own - _WDPO_ONLY
         try:
-            configs[method] = TrainConfig(
+            configs[method] = from_arguments(
+                TrainConfig,
+                args,
+                names=own,
                 method=method,
-                beta=args.beta,
                 loss_kwargs=_loss_kwargs(args, method),
-                learning_rate=args.lr,
-                batch_size=args.batch_size,
-                grad_accum=args.grad_accum,
-                max_steps=args.steps,
-                warmup_steps=args.warmup,
-                max_length=args.max_length,
-                seed=args.seed,
                 output_dir=args.out / method,
-                save_every=args.save_every,
-                resume=args.resume,
-                on_nonfinite=args.on_nonfinite,
                 peft_config=_lora_config(args),
-                fused_head=args.fused_head,
-                **_normalizer_options(args, method),
             )
         except InputError as exc:
             raise InputError(f"--methods {method}: {exc}") from None
@@ -378,6 +413,12 @@ def build_configs(args) -> dict:
     return configs
 
 
+#: TrainConfig fields for KLDPO and WDPO only (the other methods keep the defaults).
+_ROBUST_ONLY = frozenset({"robust_normalizer", "robust_decay"})
+#: TrainConfig fields for WDPO only.
+_WDPO_ONLY = frozenset({"wdpo_hvp", "wdpo_fd_eps", "wdpo_fd_precision"})
+
+
 def _loss_kwargs(args, method: str) -> dict:
     if method == "kldpo":
         return {"tau": args.tau, "variant": args.kl_variant}
@@ -387,14 +428,6 @@ def _loss_kwargs(args, method: str) -> dict:
         return {"eps": args.eps}
     own = {"chi2dpo": "rho", "cvardpo": "level", "drdpo": "beta_prime", "group_dpo": "group_step"}
     return {own[method]: getattr(args, own[method])} if method in own else {}
-
-
-def _normalizer_options(args, method: str) -> dict:
-    """``--robust-normalizer/--robust-decay`` for the robust methods they apply to (KLDPO,
-    WDPO); the other methods in ``--methods`` keep the default micro-batch normaliser."""
-    if method not in ("kldpo", "wdpo"):
-        return {}
-    return {"robust_normalizer": args.robust_normalizer, "robust_decay": args.robust_decay}
 
 
 def _lora_config(args):
@@ -434,21 +467,55 @@ def cover_groups(rows) -> float:
     return min(share.values()) / sum(share.values())
 
 
-def _run_model(args) -> int:
+def heldout_metrics(args, tok, policy, ref, held, acc, max_length) -> dict:
+    """Held-out reward accuracy and mean margin ``beta ((pc - rc) - (pr - rr))`` of a trained
+    ``policy`` against ``ref`` (or the rows' precomputed reference log-probs)."""
     import numpy as np
     import torch
+
+    from ..torch.lm import encode_pairs, pair_logps
+    from ..torch.losses import dpo_margins
+    from ..torch.reference import BATCH_REF_KEYS, ROW_REF_KEYS, reference_logps
+
+    m_all = []
+    with torch.no_grad():
+        pol = policy.eval()
+        if ref is not None:
+            ref = ref.to(acc.device)
+        for lo in range(0, len(held), args.batch_size):
+            part = held[lo : lo + args.batch_size]
+            b = encode_pairs(
+                tok,
+                [r["prompt"] for r in part],
+                [r["chosen"] for r in part],
+                [r["rejected"] for r in part],
+                max_length=max_length,
+            )
+            if args.precompute_ref:
+                for j, k in enumerate(BATCH_REF_KEYS):
+                    b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
+            b = {k: v.to(acc.device) for k, v in b.items()}
+            pc, pr, _ = pair_logps(pol, b, fused_head=args.fused_head)
+            rc, rr = reference_logps(ref, pol, b, accelerator=acc, fused_head=args.fused_head)
+            rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
+            m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
+    m = torch.cat(m_all).numpy()
+    return {
+        "heldout_pairs": len(held),
+        "heldout_accuracy": float(np.mean(m > 0)),
+        "heldout_margin": float(np.mean(m)),
+    }
+
+
+def _run_model(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..rng import make_rng
-    from ..torch.lm import effective_max_length, encode_pairs, pair_logps
-    from ..torch.losses import dpo_margins
+    from ..torch.lm import effective_max_length
     from ..torch.reference import (
-        BATCH_REF_KEYS,
-        ROW_REF_KEYS,
-        reference_logps,
         with_reference_logps,
     )
-    from ..torch.train import make_accelerator, train_preference
+    from ..torch.train import check_rows, make_accelerator, train_preference
     from . import checks as C
 
     if args.dataset is None:
@@ -458,7 +525,7 @@ def _run_model(args) -> int:
     C.output_dir(args.out)
     C.integer(args.seed, "--seed", minimum=0)
     configs = build_configs(args)
-    rows = load_jsonl(args.dataset)
+    rows = check_rows(load_jsonl(args.dataset))  # row numbers in file order, before the split
     check_model_path(args.model)
     perm = make_rng(args.seed).permutation(len(rows))
     n_eval = int(round(args.eval_fraction * len(rows)))
@@ -488,7 +555,7 @@ def _run_model(args) -> int:
             base,
             tok,
             rows,
-            cache_dir=args.dataset.resolve().parent,
+            cache_dir=args.ref_cache_dir or args.dataset.resolve().parent,
             batch_size=args.batch_size,
             max_length=effective_max_length(base, args.max_length),
             accelerator=acc,
@@ -509,36 +576,7 @@ def _run_model(args) -> int:
         res = train_preference(model, tok, train_rows, cfg, ref_model=ref, accelerator=acc)
         ev = {"train_last": res.metrics[-1] if res.metrics else {}}
         if held:
-            with torch.no_grad():
-                m_all = []
-                pol = res.model.eval()
-                if ref is not None:
-                    ref = ref.to(acc.device)
-                for lo in range(0, len(held), args.batch_size):
-                    part = held[lo : lo + args.batch_size]
-                    b = encode_pairs(
-                        tok,
-                        [r["prompt"] for r in part],
-                        [r["chosen"] for r in part],
-                        [r["rejected"] for r in part],
-                        max_length=max_length,
-                    )
-                    if args.precompute_ref:
-                        for j, k in enumerate(BATCH_REF_KEYS):
-                            b[k] = torch.tensor([r[ROW_REF_KEYS[j]] for r in part])
-                    b = {k: v.to(acc.device) for k, v in b.items()}
-                    pc, pr, _ = pair_logps(pol, b, fused_head=args.fused_head)
-                    rc, rr = reference_logps(
-                        ref, pol, b, accelerator=acc, fused_head=args.fused_head
-                    )
-                    rc, rr = rc.to(pc.dtype), rr.to(pc.dtype)
-                    m_all.append(dpo_margins(pc, pr, rc, rr, beta=args.beta).float().cpu())
-                m = torch.cat(m_all).numpy()
-            ev.update(
-                heldout_pairs=len(held),
-                heldout_accuracy=float(np.mean(m > 0)),
-                heldout_margin=float(np.mean(m)),
-            )
+            ev.update(heldout_metrics(args, tok, res.model, ref, held, acc, max_length))
         summary[method] = ev
         if acc.is_main_process:
             (args.out / method / "eval.json").write_text(dumps_json(ev, indent=2))

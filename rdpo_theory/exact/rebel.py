@@ -36,11 +36,11 @@ from scipy.optimize import minimize, minimize_scalar
 
 from .. import losses as L
 from .. import options as O
+from ..divergences.kl import kl_lambda_for_theta, kl_tilt
 from ..errors import InputError, SolverError
 from ..objective_kernels import rebel_residuals, w2_rebel_value
 from ._common import solve_with_retries
 from .certificates import kl_into_ball
-from ..divergences.kl import kl_lambda_for_theta, kl_tilt
 from .result import ExactResult, certify_optimal
 from .status import REGIME_INTERIOR, REGIME_NOMINAL, REGIME_SHIFT, STATUS_OPTIMAL
 

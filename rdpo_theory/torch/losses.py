@@ -134,6 +134,15 @@ def dpo_margins(
 ) -> torch.Tensor:
     """Scaled implicit-reward margins ``m = beta * ((pc - rc) - (pr - rr))``, shape (B,).
 
+    A log-probability is never ``+inf`` or NaN: a pair with such a value in any of the four
+    tensors gets a NaN margin, so every loss built on the margins is NaN, never a finite
+    number (``+inf`` in the policy's chosen log-prob would otherwise give the finite DPO loss
+    0). This costs no host-device synchronisation; the trainer's ``on_nonfinite`` rule then
+    stops (or skips) the step naming the tensor, and with the debug flag
+    (:func:`rdpo_theory.torch.guards.set_debug`, ``RDPO_DEBUG=1``) the call raises
+    :class:`~rdpo_theory.errors.InputError` naming it. ``-inf`` (probability 0) is a
+    log-probability and is left to the arithmetic.
+
     Parameters
     ----------
     policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
@@ -141,14 +150,22 @@ def dpo_margins(
     beta : float > 0
         DPO temperature.
     """
-    _check_logps(
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+    logps = (
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
     )
+    _check_logps(*logps)
     beta = V.positive(beta, "beta")
-    return beta * (
+    m = beta * (
         (policy_chosen_logps - reference_chosen_logps)
         - (policy_rejected_logps - reference_rejected_logps)
     )
+    impossible = torch.zeros_like(m, dtype=torch.bool)
+    for t in logps:
+        impossible = impossible | torch.isposinf(t) | torch.isnan(t)
+    return torch.where(impossible, torch.full_like(m, float("nan")), m)
 
 
 def dpo_pair_losses(margins: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,14 @@ Each statistic has ``state_dict`` / ``load_state_dict`` for checkpoints, and an 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
 
-from .. import _validate as V
 from ..errors import InputError
+from ..options import Interval, check
+from . import losses as TL
 
 NORMALIZERS = ("batch", "running")
 #: Default EMA weight ``a`` of the running normalisers (about 100 steps of memory).
@@ -57,12 +59,13 @@ def check_normalizer(normalizer: str, variant: str) -> str:
     return normalizer
 
 
-def check_decay(decay) -> float:
-    """``decay`` in (0, 1]; :class:`InputError` naming it otherwise."""
-    decay = V.positive(decay, "decay")
-    if decay > 1:
-        raise InputError(f"The 'decay' parameter must lie in (0, 1]. Got {decay} instead.")
-    return decay
+#: The declared constraint of a running normaliser's decay: a float in (0, 1].
+DECAY = [Interval(float, 0, 1, closed="right")]
+
+
+def check_decay(decay, name: str = "decay", *, owner: str | None = None) -> float:
+    """``decay`` in (0, 1] (:data:`DECAY`); :class:`InputError` naming ``name`` otherwise."""
+    return float(check(name, decay, DECAY, owner=owner))
 
 
 def _all_reduce_mean(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -137,9 +140,7 @@ class RunningStatistic:
 def batch_log_partition(per_pair: torch.Tensor, tau: float) -> torch.Tensor:
     """``log mean_b exp(l_i / tau)``, detached 0-d float64: the batch's log partition sum
     (:func:`rdpo_theory.torch.losses.kl_statistic` in float64)."""
-    from .losses import kl_statistic
-
-    return kl_statistic(per_pair.detach().to(torch.float64), tau=tau)
+    return TL.kl_statistic(per_pair.detach().to(torch.float64), tau=tau)
 
 
 def running_kldpo_objective(
@@ -150,9 +151,7 @@ def running_kldpo_objective(
     ``log_partition`` is ``log Z``, e.g. a :class:`RunningStatistic` in log space. With
     ``log Z`` the batch's own :func:`batch_log_partition` this is KLDPO ``normalized``
     (:func:`rdpo_theory.torch.losses.kldpo_objective`)."""
-    from .losses import kl_weights_at
-
-    w = kl_weights_at(per_pair, tau=tau, variant="normalized", clip=1.0, statistic=log_partition)
+    w = TL.kl_weights_at(per_pair, tau=tau, variant="normalized", clip=1.0, statistic=log_partition)
     return (w * per_pair).mean(), w
 
 
@@ -162,29 +161,42 @@ def running_wdpo_objective(
     """``mean_b l_i + rho0 (mean_b ||g_i||^2 + S) / (2 sqrt(S))`` with ``S = mean_sq``
     (detached): the linearised WDPO ``sqrt-mean`` loss at the running ``S``. With ``S`` the
     batch's own ``mean_b ||g_i||^2`` its value and gradient are those of ``sqrt-mean``."""
-    from .losses import sqrt_mean_tangent
-
-    return per_pair.mean() + sqrt_mean_tangent(sq_norms.mean(), mean_sq, rho0)
+    return per_pair.mean() + TL.sqrt_mean_tangent(sq_norms.mean(), mean_sq, rho0)
 
 
 # ---------------------------------------------------------------------------- the trainer
-#: ``TrainConfig.robust_normalizer`` values implemented by the trainer.
-TRAINER_NORMALIZERS = ("micro-batch", "accumulated", "running")
+#: ``TrainConfig.robust_normalizer`` values implemented by the trainer (and by
+#: ``RobustDPOTrainer`` and ``rdpo llm``): the same words as ``normalizer`` above and
+#: :mod:`rdpo_theory.approx`.
+TRAINER_NORMALIZERS = ("batch", "accumulated", "running")
+#: Old spellings still accepted, with a DeprecationWarning, for ``"batch"``.
+DEPRECATED_NORMALIZERS = ("micro-batch",)
+#: The default ``robust_normalizer`` of the trainer, the TRL subclass and ``rdpo llm`` (one
+#: constant, so that changing the default is a one-line change).
+DEFAULT_TRAINER_NORMALIZER = "batch"
 
 
 def check_trainer_normalizer(normalizer: str, method: str, loss_kwargs: dict) -> str:
-    """Validated ``TrainConfig.robust_normalizer``:
+    """Validated ``TrainConfig.robust_normalizer``, returned in its current spelling:
 
-    * ``"micro-batch"`` (every method): the statistics of each forward pass (KLDPO's gathered
-      over workers);
+    * ``"batch"`` (every method): the statistics of each forward pass (KLDPO's gathered over
+      workers); ``"micro-batch"`` is a deprecated alias (DeprecationWarning);
     * ``"accumulated"``: KLDPO (``normalized`` and ``clipped``) and WDPO ``sqrt-mean``;
     * ``"running"``: KLDPO ``normalized`` and WDPO ``sqrt-mean``.
     """
+    if isinstance(normalizer, str) and normalizer in DEPRECATED_NORMALIZERS:
+        warnings.warn(
+            f"robust_normalizer={normalizer!r} is deprecated; use 'batch' (same behaviour)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        normalizer = "batch"
     if normalizer not in TRAINER_NORMALIZERS:
         raise InputError(
-            f"robust_normalizer must be one of {TRAINER_NORMALIZERS}, got {normalizer!r}"
+            f"The 'robust_normalizer' parameter must be one of {TRAINER_NORMALIZERS}. "
+            f"Got {normalizer!r} instead."
         )
-    if normalizer == "micro-batch":
+    if normalizer == "batch":
         return normalizer
     if method not in ("kldpo", "wdpo"):
         raise InputError(
@@ -235,8 +247,6 @@ def step_statistic(
     input-gradient norms ``||grad_z l_i||^2``. The values are gathered over the workers of
     ``group`` (``torch.distributed``; one ``all_gather`` of the step's pairs), so every worker
     holds the same statistic: the one a single worker computes on the whole global batch."""
-    from . import losses as TL
-
     variant = _variant(method, variant)
     glob = TL.gather_pairs(values, group)
     if method == "kldpo":
@@ -281,12 +291,10 @@ def normalized_loss(
     the diagnostics of :func:`rdpo_theory.torch.losses.kl_weight_diagnostics` (KLDPO; over the
     global micro-batch for ``running``, over the step for ``accumulated``) or ``normalizer``
     (S), ``penalty`` and ``grad_rms`` (WDPO). Data ``weights`` are not supported."""
-    from . import losses as TL
-
     if weights is not None:
         raise InputError(
             "rows with a 'weight' column cannot be trained with robust_normalizer "
-            "'accumulated' or 'running'; use robust_normalizer='micro-batch'"
+            "'accumulated' or 'running'; use robust_normalizer='batch'"
         )
     variant = _variant(method, variant)
     m = TL.dpo_margins(

@@ -3,11 +3,20 @@
 Every output directory of :func:`rdpo_theory.torch.train.train_preference` holds
 ``config.json``: the :class:`~rdpo_theory.torch.train.TrainConfig` fields plus a ``run`` block
 with the data hash (SHA-256 of the rows), the policy's and the reference's identity (class,
-``name_or_path``, SHA-256 of the model config), the number of processes, the global batch and
-the package, torch and transformers versions. ``resume=True`` compares the recorded
+``name_or_path``, SHA-256 of the model config and of the weights the run started from), the
+tokenizer's identity (SHA-256 of its vocabulary: every token with its id, and the special
+tokens), the number of processes, the global batch and the package, torch and transformers
+versions. ``resume=True`` compares the recorded
 configuration with the new one field by field and refuses a directory whose configuration
 differs, naming every differing field; only the fields in :data:`RESUMABLE_FIELDS` may change
 between an interrupted run and its continuation. See ``docs/reliability.md``.
+
+The policy's weight hash is that of the model *given* to the trainer, before any checkpoint is
+loaded: a resumed run must be given the model the run started from (its trained weights then
+come from the checkpoint), and is compared with the start hash recorded in ``config.json``,
+never with the checkpoint's trained weights. That matters beyond bookkeeping: without a
+``ref_model`` the reference is a copy of that model, and with adapters (PEFT) the checkpoint
+holds only the adapters, so the base weights must be the run's own.
 """
 
 from __future__ import annotations
@@ -16,7 +25,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
+from .. import __version__
 from ..errors import InputError
+from .normalizers import DEPRECATED_NORMALIZERS
 
 CONFIG_FILE = "config.json"
 
@@ -48,11 +61,16 @@ def data_hash(rows) -> str:
     return h.hexdigest()
 
 
-def model_identity(model) -> dict:
-    """Class, ``name_or_path`` and the SHA-256 of the model's config (architecture, vocabulary,
-    dropout, ...). Weights are not hashed: a resumed run loads them from its checkpoint."""
+def _unwrap(model):
     while hasattr(model, "module"):
         model = model.module
+    return model
+
+
+def model_identity(model) -> dict:
+    """Class, ``name_or_path``, the SHA-256 of the model's config (architecture, vocabulary,
+    dropout, ...) and of its weights (:func:`weights_hash`)."""
+    model = _unwrap(model)
     conf = getattr(model, "config", None)
     if conf is not None and hasattr(conf, "to_dict"):
         d = {k: v for k, v in conf.to_dict().items() if k not in ("_name_or_path",)}
@@ -65,15 +83,53 @@ def model_identity(model) -> dict:
         "class": type(model).__name__,
         "name_or_path": name,
         "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "weights_sha256": weights_hash(model),
     }
 
 
-def run_record(cfg, rows, model, ref_model, *, num_processes: int) -> dict:
-    """The configuration written to ``config.json``: ``cfg.to_dict()`` plus a ``run`` block."""
-    import torch
+def weights_hash(model) -> str | None:
+    """SHA-256 of a model's ``state_dict``: every entry's name, dtype, shape and bytes, in
+    order (None for an object without ``state_dict``). Tensors are copied to the CPU one at a
+    time (about a second per GB of weights); meta tensors contribute their name, dtype and
+    shape only."""
+    model = _unwrap(model)
+    if not hasattr(model, "state_dict"):
+        return None
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.is_meta:  # no values to hash (a model not yet materialised)
+            continue
+        flat = t.detach().contiguous().reshape(-1).cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
 
-    from .. import __version__
 
+def tokenizer_identity(tokenizer) -> dict | None:
+    """Class and the SHA-256 of the tokenizer's vocabulary: every ``(token, id)`` pair of
+    ``get_vocab()`` (added tokens included) and the special tokens, so a tokenizer with the same
+    words but other ids has another hash. None for ``tokenizer=None``."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    special = getattr(tokenizer, "special_tokens_map", {}) or {}
+    text = json.dumps(
+        {"vocab": sorted((str(k), int(v)) for k, v in vocab.items()), "special": special},
+        sort_keys=True,
+        default=str,
+    )
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(vocab),
+        "vocab_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def run_record(cfg, rows, model, ref_model, *, num_processes: int, tokenizer=None) -> dict:
+    """The configuration written to ``config.json``: ``cfg.to_dict()`` plus a ``run`` block.
+    Call it with the models as given to the trainer (the weights the run starts from)."""
     try:
         import transformers
 
@@ -86,6 +142,7 @@ def run_record(cfg, rows, model, ref_model, *, num_processes: int) -> dict:
         "n_rows": len(rows),
         "model": model_identity(model),
         "reference_model": model_identity(ref_model),
+        "tokenizer": tokenizer_identity(tokenizer),
         "num_processes": int(num_processes),
         "global_batch": cfg.batch_size * cfg.grad_accum * int(num_processes),
         "package_version": __version__,
@@ -99,7 +156,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k in ("run", "model", "reference_model"):
+        if isinstance(v, dict) and k in ("run", "model", "reference_model", "tokenizer"):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -109,6 +166,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def differing_fields(recorded: dict, current: dict) -> list[str]:
     """``"field: recorded X, now Y"`` for every compared field that differs."""
     a, b = _flatten(recorded), _flatten(current)
+    for d in (a, b):  # a run recorded under the deprecated spelling resumes as "batch"
+        if d.get("robust_normalizer") in DEPRECATED_NORMALIZERS:
+            d["robust_normalizer"] = "batch"
     skip = set(RESUMABLE_FIELDS)
     if a.get("schedule") == "linear" or b.get("schedule") == "linear":
         skip.discard("max_steps")
@@ -183,4 +243,6 @@ __all__ = [
     "model_identity",
     "read_record",
     "run_record",
+    "tokenizer_identity",
+    "weights_hash",
 ]

@@ -23,7 +23,8 @@ as TRL does. ``padding_free`` is switched off by TRL 1.16 itself. Options that c
 itself (``loss_type`` other than ``sigmoid``, ``loss_weights``, ``f_divergence_type``,
 ``ld_alpha``) or that do not combine with a robust loss are refused with an error.
 
-``robust_normalizer`` (``"micro-batch"``, ``"accumulated"`` or ``"running"``) and
+``robust_normalizer`` (``"batch"``, ``"accumulated"`` or ``"running"``; ``"micro-batch"`` is a
+deprecated alias of ``"batch"``) and
 ``robust_decay`` mean what they mean in :class:`rdpo_theory.torch.train.TrainConfig`
 (docs/theory.md#minibatch-fixed-point): ``"accumulated"`` normalises KLDPO's weights (or WDPO
 ``sqrt-mean``'s S) over every micro-batch of one optimiser step (``per_device_train_batch_size``
@@ -31,7 +32,7 @@ x processes x ``gradient_accumulation_steps`` pairs) by a first pass over the st
 (:meth:`RobustDPOTrainer.get_batch_samples`: the reference log-probs, kept for the second pass,
 and a no-grad policy forward); ``"running"`` keeps an all-reduced moving average, saved in each
 checkpoint folder (``robust_normalizer.json``) and restored by
-``trainer.train(resume_from_checkpoint=...)``. Evaluation always uses the micro-batch normaliser.
+``trainer.train(resume_from_checkpoint=...)``. Evaluation always uses the ``"batch"`` normaliser.
 
 Example
 -------
@@ -53,15 +54,17 @@ from trl import DPOTrainer
 
 from ..errors import InputError
 from . import losses as TL
+from .config import check_loss_kwargs, resolve_loss
 from .lm import BATCH_KEYS, pair_logps
 from .normalizers import (
+    DEFAULT_DECAY,
+    DEFAULT_TRAINER_NORMALIZER,
     RunningStatistic,
     check_decay,
     check_trainer_normalizer,
     normalized_loss,
     step_statistic,
 )
-from .train import check_loss_kwargs, resolve_loss
 
 __all__ = ["NORMALIZER_FILE", "WEIGHTABLE_METHODS", "RobustDPOTrainer"]
 
@@ -149,8 +152,8 @@ class RobustDPOTrainer(DPOTrainer):
         *args,
         robust_method: str = "dpo",
         robust_kwargs: dict | None = None,
-        robust_normalizer: str = "micro-batch",
-        robust_decay: float = 0.01,
+        robust_normalizer: str = DEFAULT_TRAINER_NORMALIZER,
+        robust_decay: float = DEFAULT_DECAY,
         **kwargs,
     ):
         resolve_loss(robust_method)
@@ -163,13 +166,14 @@ class RobustDPOTrainer(DPOTrainer):
         self.robust_normalizer = check_trainer_normalizer(
             robust_normalizer, robust_method, self.robust_kwargs
         )
-        self.robust_decay = check_decay(robust_decay)
-        if robust_normalizer != "micro-batch" and (
+        self.robust_decay = check_decay(robust_decay, "robust_decay", owner="RobustDPOTrainer")
+        robust_normalizer = self.robust_normalizer
+        if robust_normalizer != "batch" and (
             self.has_weights or getattr(targs, "use_weighting", False)
         ):
             raise InputError(
                 f"robust_normalizer={robust_normalizer!r} does not take per-pair weights (a "
-                "'weight' column or args.use_weighting); use robust_normalizer='micro-batch'"
+                "'weight' column or args.use_weighting); use robust_normalizer='batch'"
             )
         self._running = None
         if robust_normalizer == "running":

@@ -1,4 +1,5 @@
-"""The paper's emotion-alignment experiment in miniature (docs/theory.md#shift-families), CPU-sized.
+"""A study: the paper's emotion-alignment experiment in miniature, CPU-sized
+(docs/theory.md#shift-families); needs the ``llm`` extra (torch, transformers).
 
 World. A word-level vocabulary with 48 neutral words and two "emotion" groups of 12 words each:
 group 1 (``anger``) and group 2 (``fear``). A sentence of ``seq_len`` words has a latent mood
@@ -38,6 +39,7 @@ from scipy.special import expit
 from .. import _validate as V
 from ..errors import InputError
 from ..methods import trained_id
+from ..options import POSITIVE_INT, check, validate
 from ..rng import make_rng, stream_seed
 from ..worlds import mixture_reward
 
@@ -74,6 +76,26 @@ def method_columns(loss: str, loss_kwargs: dict) -> dict:
     return cols
 
 
+#: The integer sizes of :class:`EmotionConfig`, each declared >= 1.
+SIZES = dict.fromkeys(
+    (
+        "n_corpus",
+        "seq_len",
+        "prompt_len",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "sft_steps",
+        "sft_batch",
+        "n_pairs",
+        "train_steps",
+        "batch_size",
+        "n_eval_prompts",
+    ),
+    POSITIVE_INT,
+)
+
+
 @dataclass(frozen=True)
 class EmotionConfig:
     """Sizes and settings of the miniature emotion experiment (defaults: ``rdpo llm --tiny``)."""
@@ -102,11 +124,7 @@ class EmotionConfig:
     methods: tuple[tuple[str, dict], ...] = field(default=DEFAULT_METHODS)
 
     def __post_init__(self):
-        for k in ("n_corpus", "seq_len", "prompt_len", "n_layer", "n_embd", "n_head"):
-            _pos_int(getattr(self, k), k)
-        for k in ("sft_steps", "sft_batch", "n_pairs", "train_steps", "batch_size"):
-            _pos_int(getattr(self, k), k)
-        _pos_int(self.n_eval_prompts, "n_eval_prompts")
+        validate({k: getattr(self, k) for k in SIZES}, SIZES, owner="EmotionConfig")
         if self.prompt_len >= self.seq_len:
             raise InputError(f"prompt_len must be < seq_len, got {self.prompt_len}")
         V.unit_interval(self.alpha0, "alpha0")
@@ -148,11 +166,6 @@ class EmotionConfig:
         base = dict(n_corpus=2000, sft_steps=200, n_pairs=512, train_steps=60, n_eval_prompts=128)
         base.update(kw)
         return cls(**base)
-
-
-def _pos_int(v, name):
-    if isinstance(v, bool) or int(v) != v or v < 1:
-        raise InputError(f"{name} must be a positive integer, got {v!r}")
 
 
 # ---------------------------------------------------------------------------- the world
@@ -211,7 +224,7 @@ def sample_corpus(cfg: EmotionConfig, n: int, seed) -> list[list[str]]:
 def emotion_rewards(completions, completion_len: int) -> np.ndarray:
     """``(r_anger, r_fear)`` per completion, shape (n, 2):
     ``r_k = (count_k + 1) / (completion_len + 2)``, in (0, 1)."""
-    _pos_int(completion_len, "completion_len")
+    check("completion_len", completion_len, POSITIVE_INT, owner="emotion_rewards")
     anger, fear = set(ANGER), set(FEAR)
     r = np.empty((len(completions), 2))
     for i, c in enumerate(completions):
@@ -248,7 +261,7 @@ def preference_rows(
     """Prompts from fresh sentences, two SFT completions each, Bradley-Terry labels on the
     ``alpha0`` mixture. Returns ``({mixture: rows}, pairs table)``; both mixtures share the
     prompts and completions and differ only in labels."""
-    from .lm import sample_completions
+    from ..torch.lm import sample_completions
 
     prompts = [" ".join(s[: cfg.prompt_len]) for s in sample_corpus(cfg, cfg.n_pairs, (seed, 1))]
     a1 = sample_completions(
@@ -287,7 +300,7 @@ def preference_rows(
 
 def evaluate_policy(model, tokenizer, prompts, cfg: EmotionConfig, seed: int) -> pd.DataFrame:
     """Mean mixed reward of the policy's completions at each alpha, for both mixtures."""
-    from .lm import sample_completions
+    from ..torch.lm import sample_completions
 
     comps = sample_completions(
         model, tokenizer, prompts, max_new_tokens=cfg.completion_len, seed=seed
@@ -324,7 +337,7 @@ def _prepare_seed(cfg: EmotionConfig, seed: int, threads: int):
 
 
 def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, threads, out):
-    from .train import TrainConfig, train_preference
+    from ..torch.train import TrainConfig, train_preference
 
     torch.set_num_threads(threads)
     method, kw = spec

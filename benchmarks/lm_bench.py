@@ -1,6 +1,9 @@
-"""Step-time and peak-memory measurement of DPO, KLDPO and WDPO training steps on GPT-2-style
-models built from a config (no downloads). Used by ``benchmarks/torch_losses.py`` and
-``experiments/gpu/run_gpu.py``; every method runs the trainer's own step
+"""Benchmark helpers (not a script): step-time and peak-memory measurement of DPO, KLDPO and
+WDPO training steps on GPT-2-style models built from a config (no downloads). Used by
+``benchmarks/torch_losses.py``, ``benchmarks/lm_memory.py``,
+``benchmarks/trainer_normalizer_step.py`` and ``experiments/gpu/run_gpu.py``
+(``import lm_bench`` with ``benchmarks/`` on ``sys.path``, as it is when a benchmark runs as a
+script); every method runs the trainer's own step
 (:func:`rdpo_theory.torch.train.loss_and_backward`, AdamW)."""
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .train import TrainConfig, loss_and_backward, make_accelerator
+from rdpo_theory.torch.train import TrainConfig, loss_and_backward, make_accelerator
 
 METHODS = (
     ("dpo", {}),
