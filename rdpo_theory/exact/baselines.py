@@ -35,12 +35,13 @@ from .. import _validate as V
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
+from ..options import NONNEGATIVE, POSITIVE, Options, declare
 from ._common import CLARABEL_RETRIES
 from .ball import project_ball
 from .certificates import TIGHT
 from .dpo import informative_rows, recession_direction
 from .optimality import logistic_lower_bound
-from .problem import prepare
+from .problem import SOLVE_CONSTRAINTS, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
     REGIME_COLLAPSE,
@@ -177,6 +178,7 @@ def _robust_regime(s: _Setup, theta) -> str:
 
 
 # ---------------------------------------------------------------------------- cDPO
+@declare({**SOLVE_CONSTRAINTS, "eps": L.CDPO_EPS})
 def cdpo(
     X,
     y=None,
@@ -186,7 +188,7 @@ def cdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact conservative DPO:
@@ -203,9 +205,9 @@ def cdpo(
     weights : array_like (n,), optional
     theta_ref : array_like (d,), optional
     radius : float, optional
-    solver : {"cvxpy"}
-        The solution path; the baselines have only the conic program (``"fast"`` raises
-        InputError).
+    solver : {"auto", "cvxpy"}
+        The solution path; the baselines have only the conic program, which ``"auto"``
+        (default) picks (``"fast"`` raises InputError).
     cvxpy_solver : str, keyword-only
         Conic backend, one of ``cvxpy.installed_solvers()`` (default Clarabel).
 
@@ -214,7 +216,7 @@ def cdpo(
     ExactResult
         ``value`` = the weighted cDPO risk at theta (nats).
     """
-    eps = L.check_eps(eps, method="cdpo")
+    eps = float(eps)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cdpo")
     if s.trivial():
         return _trivial_result(s, "cdpo", LOG2, REGIME_NOMINAL)
@@ -254,6 +256,7 @@ def rdpo_recession(A: np.ndarray, p: np.ndarray, eps: float) -> tuple[float, np.
     return float(res.fun), np.asarray(res.x[:d])
 
 
+@declare({**SOLVE_CONSTRAINTS, "eps": L.RDPO_EPS})
 def rdpo(
     X,
     y=None,
@@ -263,7 +266,7 @@ def rdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact rDPO (known flip rate ``eps < 1/2``):
@@ -277,7 +280,7 @@ def rdpo(
         :func:`rdpo_recession` is negative): then the unconstrained rDPO minimiser does not
         exist, which happens when the assumed flip rate exceeds what the data support.
     """
-    eps = L.check_eps(eps, method="rdpo")
+    eps = float(eps)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "rdpo")
     if s.trivial():
         return _trivial_result(s, "rdpo", LOG2, REGIME_NOMINAL)
@@ -309,6 +312,7 @@ def rdpo(
 
 
 # ---------------------------------------------------------------------------- IPO
+@declare(SOLVE_CONSTRAINTS)
 def ipo(
     X,
     y=None,
@@ -317,7 +321,7 @@ def ipo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact IPO: ``min_theta sum_i p_i (h_i - 1 / (2 beta))^2`` with
@@ -340,6 +344,7 @@ def ipo(
 
 
 # ---------------------------------------------------------------------------- group DRO
+@declare(SOLVE_CONSTRAINTS)
 def group_dpo(
     X,
     y=None,
@@ -349,7 +354,7 @@ def group_dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact group-robust DPO (Ramesh et al. 2024) in epigraph form:
@@ -423,6 +428,7 @@ def group_dpo(
 
 
 # ---------------------------------------------------------------------------- chi2 / CVaR
+@declare({"kind": [Options(("chi2", "cvar"))], "param": NONNEGATIVE, "beta": POSITIVE})
 def collapse_certificate(X, y=None, *, kind: str, param: float, beta: float, weights=None) -> float:
     """Is ``theta = theta_ref`` optimal for chi-square (``kind="chi2"``, ``param = rho``) or CVaR
     (``kind="cvar"``, ``param = level``) DPO?
@@ -435,9 +441,7 @@ def collapse_certificate(X, y=None, *, kind: str, param: float, beta: float, wei
     Returns inf (chi2) or 0 (CVaR) when no law on the support balances the margins.
     """
     d = as_data(X) if y is None and weights is None else as_data(X, y, weights)
-    beta = L.check_beta(beta)
-    if kind not in ("chi2", "cvar"):
-        raise InputError(f"kind must be 'chi2' or 'cvar', got {kind!r}")
+    beta = float(beta)
     keep = d.weights > 0
     return balancing_law(d.signed_labels[keep, None] * beta * d.X[keep], d.weights[keep], kind)[0]
 
@@ -532,6 +536,7 @@ def _dual_program(s: _Setup, kind: str, param: float, what: str):
     return th, status, info, float(eta.value), qd
 
 
+@declare({**SOLVE_CONSTRAINTS, "rho": NONNEGATIVE})
 def chi2dpo(
     X,
     y=None,
@@ -541,7 +546,7 @@ def chi2dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact chi-square DPO via the Cressie-Read dual (Duchi and Namkoong 2021):
@@ -564,11 +569,12 @@ def chi2dpo(
         (:func:`rdpo_theory.losses.chi2_objective`), ``dual`` = eta*, ``worst_case`` = q (n,),
         ``gap`` = solver objective minus ``value`` (>= 0 up to solver tolerance).
     """
-    rho = V.positive(rho, "rho", allow_zero=True)
+    rho = float(rho)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "chi2dpo")
     return _ball_dpo(s, "chi2", rho, "chi2dpo", "exact chi-square DPO")
 
 
+@declare({**SOLVE_CONSTRAINTS, "level": L.CVAR_LEVEL})
 def cvardpo(
     X,
     y=None,
@@ -578,7 +584,7 @@ def cvardpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact CVaR DPO (Rockafellar-Uryasev):
@@ -595,9 +601,7 @@ def cvardpo(
         ``value`` = CVaR at theta from :func:`rdpo_theory.losses.cvar_objective`, ``dual`` =
         eta* (the value at risk), ``worst_case`` = q (n,), ``gap`` = solver objective - value.
     """
-    level = V.positive(level, "level")
-    if level > 1:
-        raise InputError(f"level must lie in (0, 1], got {level}")
+    level = float(level)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cvardpo")
     return _ball_dpo(s, "cvar", level, "cvardpo", "exact CVaR DPO")
 

@@ -133,8 +133,10 @@ def certify_optimal(
     Returns
     -------
     float
-        The optimality gap ``value - lower_bound``. A slightly negative gap (within the
-        tolerance; floating-point round-off of two certified numbers) is returned as is.
+        The optimality gap ``max(value - lower_bound, 0)``: never negative. A lower bound
+        slightly above the value (within the tolerance) is the float64 rounding of two
+        certified numbers computed by different sums, not a better-than-optimal point, so the
+        certified gap is 0 then (docs/certificates.md#rounding).
 
     Raises
     ------
@@ -168,7 +170,7 @@ def certify_optimal(
             status="uncertified",
             hint="try the other solver= path.",
         )
-    return gap
+    return max(gap, 0.0)
 
 
 def solve_problem(
