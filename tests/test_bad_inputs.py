@@ -57,13 +57,16 @@ BAD_DATA = {  # name -> (change to the arguments, what the error must say)
     "X complex": ({"X": X + 1j}, "X must be real"),  # used to drop the imaginary part
     "X 1-d": ({"X": X[:, 0]}, "X must have shape"),
     "X strings": ({"X": [["a", "b"]] * 4}, "X must be numeric"),
+    "X ragged": ({"X": [[1.0, 0.5], [0.3], [0.7, 0.2], [0.2, 0.9]]}, "X is ragged"),  # issue 23
     "y label 2": ({"y": np.array([1, 0, 2, 0])}, "labels 0 and 1"),
+    "y strings": ({"y": ["1", "0", "1", "0"]}, "y must be numeric, got text"),  # issue 23
     "y too short": ({"y": Y[:3]}, "y must have length 4"),
     "beta 0": ({"beta": 0.0}, "beta"),
     "beta True": ({"beta": True}, "'beta' parameter.*Got True"),  # used to mean 1
     "beta -1": ({"beta": -1.0}, "beta"),
     "beta NaN": ({"beta": float("nan")}, "beta"),
     "beta 'abc'": ({"beta": "abc"}, "beta"),
+    "beta '1'": ({"beta": "1"}, "'beta' parameter.*Got '1'"),  # issue 23: was accepted
     "weights negative": ({"weights": np.array([0.5, 0.5, 0.5, -0.5])}, "non-negative"),
     "weights sum 4": ({"weights": np.ones(4)}, "sum to 1"),
     "weights short": ({"weights": np.ones(3) / 3}, "weights must have length 4"),
@@ -72,9 +75,10 @@ BAD_DATA = {  # name -> (change to the arguments, what the error must say)
 BAD_RADIUS = {
     "radius -1": ({"radius": -1.0}, "radius"),
     "radius 0": ({"radius": 0.0}, "radius"),
+    "radius '2'": ({"radius": "2"}, "'radius' parameter.*Got '2'"),  # issue 23: was accepted
 }
 BAD_PARAMS = {  # per solver parameter: bad values
-    "rho": [-1.0, float("nan"), True],
+    "rho": [-1.0, float("nan"), True, "0.1"],  # "0.1": issue 23, was accepted
     "eps": [-0.1, 1.0],
     "level": [0.0, 1.5],
     "tau": [0.0, -1.0],
