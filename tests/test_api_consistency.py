@@ -253,3 +253,19 @@ def test_auto_reads_row_storage_in_place(tmp_path):
     mm.flush()
     assert exact.kldpo(mm, y, rho=0.1, beta=1.0).info["solver"] == "fast"
     assert exact.kldpo(X, y, rho=0.1, beta=1.0).info["solver"] == "cvxpy"
+
+
+def test_results_share_the_protocol():
+    """Issue 23: exact and approximate results answer ``theta``, ``status``, ``info``,
+    ``value`` and ``optimality_gap`` alike (studies no longer probe with getattr)."""
+    from rdpo_theory import approx
+    from rdpo_theory.exact import Result
+
+    X, y = _data()
+    ex = exact.kldpo(X, y, rho=0.1, beta=1.0, radius=1.0)
+    ap = approx.dpo(X, y, beta=1.0, max_steps=3)
+    for res in (ex, ap):
+        assert isinstance(res, Result)
+    assert ex.status == "optimal" and ex.optimality_gap >= 0 and ex.value > 0
+    assert ap.status == "max_steps" and ap.optimality_gap is None and ap.value is None
+    assert ap.info is ap.extras and "seconds" in ap.info

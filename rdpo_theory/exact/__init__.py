@@ -3,7 +3,7 @@
 from .baselines import cdpo, chi2dpo, cvardpo, group_dpo, ipo, rdpo
 from .dpo import dpo
 from .kl import kldpo
-from .result import ExactResult
+from .result import ExactResult, Result
 from .risk import robust_risk
 from .wasserstein import wdpo
 
@@ -15,6 +15,7 @@ __all__ = [
     "ipo",
     "rdpo",
     "ExactResult",
+    "Result",
     "robust_risk",
     "dpo",
     "kldpo",
