@@ -23,6 +23,7 @@ from rdpo_theory.io import (
     read_preference_csv,
     read_preference_data,
     read_preference_jsonl,
+    write_preference_data,
 )
 from rdpo_theory.rng import make_rng, spawn_seeds
 
@@ -331,7 +332,7 @@ def test_csv_reader_accepts_any_column_order_and_bom(tmp_path):
     np.testing.assert_array_equal(d.X, [[1.0, 2.0], [-1.0, 0.5]])
     np.testing.assert_array_equal(d.y, [1, 0])
     data = PreferenceData(X, Y, np.array([0.1, 0.2, 0.3, 0.4]))
-    back = PreferenceData.load(data.save(tmp_path / "r.csv"))
+    back = read_preference_data(write_preference_data(data, tmp_path / "r.csv"))
     np.testing.assert_array_equal(back.X, data.X)
     np.testing.assert_allclose(back.weights, data.weights, rtol=1e-15)
 
@@ -551,7 +552,7 @@ def test_solve_explicit_beta_is_used(tmp_path, capsys):
     """Failure 4: `--beta` was read as `args.beta or default`, so a falsy value was replaced."""
     assert main(["solve", "--world", "random", "--beta", "0.25", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["beta"] == 0.25
-    PreferenceData(X, Y).save(tmp_path / "d.csv")
+    write_preference_data(PreferenceData(X, Y), tmp_path / "d.csv")
     assert main(["solve", "--data", str(tmp_path / "d.csv"), "--radius", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["beta"] == 1.0  # documented default with --data
 
