@@ -16,3 +16,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny emotion world's word-level tokenizer (the trainer and torch-loss tests share
+    it; built once per module)."""
+    from rdpo_theory.torch.emotion import build_tokenizer
+
+    return build_tokenizer()

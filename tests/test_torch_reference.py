@@ -35,11 +35,6 @@ ROWS = [
 ] * 3
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 def _model(seed=0, dtype=torch.float32):
     return build_model(EmotionConfig.smoke(), seed).to(dtype)
 

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-pytestmark = pytest.mark.slow  # language-model tests (minutes)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # LM tests (minutes)
 
 from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
@@ -30,28 +30,12 @@ from rdpo_theory.torch.train import (  # noqa: E402
 CFG = EmotionConfig.smoke()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra intra-op threads only add contention on a shared machine."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 ROWS = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide"},
     {"prompt": "a river and of", "chosen": " fury", "rejected": " panic dread worry the"},
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 4
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _model(seed=0):

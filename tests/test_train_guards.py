@@ -15,9 +15,11 @@ pytest.importorskip("accelerate")
 from rdpo_theory import InputError, NonFiniteError  # noqa: E402
 from rdpo_theory.torch import guards  # noqa: E402
 from rdpo_theory.torch import train as T  # noqa: E402
-from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
+from rdpo_theory.torch.emotion import EmotionConfig, build_model  # noqa: E402
 from rdpo_theory.torch.losses import dpo_loss, kldpo_loss  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, read_metrics, train_preference  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CFG = EmotionConfig.smoke()
 ROWS = [
@@ -26,19 +28,6 @@ ROWS = [
     {"prompt": "we", "chosen": " angry slam door", "rejected": " scared"},
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous"},
 ] * 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _model(seed=0, dropout=0.0):

@@ -18,6 +18,8 @@ from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.torch.emotion import EmotionConfig, build_model, build_tokenizer  # noqa: E402
 from rdpo_theory.torch.train import TrainConfig, train_preference  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = EmotionConfig.smoke()
 BASE = [
     {"prompt": "the day", "chosen": " rage mad hate", "rejected": " afraid hide", "group": "a"},
@@ -26,19 +28,6 @@ BASE = [
     {"prompt": "they walk", "chosen": " livid snarl", "rejected": " tremble nervous", "group": "c"},
 ]
 COUNTS = [2, 1, 3, 1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _m(seed):

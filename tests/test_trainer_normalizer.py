@@ -24,11 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 W = dict(method="wdpo", loss_kwargs={"rho0": 0.05})
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 def _cfg(out=None, **kw):
     base = dict(
         beta=0.5,
