@@ -49,6 +49,11 @@ def margins(theta, X, y, *, beta: float, theta_ref=None) -> np.ndarray:
     -------
     ndarray, shape (n,)
     """
+    return _margins(theta, X, y, beta, theta_ref)
+
+
+def _margins(theta, X, y, beta, theta_ref) -> np.ndarray:
+    """:func:`margins` without the argument checks (callers checked beta once)."""
     X = np.asarray(X, dtype=np.float64)
     theta = np.asarray(theta, dtype=np.float64)
     delta = theta if theta_ref is None else theta - np.asarray(theta_ref, dtype=np.float64)
@@ -71,14 +76,15 @@ def dpo_loss_grad(m) -> np.ndarray:
 def dpo_losses(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> np.ndarray:
     """Per-pair DPO losses ``l_i(theta)``, shape (n,)."""
     data = as_data(data)
-    return dpo_loss(margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref))
+    return dpo_loss(_margins(theta, data.X, data.y, beta, theta_ref))
 
 
 @declare({"beta": POSITIVE})
 def dpo_risk(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> float:
     """Weighted mean DPO loss ``L(theta) = sum_i p_i l_i(theta)`` (nats)."""
     data = as_data(data)
-    return float(data.weights @ dpo_losses(theta, data, beta=beta, theta_ref=theta_ref))
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
+    return float(data.weights @ dpo_loss(m))
 
 
 @declare({"beta": POSITIVE})
@@ -86,7 +92,7 @@ def dpo_risk_grad(theta, data: PreferenceData, *, beta: float, theta_ref=None) -
     """Gradient of :func:`dpo_risk` in theta:
     ``sum_i p_i * (-sigmoid(-m_i)) * sy_i * beta * x_i``, shape (d,)."""
     data = as_data(data)
-    m = margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
     coef = data.weights * dpo_loss_grad(m) * data.signed_labels * beta
     return data.X.T @ coef
 
@@ -95,7 +101,7 @@ def dpo_risk_grad(theta, data: PreferenceData, *, beta: float, theta_ref=None) -
 def dpo_risk_hessian(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> np.ndarray:
     """Hessian ``sum_i p_i beta^2 sigmoid(m_i) sigmoid(-m_i) x_i x_i^T``, shape (d, d)."""
     data = as_data(data)
-    m = margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
     c = data.weights * beta**2 * expit(m) * expit(-m)
     return (data.X * c[:, None]).T @ data.X
 
@@ -156,7 +162,7 @@ def wdpo_input_grad_sq_norms(theta, X, y, *, beta: float, theta_ref=None) -> np.
     pairs (``grad_x l = -sy beta (theta - theta_ref) sigmoid(-m)``), shape (n,)."""
     theta = np.asarray(theta, dtype=np.float64)
     delta = theta if theta_ref is None else theta - np.asarray(theta_ref, dtype=np.float64)
-    m = margins(theta, X, y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, X, y, beta, theta_ref)
     return beta**2 * float(delta @ delta) * expit(-m) ** 2
 
 

@@ -209,3 +209,31 @@ if __name__ == "__main__":
         i, j = text.index(START) + len(START), text.index(END)
         DOC.write_text(text[:i] + "\n" + render_table() + "\n" + text[j:])
     print(render_table())
+
+
+def test_beta_and_tau_are_checked_once_per_call(monkeypatch):
+    """Issue 23: beta and tau were validated two or three times per call (a public loss calling
+    other public losses). Declared functions call unchecked kernels inside."""
+    import numpy as np
+
+    from rdpo_theory import losses, options
+    from rdpo_theory.data import PreferenceData
+
+    seen = []
+    real = options.validate
+
+    def counting(params, constraints, *, owner):
+        seen.extend(name for name in ("beta", "tau") if name in params and name in constraints)
+        return real(params, constraints, owner=owner)
+
+    monkeypatch.setattr(options, "validate", counting)
+    data = PreferenceData([[1.0, 0.0], [0.0, 1.0]], [1, 0])
+    for call, name in (
+        (lambda: losses.dpo_risk(np.ones(2), data, beta=1.0), "beta"),
+        (lambda: losses.dpo_risk_grad(np.ones(2), data, beta=1.0), "beta"),
+        (lambda: losses.dpo_losses(np.ones(2), data, beta=1.0), "beta"),
+        (lambda: losses.kl_weights(np.array([0.1, 0.5]), tau=1.0), "tau"),
+    ):
+        seen.clear()
+        call()
+        assert seen == [name]
