@@ -262,7 +262,7 @@ def test_results_share_the_protocol():
     from rdpo_theory.exact import Result
 
     X, y = _data()
-    ex = exact.kldpo(X, y, rho=0.1, beta=1.0, radius=1.0)
+    ex = exact.dpo(X, y, beta=1.0, radius=1.0)
     ap = approx.dpo(X, y, beta=1.0, max_steps=3)
     for res in (ex, ap):
         assert isinstance(res, Result)
