@@ -134,3 +134,18 @@ def test_huge_radius_certificate_counts_rounding_as_zero(pairs):
     assert r.info["lower_bound"] == pytest.approx(r.value, abs=1e-12)
     loss = float(np.mean(dpo_loss((2 * y - 1) * (X @ r.theta))))
     assert r.value == pytest.approx(loss, rel=1e-14)
+
+
+@pytest.mark.parametrize("beta", [1e-20, 1e-100])
+def test_dpo_tiny_beta_with_a_radius_on_both_paths(pairs, beta):
+    """beta = 1e-20 with radius 2: in unit-scale units the ball is tiny (radius 2 beta), the
+    loss is linear on it, and the minimiser is on the sphere against the gradient at 0. The
+    fast path's Newton ended with a KKT residual of 0.05 (refused); it now starts from the
+    linearised minimiser. Both paths agree."""
+    X, y = pairs
+    a, b = (dpo(X, y, beta=beta, radius=2.0, solver=s) for s in PATHS)
+    g = -0.5 * ((2 * y - 1) @ X) / len(y)  # gradient of the mean loss at theta = 0, per beta
+    for r in (a, b):
+        assert r.status == "optimal"
+        np.testing.assert_allclose(r.theta, -2.0 * g / np.linalg.norm(g), rtol=1e-6)
+    assert a.value == pytest.approx(b.value, abs=1e-15)

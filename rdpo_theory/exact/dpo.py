@@ -188,7 +188,7 @@ def dpo(
         )
     rad = radius if bounded else None
     if solver == "fast":
-        th, ninfo = _newton(data, keep, beta, tref, rad, None)
+        th, ninfo = _newton(data, keep, beta, tref, rad, _tiny_ball_start(prob))
         require_converged(ninfo, "exact DPO (fast path)")
         info: dict = {"solver": "fast", "newton_iterations": ninfo["iterations"]}
     else:
@@ -238,6 +238,27 @@ def dpo(
         info=info,
         regime=REGIME_NOMINAL,
     )
+
+
+#: A ball whose diameter moves every margin by less than this is "tiny": the loss is linear on
+#: it to float64 precision, and Newton's trust region cannot resolve the curvature.
+TINY_BALL = 1e-9
+
+
+def _tiny_ball_start(prob: Problem):
+    """For a tiny ball (``2 radius beta max|x| <`` :data:`TINY_BALL`), the minimiser of the
+    linearised loss over the ball, ``theta_ref`` projected minus ``radius`` along the gradient
+    direction (to first order the exact minimiser; Newton then only polishes it). None
+    otherwise (Newton starts from theta_ref)."""
+    if prob.radius is None or not 2.0 * prob.radius * prob.beta * prob.x_abs_max < TINY_BALL:
+        return None
+    data = prob.data
+    base = project_ball(prob.tref, prob.radius)
+    g = dpo_risk_grad(base, data, beta=prob.beta, theta_ref=prob.tref)
+    ng = float(np.linalg.norm(g))
+    if ng == 0:
+        return base
+    return project_ball(base - 2.0 * prob.radius * g / ng, prob.radius)
 
 
 def _solve_cvxpy(data, keep, coef, tref, radius, rad, beta, cvxpy_solver):
