@@ -12,21 +12,35 @@ from .errors import InputError
 WEIGHT_SUM_TOL = 1e-8
 
 
-def _refuse_complex(x, name: str) -> None:
-    if np.iscomplexobj(x):
+def _numeric(x, name: str) -> np.ndarray:
+    """``x`` as a float64 array, refusing what numpy would accept or turn into another error:
+    complex values (the imaginary part would be lost), strings (``"1"`` is not the number 1
+    here, even where numpy would parse it) and ragged nested lists (numpy's ValueError would
+    not name the argument)."""
+    try:
+        raw = np.asarray(x)
+    except ValueError as exc:  # numpy >= 1.24: an inhomogeneous nested list
+        raise InputError(
+            f"{name} is ragged: its rows have different lengths ({exc})".replace("\n", " ")
+        ) from None
+    if np.iscomplexobj(raw):
         raise InputError(
             f"{name} must be real; got complex values (the imaginary part would be lost)"
         )
+    if raw.dtype.kind in "USV" or (
+        raw.dtype.kind == "O" and any(isinstance(v, str | bytes) for v in raw.ravel())
+    ):
+        raise InputError(f"{name} must be numeric, got text (strings are never numbers here)")
+    try:
+        return raw.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric, got {type(x).__name__}: {exc}") from None
 
 
 def as_matrix(X, name: str = "X", *, allow_empty: bool = False) -> np.ndarray:
     """Return ``X`` as a finite float64 array of shape (n, d), n >= 1 unless ``allow_empty``.
-    Complex input is refused (never silently cast)."""
-    _refuse_complex(X, name)
-    try:
-        A = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be numeric, got {type(X).__name__}: {exc}") from None
+    Complex, text and ragged input is refused (never silently cast)."""
+    A = _numeric(X, name)
     if A.ndim != 2:
         raise InputError(f"{name} must have shape (n, d), got shape {A.shape}")
     if A.shape[0] == 0 and not allow_empty:
@@ -69,11 +83,7 @@ def finite_rows(row_abs_max: np.ndarray, name: str = "X") -> None:
 
 def as_vector(v, name: str, *, length: int | None = None) -> np.ndarray:
     """Return ``v`` as a finite float64 vector, optionally of a given length."""
-    _refuse_complex(v, name)
-    try:
-        a = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be numeric: {exc}") from None
+    a = _numeric(v, name)
     if a.ndim != 1:
         raise InputError(f"{name} must be 1-d, got shape {a.shape}")
     if length is not None and a.shape[0] != length:
@@ -115,72 +125,64 @@ def as_theta(theta, d: int, name: str = "theta_ref") -> np.ndarray:
     return as_vector(theta, name, length=d)
 
 
+# ---------------------------------------------------------------------------- scalar shims
+# Scalar parameters are declared next to their function's signature with
+# ``rdpo_theory.options.declare`` and checked by ``rdpo_theory.options.check`` (one validator,
+# one message shape). The three helpers below only translate the old call shapes into that
+# validator for modules not yet declared; they hold no check of their own. Do not use them
+# in new code.
 def positive(x, name: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
-    """Return ``x`` as float, checking it is > 0 (or >= 0 with ``allow_zero``). Booleans and
-    complex numbers are refused (``True`` is not the number 1 here)."""
-    if isinstance(x, bool | np.bool_) or np.iscomplexobj(x):
-        raise InputError(f"{name} must be a real number, got {x!r}")
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {x!r}") from None
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise InputError(f"{name} must be finite, got {v}")
-    if v < 0 or (v == 0 and not allow_zero):
-        rel = ">= 0" if allow_zero else "> 0"
-        raise InputError(f"{name} must be {rel}, got {v}")
-    return v
+    """``options.check`` with a float > 0 (``>= 0`` with ``allow_zero``); returns a float."""
+    from .options import Interval, check
+
+    c = Interval(float, 0, None, closed="left" if allow_zero else "neither", allow_inf=allow_inf)
+    return float(check(name, x, [c]))
 
 
 def seed(s, name: str = "seed"):
-    """A seed for :func:`rdpo_theory.rng.make_rng`: None, an integer >= 0, a
-    ``numpy.random.SeedSequence`` or ``Generator``, or a sequence of integers >= 0."""
-    if s is None or isinstance(s, np.random.SeedSequence | np.random.Generator):
-        return s
-    if isinstance(s, bool | np.bool_):
-        raise InputError(f"{name} must be a non-negative integer, got {s!r}")
-    if isinstance(s, int | np.integer):
-        if s < 0:
-            raise InputError(f"{name} must be a non-negative integer, got {s}")
-        return int(s)
-    if isinstance(s, list | tuple) and all(
-        isinstance(k, int | np.integer) and not isinstance(k, bool) and k >= 0 for k in s
-    ):
+    """``options.check`` with :data:`rdpo_theory.options.SEED`; integers come back as int."""
+    from .options import SEED, check
+
+    s = check(name, s, SEED)
+    if isinstance(s, list | tuple):
         return [int(k) for k in s]
-    raise InputError(
-        f"{name} must be a non-negative integer (or a SeedSequence), got {type(s).__name__} {s!r}"
-    )
-
-
-def radius(r, name: str = "radius") -> float | None:
-    """``None`` (no constraint) or a positive float."""
-    if r is None:
-        return None
-    return positive(r, name, allow_inf=True)
+    return int(s) if isinstance(s, int | np.integer) else s
 
 
 def unit_interval(x, name: str, *, open_right: bool = False) -> float:
-    v = positive(x, name, allow_zero=True)
-    if v > 1 or (open_right and v == 1):
-        raise InputError(f"{name} must lie in [0, 1{')' if open_right else ']'}, got {v}")
-    return v
+    """``options.check`` with a float in [0, 1] (``[0, 1)`` with ``open_right``)."""
+    from .options import Interval, check
+
+    c = Interval(float, 0, 1, closed="left" if open_right else "both")
+    return float(check(name, x, [c]))
 
 
 #: The solution paths of the exact solvers: conic programs through cvxpy, or the fast exact path.
 SOLVER_PATHS = ("cvxpy", "fast")
 
 
-def solver_path(solver, *, method: str, valid=SOLVER_PATHS, why: str = "") -> str:
-    """Check the ``solver`` switch of an exact solver: one of :data:`SOLVER_PATHS`, and one
-    that ``method`` has (``valid``). ``why`` says why a path is missing."""
+def solver_path(solver, *, method: str, valid=SOLVER_PATHS, why: str = "", X=None) -> str:
+    """Resolve the ``solver`` switch of an exact solver to a path ``method`` has (``valid``).
+
+    ``"auto"`` (the default of every exact solver) picks a path that exists: the fast path
+    for features left in their storage (``X`` a memmap, float32 array, torch tensor or dask
+    array: it reads them in place), else the conic path when there is one, else the fast
+    path. ``why`` says why a path is missing when one is named that does not exist."""
+    if isinstance(solver, str) and solver == "auto":
+        from .exact.problem import is_row_storage
+
+        if "fast" in valid and (X is not None and is_row_storage(X) or "cvxpy" not in valid):
+            return "fast"
+        return "cvxpy" if "cvxpy" in valid else valid[0]
     if not isinstance(solver, str) or solver not in SOLVER_PATHS:
         raise InputError(
-            f"The 'solver' parameter of {method} must be one of {tuple(valid)}. Got {solver!r} "
-            "instead. (solver chooses the path; the conic backend is cvxpy_solver=.)"
+            f"The 'solver' parameter of {method} must be one of {('auto', *valid)}. Got "
+            f"{solver!r} instead. (solver chooses the path; the conic backend is "
+            "cvxpy_solver=.)"
         )
     if solver not in valid:
         raise InputError(
-            f"The 'solver' parameter of {method} must be one of {tuple(valid)}{why}. "
+            f"The 'solver' parameter of {method} must be one of {('auto', *valid)}{why}. "
             f"Got {solver!r} instead."
         )
     return solver

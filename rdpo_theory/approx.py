@@ -96,6 +96,20 @@ class ApproxResult:
     theta_last: np.ndarray | None = None
     """The last iterate (d,) (equal to ``theta`` in full batch)."""
 
+    # the shared result protocol (rdpo_theory.exact.result.Result): no certified value or gap
+    value = None
+    optimality_gap = None
+
+    @property
+    def status(self) -> str:
+        """``"converged"`` when the stopping rule fired, else ``"max_steps"``."""
+        return "converged" if self.converged else "max_steps"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The training details (:attr:`extras`), under the shared protocol's name."""
+        return self.extras
+
 
 # ---------------------------------------------------------------------------- helpers
 def _data(X, y, weights) -> PreferenceData:

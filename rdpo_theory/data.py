@@ -3,12 +3,15 @@
 A data set holds, for each pair i, the feature difference ``x_i = psi(s, a1) - psi(s, a2)``,
 the label ``y_i`` (1 when a1 is preferred) and a probability weight ``p_i``. Weights make an
 empirical law and an exact population law (a finite world's Z) the same object.
+
+Files are read and written by :mod:`rdpo_theory.io` (:func:`~rdpo_theory.io.read_preference_data`,
+:func:`~rdpo_theory.io.write_preference_data`), which depends on this module, never the other
+way round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -71,33 +74,6 @@ class PreferenceData:
 
     def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.X, self.y, self.weights
-
-    # ------------------------------------------------------------------ I/O
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.npz`` or ``.csv`` (columns x0..x{d-1}, y, weight), by suffix."""
-        path = Path(path)
-        if path.suffix == ".npz":
-            np.savez(path, X=self.X, y=self.y, weights=self.weights)
-        elif path.suffix == ".csv":
-            import pandas as pd
-
-            df = pd.DataFrame(self.X, columns=[f"x{j}" for j in range(self.d)])
-            df["y"] = self.y.astype(int)
-            df["weight"] = self.weights
-            df.to_csv(path, index=False, float_format="%.17g")
-        else:
-            raise InputError(f"path must end in .npz or .csv, got {path.name!r}")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> PreferenceData:
-        """Read a file written by :meth:`save` (``.npz`` or ``.csv``). A CSV without a
-        ``weight`` column is uniform. Every problem raises
-        :class:`~rdpo_theory.errors.FileFormatError` naming the file and the line or column
-        (:mod:`rdpo_theory.io`)."""
-        from .io import read_preference_data
-
-        return read_preference_data(path)
 
 
 def as_data(X, y=None, weights=None) -> PreferenceData:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import PreferenceData
 from .errors import FileFormatError, InputError
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
@@ -89,6 +90,25 @@ def read_preference_data(path, *, flag: str = "path"):
     raise FileFormatError(f"{flag} must end in .npz or .csv, got {p.name!r}", path=str(p))
 
 
+def write_preference_data(data: PreferenceData, path) -> Path:
+    """Write ``data`` to ``.npz`` (arrays ``X``, ``y``, ``weights``) or ``.csv`` (columns
+    ``x0..x{d-1}, y, weight``, 17 significant digits: a lossless round trip), by suffix; the
+    readers above read both back. Returns the path."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        np.savez(path, X=data.X, y=data.y, weights=data.weights)
+    elif path.suffix == ".csv":
+        import pandas as pd
+
+        df = pd.DataFrame(data.X, columns=[f"x{j}" for j in range(data.d)])
+        df["y"] = data.y.astype(int)
+        df["weight"] = data.weights
+        df.to_csv(path, index=False, float_format="%.17g")
+    else:
+        raise InputError(f"path must end in .npz or .csv, got {path.name!r}")
+    return path
+
+
 def _csv_columns(path: Path, header: list[str]) -> tuple[list[int], int, int | None]:
     """Indices of x0..x{d-1}, of y and of weight (or None) in ``header``."""
     names = [h.strip() for h in header]
@@ -121,11 +141,9 @@ def _csv_columns(path: Path, header: list[str]) -> tuple[list[int], int, int | N
 
 
 def read_preference_csv(path):
-    """Read a CSV written by :meth:`PreferenceData.save` (header ``x0..x{d-1},y[,weight]``).
+    """Read a CSV written by :func:`write_preference_data` (header ``x0..x{d-1},y[,weight]``).
 
     A file without a ``weight`` column is uniform. See the module docstring for every check."""
-    from .data import PreferenceData
-
     p = check_readable_file(path)
     text = read_text(p)
     try:
@@ -173,11 +191,9 @@ def read_preference_csv(path):
 
 
 def read_preference_npz(path):
-    """Read an ``.npz`` written by :meth:`PreferenceData.save` (arrays ``X``, ``y``,
+    """Read an ``.npz`` written by :func:`write_preference_data` (arrays ``X``, ``y``,
     optional ``weights``). Pickled (object) arrays are refused, never loaded."""
     import zipfile
-
-    from .data import PreferenceData
 
     p = check_readable_file(path)
     with open(p, "rb") as f:

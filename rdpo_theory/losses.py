@@ -26,9 +26,19 @@ from .divergences.chi2 import chi2_divergence, chi2_objective, chi2_weights  # n
 from .divergences.cvar import cvar_objective, cvar_weights  # noqa: F401
 from .divergences.kl import kl_divergence  # noqa: F401
 from .errors import InputError
+from .options import NONNEGATIVE, POSITIVE, Interval, Options, check, declare
+
+#: Label smoothing of cDPO: ``eps in [0, 1/2]``.
+CDPO_EPS = [Interval(float, 0, 0.5, closed="both")]
+#: Known flip rate of rDPO: ``eps in [0, 1/2)`` (at 1/2 the labels carry no information and
+#: the ``1 / (1 - 2 eps)`` correction is undefined; beyond, the labels are inverted).
+RDPO_EPS = [Interval(float, 0, 0.5, closed="left")]
+#: The CVaR level: the worst ``level`` fraction of the loss distribution, in (0, 1].
+CVAR_LEVEL = [Interval(float, 0, 1, closed="right")]
 
 
 # ---------------------------------------------------------------------------- margins
+@declare({"beta": POSITIVE})
 def margins(theta, X, y, *, beta: float, theta_ref=None) -> np.ndarray:
     """Oriented scaled margins ``m_i = (2 y_i - 1) * beta * (theta - theta_ref) . x_i``.
 
@@ -44,6 +54,11 @@ def margins(theta, X, y, *, beta: float, theta_ref=None) -> np.ndarray:
     -------
     ndarray, shape (n,)
     """
+    return _margins(theta, X, y, beta, theta_ref)
+
+
+def _margins(theta, X, y, beta, theta_ref) -> np.ndarray:
+    """:func:`margins` without the argument checks (callers checked beta once)."""
     X = np.asarray(X, dtype=np.float64)
     theta = np.asarray(theta, dtype=np.float64)
     delta = theta if theta_ref is None else theta - np.asarray(theta_ref, dtype=np.float64)
@@ -62,44 +77,52 @@ def dpo_loss_grad(m) -> np.ndarray:
     return -expit(-np.asarray(m, dtype=np.float64))
 
 
+@declare({"beta": POSITIVE})
 def dpo_losses(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> np.ndarray:
     """Per-pair DPO losses ``l_i(theta)``, shape (n,)."""
     data = as_data(data)
-    return dpo_loss(margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref))
+    return dpo_loss(_margins(theta, data.X, data.y, beta, theta_ref))
 
 
+@declare({"beta": POSITIVE})
 def dpo_risk(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> float:
     """Weighted mean DPO loss ``L(theta) = sum_i p_i l_i(theta)`` (nats)."""
     data = as_data(data)
-    return float(data.weights @ dpo_losses(theta, data, beta=beta, theta_ref=theta_ref))
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
+    return float(data.weights @ dpo_loss(m))
 
 
+@declare({"beta": POSITIVE})
 def dpo_risk_grad(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> np.ndarray:
     """Gradient of :func:`dpo_risk` in theta:
     ``sum_i p_i * (-sigmoid(-m_i)) * sy_i * beta * x_i``, shape (d,)."""
     data = as_data(data)
-    m = margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
     coef = data.weights * dpo_loss_grad(m) * data.signed_labels * beta
     return data.X.T @ coef
 
 
+@declare({"beta": POSITIVE})
 def dpo_risk_hessian(theta, data: PreferenceData, *, beta: float, theta_ref=None) -> np.ndarray:
     """Hessian ``sum_i p_i beta^2 sigmoid(m_i) sigmoid(-m_i) x_i x_i^T``, shape (d, d)."""
     data = as_data(data)
-    m = margins(theta, data.X, data.y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, data.X, data.y, beta, theta_ref)
     c = data.weights * beta**2 * expit(m) * expit(-m)
     return (data.X * c[:, None]).T @ data.X
 
 
 def check_beta(beta) -> float:
-    """Validate the DPO temperature ``beta > 0``."""
-    return V.positive(beta, "beta")
+    """The DPO temperature ``beta > 0`` as a float, checked by :func:`rdpo_theory.options.check`
+    (for modules whose functions are not declared yet; a declared function has ``"beta":
+    POSITIVE`` next to its signature instead)."""
+    return float(check("beta", beta, POSITIVE))
 
 
 # ---------------------------------------------------------------------------- KLDPO / WDPO
 # numpy mirrors of rdpo_theory.torch.losses (docs/theory.md#algorithm-1-wdpo,
 # docs/theory.md#algorithm-2-kldpo); tests check they agree.
 @V.renamed_keyword("base_weights", "weights")
+@declare({"tau": POSITIVE, "variant": [Options(("normalized", "clipped"))], "clip": POSITIVE})
 def kl_weights(
     l, *, tau: float, variant: str = "normalized", clip: float = 10.0, weights=None
 ) -> np.ndarray:
@@ -113,7 +136,6 @@ def kl_weights(
     """
     from scipy.special import logsumexp, softmax
 
-    tau = V.positive(tau, "tau")
     l = V.as_vector(l, "l")
     if weights is not None:
         p = V.as_weights(weights, l.shape[0], "weights")
@@ -122,35 +144,34 @@ def kl_weights(
             with np.errstate(divide="ignore"):
                 return np.exp(z - logsumexp(z, b=p))
         if variant == "clipped":
-            return np.minimum(np.exp(z), V.positive(clip, "clip"))
-        raise InputError(f"variant must be 'normalized' or 'clipped', got {variant!r}")
+            return np.minimum(np.exp(z), clip)
     z = (l - l.mean()) / tau
     if variant == "normalized":
         return l.shape[0] * softmax(z)
-    if variant == "clipped":
-        return np.minimum(np.exp(z), V.positive(clip, "clip"))
-    raise InputError(f"variant must be 'normalized' or 'clipped', got {variant!r}")
+    return np.minimum(np.exp(z), clip)  # variant == "clipped" (declared)
 
 
+@declare({"tau": POSITIVE})
 def kl_tilted_value(l, *, tau: float) -> float:
     """``tau * log mean_i exp(l_i / tau)``: the KL dual at a fixed multiplier ``lam = tau``,
     whose gradient normalized KLDPO follows."""
     from scipy.special import logsumexp
 
-    tau = V.positive(tau, "tau")
     l = V.as_vector(l, "l")
     return float(tau * (logsumexp(l / tau) - np.log(l.shape[0])))
 
 
+@declare({"beta": POSITIVE})
 def wdpo_input_grad_sq_norms(theta, X, y, *, beta: float, theta_ref=None) -> np.ndarray:
     """``||grad_x l_i||_2^2 = beta^2 ||theta - theta_ref||^2 sigmoid(-m_i)^2`` for log-linear
     pairs (``grad_x l = -sy beta (theta - theta_ref) sigmoid(-m)``), shape (n,)."""
     theta = np.asarray(theta, dtype=np.float64)
     delta = theta if theta_ref is None else theta - np.asarray(theta_ref, dtype=np.float64)
-    m = margins(theta, X, y, beta=beta, theta_ref=theta_ref)
+    m = _margins(theta, X, y, beta, theta_ref)
     return beta**2 * float(delta @ delta) * expit(-m) ** 2
 
 
+@declare({"rho0": NONNEGATIVE, "variant": [Options(("sqrt-mean", "per-pair"))]})
 def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean", weights=None) -> float:
     """WDPO objective from per-pair losses and squared input-gradient norms, both (n,).
 
@@ -158,15 +179,12 @@ def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean", weig
     ``per-pair`` (the paper's code): ``mean (l + rho0 sq)``. With probability ``weights`` p
     every ``mean_i`` becomes ``sum_i p_i``.
     """
-    rho0 = V.positive(rho0, "rho0", allow_zero=True)
     l = V.as_vector(l, "l")
     sq = V.as_vector(sq_norms, "sq_norms", length=l.shape[0])
     p = V.as_weights(weights, l.shape[0], "weights")
     if variant == "sqrt-mean":
         return float(p @ l + rho0 * np.sqrt(p @ sq))
-    if variant == "per-pair":
-        return float(p @ (l + rho0 * sq))
-    raise InputError(f"variant must be 'sqrt-mean' or 'per-pair', got {variant!r}")
+    return float(p @ (l + rho0 * sq))  # variant == "per-pair" (declared)
 
 
 # ============================================================================ baselines
@@ -175,40 +193,31 @@ def wdpo_objective(l, sq_norms, *, rho0: float, variant: str = "sqrt-mean", weig
 # with probability weights p. The torch mirrors are in ``rdpo_theory.torch.baselines`` and the
 # exact programs in ``rdpo_theory.exact.baselines``.
 def check_eps(eps, *, method: str = "rdpo") -> float:
-    """Validate a label-noise rate.
-
-    ``method="cdpo"``: label smoothing ``eps in [0, 1/2]``. ``method="rdpo"``: known flip rate
-    ``eps in [0, 1/2)``; at ``eps = 1/2`` labels carry no information and rDPO's ``1/(1-2 eps)``
-    correction is undefined, beyond it the labels are inverted.
-    """
+    """A label-noise rate as a float, checked by :func:`rdpo_theory.options.check` against
+    :data:`CDPO_EPS` (``method="cdpo"``, label smoothing in ``[0, 1/2]``) or :data:`RDPO_EPS`
+    (``method="rdpo"``, a known flip rate in ``[0, 1/2)``). For modules whose functions are not
+    declared yet; declared functions name the constant next to their signature."""
     if method not in ("cdpo", "rdpo"):
         raise ValueError(f"method must be 'cdpo' or 'rdpo', got {method!r}")
-    v = V.positive(eps, "eps", allow_zero=True)
-    if method == "rdpo" and v >= 0.5:
-        raise InputError(
-            f"eps must lie in [0, 1/2) for rDPO (a flip rate >= 1/2 makes "
-            f"labels uninformative or inverted), got {v}"
-        )
-    if method == "cdpo" and v > 0.5:
-        raise InputError(f"eps must lie in [0, 1/2] for cDPO label smoothing, got {v}")
-    return v
+    return float(check("eps", eps, CDPO_EPS if method == "cdpo" else RDPO_EPS))
 
 
+@declare({"eps": CDPO_EPS})
 def cdpo_loss(m, *, eps: float) -> np.ndarray:
     """Conservative DPO (label smoothing ``eps``):
     ``l(m) = (1 - eps) softplus(-m) + eps softplus(m)`` (nats), elementwise. Convex in m."""
-    eps = check_eps(eps, method="cdpo")
     m = np.asarray(m, dtype=np.float64)
     return -(1.0 - eps) * log_expit(m) - eps * log_expit(-m)
 
 
+@declare({"eps": CDPO_EPS})
 def cdpo_loss_grad(m, *, eps: float) -> np.ndarray:
     """``dl/dm = -(1 - eps) sigmoid(-m) + eps sigmoid(m)``, elementwise."""
-    eps = check_eps(eps, method="cdpo")
     m = np.asarray(m, dtype=np.float64)
     return -(1.0 - eps) * expit(-m) + eps * expit(m)
 
 
+@declare({"eps": RDPO_EPS})
 def rdpo_loss(m, *, eps: float) -> np.ndarray:
     """Robust DPO for a known flip rate ``eps < 1/2`` (Chowdhury et al. 2024):
     ``l(m) = ((1 - eps) softplus(-m) - eps softplus(m)) / (1 - 2 eps)`` (nats), elementwise.
@@ -219,29 +228,28 @@ def rdpo_loss(m, *, eps: float) -> np.ndarray:
     large margins; its minimiser may lie at infinity unless the parameter set is bounded.
     Its expectation over flipped labels is the clean DPO loss (unbiasedness).
     """
-    eps = check_eps(eps, method="rdpo")
     m = np.asarray(m, dtype=np.float64)
     return -log_expit(m) - eps * m / (1.0 - 2.0 * eps)
 
 
+@declare({"eps": RDPO_EPS})
 def rdpo_loss_grad(m, *, eps: float) -> np.ndarray:
     """``dl/dm = -sigmoid(-m) - eps / (1 - 2 eps)``, elementwise."""
-    eps = check_eps(eps, method="rdpo")
     m = np.asarray(m, dtype=np.float64)
     return -expit(-m) - eps / (1.0 - 2.0 * eps)
 
 
+@declare({"beta": POSITIVE})
 def ipo_loss(m, *, beta: float) -> np.ndarray:
     """IPO (Azar et al. 2024) on the oriented margin ``h = m / beta``:
     ``l = (h - 1 / (2 beta))^2``, elementwise (TRL's ``loss_type="ipo"``). Convex (a square)."""
-    beta = check_beta(beta)
     m = np.asarray(m, dtype=np.float64)
     return (m / beta - 0.5 / beta) ** 2
 
 
+@declare({"beta": POSITIVE})
 def ipo_loss_grad(m, *, beta: float) -> np.ndarray:
     """``dl/dm = 2 (m / beta - 1 / (2 beta)) / beta``, elementwise."""
-    beta = check_beta(beta)
     m = np.asarray(m, dtype=np.float64)
     return 2.0 * (m / beta - 0.5 / beta) / beta
 
@@ -253,6 +261,7 @@ def _losses_and_weights(losses, weights) -> tuple[np.ndarray, np.ndarray]:
     return lo, V.as_weights(weights, lo.shape[0], "weights")
 
 
+@declare({"beta_prime": POSITIVE})
 def drdpo_objective(losses, *, beta_prime: float, weights=None) -> float:
     """Dr. DPO (Wu et al. 2025): ``-beta' log sum_i p_i exp(-l_i / beta')`` (nats).
 
@@ -269,17 +278,18 @@ def drdpo_objective(losses, *, beta_prime: float, weights=None) -> float:
         Probability weights ``p_i`` (default uniform).
     """
     lo, p = _losses_and_weights(losses, weights)
-    bp = V.positive(beta_prime, "beta_prime")
+    bp = float(beta_prime)
     z = -lo / bp
     keep = p > 0
     return float(-bp * logsumexp(z[keep], b=p[keep]))
 
 
+@declare({"beta_prime": POSITIVE})
 def drdpo_weights(losses, *, beta_prime: float, weights=None) -> np.ndarray:
     """Gradient weights of :func:`drdpo_objective`:
     ``w_i = p_i exp(-l_i / beta') / sum_j p_j exp(-l_j / beta')``, shape (n,), summing to 1."""
     lo, p = _losses_and_weights(losses, weights)
-    bp = V.positive(beta_prime, "beta_prime")
+    bp = float(beta_prime)
     with np.errstate(divide="ignore"):
         z = np.log(p) - lo / bp
     return np.exp(z - logsumexp(z))

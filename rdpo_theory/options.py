@@ -45,6 +45,7 @@ __all__ = [
     "Constraint",
     "Instance",
     "Callable_",
+    "SeedObject",
     "NONE",
     "check",
     "declare",
@@ -195,6 +196,25 @@ class Callable_(Constraint):
         return [3]
 
 
+class SeedObject(Constraint):
+    """A seed object of :func:`rdpo_theory.rng.make_rng` other than an integer: a
+    ``numpy.random.SeedSequence`` or ``Generator``, or a list or tuple of integers >= 0
+    (stream keys). Used with an integer :class:`Interval` in :data:`SEED`."""
+
+    def holds(self, value) -> bool:
+        import numpy as np
+
+        if isinstance(value, np.random.SeedSequence | np.random.Generator):
+            return True
+        return isinstance(value, list | tuple) and all(_is_int(k) and k >= 0 for k in value)
+
+    def describe(self) -> str:
+        return "a SeedSequence, a Generator or a list of ints >= 0"
+
+    def invalid(self) -> list:
+        return [[-1], [1.5]]
+
+
 class _NoneConstraint(Constraint):
     def holds(self, value) -> bool:
         return value is None
@@ -276,7 +296,7 @@ def declare(constraints: Mapping[str, list], *, owner: str | None = None):
     """Decorator declaring a public function's parameter constraints next to its signature
     (scikit-learn's ``_parameter_constraints``). The arguments given to a call are checked
     by :func:`validate` before the body runs; the declaration is kept on the function as
-    ``_parameter_constraints`` and in :data:`DECLARED`.
+    ``parameter_constraints`` and in :data:`DECLARED`.
 
     Example::
 
@@ -300,7 +320,7 @@ def declare(constraints: Mapping[str, list], *, owner: str | None = None):
             validate(bound.arguments, constraints, owner=name)
             return fn(*args, **kwargs)
 
-        wrapper._parameter_constraints = dict(constraints)
+        wrapper.parameter_constraints = dict(constraints)
         DECLARED[f"{fn.__module__}.{fn.__qualname__}"] = wrapper
         return wrapper
 
@@ -461,7 +481,15 @@ POSITIVE = [Interval(float, 0, None, closed="neither")]
 NONNEGATIVE = [Interval(float, 0, None, closed="left")]
 PROBABILITY = [Interval(float, 0, 1, closed="both")]
 OPEN_UNIT = [Interval(float, 0, 1, closed="neither")]
-SEED = [Interval(int, 0, None, closed="left"), NONE]
+SEED = [Interval(int, 0, None, closed="left"), NONE, SeedObject()]
+#: A parameter bound ``||theta|| <= radius``: None (no bound), a float > 0, or inf (no bound).
+RADIUS = [Interval(float, 0, None, closed="neither", allow_inf=True), NONE]
+#: A float > 0 that may be inf (e.g. the label-flip cost kappa).
+POSITIVE_OR_INF = [Interval(float, 0, None, closed="neither", allow_inf=True)]
+#: The path switch of the exact solvers: "auto" picks a path the problem has.
+SOLVER = [Options(("auto", "cvxpy", "fast"))]
+#: A name (e.g. a cvxpy backend, checked against the installed ones by the function).
+NAME = [Instance(str, name="str")]
 
 __all__ += [
     "POSITIVE_INT",
@@ -471,4 +499,8 @@ __all__ += [
     "PROBABILITY",
     "OPEN_UNIT",
     "SEED",
+    "RADIUS",
+    "POSITIVE_OR_INF",
+    "SOLVER",
+    "NAME",
 ]

@@ -30,7 +30,22 @@ from scipy.special import expit, log_expit, logsumexp
 from . import _validate as V
 from .data import PreferenceData, as_data
 from .errors import InputError
+from .options import (
+    NONNEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    POSITIVE_INT,
+    POSITIVE_OR_INF,
+    SEED,
+    Interval,
+    Options,
+    check,
+    declare,
+)
 from .rng import make_rng
+
+#: The order p of a Wasserstein distance: a float >= 1.
+ORDER = [Interval(float, 1, None, closed="left")]
 
 
 # ---------------------------------------------------------------------------- argument checks
@@ -45,20 +60,13 @@ def _n(n) -> float:
 
 
 def check_delta(delta) -> float:
-    """Validated confidence level ``delta`` in (0, 1) of the bounds."""
-    v = V.positive(delta, "delta")
-    if v >= 1:
-        raise InputError(f"delta must lie in (0, 1), got {v}")
-    return v
-
-
-def _dim(d) -> int:
-    if isinstance(d, bool) or int(d) != d or d < 1:
-        raise InputError(f"d must be a positive integer, got {d!r}")
-    return int(d)
+    """The confidence level ``delta`` in (0, 1) of the bounds as a float, checked by
+    :func:`rdpo_theory.options.check` (for callers outside a declared function)."""
+    return float(check("delta", delta, OPEN_UNIT))
 
 
 # ---------------------------------------------------------------------------- constants
+@declare({"beta": POSITIVE, "B": POSITIVE})
 def gamma(beta: float, B: float) -> float:
     """Strong-convexity constant of the DPO loss on ``Theta = {||theta|| <= B}``.
 
@@ -69,23 +77,21 @@ def gamma(beta: float, B: float) -> float:
 
     Units: per squared parameter unit. docs/theory.md#bounds (not reconstructed).
     """
-    beta = V.positive(beta, "beta")
-    B = V.positive(B, "B")
     t = 4.0 * beta * B
     return float(beta**2 * expit(t) * expit(-t))
 
 
+@declare({"beta": POSITIVE, "B": POSITIVE})
 def K(beta: float, B: float) -> float:
     """Loss bound ``K = |log sigmoid(-4 beta B)| = log(1 + e^{4 beta B})`` (nats).
 
     The largest DPO loss on Theta (|h| <= 4B). It is also the loss bound ``L`` of Theorem 2.
     docs/theory.md#bounds, Theorem 1 (reconstructed).
     """
-    beta = V.positive(beta, "beta")
-    B = V.positive(B, "B")
     return float(-log_expit(-4.0 * beta * B))
 
 
+@declare({"rho": POSITIVE, "beta": POSITIVE, "B": POSITIVE})
 def kl_multiplier_upper(rho: float, beta: float, B: float) -> float:
     """A certified upper bound ``lam_hi = K / rho`` on the KLDPO dual multiplier lam*.
 
@@ -93,11 +99,20 @@ def kl_multiplier_upper(rho: float, beta: float, B: float) -> float:
     ``lam rho + E l >= lam rho`` (Jensen), and the robust value is at most ``max l <= K``; so
     ``lam* rho <= K``.
     """
-    rho = V.positive(rho, "rho")
     return K(beta, B) / rho
 
 
 # ---------------------------------------------------------------------------- bounds
+@declare(
+    {
+        "d": POSITIVE_INT,
+        "delta": OPEN_UNIT,
+        "beta": POSITIVE,
+        "B": POSITIVE,
+        "lam0": POSITIVE,
+        "lam": [*POSITIVE, None],
+    }
+)
 def proposition1(n, d: int, delta: float, beta: float, B: float, lam0: float, *, lam=None):
     """Proposition 1 (DPO, reconstructed): with probability ``1 - delta``,
 
@@ -124,14 +139,14 @@ def proposition1(n, d: int, delta: float, beta: float, B: float, lam0: float, *,
     float or ndarray (like n)
     """
     n = _n(n)
-    d = _dim(d)
-    delta = check_delta(delta)
-    lam0 = V.positive(lam0, "lam0")
-    lam = lam0 if lam is None else V.positive(lam, "lam")
+    lam = lam0 if lam is None else lam
     g = gamma(beta, B)
     return np.sqrt(16 * beta**2 * (d + math.log(1 / delta)) / (g**2 * n) + 8 * lam * B**2)
 
 
+@declare(
+    {"delta": OPEN_UNIT, "beta": POSITIVE, "B": POSITIVE, "lam0": POSITIVE, "squared": ["boolean"]}
+)
 def theorem1(n, delta: float, beta: float, B: float, lam0: float, *, squared: bool = False):
     """Theorem 1 (WDPO, reconstructed): with probability ``1 - delta``,
 
@@ -142,12 +157,22 @@ def theorem1(n, delta: float, beta: float, B: float, lam0: float, *, squared: bo
     n^-1/4), or on the squared norm with ``squared=True``. Reconstructed (docs/theory.md#bounds).
     """
     n = _n(n)
-    delta = check_delta(delta)
-    lam0 = V.positive(lam0, "lam0")
     sq = 4 * K(beta, B) / (gamma(beta, B) * lam0) * np.sqrt(math.log(2 / delta) / (2 * n))
     return sq if squared else np.sqrt(sq)
 
 
+@declare(
+    {
+        "delta": OPEN_UNIT,
+        "beta": POSITIVE,
+        "B": POSITIVE,
+        "lam0": POSITIVE,
+        "lam_lo": POSITIVE,
+        "lam_hi": POSITIVE,
+        "L": [*POSITIVE, None],
+        "squared": ["boolean"],
+    }
+)
 def theorem2(
     n,
     delta: float,
@@ -173,13 +198,9 @@ def theorem2(
     Reconstructed (docs/theory.md#bounds).
     """
     n = _n(n)
-    delta = check_delta(delta)
-    lam0 = V.positive(lam0, "lam0")
-    lam_lo = V.positive(lam_lo, "lam_lo")
-    lam_hi = V.positive(lam_hi, "lam_hi")
     if lam_lo > lam_hi:
         raise InputError(f"lam_lo must be <= lam_hi, got {lam_lo} > {lam_hi}")
-    L = K(beta, B) if L is None else V.positive(L, "L")
+    L = K(beta, B) if L is None else L
     log_sq = (
         math.log(4 * lam_hi)
         + L / lam_lo
@@ -191,11 +212,10 @@ def theorem2(
         return sq if squared else np.exp(0.5 * log_sq)
 
 
+@declare({"kind": [Options(("dpo", "wdpo", "kldpo"))]})
 def fitted_rate(kind: str) -> float:
     """The rate exponent a bound proves: -1/2 for ``"dpo"``, -1/4 for ``"wdpo"``/``"kldpo"``."""
     rates = {"dpo": -0.5, "wdpo": -0.25, "kldpo": -0.25}
-    if kind not in rates:
-        raise InputError(f"kind must be one of {sorted(rates)}, got {kind!r}")
     return rates[kind]
 
 
@@ -301,6 +321,7 @@ def _kl_tilt(f: np.ndarray, p: np.ndarray, rho: float) -> np.ndarray:
     return q_of(brentq(kl, lo, hi, xtol=1e-13))
 
 
+@declare({"rho": NONNEGATIVE, "restarts": POSITIVE_INT, "iters": POSITIVE_INT, "seed": SEED})
 def coverage_kl(data, rho: float, *, restarts: int = 8, iters: int = 50, seed=0) -> CoverageBound:
     """Bracket ``inf { lambda_min(Sigma_Q) : KL(Q || P0) <= rho }`` for a finite P0.
 
@@ -329,7 +350,6 @@ def coverage_kl(data, rho: float, *, restarts: int = 8, iters: int = 50, seed=0)
     CoverageBound
     """
     d = _data(data)
-    rho = V.positive(rho, "rho", allow_zero=True)
     keep = d.weights > 0
     X, p = d.X[keep], d.weights[keep]
     lam0, v0 = _lmin(X, p)
@@ -388,6 +408,16 @@ def _min_transport(f, p, C, budget):
     return plan.sum(axis=0)
 
 
+@declare(
+    {
+        "rho": NONNEGATIVE,
+        "p": ORDER,
+        "kappa": POSITIVE_OR_INF,
+        "restarts": POSITIVE_INT,
+        "iters": POSITIVE_INT,
+        "seed": SEED,
+    }
+)
 def coverage_wasserstein(
     data,
     rho: float,
@@ -419,11 +449,7 @@ def coverage_wasserstein(
     ``min(|u.x_i|, t)`` with ``sum p_i (|u.x_i| - t)_+ = rho``.
     """
     d = _data(data)
-    rho = V.positive(rho, "rho", allow_zero=True)
-    p = V.positive(p, "p")
-    if p < 1:
-        raise InputError(f"p must be >= 1, got {p}")
-    kappa = V.positive(kappa, "kappa", allow_inf=True)
+    rho, p, kappa = float(rho), float(p), float(kappa)
     keep = d.weights > 0
     X, y, w = d.X[keep], d.y[keep], d.weights[keep]
     lam0, v0 = _lmin(X, w)

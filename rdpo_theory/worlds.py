@@ -24,7 +24,26 @@ from scipy.special import expit, log_softmax, softmax
 from . import _validate as V
 from .data import PreferenceData
 from .errors import InputError
+from .options import (
+    NONE,
+    NONNEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    SEED,
+    Instance,
+    Interval,
+    Options,
+    declare,
+    option,
+    validate_fields,
+)
 from .rng import make_rng
+
+#: How a random world draws its behaviour policy and context law.
+LAWS = [Options(("uniform", "dirichlet"))]
+#: The two reward mixtures of :func:`mixture_reward`.
+MIXTURES = [Options(("convex", "geometric"))]
 
 
 @dataclass(frozen=True)
@@ -78,8 +97,8 @@ class World:
     psi: np.ndarray
     mu0: np.ndarray
     pi0: np.ndarray
-    beta: float
-    B: float
+    beta: float = option(help="DPO temperature beta > 0", constraints=POSITIVE)
+    B: float = option(help="radius of the parameter ball ||theta|| <= B", constraints=POSITIVE)
     theta_star: np.ndarray | None = None
     theta_ref: np.ndarray | None = None
     rewards: np.ndarray | None = None
@@ -103,8 +122,8 @@ class World:
             raise InputError(f"pi0 must have shape (S, A) = {(S, A)}, got {pi0.shape}")
         for s in range(S):
             pi0[s] = V.as_weights(pi0[s], A, f"pi0[{s}]")
-        beta = V.positive(self.beta, "beta")
-        B = V.positive(self.B, "B")
+        validate_fields(self)
+        beta, B = float(self.beta), float(self.B)
         theta_ref = V.as_theta(self.theta_ref, d, "theta_ref")
         theta_star = None
         if self.theta_star is not None:
@@ -179,6 +198,7 @@ class World:
         pop = self.population.data
         return pop.X, pop.y
 
+    @declare({"method": [Options(("dpo", "kldpo", "wdpo"))], "rho": NONNEGATIVE})
     def robust_optimum(self, method: str, rho: float = 0.0, **kwargs):
         """The exact population optimum of ``method`` over Theta (an ``ExactResult``).
 
@@ -197,28 +217,28 @@ class World:
             return dpo(data, **kwargs)
         if method == "kldpo":
             return kldpo(data, rho=rho, **kwargs)
-        if method == "wdpo":
-            kwargs.setdefault("candidates", self.candidates())
-            return wdpo(data, rho=rho, **kwargs)
-        raise InputError(f"method must be 'dpo', 'kldpo' or 'wdpo', got {method!r}")
+        kwargs.setdefault("candidates", self.candidates())
+        return wdpo(data, rho=rho, **kwargs)
 
     def coverage(self) -> float:
         """``lambda_min(Sigma_P0)`` with ``Sigma_P0 = E_P0[x x^T]`` (Assumption 2's lam0 at P0)."""
         return float(np.linalg.eigvalsh(self.population.data.second_moment())[0])
 
     # ------------------------------------------------------------------ sampling
+    @declare({"n": POSITIVE_INT, "seed": SEED})
     def sample_indices(self, n: int, seed) -> np.ndarray:
         """Indices into Z of ``n`` i.i.d. draws from P0, reproducible from ``seed``."""
-        n = _check_n(n)
         w = self.population.data.weights
         return make_rng(seed).choice(w.shape[0], size=n, p=w)
 
+    @declare({"n": POSITIVE_INT, "seed": SEED})
     def sample(self, n: int, seed=0) -> PreferenceData:
         """``n`` i.i.d. pairs from P0 as rows (uniform weights)."""
         idx = self.sample_indices(n, seed)
         pop = self.population.data
         return PreferenceData(pop.X[idx], pop.y[idx])
 
+    @declare({"n": POSITIVE_INT, "seed": SEED, "keep_zeros": ["boolean"]})
     def empirical(self, n: int, seed=0, *, keep_zeros: bool = False) -> PreferenceData:
         """The empirical law of the same ``n`` draws as :meth:`sample`, aggregated over Z.
 
@@ -295,6 +315,20 @@ class World:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
+    @declare(
+        {
+            "n_contexts": POSITIVE_INT,
+            "n_actions": [Interval(int, 2, None, closed="left")],
+            "dim": POSITIVE_INT,
+            "beta": POSITIVE,
+            "theta_norm": NONNEGATIVE,
+            "B": [*POSITIVE, NONE],
+            "behaviour": LAWS,
+            "contexts": LAWS,
+            "seed": SEED,
+            "name": [Instance(str, name="str"), NONE],
+        }
+    )
     def random(
         cls,
         n_contexts: int = 8,
@@ -315,25 +349,21 @@ class World:
         direction of norm ``theta_norm``; ``B`` defaults to ``2 * theta_norm``. ``behaviour``
         and ``contexts`` are ``"uniform"`` or ``"dirichlet"`` (Dirichlet(1) draws).
         """
-        for nm, v in (("n_contexts", n_contexts), ("n_actions", n_actions), ("dim", dim)):
-            if int(v) != v or v < 1:
-                raise InputError(f"{nm} must be a positive integer, got {v}")
-        if n_actions < 2:
-            raise InputError(f"n_actions must be >= 2 to form pairs, got {n_actions}")
-        theta_norm = V.positive(theta_norm, "theta_norm", allow_zero=True)
+        theta_norm = float(theta_norm)
         rng = make_rng(seed)
         g = rng.standard_normal((n_contexts, n_actions, dim))
         g /= np.linalg.norm(g, axis=-1, keepdims=True)
         psi = g * rng.uniform(0.5, 1.0, size=(n_contexts, n_actions, 1))
         u = rng.standard_normal(dim)
         theta_star = theta_norm * u / np.linalg.norm(u)
-        pi0 = _law(rng, behaviour, (n_contexts, n_actions), "behaviour")
-        mu0 = _law(rng, contexts, (n_contexts,), "contexts")
+        pi0 = _law(rng, behaviour, (n_contexts, n_actions))
+        mu0 = _law(rng, contexts, (n_contexts,))
         B = 2.0 * max(theta_norm, 0.5) if B is None else B
         nm = name or f"random-S{n_contexts}-A{n_actions}-d{dim}"
         return cls(psi, mu0, pi0, beta, B, theta_star=theta_star, name=nm)
 
     @classmethod
+    @declare({"beta": POSITIVE})
     def toy(cls, *, beta: float = 1.0) -> World:
         """A hand-checkable world: 2 contexts, 2 actions, d = 2, uniform mu0 and pi0.
 
@@ -353,39 +383,32 @@ class World:
         )
 
 
-def _law(rng, kind: str, shape, name: str) -> np.ndarray:
+def _law(rng, kind: str, shape) -> np.ndarray:
+    """A uniform or Dirichlet(1) law (``kind`` in :data:`LAWS`) of the given shape."""
     if kind == "uniform":
         return np.full(shape, 1.0 / shape[-1])
-    if kind == "dirichlet":
-        return rng.dirichlet(np.ones(shape[-1]), size=shape[:-1] or None)
-    raise InputError(f"{name} must be 'uniform' or 'dirichlet', got {kind!r}")
-
-
-def _check_n(n) -> int:
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise InputError(f"n must be a positive integer, got {n!r}")
-    return int(n)
+    return rng.dirichlet(np.ones(shape[-1]), size=shape[:-1] or None)
 
 
 # ---------------------------------------------------------------------------- shift families
+@declare({"t": PROBABILITY})
 def context_shift(world: World, mu0=None, *, toward=None, t: float = 1.0) -> World:
     """Reweight the context law: ``mu0`` explicitly, or ``(1 - t) mu0 + t * toward``."""
     if (mu0 is None) == (toward is None):
         raise InputError("give exactly one of mu0 or toward")
     if toward is not None:
-        t = V.unit_interval(t, "t")
         target = V.as_weights(toward, world.n_contexts, "toward")
         mu0 = (1 - t) * world.mu0 + t * target
     return world.replace(mu0=mu0, name=f"{world.name}|context-shift")
 
 
+@declare({"t": PROBABILITY})
 def behaviour_shift(world: World, pi0=None, *, toward=None, t: float = 1.0) -> World:
     """Change the behaviour policy: ``pi0`` (S, A) explicitly, or ``(1 - t) pi0 + t * toward``
     where ``toward`` is a policy table (S, A) or a parameter (d,) giving ``pi_toward``."""
     if (pi0 is None) == (toward is None):
         raise InputError("give exactly one of pi0 or toward")
     if toward is not None:
-        t = V.unit_interval(t, "t")
         tw = np.asarray(toward, dtype=np.float64)
         target = world.policy(tw) if tw.ndim == 1 else tw
         if target.shape != world.pi0.shape:
@@ -394,26 +417,25 @@ def behaviour_shift(world: World, pi0=None, *, toward=None, t: float = 1.0) -> W
     return world.replace(pi0=pi0, name=f"{world.name}|behaviour-shift")
 
 
+@declare({"alpha": PROBABILITY, "mixture": MIXTURES})
 def mixture_reward(r1, r2, alpha: float, mixture: str = "convex") -> np.ndarray:
     """Mixed reward table (docs/theory.md#shift-families).
 
     ``convex``: ``alpha r1 + (1 - alpha) r2``; ``geometric``: ``r1^alpha r2^(1 - alpha)``
     (requires ``r1, r2 > 0``).
     """
-    alpha = V.unit_interval(alpha, "alpha")
     r1 = np.asarray(r1, dtype=np.float64)
     r2 = np.asarray(r2, dtype=np.float64)
     if r1.shape != r2.shape:
         raise InputError(f"r1 and r2 must have the same shape, got {r1.shape} and {r2.shape}")
-    if mixture == "convex":
-        return alpha * r1 + (1 - alpha) * r2
     if mixture == "geometric":
         if np.any(r1 <= 0) or np.any(r2 <= 0):
             raise InputError("the geometric mixture needs positive rewards r1, r2")
         return np.exp(alpha * np.log(r1) + (1 - alpha) * np.log(r2))
-    raise InputError(f"mixture must be 'convex' or 'geometric', got {mixture!r}")
+    return alpha * r1 + (1 - alpha) * r2  # "convex"
 
 
+@declare({"alpha": PROBABILITY, "mixture": MIXTURES, "label_scale": POSITIVE})
 def preference_shift(
     world: World, theta1, theta2, alpha: float, *, mixture: str = "convex", label_scale: float = 1.0
 ) -> World:
@@ -424,7 +446,7 @@ def preference_shift(
     classifier-like tables ``sigmoid(theta_k . psi)`` and is not realizable. Labels follow
     ``sigmoid(label_scale * (r[a1] - r[a2]))``.
     """
-    label_scale = V.positive(label_scale, "label_scale")
+    label_scale = float(label_scale)
     t1 = V.as_vector(theta1, "theta1", length=world.dim)
     t2 = V.as_vector(theta2, "theta2", length=world.dim)
     if mixture == "convex":
@@ -441,6 +463,9 @@ def preference_shift(
 
 
 # ---------------------------------------------------------------------------- continuous data
+@declare(
+    {"n": POSITIVE_INT, "dim": POSITIVE_INT, "beta": POSITIVE, "seed": SEED, "chunk": POSITIVE_INT}
+)
 def gaussian_preferences(
     n: int, dim: int, *, theta_star, beta: float = 1.0, theta_ref=None, seed=0, chunk: int = 200_000
 ) -> PreferenceData:
@@ -450,8 +475,7 @@ def gaussian_preferences(
     and ``y ~ Bernoulli(sigmoid(beta (theta* - theta_ref) . x))``. Generated in chunks so the
     peak memory is about the size of X (n * dim * 8 bytes).
     """
-    n = _check_n(n)
-    beta = V.positive(beta, "beta")
+    beta = float(beta)
     ts = V.as_vector(theta_star, "theta_star", length=dim)
     tr = V.as_theta(theta_ref, dim)
     rng = make_rng(seed)
@@ -484,8 +508,7 @@ def _random_large(seed: int = 0) -> World:
 BUILTIN_WORLDS = {"toy": _toy, "random": _random, "random-large": _random_large}
 
 
+@declare({"name": [Options(sorted(BUILTIN_WORLDS))], "seed": SEED})
 def builtin_world(name: str, seed: int = 0) -> World:
     """The built-in world ``name`` (see :data:`BUILTIN_WORLDS`) drawn with ``seed``."""
-    if name not in BUILTIN_WORLDS:
-        raise InputError(f"world must be one of {sorted(BUILTIN_WORLDS)}, got {name!r}")
     return BUILTIN_WORLDS[name](seed)

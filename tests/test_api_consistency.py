@@ -51,7 +51,7 @@ def no_solve(monkeypatch):
 def test_solver_and_cvxpy_solver_have_one_meaning(name):
     fn, _ = SOLVERS[name]
     sig = inspect.signature(fn).parameters
-    assert sig["solver"].default == "cvxpy"
+    assert sig["solver"].default == "auto"
     assert sig["cvxpy_solver"].default == "CLARABEL"
     assert sig["cvxpy_solver"].kind is inspect.Parameter.KEYWORD_ONLY
 
@@ -89,23 +89,23 @@ def test_mistyped_backend_never_answers_through_the_newton_fallback():
 def test_baselines_refuse_fast_with_the_valid_choice(name, no_solve):
     fn, kw = SOLVERS[name]
     X, y = _data()
-    with pytest.raises(InputError, match=r"must be one of \('cvxpy',\).*Got 'fast'"):
+    with pytest.raises(InputError, match=r"must be one of \('auto', 'cvxpy'\).*Got 'fast'"):
         fn(X, y, beta=1.0, solver="fast", **kw)
 
 
 @pytest.mark.parametrize(
     "kw, valid",
     [
-        ({"candidates": "self"}, "('cvxpy',)"),
-        ({"kappa": 1.0}, "('cvxpy',)"),
-        ({"p": 2.0}, "('fast',)"),
+        ({"candidates": "self"}, "('auto', 'cvxpy')"),
+        ({"kappa": 1.0}, "('auto', 'cvxpy')"),
+        ({"p": 2.0}, "('auto', 'fast')"),
     ],
 )
 def test_wdpo_paths_per_problem(kw, valid, no_solve):
     X, y = _data()
     if kw.get("candidates") == "self":
         kw = {"candidates": (X, y)}
-    wrong = "fast" if valid == "('cvxpy',)" else "cvxpy"
+    wrong = "fast" if valid == "('auto', 'cvxpy')" else "cvxpy"
     with pytest.raises(InputError, match="'solver' parameter of wdpo") as ei:
         exact.wdpo(X, y, rho=0.1, beta=1.0, solver=wrong, **kw)
     assert valid in str(ei.value)
@@ -230,3 +230,42 @@ def test_cli_cvxpy_solver_flag(capsys):
 def test_problem_data_types_accepted():
     X, y = _data()
     assert exact.dpo(PreferenceData(X, y), beta=1.0, solver="fast").status == "optimal"
+
+
+def test_wdpo_p2_works_as_written():
+    """Issue 23: ``exact.wdpo(X, y, rho=..., beta=..., p=2)`` failed with its default
+    ``solver`` (the conic path, which continuous W_p with p > 1 lacks). ``"auto"`` picks the
+    fast path there, and gives what naming it gives."""
+    X, y = _data()
+    res = exact.wdpo(X, y, rho=0.1, beta=1.0, p=2)
+    ref = exact.wdpo(X, y, rho=0.1, beta=1.0, p=2, solver="fast")
+    assert res.status == "optimal" and res.info["solver"] == ref.info["solver"]
+    np.testing.assert_allclose(res.theta, ref.theta)
+    assert res.value == ref.value
+
+
+def test_auto_reads_row_storage_in_place(tmp_path):
+    """``"auto"`` takes the fast path for features left in their storage (a memmap here),
+    which reads them in place, and the conic path for in-memory arrays."""
+    X, y = _data()
+    mm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    assert exact.kldpo(mm, y, rho=0.1, beta=1.0).info["solver"] == "fast"
+    assert exact.kldpo(X, y, rho=0.1, beta=1.0).info["solver"] == "cvxpy"
+
+
+def test_results_share_the_protocol():
+    """Issue 23: exact and approximate results answer ``theta``, ``status``, ``info``,
+    ``value`` and ``optimality_gap`` alike (studies no longer probe with getattr)."""
+    from rdpo_theory import approx
+    from rdpo_theory.exact import Result
+
+    X, y = _data()
+    ex = exact.dpo(X, y, beta=1.0, radius=1.0)
+    ap = approx.dpo(X, y, beta=1.0, max_steps=3)
+    for res in (ex, ap):
+        assert isinstance(res, Result)
+    assert ex.status == "optimal" and ex.optimality_gap >= 0 and ex.value > 0
+    assert ap.status == "max_steps" and ap.optimality_gap is None and ap.value is None
+    assert ap.info is ap.extras and "seconds" in ap.info

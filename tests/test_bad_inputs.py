@@ -23,6 +23,7 @@ from rdpo_theory.io import (
     read_preference_csv,
     read_preference_data,
     read_preference_jsonl,
+    write_preference_data,
 )
 from rdpo_theory.rng import make_rng, spawn_seeds
 
@@ -57,13 +58,16 @@ BAD_DATA = {  # name -> (change to the arguments, what the error must say)
     "X complex": ({"X": X + 1j}, "X must be real"),  # used to drop the imaginary part
     "X 1-d": ({"X": X[:, 0]}, "X must have shape"),
     "X strings": ({"X": [["a", "b"]] * 4}, "X must be numeric"),
+    "X ragged": ({"X": [[1.0, 0.5], [0.3], [0.7, 0.2], [0.2, 0.9]]}, "X is ragged"),  # issue 23
     "y label 2": ({"y": np.array([1, 0, 2, 0])}, "labels 0 and 1"),
+    "y strings": ({"y": ["1", "0", "1", "0"]}, "y must be numeric, got text"),  # issue 23
     "y too short": ({"y": Y[:3]}, "y must have length 4"),
     "beta 0": ({"beta": 0.0}, "beta"),
-    "beta True": ({"beta": True}, "beta must be a real number"),  # used to mean 1
+    "beta True": ({"beta": True}, "'beta' parameter.*Got True"),  # used to mean 1
     "beta -1": ({"beta": -1.0}, "beta"),
     "beta NaN": ({"beta": float("nan")}, "beta"),
     "beta 'abc'": ({"beta": "abc"}, "beta"),
+    "beta '1'": ({"beta": "1"}, "'beta' parameter.*Got '1'"),  # issue 23: was accepted
     "weights negative": ({"weights": np.array([0.5, 0.5, 0.5, -0.5])}, "non-negative"),
     "weights sum 4": ({"weights": np.ones(4)}, "sum to 1"),
     "weights short": ({"weights": np.ones(3) / 3}, "weights must have length 4"),
@@ -72,9 +76,10 @@ BAD_DATA = {  # name -> (change to the arguments, what the error must say)
 BAD_RADIUS = {
     "radius -1": ({"radius": -1.0}, "radius"),
     "radius 0": ({"radius": 0.0}, "radius"),
+    "radius '2'": ({"radius": "2"}, "'radius' parameter.*Got '2'"),  # issue 23: was accepted
 }
 BAD_PARAMS = {  # per solver parameter: bad values
-    "rho": [-1.0, float("nan"), True],
+    "rho": [-1.0, float("nan"), True, "0.1"],  # "0.1": issue 23, was accepted
     "eps": [-0.1, 1.0],
     "level": [0.0, 1.5],
     "tau": [0.0, -1.0],
@@ -112,7 +117,7 @@ def test_solvers_refuse_bad_input(fn, kw, change, match):
 
 @pytest.mark.parametrize(
     "seed,match",
-    [(-1, "non-negative"), ("abc", "str 'abc'"), (True, "True"), (1.5, "float")],
+    [(-1, "Got -1"), ("abc", "Got 'abc'"), (True, "True"), (1.5, "Got 1.5")],
 )
 def test_bad_seeds_name_seed(seed, match):
     """Failure 5: seed=-1 or 'abc' used to crash deep inside numpy."""
@@ -256,7 +261,7 @@ def test_loss_weights_are_checked(weights, match):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"method": "kldpo", "loss_kwargs": {"tau": -1}}, "tau must be > 0"),
+        ({"method": "kldpo", "loss_kwargs": {"tau": -1}}, "'tau' parameter"),
         ({"method": "kldpo", "loss_kwargs": {"tau": 1.0, "variant": "x"}}, "variant"),
         ({"method": "wdpo", "loss_kwargs": {"rho0": -1}}, "rho0"),
         ({"method": "cdpo", "loss_kwargs": {"eps": 2.0}}, "eps"),
@@ -327,7 +332,7 @@ def test_csv_reader_accepts_any_column_order_and_bom(tmp_path):
     np.testing.assert_array_equal(d.X, [[1.0, 2.0], [-1.0, 0.5]])
     np.testing.assert_array_equal(d.y, [1, 0])
     data = PreferenceData(X, Y, np.array([0.1, 0.2, 0.3, 0.4]))
-    back = PreferenceData.load(data.save(tmp_path / "r.csv"))
+    back = read_preference_data(write_preference_data(data, tmp_path / "r.csv"))
     np.testing.assert_array_equal(back.X, data.X)
     np.testing.assert_allclose(back.weights, data.weights, rtol=1e-15)
 
@@ -469,8 +474,8 @@ COMMAND_CASES = {  # argv -> what the one-line error says (failure 4)
     "figures out": (["figures", "--out", "afile"], "--out"),
     "figures only": (["figures", "--only", "bogus"], "unknown figures"),
     "llm bogus method": ([*LLM, "--methods", "dpo", "bogus"], "--methods bogus: method"),
-    "llm tau 0": ([*LLM, "--methods", "kldpo", "--tau", "0"], "tau must be > 0"),
-    "llm rho0 -1": ([*LLM, "--methods", "wdpo", "--rho0", "-1"], "rho0 must be >= 0"),
+    "llm tau 0": ([*LLM, "--methods", "kldpo", "--tau", "0"], "'tau' parameter"),
+    "llm rho0 -1": ([*LLM, "--methods", "wdpo", "--rho0", "-1"], "'rho0' parameter"),
     "llm max-length 1": (
         [*LLM, "--max-length", "1"],
         "'max_length' parameter of TrainConfig must be an int >= 2",
@@ -550,7 +555,7 @@ def test_solve_explicit_beta_is_used(tmp_path, capsys):
     """Failure 4: `--beta` was read as `args.beta or default`, so a falsy value was replaced."""
     assert main(["solve", "--world", "random", "--beta", "0.25", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["beta"] == 0.25
-    PreferenceData(X, Y).save(tmp_path / "d.csv")
+    write_preference_data(PreferenceData(X, Y), tmp_path / "d.csv")
     assert main(["solve", "--data", str(tmp_path / "d.csv"), "--radius", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["beta"] == 1.0  # documented default with --data
 

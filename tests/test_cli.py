@@ -4,6 +4,7 @@ import numpy as np
 
 from rdpo_theory import PreferenceData, World
 from rdpo_theory.cli import main
+from rdpo_theory.io import write_preference_data
 
 
 def test_help(capsys):
@@ -20,7 +21,7 @@ def test_solve_world_json(capsys):
 
 def test_solve_data_file(tmp_path, capsys):
     d = World.random(seed=0).sample(400, seed=1)
-    path = d.save(tmp_path / "d.csv")
+    path = write_preference_data(d, tmp_path / "d.csv")
     assert main(["solve", "--data", str(path), "--beta", "1.0"]) == 0
     text = capsys.readouterr().out
     assert "optimal" in text and "theta" in text

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from rdpo_theory import InputError, PreferenceData
+from rdpo_theory.io import read_preference_data, write_preference_data
 
 
 def test_defaults_and_views():
@@ -17,8 +18,8 @@ def test_roundtrip(tmp_path, suffix):
     rng = np.random.default_rng(0)
     w = rng.random(7)
     d = PreferenceData(rng.standard_normal((7, 3)), rng.integers(0, 2, 7), w / w.sum())
-    path = d.save(tmp_path / f"data{suffix}")
-    e = PreferenceData.load(path)
+    path = write_preference_data(d, tmp_path / f"data{suffix}")
+    e = read_preference_data(path)
     np.testing.assert_array_equal(e.X, d.X)
     np.testing.assert_array_equal(e.y, d.y)
     np.testing.assert_allclose(e.weights, d.weights, rtol=1e-15)
@@ -48,6 +49,20 @@ def test_bad_input(kwargs, match):
 
 def test_bad_file(tmp_path):
     with pytest.raises(InputError, match="path"):
-        PreferenceData.load(tmp_path / "nope.npz")
+        read_preference_data(tmp_path / "nope.npz")
     with pytest.raises(InputError, match="must end in"):
-        PreferenceData([[1.0]], [1]).save(tmp_path / "x.txt")
+        write_preference_data(PreferenceData([[1.0]], [1]), tmp_path / "x.txt")
+
+
+def test_data_does_not_import_io():
+    """Issue 23: data.py and io.py imported each other; io depends on data, never back."""
+    import ast
+    from pathlib import Path
+
+    import rdpo_theory.data as data_module
+
+    tree = ast.parse(Path(data_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not any(m == "io" or m.endswith(".io") for m in imported)

@@ -186,13 +186,13 @@ def test_getting_started_shows_the_readme_commands():
 def test_data_format_page_example_is_what_the_reader_accepts(tmp_path, capsys):
     """The CSV example of docs/data-format.md loads, and its documented command solves it."""
     from rdpo_theory.cli import main
-    from rdpo_theory.data import PreferenceData
+    from rdpo_theory.io import read_preference_data
 
     page = (ROOT / "docs" / "data-format.md").read_text()
     example = re.search(r"```text\n(x0,x1,y,weight\n.*?)```", page, flags=re.S).group(1)
     path = tmp_path / "pairs.csv"
     path.write_text(example)
-    data = PreferenceData.load(path)
+    data = read_preference_data(path)
     assert data.X.shape == (4, 2) and data.y.tolist() == [1, 0, 0, 1]
     assert data.weights.tolist() == [0.4, 0.1, 0.25, 0.25]
     command = re.search(r"```bash\n(rdpo solve --data pairs\.csv[^\n]*)\n```", page).group(1)

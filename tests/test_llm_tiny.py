@@ -11,23 +11,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.slow  # language-model tests (minutes)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # LM tests (minutes)
 
 from rdpo_theory import InputError  # noqa: E402
 from rdpo_theory.cli import main  # noqa: E402
 from rdpo_theory.studies import emotion as E  # noqa: E402
 from rdpo_theory.worlds import mixture_reward  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra intra-op threads only add contention on a shared machine."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_rewards_closed_form():

@@ -108,7 +108,7 @@ def test_declare_checks_before_the_body_and_registers():
     with pytest.raises(InputError, match="'n'"):
         _solver(2, rho=0.5, n=0)
     assert any(k.endswith("_solver") for k in DECLARED)
-    assert _solver._parameter_constraints["n"] == POSITIVE_INT
+    assert _solver.parameter_constraints["n"] == POSITIVE_INT
     # the generated-test recipe: one invalid value alone is refused before anything else
     for bad in invalid_values(NONNEGATIVE):
         with pytest.raises(InputError):

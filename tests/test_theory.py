@@ -69,10 +69,13 @@ def test_bound_rates_and_arrays():
         (lambda: T.theorem1(100, 0.05, -1, 1, 0.1), "beta"),
         (lambda: T.theorem1(100, 0.05, 1, 1, 0.0), "lam0"),
         (lambda: T.theorem2(100, 0.05, 1, 1, 0.1, 2.0, 1.0), "lam_lo"),
-        (lambda: T.proposition1(100, 0, 0.05, 1, 1, 0.1), "d must"),
+        (lambda: T.proposition1(100, 0, 0.05, 1, 1, 0.1), "'d' parameter of proposition1 must"),
         (lambda: T.kl_multiplier_upper(-0.1, 1, 1), "rho"),
         (lambda: T.coverage_kl(World.toy(), -0.1), "rho"),
-        (lambda: T.coverage_wasserstein(World.toy(), 0.1, p=0.5), "p must"),
+        (
+            lambda: T.coverage_wasserstein(World.toy(), 0.1, p=0.5),
+            "'p' parameter of coverage_wasserstein must",
+        ),
         (lambda: T.fitted_rate("ipo"), "kind"),
     ],
 )

@@ -6,7 +6,7 @@ from .dpo import dpo
 from .dpo_pro import dpo_pro
 from .kl import kldpo
 from .rebel import dro_rebel
-from .result import ExactResult
+from .result import ExactResult, Result
 from .risk import robust_risk
 from .wasserstein import wdpo
 from .winsor import winsor_dpo
@@ -20,6 +20,7 @@ __all__ = [
     "ipo",
     "rdpo",
     "ExactResult",
+    "Result",
     "robust_risk",
     "dpo",
     "kldpo",

@@ -13,19 +13,14 @@ from .result import solve_problem
 SOLVERS = V.SOLVER_PATHS
 
 
-def check_rho(rho) -> float:
-    """The uncertainty radius ``rho >= 0`` (finite)."""
-    return V.positive(rho, "rho", allow_zero=True)
-
-
 def check_solver(
-    solver, cvxpy_solver, *, method: str, valid=SOLVERS, why: str = ""
+    solver, cvxpy_solver, *, method: str, valid=SOLVERS, why: str = "", X=None
 ) -> tuple[str, str]:
     """Validate the path switch ``solver`` (one of ``valid`` for ``method``) and the conic backend
     ``cvxpy_solver`` (an installed cvxpy solver) before anything runs; see
     :func:`rdpo_theory._validate.solver_path`. Returns ``(solver, cvxpy_solver)``."""
     backend = V.cvxpy_solver(cvxpy_solver, method=method)
-    return V.solver_path(solver, method=method, valid=valid, why=why), backend
+    return V.solver_path(solver, method=method, valid=valid, why=why, X=X), backend
 
 
 def separable(A: np.ndarray, *, tol: float = 1e-9) -> bool:

@@ -36,12 +36,13 @@ from .. import divergences as D
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
+from ..options import NONNEGATIVE, POSITIVE, declare
 from ._common import CLARABEL_RETRIES
 from .ball import project_ball
 from .certificates import TIGHT
 from .dpo import informative_rows, recession_direction
 from .optimality import logistic_lower_bound
-from .problem import prepare
+from .problem import SOLVE_CONSTRAINTS, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
     REGIME_COLLAPSE,
@@ -178,6 +179,7 @@ def _robust_regime(s: _Setup, theta) -> str:
 
 
 # ---------------------------------------------------------------------------- cDPO
+@declare({**SOLVE_CONSTRAINTS, "eps": L.CDPO_EPS})
 def cdpo(
     X,
     y=None,
@@ -187,7 +189,7 @@ def cdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact conservative DPO:
@@ -204,9 +206,9 @@ def cdpo(
     weights : array_like (n,), optional
     theta_ref : array_like (d,), optional
     radius : float, optional
-    solver : {"cvxpy"}
-        The solution path; the baselines have only the conic program (``"fast"`` raises
-        InputError).
+    solver : {"auto", "cvxpy"}
+        The solution path; the baselines have only the conic program, which ``"auto"``
+        (default) picks (``"fast"`` raises InputError).
     cvxpy_solver : str, keyword-only
         Conic backend, one of ``cvxpy.installed_solvers()`` (default Clarabel).
 
@@ -215,7 +217,7 @@ def cdpo(
     ExactResult
         ``value`` = the weighted cDPO risk at theta (nats).
     """
-    eps = L.check_eps(eps, method="cdpo")
+    eps = float(eps)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cdpo")
     if s.trivial():
         return _trivial_result(s, "cdpo", LOG2, REGIME_NOMINAL)
@@ -255,6 +257,7 @@ def rdpo_recession(A: np.ndarray, p: np.ndarray, eps: float) -> tuple[float, np.
     return float(res.fun), np.asarray(res.x[:d])
 
 
+@declare({**SOLVE_CONSTRAINTS, "eps": L.RDPO_EPS})
 def rdpo(
     X,
     y=None,
@@ -264,7 +267,7 @@ def rdpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact rDPO (known flip rate ``eps < 1/2``):
@@ -278,7 +281,7 @@ def rdpo(
         :func:`rdpo_recession` is negative): then the unconstrained rDPO minimiser does not
         exist, which happens when the assumed flip rate exceeds what the data support.
     """
-    eps = L.check_eps(eps, method="rdpo")
+    eps = float(eps)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "rdpo")
     if s.trivial():
         return _trivial_result(s, "rdpo", LOG2, REGIME_NOMINAL)
@@ -310,6 +313,7 @@ def rdpo(
 
 
 # ---------------------------------------------------------------------------- IPO
+@declare(SOLVE_CONSTRAINTS)
 def ipo(
     X,
     y=None,
@@ -318,7 +322,7 @@ def ipo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact IPO: ``min_theta sum_i p_i (h_i - 1 / (2 beta))^2`` with
@@ -341,6 +345,7 @@ def ipo(
 
 
 # ---------------------------------------------------------------------------- group DRO
+@declare(SOLVE_CONSTRAINTS)
 def group_dpo(
     X,
     y=None,
@@ -350,7 +355,7 @@ def group_dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact group-robust DPO (Ramesh et al. 2024) in epigraph form:
@@ -424,6 +429,7 @@ def group_dpo(
 
 
 # ---------------------------------------------------------------------------- divergence balls
+@declare({"param": NONNEGATIVE, "beta": POSITIVE})
 def collapse_certificate(X, y=None, *, kind, param: float, beta: float, weights=None) -> float:
     """Is ``theta = theta_ref`` optimal for the exact DRO-DPO over a ball: chi-square
     (``kind="chi2"``, ``param = rho``), CVaR (``kind="cvar"``, ``param = level``) or any
@@ -439,7 +445,7 @@ def collapse_certificate(X, y=None, *, kind, param: float, beta: float, weights=
     balances the margins.
     """
     d = as_data(X) if y is None and weights is None else as_data(X, y, weights)
-    beta = L.check_beta(beta)
+    beta = float(beta)
     ball = _dpo_ball(kind, "kind")
     keep = d.weights > 0
     return ball.balancing_law(d.signed_labels[keep, None] * beta * d.X[keep], d.weights[keep])[0]
@@ -486,6 +492,7 @@ def _dual_program(s: _Setup, ball: D.AmbiguitySet, param: float, what: str):
     return th, status, info, float(eta.value), qd
 
 
+@declare({**SOLVE_CONSTRAINTS, "rho": NONNEGATIVE})
 def chi2dpo(
     X,
     y=None,
@@ -495,7 +502,7 @@ def chi2dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact chi-square DPO via the Cressie-Read dual (Duchi and Namkoong 2021):
@@ -518,11 +525,12 @@ def chi2dpo(
         (:func:`rdpo_theory.losses.chi2_objective`), ``dual`` = eta*, ``worst_case`` = q (n,),
         ``gap`` = solver objective minus ``value`` (>= 0 up to solver tolerance).
     """
-    rho = V.positive(rho, "rho", allow_zero=True)
+    rho = float(rho)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "chi2dpo")
     return _ball_dpo(s, D.ChiSquare(), rho)
 
 
+@declare({**SOLVE_CONSTRAINTS, "level": L.CVAR_LEVEL})
 def cvardpo(
     X,
     y=None,
@@ -532,7 +540,7 @@ def cvardpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Exact CVaR DPO (Rockafellar-Uryasev):
@@ -549,7 +557,7 @@ def cvardpo(
         ``value`` = CVaR at theta from :func:`rdpo_theory.losses.cvar_objective`, ``dual`` =
         eta* (the value at risk), ``worst_case`` = q (n,), ``gap`` = solver objective - value.
     """
-    level = D.CVaR().check(level)
+    level = float(level)
     s = _Setup(X, y, weights, beta, theta_ref, radius, solver, cvxpy_solver, "cvardpo")
     return _ball_dpo(s, D.CVaR(), level)
 

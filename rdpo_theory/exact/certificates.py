@@ -214,10 +214,16 @@ def dpo_dual_value(A, q, alpha, *, theta_ref, radius, linear=None) -> float:
         w = w - b
         top_b = float(np.abs(b).max(initial=0.0))
     base = float(q @ binary_entropy(alpha)) + float(w @ theta_ref)
-    if radius is not None:
-        return base - radius * float(np.linalg.norm(w))
     noise = sum_noise(R.abs_max() * float(qa.sum()) + top_b, R.n)
-    return base if bool(np.all(np.abs(w) <= noise)) else -np.inf
+    if bool(np.all(np.abs(w) <= noise)):
+        # w is 0 up to the rounding of its own sum: the bound of the unconstrained minimum,
+        # hence of the constrained one too (with a radius of 1e20 in the solvers' units,
+        # e.g. beta = 1e20 rescaled, ``B ||w||`` would otherwise turn rounding into -1e3)
+        return base
+    if radius is not None:
+        with np.errstate(over="ignore"):  # B ||w|| beyond float64: the bound is -inf
+            return base - radius * float(np.linalg.norm(w))
+    return -np.inf
 
 
 def dpo_lower_bound(A, q, theta, *, theta_ref, radius, margins=None, linear=None) -> float:

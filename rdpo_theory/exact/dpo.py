@@ -11,9 +11,10 @@ import numpy as np
 from .. import _validate as V
 from ..errors import InputError, SolverError
 from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
+from ..options import declare
 from .ball import on_boundary, project_ball
 from .fast import require_converged
-from .problem import Problem, Scale, prepare, x_abs_max
+from .problem import SOLVE_CONSTRAINTS, Problem, Scale, prepare, x_abs_max
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import REGIME_NOMINAL, STATUS_OPTIMAL
 
@@ -107,6 +108,7 @@ def newton_polish(
     return theta, polished
 
 
+@declare(SOLVE_CONSTRAINTS)
 def dpo(
     X,
     y=None,
@@ -115,7 +117,7 @@ def dpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Solve ``min_theta sum_i p_i softplus(-sy_i beta (theta - theta_ref) . x_i)``
@@ -132,11 +134,13 @@ def dpo(
     theta_ref : array_like, shape (d,), optional (default 0)
     radius : float > 0, optional
         Bound B of the parameter set.
-    solver : {"cvxpy", "fast"}
+    solver : {"auto", "cvxpy", "fast"}
         The solution path (docs/theory.md#exact-programs): ``"cvxpy"`` solves the exponential-
         cone program (then polishes it by Newton); ``"fast"`` runs projected damped Newton on
         the smooth objective directly (exact Hessian, trust-region steps over the ball).
-        Both end with the same KKT certificate (:func:`kkt_certificate`).
+        Both end with the same KKT certificate (:func:`kkt_certificate`). ``"auto"``
+        (default): ``"cvxpy"``, or ``"fast"`` for features left in their storage (memmap,
+        torch, dask).
     cvxpy_solver : str, keyword-only
         Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
         Clarabel); checked whatever the path.
@@ -154,7 +158,7 @@ def dpo(
     SolverError
         The solver did not certify optimality (e.g. separable data without a radius).
     """
-    solver = V.solver_path(solver, method="dpo")
+    solver = V.solver_path(solver, method="dpo", X=X)
     cvxpy_solver = V.cvxpy_solver(cvxpy_solver, method="dpo")
     prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius)
     data, beta, tref, radius = prob.data, prob.beta, prob.tref, prob.radius
@@ -184,7 +188,7 @@ def dpo(
         )
     rad = radius if bounded else None
     if solver == "fast":
-        th, ninfo = _newton(data, keep, beta, tref, rad, None)
+        th, ninfo = _newton(data, keep, beta, tref, rad, _tiny_ball_start(prob))
         require_converged(ninfo, "exact DPO (fast path)")
         info: dict = {"solver": "fast", "newton_iterations": ninfo["iterations"]}
     else:
@@ -236,6 +240,27 @@ def dpo(
     )
 
 
+#: A ball whose diameter moves every margin by less than this is "tiny": the loss is linear on
+#: it to float64 precision, and Newton's trust region cannot resolve the curvature.
+TINY_BALL = 1e-9
+
+
+def _tiny_ball_start(prob: Problem):
+    """For a tiny ball (``2 radius beta max|x| <`` :data:`TINY_BALL`), the minimiser of the
+    linearised loss over the ball, ``theta_ref`` projected minus ``radius`` along the gradient
+    direction (to first order the exact minimiser; Newton then only polishes it). None
+    otherwise (Newton starts from theta_ref)."""
+    if prob.radius is None or not 2.0 * prob.radius * prob.beta * prob.x_abs_max < TINY_BALL:
+        return None
+    data = prob.data
+    base = project_ball(prob.tref, prob.radius)
+    g = dpo_risk_grad(base, data, beta=prob.beta, theta_ref=prob.tref)
+    ng = float(np.linalg.norm(g))
+    if ng == 0:
+        return base
+    return project_ball(base - 2.0 * prob.radius * g / ng, prob.radius)
+
+
 def _solve_cvxpy(data, keep, coef, tref, radius, rad, beta, cvxpy_solver):
     """The exponential-cone program, Newton-polished; projected Newton if the backend stalls."""
     theta = cp.Variable(data.d, name="theta")
@@ -275,9 +300,10 @@ def sphere_polish(theta, data, *, beta, theta_ref, radius, steps: int = 10) -> n
     for _ in range(steps):
         g = dpo_risk_grad(th, data, beta=beta, theta_ref=theta_ref)
         H = dpo_risk_hessian(th, data, beta=beta, theta_ref=theta_ref)
-        nu = max(0.0, -float(g @ th) / radius**2)
+        nt = float(np.linalg.norm(th))  # on the sphere: radius (no radius**2, which overflows)
+        nu = max(0.0, -float(g @ th) / (nt * nt))
         J = np.block([[H + nu * np.eye(d), th[:, None]], [th[None, :], np.zeros((1, 1))]])
-        F = np.append(g + nu * th, 0.5 * (th @ th - radius**2))
+        F = np.append(g + nu * th, 0.5 * (nt - radius) * (nt + radius))
         try:
             step = np.linalg.solve(J, -F)
         except np.linalg.LinAlgError:

@@ -615,19 +615,22 @@ class W1Penalty:
 
 
 def convex_line_min(f, s_max: float, s0: float = 1.0, *, xtol: float = 1e-12) -> float:
-    """Minimiser of a convex function ``f`` of one variable over ``[0, s_max]`` (``s_max`` may
-    be inf: then the interval is bracketed by doubling from ``s0``), to ``xtol * s_max``
-    (a start point needs only a loose ``xtol``)."""
+    """Minimiser of a convex function ``f`` of one variable over ``[0, s_max]``, to ``xtol``
+    times the bracket (a start point needs only a loose ``xtol``). The interval is first
+    bracketed by doubling from ``s0`` (up to ``s_max``, which may be inf), so a far bound
+    (a radius of 1e100 in the solvers' units) does not set the resolution."""
     from scipy.optimize import minimize_scalar
 
-    if not np.isfinite(s_max):
+    if s0 < s_max:
         hi, fhi = s0, f(s0)
         for _ in range(80):
+            if not 2.0 * hi < s_max:
+                break
             f2 = f(2.0 * hi)
             if not f2 < fhi:
                 break
             hi, fhi = 2.0 * hi, f2
-        s_max = 2.0 * hi
+        s_max = min(2.0 * hi, s_max)
     res = minimize_scalar(f, bounds=(0.0, s_max), method="bounded", options={"xatol": xtol * s_max})
     s = float(res.x)
     return s_max if f(s_max) < f(s) else s
@@ -637,10 +640,12 @@ def ray_limit(base, u, radius) -> float:
     """Largest ``s >= 0`` with ``||base + s u|| <= radius`` (inf without a radius)."""
     if radius is None:
         return np.inf
-    a, b, c = float(u @ u), 2.0 * float(base @ u), float(base @ base) - radius**2
+    # in units of the radius (radius**2 overflows float64 beyond 1e154)
+    base = np.asarray(base, dtype=float) / radius
+    a, b, c = float(u @ u), 2.0 * float(base @ u), float(base @ base) - 1.0
     if a == 0:
         return np.inf
-    return max(0.0, (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
+    return radius * max(0.0, (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
 
 
 def warm_start_rows(d: int) -> int:

@@ -31,11 +31,12 @@ import cvxpy as cp
 import numpy as np
 
 from ..divergences.kl import LOG2, kl_lambda_for_theta, kl_small_radius_bounds, with_zero_atom
-from ..errors import InputError, SolverError
+from ..errors import SolverError
 from ..losses import dpo_loss
+from ..options import NONNEGATIVE, Options, declare
 from . import certificates as cert
 from . import fast
-from ._common import check_rho, check_solver, raise_if_separable
+from ._common import check_solver, raise_if_separable
 from .ball import on_boundary, project_ball
 from .dpo import (
     SCALE_RANGE,
@@ -43,7 +44,7 @@ from .dpo import (
     margin_scale,
 )
 from .passes import as_rows, pinned_blas
-from .problem import Problem, Scale, prepare
+from .problem import SOLVE_CONSTRAINTS, Problem, Scale, prepare
 from .result import OPTIMALITY_TOL, ExactResult, certify_optimal, solve_problem
 from .status import (
     REGIME_COLLAPSE,
@@ -61,6 +62,13 @@ SMALL_LAM = 1e-6
 TINY_RHO = 1e-13
 
 
+@declare(
+    {
+        **SOLVE_CONSTRAINTS,
+        "rho": NONNEGATIVE,
+        "certificate": [Options(("auto", "cvxpy", "root"))],
+    }
+)
 @pinned_blas
 def kldpo(
     X,
@@ -71,7 +79,7 @@ def kldpo(
     weights=None,
     theta_ref=None,
     radius=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
     certificate: str = "auto",
 ) -> ExactResult:
@@ -94,8 +102,9 @@ def kldpo(
     theta_ref : array_like (d,), optional (default 0)
     radius : float > 0, optional
         Parameter bound ``||theta||_2 <= radius``. Needed when the data are separable.
-    solver : {"cvxpy", "fast"}
-        The solution path: the conic program, or damped Newton on the dual.
+    solver : {"auto", "cvxpy", "fast"}
+        The solution path: the conic program, or damped Newton on the dual. ``"auto"``
+        (default): ``"cvxpy"``, or ``"fast"`` for features left in their storage.
     cvxpy_solver : str, keyword-only
         Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
         Clarabel); checked whatever the path.
@@ -123,13 +132,11 @@ def kldpo(
     SolverError
         The data are separable and no radius is given, or no certified optimum was found.
     """
-    solver, cvxpy_solver = check_solver(solver, cvxpy_solver, method="kldpo")
+    solver, cvxpy_solver = check_solver(solver, cvxpy_solver, method="kldpo", X=X)
     prob = prepare(
         X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius, in_place=solver == "fast"
     )
-    rho = check_rho(rho)
-    if certificate not in ("auto", "cvxpy", "root"):
-        raise InputError(f"certificate must be 'auto', 'cvxpy' or 'root', got {certificate!r}")
+    rho = float(rho)
     scale = margin_scale(None, prob.beta, top=prob.x_abs_max)
     if scale > 0 and not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
         # solve at unit scale (same margins, losses, value, lam, q)
@@ -153,9 +160,20 @@ def kldpo(
         return _rho_zero(prob, solver, cvxpy_solver, t0)
     if rho < TINY_RHO:
         return _small_radius(prob, rho, solver, cvxpy_solver, t0)
+    if _tiny_ball(prob):
+        return _finish(
+            prob, rho, *_tiny_ball_point(prob, rho, solver, cvxpy_solver), certificate, t0
+        )
     collapsed, ray = _collapse(prob, rho)
     if collapsed is not None:
         return _finish(prob, rho, *collapsed, solver, certificate, t0)
+    if prob.radius is None:
+        # separable data (after the collapse test, which covers a max-loss regime that
+        # theta_ref attains): the dual keeps decreasing along a ray, the infimum is not
+        # attained. Both paths refuse here, before either runs (the fast path's Newton would
+        # otherwise stop far out, where the gradient underflows, and report a finite theta).
+        keep = prob.informative
+        raise_if_separable(prob.dense_rows(keep) * prob.c[keep, None], "exact KLDPO")
     # the requested path first; when it ends uncertified, the other path (the cvxpy path only
     # up to cert.KL_CVXPY_MAX_ROWS rows), then an error naming both reasons
     paths = [solver]
@@ -188,6 +206,49 @@ def kldpo(
 
 
 # ---------------------------------------------------------------------------- helpers
+#: A parameter ball whose diameter moves every margin by less than this (nats of log-odds)
+#: makes every feasible theta optimal to within it: the tiny-ball path answers.
+TINY_BALL = 1e-9
+
+
+def _tiny_ball(prob: Problem) -> bool:
+    """Whether the ball ``||theta|| <= radius`` is so small that every margin varies by less
+    than :data:`TINY_BALL` over it (``2 radius beta max|x| < TINY_BALL``): the robust value,
+    1-Lipschitz in the sup norm of the losses, then varies by less too, so any feasible theta
+    is optimal to that accuracy, far inside the certificate's tolerance. Newton on the dual
+    cannot resolve such a problem (the worst case's multiplier is of the order of the margins,
+    e.g. 1e-14 for ``radius=1e-14``)."""
+    return prob.radius is not None and 2.0 * prob.radius * prob.beta * prob.x_abs_max < TINY_BALL
+
+
+def _tiny_ball_point(prob: Problem, rho, solver, cvxpy_solver):
+    """``(theta, lam, mu, info, path)`` of the tiny-ball path: theta is the DPO optimum over
+    the ball (or theta_ref projected, if that solve fails), lam the exact multiplier at theta
+    (:func:`.kl_tilt.kl_lambda_for_theta`), mu the worst case when lam = 0; the answer is then
+    certified by :func:`_finish` like any other."""
+    try:
+        theta, info = _dpo_point(prob, solver, cvxpy_solver)
+    except SolverError:
+        theta, info = prob.feasible_ref(), {}
+    theta = project_ball(theta, prob.radius)
+    l = dpo_loss(prob.margins(theta))
+    p = prob.data.weights
+    lam = kl_lambda_for_theta(l, p, rho)
+    mu = None
+    if lam == 0:
+        top = (p > 0) & (l >= l[p > 0].max() - 1e-14 * max(1.0, float(np.abs(l).max())))
+        mu = np.where(top, p, 0.0) / p[top].sum()
+    info.update(
+        path="tiny ball",
+        note=(
+            f"the ball radius {prob.radius:.3g} moves every margin by less than {TINY_BALL:g}: "
+            "every feasible theta is optimal to that accuracy; theta is the DPO optimum over "
+            "the ball."
+        ),
+    )
+    return theta, lam, mu, info, solver
+
+
 def _split(prob: Problem):
     """Informative rows ``(X_k, c_k, p_k)`` and the mass ``p0`` of rows with x = 0."""
     keep, pk, p0 = _informative(prob)
@@ -418,9 +479,7 @@ def _solve_cvxpy(prob: Problem, rho: float, cvxpy_solver: str, ray=None):
     info: dict = {"solver": "cvxpy", "cvxpy_solver": cvxpy_solver}
     if not keep.any():
         return _all_constant(prob, info)
-    A = ck[:, None] * Xk
-    if prob.radius is None:
-        raise_if_separable(A, "exact KLDPO")
+    A = ck[:, None] * Xk  # separable data without a radius were refused by kldpo
     d = prob.data.d
     # theta = phi / rs with rs the largest row norm: margins are O(1) in phi whatever the
     # scales of X and beta (Clarabel's tolerances are absolute)
@@ -542,8 +601,6 @@ def _solve_fast(prob: Problem, rho: float, ray=None):
     keep, Xk, ck, pk, p0 = _split(prob)
     if not keep.any():
         return _all_constant(prob, info)
-    if prob.radius is None:
-        raise_if_separable(ck[:, None] * Xk, "exact KLDPO (fast)")
     limit = _max_loss_limit(prob, Xk, ck, pk, p0, rho, "CLARABEL")
     info.update(limit["info"])
     if limit["holds"]:

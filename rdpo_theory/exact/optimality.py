@@ -181,7 +181,13 @@ def logistic_lower_bound(
     if bounded and nt > 0 and -float(g @ theta) > 0:
         nus.append(-float(g @ theta) / nt)
     for nu in nus:
-        Fnu = F + (0.5 * nu * (nt - radius**2) if nu > 0 else 0.0)
+        # nt - radius^2 as a product of two differences: radius^2 overflows float64 beyond
+        # 1e154 (a radius rescaled by beta = 1e200), the product only when the bound is void
+        with np.errstate(over="ignore", invalid="ignore"):
+            slack = (np.sqrt(nt) - radius) * (np.sqrt(nt) + radius) if nu > 0 else 0.0
+            Fnu = F + (0.5 * nu * slack if nu > 0 else 0.0)
+        if not np.isfinite(Fnu):
+            continue
         sc, lam, kappa = _self_concordant_bound(
             Fnu, g + nu * theta, H + nu * np.eye(d), kappa_of, sum_noise(gscale, nrows + d)
         )

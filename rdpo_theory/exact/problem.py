@@ -10,9 +10,13 @@ import numpy as np
 from .. import _validate as V
 from ..data import PreferenceData, as_data
 from ..errors import InputError, SolverError
-from ..losses import check_beta
+from ..options import NAME, POSITIVE, RADIUS, SOLVER
 from .ball import project_ball
 from .passes import Rows
+
+#: The parameters every exact solver shares, declared once (``rdpo_theory.options.declare``):
+#: each solver declares ``{**SOLVE_CONSTRAINTS, <its own>}`` next to its signature.
+SOLVE_CONSTRAINTS = {"beta": POSITIVE, "radius": RADIUS, "solver": SOLVER, "cvxpy_solver": NAME}
 
 
 def is_row_storage(X) -> bool:
@@ -197,7 +201,9 @@ class Problem:
 
 
 def prepare(X, y, weights, *, beta, theta_ref, radius, in_place: bool = False) -> Problem:
-    """Validate the inputs every exact solver shares into a :class:`Problem`.
+    """Validate the data every exact solver shares into a :class:`Problem`. ``beta`` and
+    ``radius`` were checked by the solver's declaration (:data:`SOLVE_CONSTRAINTS`), once per
+    call; an infinite radius is stored as None.
 
     ``in_place=True`` (the fast paths): a memmap, torch tensor or dask ``X`` is validated in
     one pass and kept in its storage (:class:`RowsData`); otherwise ``X`` is copied into an
@@ -210,10 +216,8 @@ def prepare(X, y, weights, *, beta, theta_ref, radius, in_place: bool = False) -
         data = as_data(X, y, weights)
     else:
         data = as_data(X)
-    r = V.radius(radius)
-    if r is not None and not np.isfinite(r):
-        r = None
-    return Problem(data, check_beta(beta), V.as_theta(theta_ref, data.d), r)
+    r = None if radius is None or not np.isfinite(radius) else float(radius)
+    return Problem(data, float(beta), V.as_theta(theta_ref, data.d), r)
 
 
 @dataclass(frozen=True)

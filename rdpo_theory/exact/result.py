@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import cvxpy as cp
 import numpy as np
@@ -15,9 +15,37 @@ from ..errors import SolverError
 OK_STATUSES = (cp.OPTIMAL,)
 
 
+@runtime_checkable
+class Result(Protocol):
+    """What every fitted parameter result offers, exact or approximate (:class:`ExactResult`,
+    :class:`rdpo_theory.approx.ApproxResult`), so studies read them alike, without probing
+    for attributes.
+
+    Attributes
+    ----------
+    theta : ndarray (d,)
+        The fitted parameter.
+    status : str
+        How the fit ended: ``"optimal"`` (certified; every exact solver) or, for approximate
+        training, ``"converged"`` (its stopping rule fired) or ``"max_steps"``.
+    info : dict
+        Solver or training details (timings, iterations, paths).
+    value : float or None
+        The objective at theta where one is computed and certified (nats), else None.
+    optimality_gap : float or None
+        A certified upper bound on ``value - min`` (nats, >= 0) where one exists, else None.
+    """
+
+    theta: np.ndarray
+    status: str
+    info: dict
+    value: float | None
+    optimality_gap: float | None
+
+
 @dataclass
 class ExactResult:
-    """Answer of an exact solver.
+    """Answer of an exact solver (a :class:`Result`).
 
     Attributes
     ----------
@@ -137,8 +165,10 @@ def certify_optimal(
     Returns
     -------
     float
-        The optimality gap ``value - lower_bound``. A slightly negative gap (within the
-        tolerance; floating-point round-off of two certified numbers) is returned as is.
+        The optimality gap ``max(value - lower_bound, 0)``: never negative. A lower bound
+        slightly above the value (within the tolerance) is the float64 rounding of two
+        certified numbers computed by different sums, not a better-than-optimal point, so the
+        certified gap is 0 then (docs/certificates.md#rounding).
 
     Raises
     ------
@@ -172,7 +202,7 @@ def certify_optimal(
             status="uncertified",
             hint="try the other solver= path.",
         )
-    return gap
+    return max(gap, 0.0)
 
 
 def solve_problem(

@@ -37,14 +37,15 @@ from ..data import PreferenceData
 from ..divergences.wasserstein import default_cost  # noqa: F401  (re-exported)
 from ..errors import InputError, SolverError
 from ..losses import dpo_loss
+from ..options import NONNEGATIVE, POSITIVE_OR_INF, Interval, declare
 from . import certificates as cert
 from . import fast
-from ._common import check_rho, check_solver, raise_if_separable, solve_with_retries
+from ._common import check_solver, raise_if_separable, solve_with_retries
 from .ball import on_boundary, project_ball
 from .dpo import dpo, informative_rows
 from .optimality import logistic_lower_bound
 from .passes import pinned_blas
-from .problem import Problem, Scale, prepare
+from .problem import SOLVE_CONSTRAINTS, Problem, Scale, prepare
 from .result import ExactResult, certify_optimal
 from .status import (
     REGIME_COLLAPSE,
@@ -54,7 +55,11 @@ from .status import (
     STATUS_OPTIMAL,
 )
 
+#: The order p of the Wasserstein distance: a float >= 1.
+ORDER = [Interval(float, 1, None, closed="left")]
 
+
+@declare({**SOLVE_CONSTRAINTS, "rho": NONNEGATIVE, "p": ORDER, "kappa": POSITIVE_OR_INF})
 @pinned_blas
 def wdpo(
     X,
@@ -69,7 +74,7 @@ def wdpo(
     radius=None,
     candidates=None,
     cost=None,
-    solver: str = "cvxpy",
+    solver: str = "auto",
     cvxpy_solver: str = "CLARABEL",
 ) -> ExactResult:
     """Solve WDPO exactly: ``min_theta sup_{W_p(P, P0) <= rho} E_P l``.
@@ -96,10 +101,13 @@ def wdpo(
     cost : array_like (n, K), optional
         Distances ``d(z_i, z'_k) >= 0``; ``inf`` forbids a move. Default
         ``||x_i - x'_k||_2 + kappa [y_i != y'_k]``.
-    solver : {"cvxpy", "fast"}
+    solver : {"auto", "cvxpy", "fast"}
         The solution path. Both for ``candidates=None, p=1, kappa=inf``; only ``"cvxpy"`` with
         candidates or a finite kappa; only ``"fast"`` for continuous p > 1 (which has no conic
-        program). Any other combination raises InputError listing the valid choices.
+        program). ``"auto"`` (default) picks a path the problem has (``"cvxpy"`` where both
+        exist, ``"fast"`` for features left in their storage), so ``wdpo(X, y, rho=..,
+        beta=.., p=2)`` works as written; naming a path the problem lacks raises InputError
+        listing the valid choices.
     cvxpy_solver : str, keyword-only
         Conic backend of the cvxpy path, one of ``cvxpy.installed_solvers()`` (default
         Clarabel); checked whatever the path.
@@ -122,16 +130,13 @@ def wdpo(
     SolverError
         Separable data without a radius, or no certified optimum.
     """
-    p = V.positive(p, "p")
-    if p < 1:
-        raise InputError(f"p must be >= 1, got {p}")
-    kappa = V.positive(kappa, "kappa", allow_inf=True)
+    p, kappa = float(p), float(kappa)
     solver, cvxpy_solver = check_solver(
-        solver, cvxpy_solver, method="wdpo", **_paths(candidates, p, kappa)
+        solver, cvxpy_solver, method="wdpo", X=X, **_paths(candidates, p, kappa)
     )
     in_place = solver == "fast" and candidates is None and p == 1
     prob = prepare(X, y, weights, beta=beta, theta_ref=theta_ref, radius=radius, in_place=in_place)
-    rho = check_rho(rho)
+    rho = float(rho)
     t0 = time.perf_counter()
     if candidates is None:
         if cost is not None:
@@ -262,12 +267,11 @@ def w1_newton(prob: Problem, rho: float):
     info["newton"] = ninfo
     if prob.radius is None and rho == 0:
         # Separable data have no minimiser, yet f -> 0 along a ray, so every stopping test
-        # fires far out. Any row with a negative margin proves non-separability (no theta makes
-        # every margin >= 0); otherwise the separability LP decides.
-        m = obj.margins(th)
+        # fires far out: the separability LP decides. (A negative margin at the returned theta
+        # proves nothing: quasi-separable data, A v >= 0 with some A v = 0, keep negative
+        # margins on the rows that v leaves at 0.)
         keep = prob.informative
-        if not np.any(m[keep] < 0):
-            raise_if_separable(c[keep, None] * prob.dense_rows(keep), "DPO (fast)")
+        raise_if_separable(c[keep, None] * prob.dense_rows(keep), "DPO (fast)")
     if not ninfo["converged"]:
         fast.require_converged(ninfo, "exact WDPO (fast)")
     return th, info

@@ -41,8 +41,9 @@ from scipy.special import expit, log_expit
 
 from .. import _validate as V
 from ..data import PreferenceData, as_data
-from ..errors import InputError, SolverError
-from ..losses import check_beta, dpo_loss
+from ..errors import SolverError
+from ..losses import dpo_loss
+from ..options import NONNEGATIVE, POSITIVE, POSITIVE_INT, RADIUS, Interval, declare
 from .ball import on_boundary, project_ball
 from .optimality import logistic_lower_bound
 from .result import OPTIMALITY_TOL as OPT_TOL
@@ -283,13 +284,11 @@ class _Problem:
         return float(self.w @ dpo_loss(m - s * d)), s * d, s * d, 0.0
 
 
-def _check_p(p) -> float:
-    p = V.positive(p, "p")
-    if not p > 1:
-        raise InputError(f"p must be > 1 for the continuous W_p solver, got {p}")
-    return p
+#: The order of the continuous W_p solver: a float > 1 (p = 1 has its own program).
+ORDER_ABOVE_1 = [Interval(float, 1, None, closed="neither")]
 
 
+@declare({"rho": NONNEGATIVE, "p": ORDER_ABOVE_1, "beta": POSITIVE})
 def robust_value(theta, data, *, rho, p, beta, theta_ref=None) -> tuple[float, float]:
     """The exact robust objective at a fixed theta and its dual multiplier.
 
@@ -312,8 +311,7 @@ def robust_value(theta, data, *, rho, p, beta, theta_ref=None) -> tuple[float, f
         ``V(theta)`` in nats and the minimising ``eta``.
     """
     data = as_data(data)
-    rho = V.positive(rho, "rho", allow_zero=True)
-    p, beta = _check_p(p), check_beta(beta)
+    rho, p, beta = float(rho), float(p), float(beta)
     tref = V.as_theta(theta_ref, data.d)
     theta = V.as_vector(theta, "theta", length=data.d)
     if rho == 0.0:
@@ -323,6 +321,16 @@ def robust_value(theta, data, *, rho, p, beta, theta_ref=None) -> tuple[float, f
     return _Problem(data, rho, p, beta, tref).best_eta(theta)
 
 
+@declare(
+    {
+        "rho": NONNEGATIVE,
+        "p": ORDER_ABOVE_1,
+        "beta": POSITIVE,
+        "radius": RADIUS,
+        "gtol": POSITIVE,
+        "max_iter": POSITIVE_INT,
+    }
+)
 def wdpo_continuous_p(
     data,
     *,
@@ -379,9 +387,7 @@ def wdpo_continuous_p(
         (separable data with a small radius; pass ``radius=``).
     """
     data = as_data(data)
-    rho = V.positive(rho, "rho", allow_zero=True)
-    p, beta = _check_p(p), check_beta(beta)
-    radius = V.radius(radius)
+    rho, p, beta = float(rho), float(p), float(beta)
     if radius is not None and not math.isfinite(radius):
         radius = None
     tref = V.as_theta(theta_ref, data.d)
@@ -476,7 +482,9 @@ def _solve_unit(data, rho, p, tref, radius, theta0, gtol, max_iter, t0) -> Exact
         cons = [
             {
                 "type": "ineq",
-                "fun": lambda z: radius**2 - z[:d] @ z[:d],
+                "fun": lambda z: (
+                    (radius - np.linalg.norm(z[:d])) * (radius + np.linalg.norm(z[:d]))
+                ),
                 "jac": lambda z: np.append(-2 * z[:d], 0.0),
             }
         ]

@@ -232,7 +232,7 @@ def fit_method(
     optimality_gap)`` with the exact solvers' certified optimality gap (nats; None for the
     approximate methods and solvers without one)."""
     res = _fit_result(method, param, data, beta=beta, radius=radius, groups=groups, steps=steps)
-    gap = getattr(res, "optimality_gap", None)
+    gap = res.optimality_gap  # every result has one (rdpo_theory.exact.Result); None if none
     return (res.theta, gap) if with_gap else res.theta
 
 
