@@ -37,6 +37,10 @@ FAMILIES: dict[str, str] = {
     "ipo": "identity preference optimisation",
     "drdpo": "Dr. DPO (soft-min)",
     "gdpo": "group-robust DPO",
+    "dpo-pro": "DPO-PRO: label-only chi-square ambiguity",
+    "chipo": "chi-PO: chi-square policy regulariser",
+    "winsor-dpo": "winsorised DPO: budgeted label flips and loss caps",
+    "rebel": "REBEL and DRO-REBEL: relative-reward regression (plain, KL, chi-square, W2)",
     "reference": "reference policies (no training objective)",
 }
 
@@ -101,7 +105,7 @@ METHODS: dict[str, Method] = {
         Method("reference", "reference", "reference", "the reference policy theta_ref"),
         Method("pi*", "pi* (DPO target)", "reference", "population DPO optimum"),
         Method("best-action", "best action", "reference", "best action per context"),
-        Method("dpo-pro", "DPO-PRO", "dpo-pro", "label-only chi-square ambiguity (exact)"),
+        Method("dpo-pro", "DPO-PRO", "dpo-pro", "label-only chi-square ambiguity (exact)", "rho"),
         Method("chipo", "chi-PO", "chipo", "chi-square preference optimisation (local)"),
         Method(
             "winsor-dpo",
@@ -110,9 +114,15 @@ METHODS: dict[str, Method] = {
             "winsorised DPO: budgeted flips and loss caps (fixed point, local)",
         ),
         Method("rebel", "REBEL", "rebel", "relative-reward regression (exact)"),
-        Method("kl-rebel", "KL-REBEL", "rebel", "DRO-REBEL, KL ball (exact)"),
-        Method("chi2-rebel", "chi2-REBEL", "rebel", "DRO-REBEL, chi-square ball (exact)"),
-        Method("w2-rebel", "W2-REBEL", "rebel", "DRO-REBEL, type-2 Wasserstein ball (exact)"),
+        Method("kl-rebel", "KL-REBEL", "rebel", "DRO-REBEL, KL ball (exact)", "rho"),
+        Method("chi2-rebel", "chi2-REBEL", "rebel", "DRO-REBEL, chi-square ball (exact)", "rho"),
+        Method(
+            "w2-rebel",
+            "W2-REBEL",
+            "rebel",
+            "DRO-REBEL, type-2 Wasserstein ball (exact)",
+            "rho",
+        ),
     )
 }
 
