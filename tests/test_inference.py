@@ -50,9 +50,9 @@ def test_influence_is_the_derivative_of_the_estimator(world, method, rho):
 @pytest.mark.parametrize("method,rho", CASES)
 def test_sandwich_se_matches_monte_carlo(world, method, rho):
     """Done test of issue 22: at n = 2000 the sandwich SE is within 10% of the Monte Carlo
-    standard deviation of the estimate over independent samples (800 replications: the
-    Monte Carlo SD itself has a relative error of about 2.5%)."""
-    n, reps = 2000, 800
+    standard deviation of the estimate over independent samples (600 replications: the
+    Monte Carlo SD itself has a relative error of about 3%)."""
+    n, reps = 2000, 600
     thetas, ses, values, vses = [], [], [], []
     for s in range(reps):
         data = world.empirical(n, seed=(11, s))
@@ -97,19 +97,36 @@ def test_wald_interval_and_table(world):
     assert rew["se"] > 0 and rew["ci"][0] < rew["estimate"] < rew["ci"][1]
 
 
-def test_bootstrap_agrees_with_sandwich_and_backends(world):
+def test_bootstrap_is_deterministic_across_backends(world):
     data = world.empirical(2000, seed=2)
-    kw = dict(method="wdpo", rho=0.03, beta=world.beta, n_samples=2000, radius=world.B)
-    sw = confidence(data, **kw)
-    bt = confidence(data, kind="bootstrap", n_boot=100, interval="percentile", **kw)
-    assert bt.kind == "bootstrap" and bt.draws.shape == (100, 4)
-    np.testing.assert_allclose(bt.se, sw.se, rtol=0.25)
-    np.testing.assert_allclose(bt.value_se, sw.value_se, rtol=0.25)
-    thr = confidence(
-        data, kind="bootstrap", n_boot=100, interval="bca", jobs=2, backend="threading", **kw
+    kw = dict(
+        method="wdpo",
+        rho=0.03,
+        beta=world.beta,
+        n_samples=2000,
+        radius=world.B,
+        kind="bootstrap",
+        n_boot=40,
+        interval="percentile",
     )
-    np.testing.assert_array_equal(thr.draws, bt.draws)  # same streams whatever the backend
-    assert np.all(thr.ci[:, 0] < thr.theta) and np.all(thr.theta < thr.ci[:, 1])
+    one = confidence(data, **kw)
+    thr = confidence(data, jobs=2, backend="threading", **kw)
+    assert one.kind == "bootstrap" and one.draws.shape == (40, 4)
+    np.testing.assert_array_equal(thr.draws, one.draws)  # same streams whatever the backend
+    sw = confidence(data, **{**kw, "kind": "sandwich"})
+    np.testing.assert_allclose(one.se, sw.se, rtol=0.4)
+
+
+@pytest.mark.slow
+def test_bootstrap_bca_agrees_with_sandwich(world):
+    data = world.empirical(2000, seed=2)
+    kw = dict(method="kldpo", rho=0.02, beta=world.beta, n_samples=2000, radius=world.B)
+    sw = confidence(data, **kw)
+    bt = confidence(data, kind="bootstrap", n_boot=200, interval="bca", **kw)
+    np.testing.assert_allclose(bt.se, sw.se, rtol=0.15)
+    np.testing.assert_allclose(bt.value_se, sw.value_se, rtol=0.15)
+    assert np.all(bt.ci[:, 0] < bt.theta) and np.all(bt.theta < bt.ci[:, 1])
+    np.testing.assert_allclose(bt.ci, sw.ci, atol=0.5 * sw.se.max())
 
 
 def test_nonsmooth_cases_refuse_or_fall_back(world):
