@@ -14,6 +14,7 @@ from .extras import extra_of, install_hint
 
 #: Subcommand modules, in help order.
 COMMANDS = ["solve", "figures", "rates", "shift", "llm", "audit", "compare", "minibatch", "cache"]
+COMMANDS += ["inference"]
 
 
 def build_parser() -> argparse.ArgumentParser:

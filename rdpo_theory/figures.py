@@ -21,6 +21,7 @@ FIGURE_MODULES: list[str] = [
     "rdpo_theory.commands.compare",
     "rdpo_theory.commands.minibatch",
     "rdpo_theory.commands.audit",
+    "rdpo_theory.commands.inference",
 ]
 
 
