@@ -20,4 +20,7 @@ for part in parts:
     t0, c0 = time.perf_counter(), time.process_time()
     res = S.run_study(S.full_config(parts=(part,)), progress=True)
     write_tables(res.tables, out)
-    print(f"{part}: wall {time.perf_counter() - t0:.0f}s, cpu {time.process_time() - c0:.0f}s", flush=True)
+    print(
+        f"{part}: wall {time.perf_counter() - t0:.0f}s, cpu {time.process_time() - c0:.0f}s",
+        flush=True,
+    )
