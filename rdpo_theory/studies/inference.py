@@ -72,6 +72,7 @@ class InferenceConfig:
     map_ns: tuple = (500, 2000, 10_000, 100_000)
     map_reps: int = 200
     exponents: tuple = EXPONENTS
+    map_constants: tuple = tuple(MAP_CONSTANTS.items())
     law_ns: tuple = (250, 1000, 4000, 16000, 64000)
     law_seeds: int = 40
     laws: tuple = LAWS
@@ -176,7 +177,7 @@ def build_context(world: World, config: InferenceConfig) -> InferenceContext:
             ctx.targets[(method, rho)] = (r.theta, float(r.value))
     if "map" in config.parts:
         for fam, method in (("kl", "kldpo"), ("w", "wdpo")):
-            for c in MAP_CONSTANTS[fam]:
+            for c in dict(config.map_constants).get(fam, ()):
                 for a in config.exponents:
                     for n in config.map_ns:
                         rho = schedule(c, a, n)
@@ -344,7 +345,7 @@ def map_task(params: dict, seed, ctx: InferenceContext) -> list[dict]:
     data = world.empirical(n, seed)
     rows = []
     for fam, method in (("kl", "kldpo"), ("w", "wdpo")):
-        for c in MAP_CONSTANTS[fam]:
+        for c in params["constants"].get(fam, ()):
             for a in params["exponents"]:
                 rho = schedule(c, a, n)
                 row = {"family": fam, "c": c, "a": a, "radius": rho, "distance": dist[fam]}
@@ -481,8 +482,12 @@ def run_study(
         tables["inference_coverage"] = coverage_summary(runs, config.level)
     if "map" in config.parts:
         ex = ",".join(f"{a:g}" for a in config.exponents)
+        cs = ";".join(f"{f}:" + ",".join(f"{c:.10g}" for c in cc) for f, cc in config.map_constants)
         tasks = [
-            Task({"n": int(n), "rep": r, "exponents": ex}, (config.base_seed, 2, int(n), r))
+            Task(
+                {"n": int(n), "rep": r, "exponents": ex, "constants": cs},
+                (config.base_seed, 2, int(n), r),
+            )
             for n in config.map_ns
             for r in range(config.map_reps)
         ]
@@ -490,7 +495,7 @@ def run_study(
             _map_task_str, tasks, namespace=f"inference-map-{ns}", desc="radius map", **common
         )
         computed += res.n_computed
-        runs = res.frame().drop(columns=["exponents"])
+        runs = res.frame().drop(columns=["exponents", "constants"])
         tables["inference_map_runs"] = runs
         sl, cov = map_summary(runs, n_boot=config.n_boot, seed=config.base_seed)
         tables["inference_map_slopes"] = sl
@@ -539,8 +544,12 @@ def run_study(
 
 
 def _map_task_str(params: dict, seed, ctx: InferenceContext) -> list[dict]:
-    """:func:`map_task` with the exponents passed as a comma-separated string (task
-    parameters must be JSON scalars)."""
+    """:func:`map_task` with the exponents and the constants (``"kl:c1,c2;w:c1,c2"``) passed
+    as strings (task parameters must be JSON scalars)."""
     p = dict(params)
     p["exponents"] = [float(a) for a in str(params["exponents"]).split(",")]
+    p["constants"] = {
+        f: [float(c) for c in cc.split(",")]
+        for f, cc in (part.split(":") for part in str(params["constants"]).split(";") if part)
+    }
     return map_task(p, seed, ctx)
