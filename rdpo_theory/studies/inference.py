@@ -372,18 +372,18 @@ def map_task(params: dict, seed, ctx: InferenceContext) -> list[dict]:
     return rows
 
 
-def map_summary(runs: pd.DataFrame, *, n_boot: int, seed: int = 0) -> pd.DataFrame:
+def map_summary(runs: pd.DataFrame, *, n_boot: int, seed: int = 0, min_n: int | None = None):
     """Per schedule (family, c, a): log-log slopes of the mean errors with percentile
     bootstrap intervals over replications (:func:`rdpo_theory.studies.rates.slopes`), and the
-    coverage probabilities at each n as columns ``ball_cover_n{n}``, ``value_cover_n{n}``."""
+    table of coverage probabilities per (family, c, a, n): ``ball_covers``, ``value_covers``
+    and the share of ``collapsed`` fits. ``min_n`` leaves smaller n out of the slopes."""
     ok = runs[runs["ok"].astype(bool)].copy()
     ok["method"] = ok["family"] + "|" + ok["c"].astype(str) + "|" + ok["a"].astype(str)
     ok = ok.rename(columns={"rep": "seed"})
     ok["rho"] = ok["c"]
     parts = []
     for metric in ("err_dpo", "err_robust"):
-        s = slopes(ok, metric=metric, n_boot=n_boot, seed=seed)
-        parts.append(s)
+        parts.append(slopes(ok, metric=metric, n_boot=n_boot, seed=seed, min_n=min_n))
     sl = pd.concat(parts, ignore_index=True)
     fam_c_a = sl["method"].str.split("|", expand=True)
     sl["family"], sl["c"], sl["a"] = fam_c_a[0], fam_c_a[1].astype(float), fam_c_a[2].astype(float)
