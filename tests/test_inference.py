@@ -210,3 +210,29 @@ def test_declared_constraints_refuse_generated_values(world, name, bad):
     kw[name] = bad
     with pytest.raises(InputError, match=f"'{name}' parameter of confidence"):
         confidence(world.empirical(50, seed=0), **kw)
+
+
+@pytest.mark.slow
+def test_bca_acceleration_jackknife_matches_influences(world):
+    """The jackknife over rows and the infinitesimal jackknife (sandwich influences) give the
+    same BCa acceleration for a smooth estimate."""
+    from rdpo_theory.inference.api import _influence_acceleration
+    from rdpo_theory.inference.bootstrap import acceleration, run_bootstrap
+
+    n = 2000
+    data = world.empirical(n, seed=6)
+    kw = dict(
+        method="kldpo",
+        rho=0.02,
+        beta=world.beta,
+        theta_ref=None,
+        radius=world.B,
+        candidates=None,
+        solver="fast",
+    )
+    res = fit_exact(data, **kw)
+    boot = run_bootstrap(data, n_samples=n, fit_kwargs=kw, n_boot=0, seed=0, jackknife=True)
+    a_jack = acceleration(boot["jack"], boot["jack_mult"])
+    a_inf = _influence_acceleration(data, res, "kldpo", 0.02, world.beta, None, n)
+    assert np.all(np.abs(a_inf) < 0.05)
+    np.testing.assert_allclose(a_jack, a_inf, rtol=0.1, atol=1e-4)

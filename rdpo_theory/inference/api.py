@@ -19,6 +19,10 @@ from .fit import METHODS, fit_exact
 from .sandwich import influence, sandwich_covariance, smoothness, weighted_sd
 
 KINDS = ("sandwich", "bootstrap")
+
+#: Above this many distinct rows BCa takes its acceleration from the sandwich influences
+#: (one fit per row would be too many).
+JACKKNIFE_MAX_ROWS = 1000
 ON_NONSMOOTH = ("bootstrap", "raise", "nan")
 
 
@@ -314,13 +318,24 @@ def confidence(
             None,
             info,
         )
+    # BCa's acceleration: the jackknife over distinct rows when there are few of them, else
+    # the infinitesimal jackknife (the sandwich influences) where the estimate is smooth
+    jack = interval == "bca" and data.n <= JACKKNIFE_MAX_ROWS
+    accel = None
+    if interval == "bca" and not jack:
+        if why is None:
+            accel = _influence_acceleration(data, res, method, rho, beta, theta_ref, n_samples)
+            info["acceleration"] = "infinitesimal jackknife"
+        else:
+            interval = "percentile"
+            info["bca"] = f"BCa needs the jackknife over {data.n} rows here ({why}): percentile"
     boot = run_bootstrap(
         data,
         n_samples=n_samples,
         fit_kwargs=fit_kwargs,
         n_boot=n_boot,
         seed=seed,
-        jackknife=interval == "bca",
+        jackknife=jack,
         jobs=jobs,
         backend=backend,
         progress=progress,
@@ -329,7 +344,9 @@ def confidence(
     if draws.shape[0] < 2:
         raise InputError("fewer than two bootstrap fits succeeded; see the solver errors")
     est = np.concatenate([res.theta, [res.value]])
-    accel = acceleration(boot["jack"], boot["jack_mult"]) if interval == "bca" else None
+    if jack:
+        accel = acceleration(boot["jack"], boot["jack_mult"])
+        info["acceleration"] = "jackknife over rows"
     ci = intervals(draws, est, level, how=interval, accel=accel)
     sd = draws.std(axis=0, ddof=1)
     info.update(interval=interval, failed=boot["failed"], n_boot=int(draws.shape[0]))
@@ -346,3 +363,16 @@ def confidence(
         draws,
         info,
     )
+
+
+def _influence_acceleration(data, res, method, rho, beta, theta_ref, n) -> np.ndarray:
+    """BCa acceleration ``sum p U^3 / (6 sqrt(n) (sum p U^2)^1.5)`` from the empirical
+    influences ``U`` of ``(theta, value)``: ``-H^-1 psi`` and ``v`` (docs/theory.md#inference)."""
+    lam = res.dual if method == "kldpo" else None
+    inf = influence(
+        data, res.theta, method=method, rho=rho, beta=float(beta), theta_ref=theta_ref, lam=lam
+    )
+    p = data.weights
+    psi = inf["psi"] - p @ inf["psi"]
+    U = np.column_stack([-np.linalg.solve(inf["H"], psi.T).T[:, : data.d], inf["v"] - p @ inf["v"]])
+    return (p @ U**3) / (6.0 * np.sqrt(n) * np.maximum(p @ U**2, 1e-300) ** 1.5)
