@@ -4,20 +4,20 @@ docs/theory.md#inference).
 Three studies, each a sweep through :func:`rdpo_theory.studies.sweep.run_sweep` (joblib or a
 dask cluster) on ``SeedSequence`` streams addressed by ``(base_seed, part, n, rep)``:
 
-* **Coverage** (:func:`run_coverage`). On a finite world whose population targets are exact,
+* **Coverage** (part ``"coverage"`` of :func:`run_study`). On a finite world whose population targets are exact,
   ``reps`` samples at each n; for DPO, KLDPO at two radii and WDPO (p = 1) at two radii, whether
   the nominal Wald intervals of :func:`rdpo_theory.inference.confidence` contain each
   component of the population optimum theta*(rho) and the population minimax value; and
   whether the empirical-likelihood upper bounds (KL and chi-square balls of radius
   ``chi2_{1, 1 - 2 alpha} / (2 n)``) at the fixed theta*_DPO cover the population risk there,
   and whether exact KLDPO at that radius covers the minimal population risk.
-* **Radius map** (:func:`run_radius_map`). Schedules ``rho_n = c n^-a`` for KL and W1: the
+* **Radius map** (part ``"map"``). Schedules ``rho_n = c n^-a`` for KL and W1: the
   error to theta*_DPO and to the population robust optimum at the same radius, the
   probability that P0 lies in the ball around P_n (exact on a finite world: the KL divergence
   and the W1 distance between the laws of the oriented feature ``s_y x``, which is all the
   loss sees), and the probability that the robust value at theta_hat is at least the
   population risk at theta_hat; log-log slopes with bootstrap intervals over replications.
-* **Feature laws** (:func:`run_laws`). The rates study's slopes on the continuous worlds of
+* **Feature laws** (part ``"laws"``). The rates study's slopes on the continuous worlds of
   :mod:`rdpo_theory.continuous` (Gaussian, Laplace, Student-t 5 and 3), whose population
   optima are exact quadratures.
 """
