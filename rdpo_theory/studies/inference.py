@@ -5,8 +5,8 @@ Three studies, each a sweep through :func:`rdpo_theory.studies.sweep.run_sweep` 
 dask cluster) on ``SeedSequence`` streams addressed by ``(base_seed, part, n, rep)``:
 
 * **Coverage** (part ``"coverage"`` of :func:`run_study`). On a finite world whose
-  population targets are exact, ``reps`` samples at each n; for DPO, KLDPO at two radii and WDPO (p = 1) at two radii, whether
-  the nominal Wald intervals of :func:`rdpo_theory.inference.confidence` contain each
+  population targets are exact, ``reps`` samples at each n; for DPO, KLDPO at two radii
+  and WDPO (p = 1) at two radii, whether the nominal Wald intervals of :func:`rdpo_theory.inference.confidence` contain each
   component of the population optimum theta*(rho) and the population minimax value; and
   whether the empirical-likelihood upper bounds (KL and chi-square balls of radius
   ``chi2_{1, 1 - 2 alpha} / (2 n)``) at the fixed theta*_DPO cover the population risk there,
