@@ -5,12 +5,13 @@ Three studies, each a sweep through :func:`rdpo_theory.studies.sweep.run_sweep` 
 dask cluster) on ``SeedSequence`` streams addressed by ``(base_seed, part, n, rep)``:
 
 * **Coverage** (part ``"coverage"`` of :func:`run_study`). On a finite world whose
-  population targets are exact, ``reps`` samples at each n; for DPO, KLDPO at two radii
-  and WDPO (p = 1) at two radii, whether the nominal Wald intervals of :func:`rdpo_theory.inference.confidence` contain each
-  component of the population optimum theta*(rho) and the population minimax value; and
-  whether the empirical-likelihood upper bounds (KL and chi-square balls of radius
-  ``chi2_{1, 1 - 2 alpha} / (2 n)``) at the fixed theta*_DPO cover the population risk there,
-  and whether exact KLDPO at that radius covers the minimal population risk.
+  population targets are exact, ``reps`` samples at each n. For DPO, KLDPO at two radii and
+  WDPO (p = 1) at two radii: whether the nominal Wald intervals of
+  :func:`rdpo_theory.inference.confidence` contain each component of the population optimum
+  theta*(rho) and the population minimax value. Also whether the empirical-likelihood upper
+  bounds (KL and chi-square balls of radius ``chi2_{1, 1 - 2 alpha} / (2 n)``) at the fixed
+  theta*_DPO cover the population risk there, and whether exact KLDPO at that radius covers
+  the minimal population risk.
 * **Radius map** (part ``"map"``). Schedules ``rho_n = c n^-a`` for KL and W1: the
   error to theta*_DPO and to the population robust optimum at the same radius, the
   probability that P0 lies in the ball around P_n (exact on a finite world: the KL divergence
