@@ -90,3 +90,21 @@ def test_config_and_cli():
         S.quick_config(laws=("cauchy",))
     args = build_parser().parse_args(["inference", "--quick", "--parts", "map", "--out", "x"])
     assert args.parts == ["map"] and args.quick
+
+
+def test_rates_study_runs_on_a_continuous_world():
+    """The rates study's own run function on a continuous world: the targets are the
+    quadrature optima, so every excess population risk is >= 0 and the error is the distance
+    to them."""
+    from rdpo_theory.continuous import ContinuousWorld
+
+    cw = ContinuousWorld("laplace")
+    runs, sl = S.continuous_rates(cw, ns=(200, 800), seeds=3, rhos=(0.05,), n_boot=50)
+    assert runs["ok"].all() and len(runs) == 3 * 2 * 3
+    assert (runs["excess_risk"] >= -1e-10).all()
+    dpo = runs[runs["method"] == "dpo"]
+    assert (dpo["theta_norm"] > 0).all()  # theta_hat > 0 here, so |theta_hat| = theta_hat
+    np.testing.assert_allclose(dpo["error"], (dpo["theta_norm"] - 1.5).abs(), atol=1e-12)
+    assert set(sl["method"]) == {"dpo", "kldpo-exact", "wdpo-exact"}
+    with pytest.raises(InputError, match="finite world"):
+        S.continuous_rates_context(cw, methods=("kldpo-alg2",))

@@ -38,7 +38,9 @@ from ..inference import confidence, el_bound, el_radius, fit_exact
 from ..losses import dpo_risk
 from ..options import Interval, Options, validate_fields
 from ..worlds import World
-from .rates import slopes
+from .rates import METHODS as RATES_METHODS
+from .rates import RatesContext, slopes
+from .rates import run_one as rates_run_one
 from .sweep import Task, fingerprint, run_sweep
 
 CACHE_VERSION = "inference-1"
@@ -554,3 +556,98 @@ def _map_task_str(params: dict, seed, ctx: InferenceContext) -> list[dict]:
         for f, cc in (part.split(":") for part in str(params["constants"]).split(";") if part)
     }
     return map_task(p, seed, ctx)
+
+
+# ---------------------------------------------------------------------------- rates adapter
+class ContinuousRatesContext(RatesContext):
+    """A :class:`rdpo_theory.studies.rates.RatesContext` for a
+    :class:`~rdpo_theory.continuous.ContinuousWorld`: the population risks of the rates
+    study come from quadrature instead of a finite population, so
+    :func:`rdpo_theory.studies.rates.run_one` runs on continuous worlds unchanged."""
+
+    def family_risk(self, family: str, theta, rho: float, data=None) -> float:
+        if data is not None:
+            return super().family_risk(family, theta, rho, data)
+        th = float(np.asarray(theta, dtype=float).ravel()[0])
+        cw = self.world
+        if family == "dpo":
+            return cw.risk(th)
+        if family == "kl":
+            return cw.kl_value(th, rho)[0]
+        if family == "w":
+            return cw.w1_value(th, rho)
+        raise InputError(f"family {family!r} has no population objective on a continuous world")
+
+
+_FAMILY_METHOD = {"dpo": "dpo", "kl": "kldpo", "w": "wdpo"}
+
+
+def continuous_rates_context(
+    cw: ContinuousWorld,
+    methods=("dpo", "kldpo-exact", "wdpo-exact"),
+    rhos=(0.02,),
+    *,
+    solver: str = "fast",
+) -> ContinuousRatesContext:
+    """The rates study's context on a continuous world: exact (quadrature) population targets
+    for the exact methods of :data:`rdpo_theory.studies.rates.METHODS` (families dpo, kl, w;
+    the approximate methods and finite candidates need a finite population)."""
+    ctx = ContinuousRatesContext(
+        world=cw,
+        beta=cw.beta,
+        B=cw.B,
+        tref=np.zeros(1),
+        solver=solver,
+        lam0=1.0,
+        candidates=None,
+        cost=None,
+    )
+    for name in methods:
+        spec = RATES_METHODS[name]
+        if not spec.exact or spec.family not in _FAMILY_METHOD:
+            raise InputError(f"method {name!r} needs a finite world (exact dpo/kl/w methods only)")
+        for rho in rhos if spec.robust else (0.0,):
+            opt = cw.optimum(_FAMILY_METHOD[spec.family], rho)
+            th = np.array([opt["theta"]])
+            ctx.family_targets[(spec.family, rho)] = (th, float(opt["value"]))
+            ctx.targets[(name, rho)] = th
+    return ctx
+
+
+def continuous_rates(
+    cw: ContinuousWorld,
+    *,
+    ns,
+    seeds: int,
+    methods=("dpo", "kldpo-exact", "wdpo-exact"),
+    rhos=(0.02,),
+    base_seed: int = 0,
+    n_boot: int = 1000,
+    jobs: int = 1,
+    backend: str | None = None,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rates study (:func:`rdpo_theory.studies.rates.run_one` per (n, seed, method, rho),
+    :func:`~rdpo_theory.studies.rates.slopes`) on a continuous world. Returns ``(runs,
+    slopes)`` in the rates study's columns."""
+    ctx = continuous_rates_context(cw, methods, rhos)
+    tasks = [
+        Task({"n": int(n), "seed": s, "method": m, "rho": float(rho)}, (base_seed, int(n), s))
+        for m in methods
+        for rho in (rhos if RATES_METHODS[m].robust else (0.0,))
+        for n in ns
+        for s in range(seeds)
+    ]
+    ns_key = fingerprint(CACHE_VERSION, "continuous-rates", cw.law, cw.theta_star, cw.beta, cw.B)
+    res = run_sweep(
+        rates_run_one,
+        tasks,
+        namespace=ns_key,
+        shared=ctx,
+        jobs=jobs,
+        backend=backend,
+        progress=progress,
+        desc=f"rates on {cw.name}",
+    )
+    runs = res.frame()
+    return runs, slopes(runs, n_boot=n_boot, seed=base_seed)
