@@ -14,6 +14,12 @@ from rdpo_theory.worlds import World
 
 CASES = [("dpo", 0.0), ("kldpo", 0.02), ("wdpo", 0.03)]
 
+#: confidence()'s declared constraints (``parameter_constraints``; ``_parameter_constraints``
+#: before the options module renamed it)
+_CONSTRAINTS = getattr(
+    confidence, "parameter_constraints", getattr(confidence, "_parameter_constraints", {})
+)
+
 
 @pytest.fixture(scope="module")
 def world():
@@ -199,11 +205,7 @@ def test_el_bound_covers_the_population_risk(world):
 
 @pytest.mark.parametrize(
     "name,bad",
-    [
-        (name, bad)
-        for name, cons in confidence._parameter_constraints.items()
-        for bad in invalid_values(cons)
-    ],
+    [(name, bad) for name, cons in _CONSTRAINTS.items() for bad in invalid_values(cons)],
 )
 def test_declared_constraints_refuse_generated_values(world, name, bad):
     kw = dict(method="dpo", beta=1.0, n_samples=50)
