@@ -24,6 +24,7 @@ COMMANDS = [
     "minibatch",
     "cache",
     "frontier",
+    "inference",
 ]
 
 

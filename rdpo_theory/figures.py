@@ -22,6 +22,7 @@ FIGURE_MODULES: list[str] = [
     "rdpo_theory.commands.minibatch",
     "rdpo_theory.commands.audit",
     "rdpo_theory.commands.frontier",
+    "rdpo_theory.commands.inference",
 ]
 
 
