@@ -591,7 +591,7 @@ def decay_table(cells: list[dict], fps: list, shared: dict) -> pd.DataFrame:
 def layout_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Each layout of :data:`rdpo_theory.minibatch.LAYOUTS` joined with the rows of its group
     size: columns ``layout``, ``workers``, ``micro_batch``, ``accumulation``, ``gather``,
-    ``normalize``, ``global_batch``, ``group_size`` and the run columns."""
+    ``layout_normalizer``, ``global_batch``, ``group_size`` and the run columns."""
     out = []
     for lay in LAYOUTS:
         sub = runs[runs["B"] == lay.group_size]
@@ -602,7 +602,7 @@ def layout_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "micro_batch": lay.micro_batch,
                 "accumulation": lay.accumulation,
                 "gather": lay.gather,
-                "normalize": lay.normalize,
+                "layout_normalizer": lay.normalizer,
                 "global_batch": lay.global_batch,
                 "group_size": lay.group_size,
             }
