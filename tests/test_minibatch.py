@@ -553,3 +553,26 @@ def test_layout_vocabulary():
         Layout("x", normalizer="global")
     with pytest.raises(InputError, match="'workers' parameter of Layout"):
         Layout("x", workers=0)
+
+
+def test_jacobian_symmetric_for_normalized_and_sqrt_mean_asymmetric_for_clipped():
+    """The exact F_B of normalized KLDPO is grad G_B and that of WDPO sqrt-mean is
+    grad E_b[L_b]: symmetric Jacobians. The clipped weights' centre gives an asymmetric one,
+    so no objective has F_B as its gradient (docs/theory.md#minibatch-objective)."""
+    from rdpo_theory.minibatch import batch_law
+
+    data = _small_world(2)
+    dist, rows, prob = batch_law(data, 2)
+    th = np.array([0.3, -0.4, 0.2])
+    asym = {}
+    for est in (
+        Estimator("kldpo", "normalized", 0.5),
+        Estimator("kldpo", "clipped", 0.5),
+        Estimator("wdpo", "sqrt-mean", 0.3),
+    ):
+        F = expected_gradient_fn(dist, est, rows, beta=1.0, control_variate=False, probs=prob)
+        h = 1e-6
+        J = np.array([(F(th + h * e) - F(th - h * e)) / (2 * h) for e in np.eye(3)]).T
+        asym[est.variant] = np.abs(J - J.T).max() / np.abs(J).max()
+    assert asym["normalized"] < 1e-8 and asym["sqrt-mean"] < 1e-8
+    assert asym["clipped"] > 1e-3

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ..minibatch import LAYOUTS, Estimator, fixed_point
+from ..errors import InputError
+from ..minibatch import LAYOUTS, Estimator, exact_fixed_point, fixed_point, has_objective
 from .approx_vs_exact import ApproxConfig, evaluate_rewards, exact_kl, make_world
 
 
@@ -54,6 +55,13 @@ def w2_robust_value(theta, data, rho, beta) -> float:
 #: exact KL solver does not certify radii of 1e-16, and theta*(rho) is within about
 #: sqrt(2 * 1e-12) = 1.4e-6 of the DPO optimum there.
 TINY_RADIUS = 1e-12
+
+#: Most multisets the study enumerates for an exact theta_B (KLDPO normalized, batch): on its
+#: world of 253 distinct pairs B = 1 and 2 are exact, larger B sampled.
+EXACT_LIMIT = 3_000_000
+#: The same for the root-found estimators (clipped, WDPO; one vmapped torch pass over every
+#: multiset per evaluation): B = 1 on the study's world.
+EXACT_ROOT_LIMIT = 2_000
 
 #: (method, variant, normalizer) of the study.
 ESTIMATORS = (
@@ -88,7 +96,7 @@ class MinibatchConfig:
     data_seed: int = 0
     kl_radii: tuple[float, ...] = (0.01,)
     w_fractions: tuple[float, ...] = (0.15,)
-    batch_sizes: tuple[int, ...] = (1, 4, 32, 128)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 32, 128)
     batches: int = 200
     sets: int = 3
     decay: float = 0.01
@@ -156,13 +164,15 @@ def _exact_theta(family: str, data, radius: float, beta: float) -> np.ndarray:
     return exact_solution(family, data, radius, beta).theta
 
 
-def exact_solutions(radii: dict, data, beta: float, *, jobs: int = 1) -> dict:
+def exact_solutions(radii: dict, data, beta: float, *, jobs: int = 1, progress=False) -> dict:
     """``{(family, radius): ExactResult}`` for every family of ``radii`` (family -> radii,
     0 added), all solves in one joblib pool."""
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     todo = sorted({(f, float(r)) for f, rs in radii.items() for r in (0.0, *rs) if r >= 0})
-    res = Parallel(n_jobs=jobs)(delayed(exact_solution)(f, data, r, beta) for f, r in todo)
+    it = tqdm(todo, desc="minibatch exact paths", disable=not progress)
+    res = Parallel(n_jobs=jobs)(delayed(exact_solution)(f, data, r, beta) for f, r in it)
     return dict(zip(todo, res))
 
 
@@ -282,6 +292,18 @@ def solve_cell(params: dict, shared: dict):
     )
     B = params["B"]
     with _worker():
+        if B and est.normalizer == "batch":  # the exact batch law where it can be enumerated
+            try:
+                return exact_fixed_point(
+                    shared["data"],
+                    est,
+                    beta=shared["beta"],
+                    batch_size=B,
+                    theta0=ref["full"][params["variant"]],
+                    limit=EXACT_LIMIT if has_objective(est) else EXACT_ROOT_LIMIT,
+                )
+            except InputError:
+                pass
         return fixed_point(
             shared["data"],
             est,
@@ -354,6 +376,10 @@ def cell_row(params: dict, fp, measures: dict, shared: dict) -> dict:
     row["effective_radius_se"] = se([m["effective_radius"] for m in sets])
     row["off_path_se"] = se([m["off_path"] for m in sets])
     row["effective_ratio"] = row["effective_radius"] / rho
+    # how far theta_B is from the family's exact path, as a fraction of its displacement from
+    # the intended optimum (exact where the batch law was enumerated: ``exact``)
+    row["off_path_frac"] = row["off_path"] / row["theta_dist"] if B else math.nan
+    row["exact"] = bool(fp.info.get("exact", False))
     if kl:
         implied = [
             kl_implied(t, data, tau=hyper, beta=beta, variant=est.variant, clip=est.clip)[1]
@@ -470,7 +496,7 @@ def tables(
         "w1": [f * g for f in cfg.w1_path],
         "w2": [f * g for f in (*cfg.w2_path, *cfg.w_fractions)],
     }
-    solutions = exact_solutions(radii, data, beta, jobs=jobs)
+    solutions = exact_solutions(radii, data, beta, jobs=jobs, progress=progress)
     paths = exact_paths(radii, data, beta, solutions=solutions)
     reference = _references(cfg, data, beta, solutions)
     shared = {
