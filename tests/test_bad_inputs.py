@@ -60,7 +60,10 @@ BAD_DATA = {  # name -> (change to the arguments, what the error must say)
     "y label 2": ({"y": np.array([1, 0, 2, 0])}, "labels 0 and 1"),
     "y too short": ({"y": Y[:3]}, "y must have length 4"),
     "beta 0": ({"beta": 0.0}, "beta"),
-    "beta True": ({"beta": True}, "beta must be a real number"),  # used to mean 1
+    "beta True": (  # used to mean 1; declared checks (rdpo_theory.options) say it their way
+        {"beta": True},
+        "beta must be a real number|The 'beta' parameter of .* must be a float",
+    ),
     "beta -1": ({"beta": -1.0}, "beta"),
     "beta NaN": ({"beta": float("nan")}, "beta"),
     "beta 'abc'": ({"beta": "abc"}, "beta"),
