@@ -788,6 +788,46 @@ def has_objective(est: Estimator) -> bool:
     return est.method == "kldpo" and est.variant == "normalized" and est.normalizer == "batch"
 
 
+def clipped_closed_form(
+    data: PreferenceData, est: Estimator, *, beta: float, batch_size: int, theta_ref=None
+) -> FixedPoint | None:
+    """``theta_B`` of KLDPO ``clipped`` in closed form, for i.i.d. groups when the clip cannot
+    bind (docs/theory.md#minibatch-objective): with ``w_i = exp((l_i - mean_b l) / tau)``,
+
+        F_B = E[exp((1 - 1/B) l_i / tau) grad l_i] (E exp(-l / (B tau)))^(B - 1),
+
+    a positive multiple of the full-batch normalised gradient at ``tau' = tau B / (B - 1)``, so
+    ``theta_B`` is exact KLDPO at that temperature (DPO at B = 1). Valid while
+    ``exp((1 - 1/B)(max l - min l) / tau) <= clip`` at the answer (checked; ``None`` if not,
+    or if the data weights are uniform, which :func:`draw_batches` samples without
+    replacement)."""
+    if est.method != "kldpo" or est.variant != "clipped" or est.normalizer != "batch":
+        raise InputError("clipped_closed_form needs KLDPO 'clipped' with the batch normaliser")
+    from .exact import dpo as exact_dpo
+    from .losses import dpo_losses
+
+    n = data.n
+    if bool(np.allclose(data.weights, 1.0 / n, rtol=0, atol=1e-15)):
+        return None
+    if batch_size == 1:
+        th = exact_dpo(data, beta=beta, theta_ref=theta_ref, solver="fast").theta
+    else:
+        tau2 = est.hyper * batch_size / (batch_size - 1)
+        th = fixed_point(
+            data,
+            Estimator("kldpo", "normalized", tau2),
+            beta=beta,
+            batch_size=None,
+            theta_ref=theta_ref,
+        ).theta
+    l = dpo_losses(th, data, beta=beta, theta_ref=theta_ref)
+    if (1 - 1 / batch_size) * (l.max() - l.min()) / est.hyper > math.log(est.clip):
+        return None
+    d = data.d
+    info = {"exact": True, "closed_form": True, "sets": 1}
+    return FixedPoint(th, np.zeros(d), th[None, :].copy(), 0.0, int(batch_size), est, info)
+
+
 @declare(
     {
         "data": [Instance(PreferenceData)],

@@ -576,3 +576,18 @@ def test_jacobian_symmetric_for_normalized_and_sqrt_mean_asymmetric_for_clipped(
         asym[est.variant] = np.abs(J - J.T).max() / np.abs(J).max()
     assert asym["normalized"] < 1e-8 and asym["sqrt-mean"] < 1e-8
     assert asym["clipped"] > 1e-3
+
+
+def test_clipped_fixed_point_is_exact_kldpo_at_a_larger_temperature():
+    """i.i.d. groups, clip not binding: theta_B of 'clipped' is the full-batch normalised
+    answer at tau B / (B - 1), against the enumerated law at B = 2 and 3."""
+    from rdpo_theory.minibatch import clipped_closed_form, exact_fixed_point
+
+    data = _small_world(6, n=7)
+    est = Estimator("kldpo", "clipped", 0.8, clip=1e6)
+    for B in (1, 2, 3):
+        cf = clipped_closed_form(data, est, beta=1.0, batch_size=B)
+        ex = exact_fixed_point(data, est, beta=1.0, batch_size=B)
+        np.testing.assert_allclose(cf.theta, ex.theta, atol=1e-8)
+    tight = Estimator("kldpo", "clipped", 0.8, clip=1.0001)  # the clip binds: no closed form
+    assert clipped_closed_form(data, tight, beta=1.0, batch_size=3) is None

@@ -14,8 +14,12 @@ KL ratio: the radius whose exact KLDPO optimum is nearest to theta_B (spline thr
 path) over the intended radius; ``off_path`` is the distance to that path, ``off_frac`` it over
 ``||theta_B - theta*(rho)||``. WDPO ratio: the penalty strength whose *full-batch* sqrt-mean root
 is nearest to theta_B over rho0 (a cheap path: the W_2 exact solver is too slow for 20 worlds).
-Writes ``runs.csv`` (one row per cell) and ``summary.csv`` (min / median / max over worlds and
-radii per estimator and B). Run: ``python experiments/minibatch_worlds/run.py --worlds 20``.
+The clipped rows are then replaced, where the clip cannot bind, by the closed form (exact
+KLDPO at tau B / (B - 1); ``how == "closed form"``), which has no Monte Carlo error.
+Writes ``runs.csv`` (one row per cell), ``summary.csv`` (min / median / max over worlds and
+radii per estimator and B) and ``summary.md`` (the docs' table). Run (parts in parallel, then
+merged): ``python run.py --worlds 10 --tag _a``, ``python run.py --worlds 10 --start 10 --tag
+_b``, then ``python run.py --clipped``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,29 @@ def path_frame(radii, thetas):
     df = pd.DataFrame(np.asarray(thetas), columns=["theta0", "theta1", "theta2"])
     df.insert(0, "radius", radii)
     return df
+
+
+def row(k, S, A, data, family, estimator, radius, B, how, fp, path, target) -> dict:
+    """One table row: the ratio of the nearest radius on ``path`` to ``radius``, the distance
+    to the path and its fraction of the displacement from ``target``."""
+    rad, off = nearest_on_path(fp.theta, path, family)
+    disp = float(np.linalg.norm(fp.theta - target))
+    return dict(
+        world=k,
+        S=S,
+        A=A,
+        n_distinct=data.n,
+        family="kl" if family == "kl" else "w",
+        estimator=estimator,
+        radius=radius,
+        B=B,
+        how=how,
+        ratio=rad / radius,
+        off_path=off,
+        displacement=disp,
+        off_frac=off / disp if disp > 0 else 0.0,
+        mc_error=float(np.linalg.norm(fp.theta_se)),
+    )
 
 
 def one_world(k: int, batches: int, sets: int) -> list[dict]:
@@ -106,24 +133,20 @@ def one_world(k: int, batches: int, sets: int) -> list[dict]:
                         theta0=x0,
                         seed=[k, B],
                     )
-                rad, off = nearest_on_path(fp.theta, kl_path, "kl")
-                disp = float(np.linalg.norm(fp.theta - ex.theta))
                 rows.append(
-                    dict(
-                        world=k,
-                        S=S,
-                        A=A,
-                        n_distinct=data.n,
-                        family="kl",
-                        estimator=f"kldpo {variant} {norm}",
-                        radius=rho,
-                        B=B,
-                        how=how,
-                        ratio=rad / rho,
-                        off_path=off,
-                        displacement=disp,
-                        off_frac=off / disp if disp > 0 else 0.0,
-                        mc_error=float(np.linalg.norm(fp.theta_se)),
+                    row(
+                        k,
+                        S,
+                        A,
+                        data,
+                        "kl",
+                        f"kldpo {variant} {norm}",
+                        rho,
+                        B,
+                        how,
+                        fp,
+                        kl_path,
+                        ex.theta,
                     )
                 )
     g = collapse_radius(data)
@@ -149,24 +172,20 @@ def one_world(k: int, batches: int, sets: int) -> list[dict]:
                     theta0=full,
                     seed=[k, B, 7],
                 )
-                rad, off = nearest_on_path(fp.theta, w_path, "w2")
-                disp = float(np.linalg.norm(fp.theta - full))
                 rows.append(
-                    dict(
-                        world=k,
-                        S=S,
-                        A=A,
-                        n_distinct=data.n,
-                        family="w",
-                        estimator=f"wdpo sqrt-mean {norm}",
-                        radius=rho0,
-                        B=B,
-                        how="sampled",
-                        ratio=rad / rho0,
-                        off_path=off,
-                        displacement=disp,
-                        off_frac=off / disp if disp > 0 else 0.0,
-                        mc_error=float(np.linalg.norm(fp.theta_se)),
+                    row(
+                        k,
+                        S,
+                        A,
+                        data,
+                        "w2",
+                        f"wdpo sqrt-mean {norm}",
+                        rho0,
+                        B,
+                        "sampled",
+                        fp,
+                        w_path,
+                        full,
                     )
                 )
     return rows
@@ -185,13 +204,55 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 def combine() -> pd.DataFrame:
     """Every ``runs*.csv`` part, one row per cell (first part wins), written to ``runs.csv``
     and summarised in ``summary.csv``."""
-    parts = [pd.read_csv(p) for p in sorted(OUT.glob("runs*.csv"))]
+    # closed-form clipped rows first, so they replace the sampled ones
+    parts = [pd.read_csv(p) for p in sorted(OUT.glob("clipped*.csv"))]
+    parts += [pd.read_csv(p) for p in sorted(OUT.glob("runs*.csv"))]
     runs = pd.concat(parts).drop_duplicates(["world", "estimator", "radius", "B"])
     runs = runs.sort_values(["world", "estimator", "radius", "B"])
     runs.to_csv(OUT / "runs.csv", index=False, float_format="%.6g")
     summary(runs).to_csv(OUT / "summary.csv", index=False, float_format="%.4g")
     (OUT / "summary.md").write_text(markdown(summary(runs)) + "\n")
     return runs
+
+
+def clipped_rows(k: int) -> list[dict]:
+    """The clipped KLDPO rows of world ``k`` from the closed form of
+    :func:`rdpo_theory.minibatch.clipped_closed_form` (exact KLDPO at tau B / (B - 1), valid
+    while the clip cannot bind; i.i.d. groups), where it applies: no Monte Carlo error."""
+    from rdpo_theory.exact import dpo
+    from rdpo_theory.minibatch import clipped_closed_form
+
+    data, S, A = world(k)
+    kl_grid = sorted({*np.round(np.geomspace(1e-5, 0.08, 16), 7), *KL_RADII})
+    sols = [exact_kldpo(data, rho=r, beta=1.0, solver="fast") for r in kl_grid]
+    d0 = dpo(data, beta=1.0, solver="fast").theta
+    kl_path = path_frame([0.0, *kl_grid], [d0, *[s.theta for s in sols]])
+    rows = []
+    for rho in KL_RADII:
+        ex = sols[kl_grid.index(rho)]
+        if float(ex.dual) <= 1e-9:
+            continue
+        est = Estimator("kldpo", "clipped", float(ex.dual))
+        for B in BS:
+            fp = clipped_closed_form(data, est, beta=1.0, batch_size=B)
+            if fp is not None:
+                rows.append(
+                    row(
+                        k,
+                        S,
+                        A,
+                        data,
+                        "kl",
+                        "kldpo clipped batch",
+                        rho,
+                        B,
+                        "closed form",
+                        fp,
+                        kl_path,
+                        ex.theta,
+                    )
+                )
+    return rows
 
 
 def markdown(s: pd.DataFrame) -> str:
@@ -221,8 +282,17 @@ def main():
     ap.add_argument("--start", type=int, default=0, help="first world index")
     ap.add_argument("--tag", default="", help="suffix of the output files (parallel parts)")
     ap.add_argument("--combine", action="store_true", help="only merge the parts' tables")
+    ap.add_argument(
+        "--clipped", action="store_true", help="closed-form clipped rows of the worlds run so far"
+    )
     a = ap.parse_args()
     if a.combine:
+        combine()
+        return
+    if a.clipped:
+        worlds = sorted(pd.concat(pd.read_csv(p) for p in OUT.glob("runs*.csv"))["world"].unique())
+        rows = [r for k in tqdm(worlds, desc="clipped closed form") for r in clipped_rows(int(k))]
+        pd.DataFrame(rows).to_csv(OUT / "clipped.csv", index=False, float_format="%.6g")
         combine()
         return
     from joblib import Parallel, delayed

@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..minibatch import LAYOUTS, Estimator, exact_fixed_point, fixed_point, has_objective
+from ..minibatch import (
+    LAYOUTS,
+    Estimator,
+    clipped_closed_form,
+    exact_fixed_point,
+    fixed_point,
+    has_objective,
+)
 from .approx_vs_exact import ApproxConfig, evaluate_rewards, exact_kl, make_world
 
 
@@ -292,6 +299,10 @@ def solve_cell(params: dict, shared: dict):
     )
     B = params["B"]
     with _worker():
+        if B and est.variant == "clipped":  # closed form: exact KLDPO at tau B / (B - 1)
+            fp = clipped_closed_form(shared["data"], est, beta=shared["beta"], batch_size=B)
+            if fp is not None:
+                return fp
         if B and est.normalizer == "batch":  # the exact batch law where it can be enumerated
             try:
                 return exact_fixed_point(
