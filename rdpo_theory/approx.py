@@ -40,7 +40,7 @@ from . import _validate as V
 from . import options as O
 from .data import PreferenceData, as_data
 from .errors import InputError, SolverError
-from .losses import check_beta, kl_divergence
+from .losses import kl_divergence
 from .rng import make_rng
 
 OPTIMIZERS = ("adam", "sgd")
@@ -712,7 +712,11 @@ def wdpo(
     # declared: rho0, variant, penalty, decay and the normaliser are checked before the body
     rho0, decay = float(rho0), float(decay)
     normalizer = _normalizer(normalizer, variant, "wdpo")
-    beta_sq = check_beta(beta) ** 2
+    # beta is checked once, by fit's declaration; the closures below only run inside fit
+    try:
+        beta_sq = float(beta) ** 2
+    except (TypeError, ValueError):
+        beta_sq = math.nan  # fit refuses such a beta before any step
     data = _data(X, y, weights)
     opts = FitOptions.build(options, where="approx.wdpo", **option_kwargs)
     uniform = _uniform_batches(data, opts)
