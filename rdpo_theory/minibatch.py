@@ -7,9 +7,13 @@ the clipped weights' centre, the WDPO ``sqrt-mean`` square root), so its expecte
     F_B(theta) = E_{b ~ p^B} [ grad_theta L_b(theta) ]
 
 is not the gradient of the full-data objective, and SGD converges (with iterate averaging) to
-the root ``theta_B`` of ``F_B``, not to the full-batch answer. For KLDPO the weights are held
-constant inside ``L_b`` (Algorithm 2), so ``F_B`` is the expectation of that gradient, not the
-gradient of an expectation, and its Jacobian is not symmetric.
+the root ``theta_B`` of ``F_B``, not to the full-batch answer. For KLDPO ``normalized`` the
+frozen softmax step on a group is the gradient of the group's log-mean-exp, so ``F_B`` is the
+gradient of the convex minibatch objective ``G_B(theta) = E_b[tau log mean_b exp(l / tau)]``
+and ``theta_B`` is its minimiser (docs/theory.md#minibatch-objective): :func:`batch_objective`,
+:func:`minimize_objective` and :func:`certify` (a strong-convexity certificate). The law of a
+group can be enumerated exactly when small (:func:`batch_law`, :func:`exact_fixed_point`), and
+the ``clipped`` variant has a closed form for i.i.d. groups (:func:`clipped_closed_form`).
 
 :func:`fixed_point` computes ``theta_B`` by sample-average approximation: ``M`` fixed batches
 (common random numbers, so ``F_B^M`` is a deterministic smooth function of theta), every batch
@@ -17,9 +21,10 @@ evaluated at once with ``torch.func.vmap`` over the batch axis of the one implem
 each loss (:func:`rdpo_theory.torch.losses.kldpo_objective`,
 :func:`~rdpo_theory.torch.losses.wdpo_objective`, and for ``normalizer="running"`` the
 objectives of :mod:`rdpo_theory.torch.normalizers`), in float64, and solved by a Newton-type
-root finder (``scipy.optimize.root``, Powell's hybrid method). A control variate (the same
-batches under the linear estimator at the full-data statistic, whose expectation is known
-exactly) removes most of the Monte Carlo noise without changing the expectation.
+root finder (``scipy.optimize.root``, Powell's hybrid method) for the estimators without a
+convex objective, and by damped Newton on the sample-average ``G_B`` for ``normalized``. A
+control variate of known expectation removes most of the Monte Carlo noise without changing
+the expectation (:func:`control_coefficients` for ``normalized``; none for ``clipped``).
 ``sets`` independent batch sets give independent roots; their spread is the Monte Carlo error.
 
 Batches are drawn as :func:`rdpo_theory.approx.fit` draws them: without replacement (uniform
@@ -312,8 +317,8 @@ def expected_gradient_fn(
 
 def _root(F, x0, *, xtol: float, what: str) -> tuple[np.ndarray, float]:
     """Powell's hybrid method (a quasi-Newton root finder; forward-difference Jacobian, then
-    Broyden updates), with Levenberg-Marquardt as a second chance: the KLDPO Jacobian is not
-    symmetric, so no minimisation is implied."""
+    Broyden updates), with Levenberg-Marquardt as a second chance: for the estimators without a
+    convex objective (``clipped``, whose Jacobian is not symmetric; WDPO; running)."""
     from scipy.optimize import root
 
     scale = max(1.0, float(np.linalg.norm(F(np.asarray(x0)))))
