@@ -37,9 +37,10 @@ import numpy as np
 import pandas as pd
 
 from . import _validate as V
+from . import options as O
 from .data import PreferenceData, as_data
 from .errors import InputError, SolverError
-from .losses import check_beta, kl_divergence
+from .losses import kl_divergence
 from .rng import make_rng
 
 OPTIMIZERS = ("adam", "sgd")
@@ -128,14 +129,6 @@ def _schedule_factor(schedule: str, t: int, T: int) -> float:
     return 1.0 / math.sqrt(1.0 + t)  # inverse-sqrt
 
 
-def _check_int(v, name: str, *, allow_none: bool = False) -> int | None:
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InputError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _is_uniform(p: np.ndarray) -> bool:
     return bool(np.allclose(p, 1.0 / p.shape[0], rtol=0, atol=1e-15))
 
@@ -147,7 +140,7 @@ def _uniform_batches(data: PreferenceData, options: FitOptions) -> bool:
     return options.batch_size is not None or _is_uniform(data.weights)
 
 
-def _sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
+def batch_sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
     """Yield index batches: reshuffled epochs without replacement for uniform p, otherwise
     i.i.d. draws with probability p (inverse-CDF sampling)."""
     n = p.shape[0]
@@ -162,6 +155,50 @@ def _sampler(p: np.ndarray, batch_size: int, rng: np.random.Generator):
     cdf /= cdf[-1]
     while True:
         yield np.minimum(np.searchsorted(cdf, rng.random(batch_size), side="right"), n - 1)
+
+
+class _SGD:
+    """SGD with heavy-ball momentum on one tensor, as ``torch.optim.SGD`` (``dampening=0``,
+    no Nesterov): ``b = mu b + g; theta -= lr b``. Written by hand because the first step of a
+    ``torch.optim`` optimiser imports ``torch._dynamo`` (about 6-10 s, once per process) for a
+    d-dimensional parameter that needs two tensor operations."""
+
+    def __init__(self, theta, lr: float, momentum: float = 0.0):
+        self.theta, self.lr, self.momentum, self.buf = theta, lr, momentum, None
+
+    def step(self):
+        import torch
+
+        with torch.no_grad():
+            g = self.theta.grad
+            if self.momentum:
+                self.buf = g.clone() if self.buf is None else self.buf.mul_(self.momentum).add_(g)
+                g = self.buf
+            self.theta.sub_(self.lr * g)
+
+
+class _Adam(_SGD):
+    """Adam on one tensor, the update of ``torch.optim.Adam`` (betas 0.9, 0.999, eps 1e-8, no
+    weight decay; tested equal to it): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``theta -= lr m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps)``."""
+
+    def __init__(self, theta, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        import torch
+
+        super().__init__(theta, lr)
+        self.b1, self.b2, self.eps, self.t = betas[0], betas[1], eps, 0
+        self.m, self.v = torch.zeros_like(theta), torch.zeros_like(theta)
+
+    def step(self):
+        import torch
+
+        with torch.no_grad():
+            g = self.theta.grad
+            self.t += 1
+            self.m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = (self.v / (1 - self.b2**self.t)).sqrt_().add_(self.eps)
+            self.theta.addcdiv_(self.m, denom, value=-self.lr / (1 - self.b1**self.t))
 
 
 # ---------------------------------------------------------------------------- options
@@ -243,22 +280,28 @@ class FitOptions:
     ALIASES = {"lr": "learning_rate"}
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        self.learning_rate = V.positive(self.learning_rate, "learning_rate")
-        self.momentum = V.positive(self.momentum, "momentum", allow_zero=True)
-        if self.momentum >= 1:
-            raise InputError(f"momentum must lie in [0, 1), got {self.momentum}")
-        self.max_steps = _check_int(self.max_steps, "max_steps")
-        self.batch_size = _check_int(self.batch_size, "batch_size", allow_none=True)
-        self.record_every = _check_int(self.record_every, "record_every")
-        self.check_every = _check_int(self.check_every, "check_every", allow_none=True)
-        self.gtol = V.positive(self.gtol, "gtol", allow_zero=True)
-        self.average_tail = V.positive(self.average_tail, "average_tail", allow_zero=True)
-        if self.average_tail >= 1:
-            raise InputError(f"average_tail must lie in [0, 1), got {self.average_tail}")
+        O.check("optimizer", self.optimizer, [O.Options(OPTIMIZERS)], owner="FitOptions")
+        O.check("schedule", self.schedule, [O.Options(SCHEDULES)], owner="FitOptions")
+        O.check("learning_rate", self.learning_rate, O.POSITIVE, owner="FitOptions")
+        O.check(
+            "momentum", self.momentum, [O.Interval(float, 0, 1, closed="left")], owner="FitOptions"
+        )
+        for name in ("max_steps", "record_every"):
+            O.check(name, getattr(self, name), O.POSITIVE_INT, owner="FitOptions")
+        for name in ("batch_size", "check_every"):
+            O.check(name, getattr(self, name), [*O.POSITIVE_INT, O.NONE], owner="FitOptions")
+        O.check("gtol", self.gtol, O.NONNEGATIVE, owner="FitOptions")
+        O.check(
+            "average_tail",
+            self.average_tail,
+            [O.Interval(float, 0, 1, closed="left")],
+            owner="FitOptions",
+        )
+        self.learning_rate, self.momentum = float(self.learning_rate), float(self.momentum)
+        self.gtol, self.average_tail = float(self.gtol), float(self.average_tail)
+        for name in ("max_steps", "record_every", "batch_size", "check_every"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
 
     @classmethod
     def names(cls) -> list[str]:
@@ -285,6 +328,7 @@ class FitOptions:
 
 
 # ---------------------------------------------------------------------------- the trainer
+@O.declare({"beta": O.POSITIVE, "objective": [O.Callable_()]})
 def fit(
     X,
     y=None,
@@ -300,6 +344,7 @@ def fit(
     method: str = "custom",
     variant: str | None = None,
     hyper: dict | None = None,
+    sampler: Callable | None = None,
     **option_kwargs,
 ) -> ApproxResult:
     """Train a log-linear policy on ``objective(per_pair_losses, x, batch_weights)``.
@@ -334,6 +379,10 @@ def fit(
         keywords.
     method, variant, hyper
         Labels of the result.
+    sampler : callable, optional
+        ``sampler(p, batch_size, rng)`` -> an iterator of index arrays (the minibatches, of
+        any length); default :func:`batch_sampler` (the multilevel estimator of
+        :func:`kldpo` draws batches of random size).
     **option_kwargs
         Fields of :class:`FitOptions` overriding ``options`` (``lr`` is an alias of
         ``learning_rate``); unknown names are refused.
@@ -369,9 +418,7 @@ def fit(
     from .torch.losses import dpo_pair_losses
 
     data = _data(X, y, weights)
-    beta = check_beta(beta)
-    if not callable(objective):
-        raise InputError(f"objective must be callable, got {type(objective).__name__}")
+    beta = float(beta)  # declared: checked once, before the body
     n, d = data.n, data.d
     if check_every is None:
         check_every = 1 if batch_size is None else max(1, math.ceil(n / batch_size))
@@ -388,10 +435,7 @@ def fit(
     # full-batch input leaf for penalties in x; its own gradient is never formed (the update
     # differentiates in theta only)
     Xg = Xt.detach().requires_grad_(True) if input_grad else Xt
-    if optimizer == "adam":
-        opt = torch.optim.Adam([theta], lr=lr)
-    else:
-        opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
+    opt = _Adam(theta, lr) if optimizer == "adam" else _SGD(theta, lr, momentum)
 
     w_batch = None if batch_size is None else torch.full((batch_size,), 1.0 / batch_size, dtype=dt)
 
@@ -402,7 +446,12 @@ def fit(
             it = torch.from_numpy(idx)
             # index_select gathers rows ~4x faster than advanced indexing; a fresh tensor, so
             # safe to mark as requiring grad
-            xb, syb, wb = Xt.index_select(0, it), sybeta.index_select(0, it), w_batch
+            xb, syb = Xt.index_select(0, it), sybeta.index_select(0, it)
+            wb = (
+                w_batch
+                if len(idx) == batch_size
+                else torch.full((len(idx),), 1.0 / len(idx), dtype=dt)
+            )
             if input_grad:
                 xb.requires_grad_(True)
         delta = theta - tref
@@ -419,7 +468,8 @@ def fit(
         (g,) = torch.autograd.grad(evaluate(None), theta)
         return float(g.norm())
 
-    sampler = None if batch_size is None else _sampler(data.weights, batch_size, make_rng(seed))
+    draw = batch_sampler if sampler is None else sampler
+    sampler = None if batch_size is None else draw(data.weights, batch_size, make_rng(seed))
     rows: dict[str, list] = {k: [] for k in ("step", "lr", "loss", "grad_norm", "full_grad_norm")}
     rows["theta_norm"] = []
     thetas: list[np.ndarray] = []
@@ -435,8 +485,7 @@ def fit(
     fg = float("nan")
     while True:
         factor = _schedule_factor(schedule, step, max_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr * factor
+        opt.lr = lr * factor
         loss = evaluate(None if sampler is None else next(sampler))
         (theta.grad,) = torch.autograd.grad(loss, theta)  # only d/dtheta, never d/dx
         gnorm = float(theta.grad.norm())
@@ -510,6 +559,66 @@ def fit(
     )
 
 
+#: Normalisers of :func:`kldpo` and :func:`wdpo` (the vocabulary of
+#: :data:`rdpo_theory.minibatch.NORMALIZERS`; ``"micro-batch"`` is a deprecated alias of
+#: ``"batch"``, and ``"accumulated"`` equals ``"batch"`` here: one micro-batch per step).
+APPROX_NORMALIZERS = ("batch", "accumulated", "running", "mlmc")
+
+
+def _normalizer(normalizer: str, variant: str, method: str) -> str:
+    """The normaliser in the one vocabulary (alias translated with a DeprecationWarning),
+    refused where it does not apply: ``running`` needs KLDPO ``normalized`` or WDPO
+    ``sqrt-mean``, ``mlmc`` KLDPO ``normalized``."""
+    from .minibatch import normalizer_name
+
+    nz = normalizer_name(normalizer, owner=method, allowed=APPROX_NORMALIZERS)
+    if nz == "accumulated":
+        nz = "batch"
+    if nz == "running" and variant not in ("normalized", "sqrt-mean"):
+        raise InputError(
+            f"normalizer='running' applies to variant 'normalized' (KLDPO) or 'sqrt-mean' "
+            f"(WDPO), got variant {variant!r}"
+        )
+    if nz == "mlmc" and (method != "kldpo" or variant != "normalized"):
+        raise InputError(
+            f"normalizer='mlmc' applies to KLDPO variant 'normalized', got {method} {variant!r}"
+        )
+    return nz
+
+
+def mlmc_sampler(levels: int):
+    """``sampler(p, B, rng)`` of :func:`fit` for the multilevel estimator: each batch is
+    ``2^(J + 1) B`` i.i.d. draws from p, with ``P(J = j) = 2^-j / sum_{k <= levels} 2^-k``
+    (docs/theory.md#minibatch-objective)."""
+    pj = 0.5 ** np.arange(levels + 1)
+    pj /= pj.sum()
+
+    def sampler(p, batch_size, rng):
+        cdf = np.cumsum(p)
+        cdf /= cdf[-1]
+        while True:
+            j = int(rng.choice(levels + 1, p=pj))
+            size = batch_size * 2 ** (j + 1)
+            yield np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(p) - 1)
+
+    return sampler
+
+
+def mlmc_objective(per, batch_loss: Callable, batch_size: int, levels: int):
+    """The multilevel Monte Carlo surrogate of one draw (Levy, Carmon, Duchi, Sidford 2020,
+    after Blanchet and Glynn): ``per`` holds ``2 m = 2^(J + 1) B`` per-pair losses and
+
+    ``L = L_B(per[:B]) + (L_2m(per) - (L_m(per[:m]) + L_m(per[m:])) / 2) / P(J)``
+
+    whose gradient has expectation ``E grad L_B + sum_j (E grad L_{2^(j+1) B} -
+    E grad L_{2^j B}) = E grad L_{2^(levels+1) B}`` (docs/theory.md#minibatch-objective)."""
+    m = per.shape[0] // 2
+    j = int(round(math.log2(m / batch_size)))
+    pj = 0.5**j / (2.0 - 0.5**levels)
+    corr = batch_loss(per) - 0.5 * (batch_loss(per[:m]) + batch_loss(per[m:]))
+    return batch_loss(per[:batch_size]) + corr / pj
+
+
 # ---------------------------------------------------------------------------- front ends
 def dpo(
     X,
@@ -556,6 +665,15 @@ def dpo(
     )
 
 
+@O.declare(
+    {
+        "rho0": O.NONNEGATIVE,
+        "variant": [O.Options(("sqrt-mean", "per-pair"))],
+        "penalty": [O.Options(PENALTIES)],
+        "normalizer": [O.Options(APPROX_NORMALIZERS, deprecated={"micro-batch": "batch"})],
+        "decay": [O.Interval(float, 0, 1, closed="right")],
+    }
+)
 def wdpo(
     X,
     y=None,
@@ -602,20 +720,17 @@ def wdpo(
     """
     import torch
 
-    from .torch.losses import check_wdpo_args, wdpo_objective
-    from .torch.normalizers import (
-        RunningStatistic,
-        check_decay,
-        check_normalizer,
-        running_wdpo_objective,
-    )
+    from .torch.losses import wdpo_objective
+    from .torch.normalizers import RunningStatistic, running_wdpo_objective
 
-    rho0 = check_wdpo_args(rho0, variant)  # validated once, not at every step
-    normalizer = check_normalizer(normalizer, variant)
-    decay = check_decay(decay)
-    if penalty not in PENALTIES:
-        raise InputError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
-    beta_sq = check_beta(beta) ** 2
+    # declared: rho0, variant, penalty, decay and the normaliser are checked before the body
+    rho0, decay = float(rho0), float(decay)
+    normalizer = _normalizer(normalizer, variant, "wdpo")
+    # beta is checked once, by fit's declaration; the closures below only run inside fit
+    try:
+        beta_sq = float(beta) ** 2
+    except (TypeError, ValueError):
+        beta_sq = math.nan  # fit refuses such a beta before any step
     data = _data(X, y, weights)
     opts = FitOptions.build(options, where="approx.wdpo", **option_kwargs)
     uniform = _uniform_batches(data, opts)
@@ -670,6 +785,16 @@ def wdpo(
     )
 
 
+@O.declare(
+    {
+        "tau": O.POSITIVE,
+        "variant": [O.Options(("normalized", "clipped"))],
+        "clip": O.POSITIVE,
+        "normalizer": [O.Options(APPROX_NORMALIZERS, deprecated={"micro-batch": "batch"})],
+        "decay": [O.Interval(float, 0, 1, closed="right")],
+        "levels": O.NONNEGATIVE_INT,
+    }
+)
 def kldpo(
     X,
     y=None,
@@ -680,6 +805,7 @@ def kldpo(
     clip: float = 10.0,
     normalizer: str = "batch",
     decay: float = 0.01,
+    levels: int = 6,
     weights=None,
     theta_ref=None,
     options: FitOptions | None = None,
@@ -707,9 +833,20 @@ def kldpo(
         (kept in log space; :mod:`rdpo_theory.torch.normalizers`); weights
         ``exp(l_i / tau) / Z_t``, whose expected gradient is the full-batch one, so the fixed
         point is exact KLDPO at ``tau = lam*`` for every batch size
-        (docs/theory.md#minibatch-fixed-point). Full batch, both are the same objective.
+        (docs/theory.md#minibatch-fixed-point). ``mlmc``: the multilevel Monte Carlo
+        estimator of Levy, Carmon, Duchi and Sidford (2020) (:func:`mlmc_sampler`,
+        docs/theory.md#minibatch-objective): each step draws a level ``J`` with probability
+        ``2^-J`` (normalised over ``0..levels``) and ``2 m = 2^(J+1) B`` i.i.d. pairs, and
+        uses ``grad G_B(first B) + (grad G_2m(all) - (grad G_m(half 1) + grad G_m(half 2)) / 2)
+        / P(J)``, whose expectation is the batch gradient at ``B 2^(levels+1)`` exactly (the
+        fixed point of the batch normaliser at that group size), at an expected cost of about
+        ``B (levels + 2)`` pairs per step. ``accumulated`` is ``batch`` here (one micro-batch
+        per step); ``micro-batch`` is its deprecated alias. Full batch, all are the same
+        objective.
     decay : float in (0, 1]
         EMA weight ``a`` of ``normalizer="running"`` (memory about ``1 / a`` steps).
+    levels : int >= 0
+        Deepest level of ``normalizer="mlmc"``.
     X, y, weights, theta_ref, beta
         As in :func:`fit`.
     options, **option_kwargs
@@ -722,26 +859,30 @@ def kldpo(
         full-batch weights (``q ∝ p_i w_i``).
     """
 
-    from .torch.losses import check_kl_args, kldpo_objective
+    from .torch.losses import kldpo_objective
     from .torch.normalizers import (
         RunningStatistic,
         batch_log_partition,
-        check_decay,
-        check_normalizer,
         running_kldpo_objective,
     )
 
-    tau, _ = check_kl_args(tau, variant, clip)  # validated once, not at every step
-    clip = V.positive(clip, "clip")
-    normalizer = check_normalizer(normalizer, variant)
-    decay = check_decay(decay)
+    # declared: tau, clip, decay, levels and the normaliser are checked once, before the body
+    tau, clip, decay = float(tau), float(clip), float(decay)
+    normalizer = _normalizer(normalizer, variant, "kldpo")
     data = _data(X, y, weights)
     opts = FitOptions.build(options, where="approx.kldpo", **option_kwargs)
     uniform = _uniform_batches(data, opts)
     running = normalizer == "running" and opts.batch_size is not None
+    mlmc = normalizer == "mlmc" and opts.batch_size is not None
     stat = RunningStatistic(decay, log_space=True) if running else None
+    sampler = mlmc_sampler(levels) if mlmc else None
+
+    def batch_loss(per):
+        return kldpo_objective(per, tau=tau, variant="normalized", check=False)[0]
 
     def objective(per, x, w, training=False):
+        if training and mlmc:
+            return mlmc_objective(per, batch_loss, opts.batch_size, levels)
         if training:  # running normaliser on a training minibatch
             log_z = stat.update(batch_log_partition(per, tau))
             return running_kldpo_objective(per, tau=tau, log_partition=log_z)[0]
@@ -757,10 +898,11 @@ def kldpo(
         theta_ref=theta_ref,
         options=opts,
         input_grad=False,
-        pass_training=running,
+        pass_training=running or mlmc,
         method="kldpo",
         variant=variant,
         hyper={"tau": tau, "clip": clip, "normalizer": normalizer, "decay": decay},
+        sampler=sampler,
     )
     res.weights, res.implied_rho = kl_implied(
         res.theta, data, tau=tau, beta=beta, variant=variant, clip=clip, theta_ref=theta_ref

@@ -146,11 +146,11 @@ def test_dpo_trainer_reaches_exact_dpo_and_minibatches_get_close(sample):
 
 def test_weighted_minibatch_sampler_draws_rows_with_probability_p():
     p = np.array([0.5, 0.3, 0.15, 0.05])
-    gen = approx._sampler(p, 1000, np.random.default_rng(0))
+    gen = approx.batch_sampler(p, 1000, np.random.default_rng(0))
     idx = np.concatenate([next(gen) for _ in range(200)])
     freq = np.bincount(idx, minlength=4) / idx.size
     np.testing.assert_allclose(freq, p, atol=0.005)
-    gen = approx._sampler(np.full(10, 0.1), 5, np.random.default_rng(0))
+    gen = approx.batch_sampler(np.full(10, 0.1), 5, np.random.default_rng(0))
     epoch = np.concatenate([next(gen), next(gen)])
     assert sorted(epoch) == list(range(10))  # uniform data: epochs without replacement
 
@@ -243,3 +243,80 @@ def test_fast_paths_equal_reference_objectives():
             for penalty in ("autograd", "closed-form"):
                 fast = approx.wdpo(X, y, rho0=0.3, variant=variant, penalty=penalty, **b, **kw)
                 np.testing.assert_allclose(fast.theta, slow, atol=1e-10)
+
+
+@pytest.mark.slow  # the reference, torch.optim, imports torch._dynamo (about 7 s)
+def test_hand_written_adam_and_sgd_equal_torch_optim():
+    """approx.fit steps by hand (no torch._dynamo import); the updates are torch.optim's."""
+    import torch
+
+    from rdpo_theory.approx import _SGD, _Adam
+
+    g = torch.Generator().manual_seed(0)
+    for mine, ref in (
+        (lambda t: _Adam(t, 0.1), lambda t: torch.optim.Adam([t], lr=0.1)),
+        (lambda t: _SGD(t, 0.1, 0.9), lambda t: torch.optim.SGD([t], lr=0.1, momentum=0.9)),
+    ):
+        a = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        oa, ob = mine(a), ref(b)
+        for _ in range(5):
+            grad = torch.randn(3, generator=g, dtype=torch.float64)
+            a.grad, b.grad = grad.clone(), grad.clone()
+            oa.step()
+            ob.step()
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+
+
+def test_mlmc_gradient_is_unbiased_for_the_deepest_group():
+    """E[grad of the multilevel surrogate] equals grad G_{B 2^(L+1)}: every ordered tuple of
+    every level enumerated, against the minibatch objective of rdpo_theory.minibatch."""
+    import itertools
+
+    import torch
+
+    from rdpo_theory.approx import mlmc_objective
+    from rdpo_theory.minibatch import batch_law, batch_objective
+    from rdpo_theory.torch.losses import dpo_pair_losses, kldpo_objective
+
+    rng = np.random.default_rng(0)
+    X, y, p = rng.normal(size=(3, 2)), np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.3, 0.2])
+    data = PreferenceData(X, y, p)
+    tau, B, levels, th = 0.4, 1, 1, np.array([0.3, -0.7])
+    pj = 0.5 ** np.arange(levels + 1) / (0.5 ** np.arange(levels + 1)).sum()
+    sb = torch.tensor(data.signed_labels)
+    Xt = torch.tensor(X)
+    expected = np.zeros(2)
+    for j in range(levels + 1):
+        for t in itertools.product(range(3), repeat=B * 2 ** (j + 1)):
+            theta = torch.tensor(th, requires_grad=True)
+            idx = list(t)
+            per = dpo_pair_losses(sb[idx] * (Xt[idx] @ theta))
+            loss = mlmc_objective(
+                per, lambda q: kldpo_objective(q, tau=tau, check=False)[0], B, levels
+            )
+            (grad,) = torch.autograd.grad(loss, theta)
+            expected += pj[j] * np.prod(p[idx]) * grad.numpy()
+    dist, rows, prob = batch_law(data, B * 2 ** (levels + 1), replace=True)
+    ref = batch_objective(th, dist.X, dist.signed_labels, rows, prob, tau=tau).grad
+    np.testing.assert_allclose(expected, ref, atol=1e-12)
+
+
+def test_normalizer_vocabulary():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(20, 2)), (rng.random(20) < 0.6).astype(float)
+    kw = dict(tau=1.0, beta=1.0, batch_size=4, max_steps=20, gtol=0.0)
+    with pytest.warns(DeprecationWarning):
+        old = approx.kldpo(X, y, normalizer="micro-batch", **kw)
+    new = approx.kldpo(X, y, normalizer="batch", **kw)
+    acc = approx.kldpo(X, y, normalizer="accumulated", **kw)
+    np.testing.assert_array_equal(old.theta, new.theta)
+    np.testing.assert_array_equal(acc.theta, new.theta)
+    res = approx.kldpo(X, y, normalizer="mlmc", levels=3, **kw)
+    assert np.all(np.isfinite(res.theta))
+    with pytest.raises(InputError, match="'normalizer' parameter of kldpo"):
+        approx.kldpo(X, y, normalizer="global", **kw)
+    with pytest.raises(InputError, match="mlmc"):
+        approx.kldpo(X, y, variant="clipped", normalizer="mlmc", **kw)
+    with pytest.raises(InputError, match="'tau' parameter of kldpo"):
+        approx.kldpo(X, y, tau="1", beta=1.0)

@@ -243,8 +243,8 @@ def test_layout_groups():
     assert (paper.global_batch, paper.group_size) == (128, 32)
     assert [lay.global_batch for lay in LAYOUTS] == [128] * len(LAYOUTS)
     assert Layout("x", 8, 4, 4, gather=False).group_size == 4
-    assert Layout("x", 8, 4, 4, normalize="accumulated").group_size == 128
-    assert Layout("x", 2, 3, 5, gather=False, normalize="accumulated").group_size == 15
+    assert Layout("x", 8, 4, 4, normalizer="accumulated").group_size == 128
+    assert Layout("x", 2, 3, 5, gather=False, normalizer="accumulated").group_size == 15
 
 
 @pytest.mark.slow
@@ -404,3 +404,190 @@ def test_running_normalizer_bias_grows_with_the_decay():
         fp = fixed_point(data, est, beta=1.0, batch_size=4, batches=200, sets=2)
         d[a] = np.linalg.norm(fp.theta - ex.theta)
     assert d[0.3] > 0.02 and d[0.01] < 0.004 and d[0.3] > 8 * d[0.01]
+
+
+# ---------------------------------------------------------------------------- the objective
+def _small_world(seed, n=10, d=3, uniform=False):
+    """n random pairs, the last d of them copies of the first d with flipped labels (so the
+    data are never separable and DPO has a finite optimum)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n - d, d))
+    y = (X @ rng.normal(size=d) + rng.normal(size=n - d) > 0).astype(float)
+    X, y = np.r_[X, X[:d]], np.r_[y, 1 - y[:d]]
+    p = None if uniform else rng.dirichlet(np.ones(n))
+    return PreferenceData(X, y, p)
+
+
+def test_batch_law_is_the_multinomial_and_hypergeometric_law():
+    """Every multiset with its probability, against ordered tuples counted one by one."""
+    import itertools
+    import math
+
+    from rdpo_theory.minibatch import batch_law, multisets
+
+    assert multisets(5, 3).shape == (math.comb(7, 3), 3)
+    data = _small_world(0, n=4, d=2)
+    distinct, rows, prob = batch_law(data, 3)
+    ref = {}
+    for t in itertools.product(range(4), repeat=3):
+        k = tuple(sorted(t))
+        ref[k] = ref.get(k, 0.0) + np.prod(distinct.weights[list(t)])
+    np.testing.assert_allclose(prob, [ref[tuple(r)] for r in rows], rtol=1e-12)
+    # without replacement from rows with duplicates: the hypergeometric law
+    X = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [2.0, 1.0], [1.0, 0]])
+    dup = PreferenceData(X, np.array([1.0, 1, 0, 1, 1]))
+    distinct, rows, prob = batch_law(dup, 2)
+    key = {tuple(r): i for i, r in enumerate(np.column_stack([distinct.X, distinct.y]))}
+    ref = {}
+    for a, b in itertools.permutations(range(5), 2):
+        k = tuple(sorted(key[tuple(np.r_[X[i], dup.y[i]])] for i in (a, b)))
+        ref[k] = ref.get(k, 0.0) + 1 / 20
+    assert len(rows) == len(ref)
+    np.testing.assert_allclose(prob, [ref[tuple(r)] for r in rows], rtol=1e-12)
+
+
+def test_minibatch_objective_derivatives_symmetry_and_jensen_order():
+    """grad and Hessian of G_B by finite differences; the Hessian is symmetric; G_B grows with
+    B from the DPO risk (B = 1) towards the full-batch tau log E exp(l / tau)."""
+    from rdpo_theory.losses import dpo_losses
+    from rdpo_theory.minibatch import batch_law, batch_objective
+
+    data = _small_world(1, n=8)
+    th = np.array([0.3, -0.2, 0.5])
+    tau = 0.6
+    vals = []
+    for B in (1, 2, 3, 4):
+        dist, rows, prob = batch_law(data, B)
+        sb = dist.signed_labels
+
+        def G(t, rows=rows, prob=prob, dist=dist, sb=sb):
+            return batch_objective(t, dist.X, sb, rows, prob, tau=tau)
+
+        ob = G(th)
+        vals.append(ob.value)
+        h = 1e-6
+        fd = [(G(th + h * e).value - G(th - h * e).value) / (2 * h) for e in np.eye(3)]
+        np.testing.assert_allclose(ob.grad, fd, atol=1e-8)
+        fdh = np.array([(G(th + h * e).grad - G(th - h * e).grad) / (2 * h) for e in np.eye(3)])
+        np.testing.assert_allclose(ob.hess, fdh, atol=1e-6)
+        np.testing.assert_allclose(fdh, fdh.T, atol=1e-6)
+    l = dpo_losses(th, data, beta=1.0)
+    full = tau * np.log(data.weights @ np.exp(l / tau))
+    assert abs(vals[0] - data.weights @ l) < 1e-12
+    assert all(a < b for a, b in zip(vals, vals[1:])) and vals[-1] < full
+
+
+@pytest.mark.parametrize("seed,useed", [(0, 0), (1, 3), (2, 4)])
+def test_exact_fixed_point_b1_is_dpo_and_full_batch_is_exact_kldpo(seed, useed):
+    from rdpo_theory.minibatch import exact_fixed_point
+
+    data = _small_world(seed)
+    fp = exact_fixed_point(data, Estimator("kldpo", "normalized", 0.4), beta=1.0, batch_size=1)
+    ex = exact_dpo(data, beta=1.0, solver="fast")
+    assert np.abs(fp.theta - ex.theta).max() < 1e-10
+    assert fp.info["certificate"] < 1e-10
+    uni = _small_world(useed, n=9, uniform=True)  # a world where the KL ball binds
+    kl = exact_kldpo(uni, rho=0.05, beta=1.0)
+    full = exact_fixed_point(uni, Estimator("kldpo", "normalized", kl.dual), beta=1.0, batch_size=9)
+    assert full.info["multisets"] == 1
+    assert np.abs(full.theta - kl.theta).max() < 1e-7
+
+
+def test_certificate_bounds_the_distance_to_the_minimiser():
+    from rdpo_theory.minibatch import batch_law, batch_objective, certify, exact_fixed_point
+
+    data = _small_world(4)
+    est = Estimator("kldpo", "normalized", 0.5)
+    fp = exact_fixed_point(data, est, beta=1.0, batch_size=3)
+    dist, rows, prob = batch_law(data, 3)
+    for eps in (1e-6, 1e-5, 1e-4, 1e-3, 0.1):
+        th = fp.theta + eps * np.array([1.0, -1.0, 0.5])
+        ob = batch_objective(th, dist.X, dist.signed_labels, rows, prob, tau=0.5)
+        bound = certify(th, ob, dist.X, dist.signed_labels, tau=0.5)
+        dist_true = np.linalg.norm(th - fp.theta)
+        ev = np.linalg.eigvalsh(ob.hess)  # ||grad|| / mu is at most the condition number
+        assert dist_true <= bound  # never below the true distance (inf: nothing certified)
+        if eps <= 1e-4:  # near the minimiser (the certificate's use: ||grad|| ~ 1e-12)
+            assert bound < 2 * ev[-1] / ev[0] * dist_true  # the condition number times it
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_control_variate_never_worse_than_none_against_enumeration(seed):
+    """At B = 1, 2, 4 on three worlds, the sampled theta_B with the control variate is no
+    farther from the exact (enumerated) theta_B than without it; at B = 1 it is DPO to
+    rounding, within its stated (zero) Monte Carlo error."""
+    from rdpo_theory.minibatch import exact_fixed_point
+
+    data = _small_world(seed)
+    est = Estimator("kldpo", "normalized", 0.3)
+    for B in (1, 2, 4):
+        ex = exact_fixed_point(data, est, beta=1.0, batch_size=B)
+        kw = dict(beta=1.0, batch_size=B, batches=300, sets=4, seed=seed)
+        on = fixed_point(data, est, **kw)
+        off = fixed_point(data, est, control_variate=False, **kw)
+        err_on = np.sqrt(np.mean(np.sum((on.thetas - ex.theta) ** 2, axis=1)))
+        err_off = np.sqrt(np.mean(np.sum((off.thetas - ex.theta) ** 2, axis=1)))
+        assert err_on <= err_off
+        assert np.all(np.abs(on.theta - ex.theta) <= 4 * on.theta_se + 1e-8)
+        if B == 1:
+            assert err_on < 1e-7  # least-squares rounding of c = (1, 0)
+
+
+def test_sampled_root_agrees_with_enumeration_for_clipped_and_sqrt_mean():
+    from rdpo_theory.minibatch import exact_fixed_point
+
+    data = _small_world(5, n=8)
+    for est in (Estimator("kldpo", "clipped", 0.5), Estimator("wdpo", "sqrt-mean", 0.2)):
+        ex = exact_fixed_point(data, est, beta=1.0, batch_size=2)
+        s = fixed_point(data, est, beta=1.0, batch_size=2, batches=300, sets=4)
+        assert np.all(np.abs(s.theta - ex.theta) <= 4 * s.theta_se + 1e-6)
+        # and the exact root is a root of the exact expected gradient
+        assert ex.residual < 1e-7
+
+
+def test_layout_vocabulary():
+    with pytest.warns(DeprecationWarning):
+        lay = Layout("x", 8, 4, 4, True, "micro-batch")
+    assert lay.normalizer == "batch" and lay.group_size == 32
+    with pytest.raises(InputError, match="'normalizer' parameter of Layout"):
+        Layout("x", normalizer="global")
+    with pytest.raises(InputError, match="'workers' parameter of Layout"):
+        Layout("x", workers=0)
+
+
+def test_jacobian_symmetric_for_normalized_and_sqrt_mean_asymmetric_for_clipped():
+    """The exact F_B of normalized KLDPO is grad G_B and that of WDPO sqrt-mean is
+    grad E_b[L_b]: symmetric Jacobians. The clipped weights' centre gives an asymmetric one,
+    so no objective has F_B as its gradient (docs/theory.md#minibatch-objective)."""
+    from rdpo_theory.minibatch import batch_law
+
+    data = _small_world(2)
+    dist, rows, prob = batch_law(data, 2)
+    th = np.array([0.3, -0.4, 0.2])
+    asym = {}
+    for est in (
+        Estimator("kldpo", "normalized", 0.5),
+        Estimator("kldpo", "clipped", 0.5),
+        Estimator("wdpo", "sqrt-mean", 0.3),
+    ):
+        F = expected_gradient_fn(dist, est, rows, beta=1.0, control_variate=False, probs=prob)
+        h = 1e-6
+        J = np.array([(F(th + h * e) - F(th - h * e)) / (2 * h) for e in np.eye(3)]).T
+        asym[est.variant] = np.abs(J - J.T).max() / np.abs(J).max()
+    assert asym["normalized"] < 1e-8 and asym["sqrt-mean"] < 1e-8
+    assert asym["clipped"] > 1e-3
+
+
+def test_clipped_fixed_point_is_exact_kldpo_at_a_larger_temperature():
+    """i.i.d. groups, clip not binding: theta_B of 'clipped' is the full-batch normalised
+    answer at tau B / (B - 1), against the enumerated law at B = 2 and 3."""
+    from rdpo_theory.minibatch import clipped_closed_form, exact_fixed_point
+
+    data = _small_world(6, n=7)
+    est = Estimator("kldpo", "clipped", 0.8, clip=1e6)
+    for B in (1, 2, 3):
+        cf = clipped_closed_form(data, est, beta=1.0, batch_size=B)
+        ex = exact_fixed_point(data, est, beta=1.0, batch_size=B)
+        np.testing.assert_allclose(cf.theta, ex.theta, atol=1e-8)
+    tight = Estimator("kldpo", "clipped", 0.8, clip=1.0001)  # the clip binds: no closed form
+    assert clipped_closed_form(data, tight, beta=1.0, batch_size=3) is None

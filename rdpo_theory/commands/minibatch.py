@@ -42,7 +42,21 @@ def run(args) -> int:
     print(f"[minibatch] {time.perf_counter() - t0:.1f}s")
     for p in paths:
         print(f"  {p}")
+    print(summary(args.out))
     return 0
+
+
+def summary(out) -> str:
+    """A few lines from the written ``minibatch_runs.csv``: the effective / intended radius
+    of each estimator at each group size."""
+    import pandas as pd
+
+    runs = pd.read_csv(Path(out) / "minibatch_runs.csv")
+    runs = runs[runs["batch"] != "full"]
+    tab = runs.pivot_table(
+        index=["variant", "normalizer"], columns="B", values="effective_ratio", aggfunc="first"
+    )
+    return "effective / intended radius by group size B:\n" + tab.round(3).to_string()
 
 
 @register(

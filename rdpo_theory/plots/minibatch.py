@@ -81,7 +81,7 @@ def path_distance(runs: pd.DataFrame, path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("normalisation group size B (pairs)")
-        ax.set_ylabel("||theta_B - theta*(rho)||  (dotted: to the path)")
+        ax.set_ylabel("||theta_B - theta*(rho)||\n(dotted: distance to the exact path)")
         ax.set_title("KLDPO" if fam == "kl" else "WDPO")
         ax.legend(fontsize=7)
     return savefig(fig, path)

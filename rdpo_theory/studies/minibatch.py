@@ -32,8 +32,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..methods import listed, loss_variant
-from ..minibatch import LAYOUTS, Estimator, fixed_point
+from ..minibatch import (
+    LAYOUTS,
+    Estimator,
+    clipped_closed_form,
+    exact_fixed_point,
+    fixed_point,
+    has_objective,
+)
 from .approx_vs_exact import ApproxConfig, evaluate_rewards, exact_kl, make_world
 
 
@@ -63,6 +71,14 @@ NORMALIZERS = {
     "wdpo-alg1": ("batch", "running"),
     "wdpo-per-pair": ("batch",),
 }
+
+#: Most multisets the study enumerates for an exact theta_B (KLDPO normalized, batch): on its
+#: world of 253 distinct pairs B = 1 and 2 are exact, larger B sampled.
+EXACT_LIMIT = 3_000_000
+#: The same for the root-found estimators (clipped, WDPO; one vmapped torch pass over every
+#: multiset per evaluation): B = 1 on the study's world.
+EXACT_ROOT_LIMIT = 2_000
+
 #: (method, variant, normalizer) of the study.
 ESTIMATORS = tuple((*loss_variant(m), nz) for m in listed("minibatch") for nz in NORMALIZERS[m])
 
@@ -89,7 +105,7 @@ class MinibatchConfig:
     data_seed: int = 0
     kl_radii: tuple[float, ...] = (0.01,)
     w_fractions: tuple[float, ...] = (0.15,)
-    batch_sizes: tuple[int, ...] = (1, 4, 32, 128)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 32, 128)
     batches: int = 200
     sets: int = 3
     decay: float = 0.01
@@ -157,13 +173,15 @@ def _exact_theta(family: str, data, radius: float, beta: float) -> np.ndarray:
     return exact_solution(family, data, radius, beta).theta
 
 
-def exact_solutions(radii: dict, data, beta: float, *, jobs: int = 1) -> dict:
+def exact_solutions(radii: dict, data, beta: float, *, jobs: int = 1, progress=False) -> dict:
     """``{(family, radius): ExactResult}`` for every family of ``radii`` (family -> radii,
     0 added), all solves in one joblib pool."""
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     todo = sorted({(f, float(r)) for f, rs in radii.items() for r in (0.0, *rs) if r >= 0})
-    res = Parallel(n_jobs=jobs)(delayed(exact_solution)(f, data, r, beta) for f, r in todo)
+    it = tqdm(todo, desc="minibatch exact paths", disable=not progress)
+    res = Parallel(n_jobs=jobs)(delayed(exact_solution)(f, data, r, beta) for f, r in it)
     return dict(zip(todo, res))
 
 
@@ -283,6 +301,22 @@ def solve_cell(params: dict, shared: dict):
     )
     B = params["B"]
     with _worker():
+        if B and est.variant == "clipped":  # closed form: exact KLDPO at tau B / (B - 1)
+            fp = clipped_closed_form(shared["data"], est, beta=shared["beta"], batch_size=B)
+            if fp is not None:
+                return fp
+        if B and est.normalizer == "batch":  # the exact batch law where it can be enumerated
+            try:
+                return exact_fixed_point(
+                    shared["data"],
+                    est,
+                    beta=shared["beta"],
+                    batch_size=B,
+                    theta0=ref["full"][params["variant"]],
+                    limit=EXACT_LIMIT if has_objective(est) else EXACT_ROOT_LIMIT,
+                )
+            except InputError:
+                pass
         return fixed_point(
             shared["data"],
             est,
@@ -355,6 +389,10 @@ def cell_row(params: dict, fp, measures: dict, shared: dict) -> dict:
     row["effective_radius_se"] = se([m["effective_radius"] for m in sets])
     row["off_path_se"] = se([m["off_path"] for m in sets])
     row["effective_ratio"] = row["effective_radius"] / rho
+    # how far theta_B is from the family's exact path, as a fraction of its displacement from
+    # the intended optimum (exact where the batch law was enumerated: ``exact``)
+    row["off_path_frac"] = row["off_path"] / row["theta_dist"] if B else math.nan
+    row["exact"] = bool(fp.info.get("exact", False))
     if kl:
         implied = [
             kl_implied(t, data, tau=hyper, beta=beta, variant=est.variant, clip=est.clip)[1]
@@ -471,7 +509,7 @@ def tables(
         "w1": [f * g for f in cfg.w1_path],
         "w2": [f * g for f in (*cfg.w2_path, *cfg.w_fractions)],
     }
-    solutions = exact_solutions(radii, data, beta, jobs=jobs)
+    solutions = exact_solutions(radii, data, beta, jobs=jobs, progress=progress)
     paths = exact_paths(radii, data, beta, solutions=solutions)
     reference = _references(cfg, data, beta, solutions)
     shared = {
@@ -592,7 +630,7 @@ def decay_table(cells: list[dict], fps: list, shared: dict) -> pd.DataFrame:
 def layout_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Each layout of :data:`rdpo_theory.minibatch.LAYOUTS` joined with the rows of its group
     size: columns ``layout``, ``workers``, ``micro_batch``, ``accumulation``, ``gather``,
-    ``normalize``, ``global_batch``, ``group_size`` and the run columns."""
+    ``layout_normalizer``, ``global_batch``, ``group_size`` and the run columns."""
     out = []
     for lay in LAYOUTS:
         sub = runs[runs["B"] == lay.group_size]
@@ -603,7 +641,7 @@ def layout_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "micro_batch": lay.micro_batch,
                 "accumulation": lay.accumulation,
                 "gather": lay.gather,
-                "normalize": lay.normalize,
+                "layout_normalizer": lay.normalizer,
                 "global_batch": lay.global_batch,
                 "group_size": lay.group_size,
             }
