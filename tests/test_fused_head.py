@@ -486,7 +486,7 @@ def test_precomputed_reference_and_config(batch, capsys):
     from rdpo_theory.cli import main
 
     assert main(["llm", "--tiny", "--fused-head"]) == 2
-    assert "--fused-head does not apply to --tiny" in capsys.readouterr().err
+    assert "--fused_head does not apply to --tiny" in capsys.readouterr().err
 
 
 def test_lora_model(batch, lm_chunks):
