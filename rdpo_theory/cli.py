@@ -37,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _file_backend() -> None:
     """The commands only write image files: use matplotlib's ``Agg`` backend unless the user
     chose one (``MPLBACKEND``). Done here, not at import of :mod:`rdpo_theory.plots`, so the
-    library never switches a user's backend."""
+    library never switches a user's backend. Set through the environment when matplotlib is not
+    loaded yet, so a command that draws nothing does not pay for importing it."""
     if "MPLBACKEND" not in os.environ:
-        import matplotlib
-
-        matplotlib.use("Agg")
+        if "matplotlib" in sys.modules:
+            sys.modules["matplotlib"].use("Agg")
+        else:
+            os.environ["MPLBACKEND"] = "Agg"
 
 
 def main(argv: list[str] | None = None) -> int:

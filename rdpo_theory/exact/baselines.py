@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ._common import CLARABEL_RETRIES
 from .ball import project_ball
 from .certificates import TIGHT

@@ -31,13 +31,13 @@ from __future__ import annotations
 import functools
 import warnings
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 from scipy.special import expit, xlog1py, xlogy
 
 from ..errors import SolverError
+from ..lazy import cvxpy as cp
 from ..losses import (
     dpo_loss,
     kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)

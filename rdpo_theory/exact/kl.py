@@ -27,10 +27,10 @@ from __future__ import annotations
 import time
 import warnings
 
-import cvxpy as cp
 import numpy as np
 
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..losses import dpo_loss
 from . import certificates as cert
 from . import fast
