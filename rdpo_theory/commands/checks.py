@@ -5,6 +5,8 @@ command refuses bad arguments before it starts any work or writes any file."""
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 
 from ..errors import InputError
@@ -12,15 +14,48 @@ from ..errors import InputError
 
 def output_dir(path, flag: str = "--out") -> Path:
     """A folder to write into: it may not exist yet, but must not be a file (nor lie under
-    one)."""
+    one), and the folder that holds it (its nearest existing ancestor) must be writable,
+    checked by creating and removing a temporary file there (so read-only file systems count,
+    even for root)."""
     p = Path(path)
     for q in (p, *p.parents):
         if q.exists():
             if not q.is_dir():
                 what = "is an existing file" if q == p else f"lies under the file {str(q)!r}"
                 raise InputError(f"{flag} {str(p)!r} {what}; give a folder")
+            _probe_write(q, p, flag)
             break
     return p
+
+
+def _probe_write(folder: Path, target: Path, flag: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rdpo-write-check-")
+    except OSError as exc:
+        where = "" if folder == target else f" (in {str(folder)!r})"
+        raise InputError(
+            f"{flag} {str(target)!r} is not writable{where}: {exc.strerror or exc}"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+#: Arguments naming folders a command writes into: (attribute, flag). :func:`output_paths`
+#: checks each one a command has, before the command runs (``cli.main`` calls it).
+OUTPUT_PATHS = (("out", "--out"), ("cache", "--cache"))
+
+
+def output_paths(args) -> None:
+    """Check every output folder of ``args`` (:data:`OUTPUT_PATHS`, when given) with
+    :func:`output_dir`, so a command refuses a file or an unwritable folder before any work.
+    A command that only reads one of them sets ``check_paths=False`` on its parser and checks
+    what it writes itself (``rdpo cache info``)."""
+    if not getattr(args, "check_paths", True):
+        return
+    for attr, flag in OUTPUT_PATHS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            output_dir(value, flag)
 
 
 def jobs(n, flag: str = "--jobs") -> int:

@@ -40,7 +40,23 @@ def run(args) -> int:
     print(f"[compare] {time.perf_counter() - t0:.1f}s")
     for p in paths:
         print(f"  {p}")
+    summary = [p for p in paths if Path(p).name == "approx_summary.csv"]
+    if summary:
+        print_summary(summary[0])
     return 0
+
+
+def print_summary(path) -> None:
+    """The study's result in a few lines, read from its table ``approx_summary.csv``: per
+    family and method, the largest parameter distance to the exact minimax solution and the
+    largest robust gap (nats) over the radii."""
+    import pandas as pd
+
+    t = pd.read_csv(path)
+    t = t[~t["method"].str.endswith("-exact")]
+    worst = t.groupby(["family", "method"], sort=False)[["param_dist", "robust_gap"]].max()
+    print(f"largest over the radii ({Path(path).name}): distance to the exact optimum, robust gap")
+    print(worst.to_string(float_format=lambda v: f"{v:.3g}"))
 
 
 @register(
