@@ -17,7 +17,11 @@ from .extras import extra_of, install_hint
 COMMANDS = ["solve", "figures", "rates", "shift", "llm", "audit", "compare", "minibatch", "cache"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``rdpo`` parser. A command module may define ``add_config_arguments(parser)``, flags
+    generated from a study configuration (which imports the study): they are added for
+    ``command`` only (every command when ``command`` is None), so that parsing ``rdpo solve``
+    never imports the studies."""
     parser = argparse.ArgumentParser(
         prog="rdpo",
         description="Exact solvers, scalable algorithms and studies for robust DPO "
@@ -31,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"rdpo_theory.commands.{name}").add_parser(sub)
+        module = importlib.import_module(f"rdpo_theory.commands.{name}")
+        module.add_parser(sub)
+        if command in (None, name) and hasattr(module, "add_config_arguments"):
+            module.add_config_arguments(sub.choices[name])
     parser.set_defaults(subcommands=sub.choices)  # name -> its parser (usage, option names)
     return parser
 
@@ -99,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     An ``OSError`` (a permission, a full disk) is one line too; a closed stdout (``| head``)
     ends the command silently."""
     _file_backend()
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before COMMAND
-    args = parse_args(parser, [a for a in argv if a != "--debug"])
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
+    args = parse_args(parser, argv)
     args.debug = debug
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -42,12 +42,12 @@ def test_figures_list(tmp_path, capsys):
 HEAVY = ("torch", "cvxpy")
 
 
-def _imported_after(code: str) -> dict:
-    """Which of HEAVY a fresh interpreter holds in sys.modules after running ``code``."""
+def _imported_after(code: str, modules=HEAVY) -> dict:
+    """Which of ``modules`` a fresh interpreter holds in sys.modules after running ``code``."""
     import subprocess
     import sys
 
-    probe = f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    probe = f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {modules!r}}}))"
     out = subprocess.run(
         [sys.executable, "-c", code + probe], capture_output=True, text=True, check=True
     ).stdout
@@ -73,7 +73,8 @@ def test_fast_solve_imports_neither_torch_nor_cvxpy():
         "res = json.loads(buf.getvalue())\n"
         "assert res['solver'] == 'fast' and res['status'] == 'optimal', res\n"
     )
-    assert _imported_after(code) == {"torch": False, "cvxpy": False}
+    studies = ("rdpo_theory.studies.rates", "rdpo_theory.studies.shift")
+    assert _imported_after(code, HEAVY + studies) == dict.fromkeys(HEAVY + studies, False)
 
 
 def test_default_solve_path_agrees_with_cvxpy(capsys):
@@ -252,3 +253,30 @@ def test_compare_prints_a_summary_from_its_table(tmp_path, capsys):
     print_summary(path)
     out = capsys.readouterr().out
     assert "kldpo-alg2" in out and "3e-08" in out and "2e-09" in out and "kldpo-exact" not in out
+
+
+def test_study_flags_are_generated_from_the_configs(capsys):
+    """Issue 23: the study commands' flags come from the configs' field metadata; the old
+    dashed spellings stay as aliases, and a refused value names the flag before any work."""
+    import dataclasses
+
+    from rdpo_theory.cli import build_parser
+    from rdpo_theory.studies.approx_vs_exact import ApproxConfig
+    from rdpo_theory.studies.rates import RatesConfig
+
+    parser = build_parser("rates")
+    rates = parser.parse_args(["rates"]).subcommands["rates"]
+    text = " ".join(rates.format_help().split())
+    help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(RatesConfig)}
+    for name in ("world_seed", "seeds", "delta", "solver", "n_boot"):
+        assert f"--{name}" in text and help_of[name] in text, name
+    assert "--world-seed" in text and "(default: 0.05)" in text
+    args = parser.parse_args(["rates", "--world-seed", "3", "--full"])
+    assert args.world_seed == 3 and args.seeds is None  # None: the preset's value
+    compare = build_parser("compare").parse_args(["compare"]).subcommands["compare"]
+    assert "seeds per n (default: 1; --full: 3)" in " ".join(compare.format_help().split())
+    assert ApproxConfig.full(seeds=5).seeds == 5 and ApproxConfig.full().max_steps == 3000
+    assert main(["compare", "--max-steps", "0"]) == 2
+    assert "--max-steps must be an int >= 1. Got 0 instead." in capsys.readouterr().err
+    assert main(["shift", "--groups", "--alpha0", "0.2"]) == 2
+    assert "--alpha0 does not apply to --groups" in capsys.readouterr().err

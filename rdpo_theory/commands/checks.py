@@ -4,8 +4,10 @@ command refuses bad arguments before it starts any work or writes any file."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -98,3 +100,55 @@ def joblib_backend(name, flag: str = "--backend"):
     if name not in known:
         raise InputError(f"{flag} must be a joblib backend, one of {known}; got {name!r}")
     return name
+
+
+# ---------------------------------------------------------------- flags from study configs
+def config_arguments(parser, cls, *, names=None, presets=None) -> list[str]:
+    """Add flags generated from the fields of the study configuration dataclass ``cls``
+    (:func:`rdpo_theory.options.add_arguments`: ``--field_name``, ``--field-name`` and the
+    field's declared aliases, its help and its type) and return the field names added.
+
+    Only the command-line fields in ``names`` (default: all) get a flag. Each flag defaults to
+    None, meaning "the preset's value": ``presets`` maps a label to a factory (``{"": Cls.quick,
+    "--full: ": Cls.full}``) and the help lists each preset's value. :func:`config_changes`
+    collects the flags that were given."""
+    from .. import options as O
+
+    fields = [f.name for f in dataclasses.fields(cls)]
+    keep = set(fields if names is None else names)
+    added = O.add_arguments(
+        parser,
+        cls,
+        exclude=[f for f in fields if f not in keep],
+        defaults=dict.fromkeys(fields, None),
+    )
+    built = [(label, make()) for label, make in (presets or {"": cls}).items()]
+    for action in parser._actions:  # the help of the actions just added: the presets' values
+        if action.dest in added and action.help and "%(default)s" in action.help:
+            values = [getattr(cfg, action.dest) for _, cfg in built]
+            note = "; ".join(f"{label}{v}" for (label, _), v in zip(built, values))
+            if all(v == values[0] for v in values):
+                note = str(values[0])
+            action.help = action.help.replace("%(default)s", note.replace("%", "%%"))
+    return added
+
+
+def config_changes(args, names) -> dict:
+    """The configuration fields in ``names`` given on the command line (not None)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def build_config(factory, **changes):
+    """``factory(**changes)``: a study configuration checked before any work. A refused field
+    that came from the command line is named by its flag (``--world-seed must be an int >= 0.
+    Got -1 instead.``)."""
+    try:
+        return factory(**changes)
+    except InputError as exc:
+
+        def flag(m: re.Match) -> str:
+            name = m.group(1)
+            return "--" + name.replace("_", "-") if name in changes else m.group(0)
+
+        msg = re.sub(r"The '(\w+)' parameter of \w+", flag, str(exc))
+        raise InputError(msg) from None

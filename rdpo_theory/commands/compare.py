@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..figures import register, write_tables
+from . import checks as C
 
 DEFAULT_OUT = Path("figures")
 
@@ -28,13 +29,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_config_arguments(p) -> None:
+    """Flags generated from :class:`~rdpo_theory.studies.approx_vs_exact.ApproxConfig`'s
+    command-line fields (``--seeds``, ``--max-steps``, ``--learning-rate``, ...)."""
+    from ..studies.approx_vs_exact import ApproxConfig
+
+    presets = {"": ApproxConfig.quick, "--full: ": ApproxConfig.full}
+    p.set_defaults(config_fields=tuple(C.config_arguments(p, ApproxConfig, presets=presets)))
+
+
 def run(args) -> int:
     from ..studies.approx_vs_exact import ApproxConfig
-    from . import checks as C
 
     C.jobs(args.jobs)
     C.output_dir(args.out)
-    cfg = ApproxConfig.full() if args.full else ApproxConfig.quick()
+    changes = C.config_changes(args, args.config_fields)
+    cfg = C.build_config(ApproxConfig.full if args.full else ApproxConfig.quick, **changes)
     t0 = time.perf_counter()
     paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[compare] {time.perf_counter() - t0:.1f}s")
