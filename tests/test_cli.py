@@ -272,7 +272,7 @@ def test_study_flags_are_generated_from_the_configs(capsys):
         assert f"--{name}" in text and help_of[name] in text, name
     assert "--world-seed" in text and "(default: 0.05)" in text
     args = parser.parse_args(["rates", "--world-seed", "3", "--full"])
-    assert args.world_seed == 3 and args.seeds is None  # None: the preset's value
+    assert args.world_seed == 3 and str(args.seeds) == "20"  # a Preset: the preset's value
     compare = build_parser("compare").parse_args(["compare"]).subcommands["compare"]
     assert "seeds per n (default: 1; --full: 3)" in " ".join(compare.format_help().split())
     assert ApproxConfig.full(seeds=5).seeds == 5 and ApproxConfig.full().max_steps == 3000

@@ -103,39 +103,51 @@ def joblib_backend(name, flag: str = "--backend"):
 
 
 # ---------------------------------------------------------------- flags from study configs
+class Preset:
+    """The default of a flag generated from a study configuration: "the preset's value". Its
+    text (shown by ``--help``) lists the presets' values; :func:`config_changes` skips it."""
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+
+    def __str__(self) -> str:
+        return self.note
+
+
 def config_arguments(parser, cls, *, names=None, presets=None) -> list[str]:
     """Add flags generated from the fields of the study configuration dataclass ``cls``
     (:func:`rdpo_theory.options.add_arguments`: ``--field_name``, ``--field-name`` and the
     field's declared aliases, its help and its type) and return the field names added.
 
-    Only the command-line fields in ``names`` (default: all) get a flag. Each flag defaults to
-    None, meaning "the preset's value": ``presets`` maps a label to a factory (``{"": Cls.quick,
-    "--full: ": Cls.full}``) and the help lists each preset's value. :func:`config_changes`
-    collects the flags that were given."""
+    Only the command-line fields in ``names`` (default: all) get a flag. A flag left out means
+    the preset's value: ``presets`` maps a label to a factory (``{"": Cls.quick, "--full: ":
+    Cls.full}``) and the help lists each preset's value. :func:`config_changes` collects the
+    flags that were given."""
     from .. import options as O
 
     fields = [f.name for f in dataclasses.fields(cls)]
     keep = set(fields if names is None else names)
-    added = O.add_arguments(
-        parser,
-        cls,
-        exclude=[f for f in fields if f not in keep],
-        defaults=dict.fromkeys(fields, None),
-    )
     built = [(label, make()) for label, make in (presets or {"": cls}).items()]
-    for action in parser._actions:  # the help of the actions just added: the presets' values
-        if action.dest in added and action.help and "%(default)s" in action.help:
-            values = [getattr(cfg, action.dest) for _, cfg in built]
-            note = "; ".join(f"{label}{v}" for (label, _), v in zip(built, values))
-            if all(v == values[0] for v in values):
-                note = str(values[0])
-            action.help = action.help.replace("%(default)s", note.replace("%", "%%"))
-    return added
+    defaults = {}
+    for name in fields:
+        values = [getattr(cfg, name) for _, cfg in built]
+        note = "; ".join(f"{label}{v}" for (label, _), v in zip(built, values))
+        if all(v == values[0] for v in values):
+            note = str(values[0])
+        defaults[name] = Preset(note.replace("%", "%%"))
+    return O.add_arguments(
+        parser, cls, exclude=[f for f in fields if f not in keep], defaults=defaults
+    )
 
 
 def config_changes(args, names) -> dict:
-    """The configuration fields in ``names`` given on the command line (not None)."""
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    """The configuration fields in ``names`` given on the command line (not a :class:`Preset`)."""
+    out = {}
+    for n in names:
+        value = getattr(args, n, None)
+        if value is not None and not isinstance(value, Preset):
+            out[n] = value
+    return out
 
 
 def build_config(factory, **changes):
