@@ -13,9 +13,10 @@ in ``tests/independent.py``. Asserted for every problem:
 * refusals are rare.
 
 ``METHODS`` is a table: one row per robust method (its solver call and its reference), so other
-methods join by adding a row. The default run draws ``DEFAULT`` problems per method; the slow
-run (``pytest -m slow``) draws ``FULL`` more in the scheduled full mode (``RDPO_FULL=1``, see
-``tests/budget.py``) and the first ``REDUCED`` of them otherwise. Under ``pytest -s`` a progress
+methods join by adding a row. In the scheduled full mode (``RDPO_FULL=1``, see
+``tests/budget.py``) the default run draws ``DEFAULT`` problems per method and the slow run
+(``pytest -m slow``) ``FULL`` more; otherwise the first ``DEFAULT_REDUCED`` and ``REDUCED`` of
+them. Under ``pytest -s`` a progress
 line on stderr counts the problems.
 """
 
@@ -36,6 +37,8 @@ from rdpo_theory.exact.result import OPTIMALITY_TOL
 DEFAULT = 200
 FULL = 1000  # with the W rows of test_differential_w.py: ~2300 problems in all
 REDUCED = 250  # the slow run outside the full mode: the first REDUCED of the FULL problems
+#: the default run outside the full mode: the first DEFAULT_REDUCED of the DEFAULT problems
+DEFAULT_REDUCED = 100
 #: At most this share of problems may be refused by every path (an accurate SolverError).
 MAX_REFUSED = 0.03
 
@@ -181,7 +184,7 @@ def check(method: Method, seeds) -> dict:
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_differential_default(name):
-    stats = check(METHODS[name], range(DEFAULT))
+    stats = check(METHODS[name], range(count(DEFAULT, DEFAULT_REDUCED)))
     assert stats["refused_by_all"] <= MAX_REFUSED * stats["problems"], stats
 
 

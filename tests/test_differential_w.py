@@ -14,9 +14,10 @@ variables, so the reference's own tolerances are meaningful at every scale). Ass
 * and a small one (``<= tol * (1 + |value|)``).
 
 A refusal (SolverError) is allowed, never a silent disagreement. The default run draws 200
-problems; the full set (860, plus 4 of continuous W_p, p = 2) is marked slow and drawn in the
-scheduled full mode (``RDPO_FULL=1``, ``tests/budget.py``); outside it the slow run draws the
-first quarter of it (215, and 2 of W_p). Under ``pytest -s`` a progress line counts problems.
+problems (197 outside the full mode: 2 of the 5 finite-candidate ones); the full set (860, plus
+4 of continuous W_p, p = 2) is marked slow and drawn in the scheduled full mode
+(``RDPO_FULL=1``, ``tests/budget.py``); outside it the slow run draws the first quarter of it
+(215, and 2 of W_p). Under ``pytest -s`` a progress line counts the problems.
 """
 
 import numpy as np
@@ -230,10 +231,16 @@ def _answered(fn, seeds) -> int:
     return sum(any(r is not None for r in fn(s)) for s in progress(seeds, "differential"))
 
 
+#: The default run outside the full mode draws fewer of the slowest family (a transport program
+#: over all of Z per problem): the first 2 of its 5.
+DEFAULT_REDUCED = {"finite": 2}
+
+
 @pytest.mark.parametrize("method", list(CASES))
 def test_differential_default(method):
     fn, n = CASES[method]
-    assert _answered(fn, range(n)) >= 0.5 * n  # refusals (separable data, no radius) are allowed
+    m = count(n, DEFAULT_REDUCED.get(method, n))
+    assert _answered(fn, range(m)) >= 0.5 * m  # refusals (separable data, no radius) are allowed
 
 
 @pytest.mark.slow
