@@ -12,12 +12,15 @@ Each row runs one command in a fresh Python process ``--repeats`` times and repo
 The peers, measured in the same run: ``python -c pass`` (the interpreter alone), ``import
 cvxpy`` and ``import torch`` (what a command paid before it imported them lazily), and ``rdpo
 solve ... --solver cvxpy``, which still builds the conic program and so imports cvxpy: the
-previous default path of ``rdpo solve``. ``vs_old`` is each ``rdpo solve`` row's wall time over
-that row's. ``--importtime`` adds the ten slowest imports (cumulative, ``python -X importtime``)
-of the default ``rdpo solve``.
+previous default path of ``rdpo solve``. ``--baseline REV`` adds the same ``rdpo solve`` run on
+the package as it was at git revision ``REV`` (exported with ``git archive`` into a temporary
+folder, the working tree untouched), e.g. ``--baseline b97835f``, the commit before the lazy
+imports. ``vs_old`` is each ``rdpo solve`` row's wall time over the baseline row's (else over
+the ``--solver cvxpy`` row's). ``--importtime`` adds the ten slowest imports (cumulative,
+``python -X importtime``) of the default ``rdpo solve``.
 
-Usage: ``python benchmarks/startup.py [--repeats 5] [--importtime]``. The target (issue 26): a
-small ``rdpo solve`` returns within 1.5 s wall.
+Usage: ``python benchmarks/startup.py [--repeats 5] [--baseline REV] [--importtime]``. The
+target (issue 26): a small ``rdpo solve`` returns within 1.5 s wall.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +68,15 @@ ROWS = [
 ]
 
 
+def export_revision(rev: str, dest: Path) -> Path:
+    """The ``rdpo_theory`` package at git revision ``rev``, written under ``dest``."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "rdpo_theory"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def command(kind: str, spec) -> list[str]:
     if kind == "cli":
         return [sys.executable, "-c", CLI.format(probe=PROBE), *spec]
@@ -71,10 +84,11 @@ def command(kind: str, spec) -> list[str]:
 
 
 def run_once(argv: list[str], env: dict) -> tuple[float, float, list[int]]:
-    """Wall and CPU seconds of one run, and the module flags it printed."""
+    """Wall and CPU seconds of one run, and the module flags it printed. The run's current
+    folder is an empty one, so ``python -c`` imports the package on ``PYTHONPATH``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=env["RDPO_BENCH_CWD"])
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -105,16 +119,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="runs per row; the fastest counts")
     ap.add_argument("--importtime", action="store_true", help="the slowest imports of solve")
+    ap.add_argument("--baseline", metavar="REV", help="also time rdpo solve at git revision REV")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND=os.environ.get("MPLBACKEND", ""))
     if not env["MPLBACKEND"]:
         env.pop("MPLBACKEND")
-    results = []
-    for label, kind, spec in ROWS:
-        runs = [run_once(command(kind, spec), env) for _ in range(args.repeats)]
-        wall, cpu, mods = min(runs)
-        results.append((label, wall, cpu, mods))
-    old = next(w for label, w, _, _ in results if label.startswith("rdpo solve (old"))
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as empty:
+        env["RDPO_BENCH_CWD"] = empty
+        rows = [(label, kind, spec, env) for label, kind, spec in ROWS]
+        if args.baseline:
+            old_env = dict(env, PYTHONPATH=str(export_revision(args.baseline, Path(tmp))))
+            rows.insert(
+                -2, (f"rdpo solve ... at {args.baseline} (baseline)", "cli", SOLVE, old_env)
+            )
+        results = []
+        for label, kind, spec, e in rows:
+            runs = [run_once(command(kind, spec), e) for _ in range(args.repeats)]
+            wall, cpu, mods = min(runs)
+            results.append((label, wall, cpu, mods))
+    ref = "(baseline)" if args.baseline else "(old path"
+    old = next(w for label, w, _, _ in results if ref in label)
     print(f"# {args.repeats} repeats each, fastest run; Python {sys.version.split()[0]}")
     head = f"{'command':44s} {'wall_s':>7s} {'cpu_s':>7s} {'vs_old':>7s}  " + "  ".join(PROBE)
     print(head)
