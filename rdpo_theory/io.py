@@ -9,12 +9,18 @@ header is line 1) or column, what was expected and what was found:
 * CSV (:func:`read_preference_csv`): the header must be ``x0, ..., x{d-1}, y`` and optionally
   ``weight``, in any order; missing (``x0,x2`` without ``x1``), unknown (``xfoo``) and duplicate
   columns are refused; every row has as many fields as the header; every value is a finite
-  number; ``y`` is 0 or 1; ``weight`` is >= 0 (weights are normalised by
-  :class:`~rdpo_theory.data.PreferenceData`'s rule: they must sum to 1);
+  number (digit separators such as ``1_000``, which :func:`float` accepts, are refused); lines
+  are file lines, also after a quoted field that spans lines; ``y`` is 0 or 1; ``weight`` is
+  >= 0 (weights are normalised by :class:`~rdpo_theory.data.PreferenceData`'s rule: they must
+  sum to 1);
 * NPZ (:func:`read_preference_npz`): a readable zip of ``.npy`` arrays, no pickled objects,
   arrays ``X`` (n, d) and ``y`` (n,), optional ``weights`` (n,), numeric and finite, no others;
 * JSON lines (:func:`read_preference_jsonl`): one JSON object per non-blank line with string
-  ``prompt``, ``chosen`` and ``rejected`` (other keys are allowed and kept).
+  ``prompt``, ``chosen`` and ``rejected`` (other keys are allowed and kept); a key given twice
+  on a line is refused;
+* tables of named columns (:func:`read_table`, e.g. ``rdpo audit --logps``), CSV or JSON lines:
+  the declared columns only (unknown, duplicate and missing required ones are refused), each
+  value of its declared kind.
 
 :func:`json_safe` turns NaN into ``null`` and infinities into the strings ``"inf"`` and
 ``"-inf"``, so every JSON the package writes is valid JSON.
