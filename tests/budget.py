@@ -3,8 +3,9 @@
 The whole suite must stay under about 10 minutes on 2 cores and ``-m "not slow"`` under 3. The
 randomized differential suites therefore draw a reduced problem set in an ordinary slow run and
 their full problem counts only in the scheduled full mode, ``RDPO_FULL=1`` (``.ci/run`` sets it
-when ``RDPO_CI_FULL`` asks for it; see ``docs/`` and README). The reduced set is the first
-seeds of the full one, so a failure in it reproduces in both modes.
+when its time budget, ``RDPO_CI_BUDGET``, leaves ``RDPO_FULL_MIN_LEFT`` seconds for the tests).
+The reduced set is the first seeds of the full one, so a failure in it reproduces in both
+modes.
 """
 
 from __future__ import annotations
