@@ -9,7 +9,9 @@ import numpy as np
 
 from .errors import InputError
 
-WEIGHT_SUM_TOL = 1e-8
+#: Relative tolerance of the weights' sum (times sqrt(n)): weights written to three decimals,
+#: such as 0.333 x 3 (sum 0.999), are accepted and renormalised; 0.5 + 0.6 is refused.
+WEIGHT_SUM_TOL = 1e-3
 
 
 def _numeric(x, name: str) -> np.ndarray:
@@ -190,7 +192,12 @@ def solver_path(solver, *, method: str, valid=SOLVER_PATHS, why: str = "", X=Non
 
 def cvxpy_solver(name, *, method: str) -> str:
     """Check ``cvxpy_solver``: the name of an installed cvxpy backend (case-insensitive).
-    Returns the name as cvxpy spells it."""
+    Returns the name as cvxpy spells it. The default, Clarabel (a dependency of cvxpy), is
+    accepted without importing cvxpy, so the fast paths never load it."""
+    import importlib.util
+
+    if name == "CLARABEL" and importlib.util.find_spec("clarabel") is not None:
+        return name
     import cvxpy as cp
 
     installed = tuple(cp.installed_solvers())

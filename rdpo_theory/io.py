@@ -9,12 +9,18 @@ header is line 1) or column, what was expected and what was found:
 * CSV (:func:`read_preference_csv`): the header must be ``x0, ..., x{d-1}, y`` and optionally
   ``weight``, in any order; missing (``x0,x2`` without ``x1``), unknown (``xfoo``) and duplicate
   columns are refused; every row has as many fields as the header; every value is a finite
-  number; ``y`` is 0 or 1; ``weight`` is >= 0 (weights are normalised by
-  :class:`~rdpo_theory.data.PreferenceData`'s rule: they must sum to 1);
+  number (digit separators such as ``1_000``, which :func:`float` accepts, are refused); lines
+  are file lines, also after a quoted field that spans lines; ``y`` is 0 or 1; ``weight`` is
+  >= 0 (weights are normalised by :class:`~rdpo_theory.data.PreferenceData`'s rule: they must
+  sum to 1);
 * NPZ (:func:`read_preference_npz`): a readable zip of ``.npy`` arrays, no pickled objects,
   arrays ``X`` (n, d) and ``y`` (n,), optional ``weights`` (n,), numeric and finite, no others;
 * JSON lines (:func:`read_preference_jsonl`): one JSON object per non-blank line with string
-  ``prompt``, ``chosen`` and ``rejected`` (other keys are allowed and kept).
+  ``prompt``, ``chosen`` and ``rejected`` (other keys are allowed and kept); a key given twice
+  on a line is refused;
+* tables of named columns (:func:`read_table`, e.g. ``rdpo audit --logps``), CSV or JSON lines:
+  the declared columns only (unknown, duplicate and missing required ones are refused), each
+  value of its declared kind.
 
 :func:`json_safe` turns NaN into ``null`` and infinities into the strings ``"inf"`` and
 ``"-inf"``, so every JSON the package writes is valid JSON.
@@ -140,17 +146,43 @@ def _csv_columns(path: Path, header: list[str]) -> tuple[list[int], int, int | N
     return [j for _, j in xs], seen["y"], seen.get("weight")
 
 
+def csv_records(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """``(line, fields)`` of every non-blank record of CSV ``text``, ``line`` being the file
+    line (1-based) where the record starts, so a quoted field spanning lines does not shift
+    the lines of the records after it."""
+    reader = csv.reader(_stdio.StringIO(text))
+    out, start = [], 1
+    try:
+        for rec in reader:
+            if rec and any(c.strip() for c in rec):
+                out.append((start, rec))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        _fail(path, f"is not valid CSV: {exc}", line=reader.line_num)
+    return out
+
+
+def parse_number(path: Path, cell: str, *, line: int, column: str, finite: bool = True) -> float:
+    """A CSV cell as a float: what :func:`float` reads except digit separators (``1_000`` is
+    refused: a CSV writer never emits them, so one is a typo); finite unless ``finite=False``."""
+    text = cell.strip()
+    try:
+        if "_" in text:
+            raise ValueError(text)
+        v = float(text)
+    except ValueError:
+        _fail(path, f"expected a number, got {text!r}", line=line, column=column)
+    if finite and not math.isfinite(v):
+        _fail(path, f"expected a finite number, got {text}", line=line, column=column)
+    return v
+
+
 def read_preference_csv(path):
     """Read a CSV written by :func:`write_preference_data` (header ``x0..x{d-1},y[,weight]``).
 
     A file without a ``weight`` column is uniform. See the module docstring for every check."""
     p = check_readable_file(path)
-    text = read_text(p)
-    try:
-        records = list(csv.reader(_stdio.StringIO(text)))
-    except csv.Error as exc:
-        _fail(p, f"is not valid CSV: {exc}")
-    lines = [(i + 1, r) for i, r in enumerate(records) if r and any(c.strip() for c in r)]
+    lines = csv_records(p, read_text(p))
     if not lines:
         _fail(p, "has no header: expected x0, x1, ..., y[, weight]")
     (_, header), body = lines[0], lines[1:]
@@ -165,17 +197,7 @@ def read_preference_csv(path):
     for i, (lineno, rec) in enumerate(body):
         if len(rec) != width:
             _fail(p, f"has {len(rec)} fields, expected {width} like the header", line=lineno)
-        vals = []
-        for j, cell in enumerate(rec):
-            try:
-                v = float(cell)
-            except ValueError:
-                _fail(p, f"expected a number, got {cell.strip()!r}", line=lineno, column=names[j])
-            if not math.isfinite(v):
-                _fail(
-                    p, f"expected a finite number, got {cell.strip()}", line=lineno, column=names[j]
-                )
-            vals.append(v)
+        vals = [parse_number(p, c, line=lineno, column=names[j]) for j, c in enumerate(rec)]
         X[i] = [vals[j] for j in xcols]
         if vals[ycol] not in (0.0, 1.0):
             _fail(p, f"expected a label 0 or 1, got {rec[ycol].strip()}", line=lineno, column="y")
@@ -224,6 +246,118 @@ def read_preference_npz(path):
         _fail(p, str(exc))
 
 
+# ---------------------------------------------------------------------------- tables
+#: Kinds of a :func:`read_table` column: a finite number, a finite number >= 0, an integer
+#: >= 0, a non-empty string.
+COLUMN_KINDS = ("number", "nonnegative", "index", "label")
+
+
+def _cell(path: Path, value, kind: str, *, line: int, column: str):
+    """One table value of ``kind`` (:data:`COLUMN_KINDS`), from a CSV string or a JSON value."""
+    if kind == "label":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            _fail(path, f"expected a string, got {json.dumps(value)}", line=line, column=column)
+        text = str(value).strip()
+        if not text:
+            _fail(path, "expected a non-empty string", line=line, column=column)
+        return text
+    if isinstance(value, str):
+        v = parse_number(path, value, line=line, column=column)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        v = float(value)
+        if not math.isfinite(v):
+            _fail(path, f"expected a finite number, got {value}", line=line, column=column)
+    else:
+        _fail(path, f"expected a number, got {json.dumps(value)}", line=line, column=column)
+    if kind in ("nonnegative", "index") and v < 0:
+        _fail(path, f"expected a number >= 0, got {value}", line=line, column=column)
+    if kind == "index" and v != int(v):
+        _fail(path, f"expected an integer, got {value}", line=line, column=column)
+    return int(v) if kind == "index" else v
+
+
+def read_table(path, columns: dict[str, str], *, required, flag: str = "path") -> dict:
+    """A table of named columns from a CSV file (``.csv``, header on its first line) or a
+    JSON-lines file (any other suffix, one object per line).
+
+    Parameters
+    ----------
+    path : str or Path
+    columns : dict
+        Every allowed column and its kind (:data:`COLUMN_KINDS`): ``"number"`` (finite),
+        ``"nonnegative"``, ``"index"`` (integer >= 0) or ``"label"`` (non-empty string).
+    required : sequence of str
+        The columns every file must have; the others are optional, but a JSON-lines file that
+        has one on some line must have it on every line.
+    flag : str
+        How errors name the path (``"--logps"``).
+
+    Returns
+    -------
+    dict
+        Column name -> list of values (floats, ints or strings), in file order, for the
+        columns the file has, plus ``"_line"``: the file line of each row (1-based).
+
+    Raises
+    ------
+    FileFormatError
+        A missing, unreadable or empty path, a directory, a file with a header but no rows,
+        duplicate, unknown or missing columns, a row with too many or too few fields, a bad
+        value: each names the file, the line and the column.
+    """
+    p = check_readable_file(path, flag=flag)
+    unknown_kinds = {k for k in columns.values() if k not in COLUMN_KINDS}
+    if unknown_kinds:
+        raise ValueError(f"column kinds must be in {COLUMN_KINDS}, got {sorted(unknown_kinds)}")
+    expected = f"expected columns {list(required)} and optionally " + str(
+        [c for c in columns if c not in required]
+    )
+
+    def check_names(names, line):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            _fail(p, f"duplicate columns {dup}", line=line)
+        unknown = [n for n in names if n not in columns]
+        if unknown:
+            _fail(p, f"unknown columns {unknown}; {expected}", line=line)
+        missing = [c for c in required if c not in names]
+        if missing:
+            _fail(p, f"lacks columns {missing}; {expected}", line=line)
+
+    if p.suffix == ".csv":
+        records = csv_records(p, read_text(p))
+        if not records:
+            _fail(p, f"has no header; {expected}")
+        (hline, header), body = records[0], records[1:]
+        names = [h.strip() for h in header]
+        check_names(names, hline)
+        if not body:
+            _fail(p, "has a header but no data rows")
+        rows = []
+        for line, rec in body:
+            if len(rec) != len(names):
+                _fail(p, f"has {len(rec)} fields, expected {len(names)} like the header", line=line)
+            rows.append((line, dict(zip(names, rec))))
+    else:
+        rows = read_jsonl_objects(p, flag=flag, what=f"with {list(required)}")
+        names = list(rows[0][1])
+        for line, obj in rows:
+            check_names(list(obj), line)
+            if set(obj) != set(names):
+                diff = sorted(set(obj) ^ set(names))
+                _fail(
+                    p,
+                    f"has columns {sorted(obj)}, the first row {sorted(names)} ({diff})",
+                    line=line,
+                )
+    out: dict = {n: [] for n in names}
+    out["_line"] = [line for line, _ in rows]
+    for line, row in rows:
+        for n in names:
+            out[n].append(_cell(p, row[n], columns[n], line=line, column=n))
+    return out
+
+
 # ---------------------------------------------------------------------------- JSON lines
 def read_preference_jsonl(path, *, flag: str = "path") -> list[dict]:
     """Preference rows ``{"prompt", "chosen", "rejected"}`` (strings) of a JSON-lines file.
@@ -241,6 +375,19 @@ def read_preference_jsonl(path, *, flag: str = "path") -> list[dict]:
     return rows
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs):
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
+
+
 def read_jsonl_objects(path, *, flag: str = "path", what: str = "") -> list[tuple[int, dict]]:
     """``(line number, object)`` for every non-blank line of a JSON-lines file; each line must
     be one JSON object (``what`` describes the expected keys in errors). At least one."""
@@ -250,9 +397,11 @@ def read_jsonl_objects(path, *, flag: str = "path", what: str = "") -> list[tupl
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             _fail(p, f"is not JSON: {exc.msg} (column {exc.colno})", line=i)
+        except _DuplicateKey as exc:
+            _fail(p, f"has the key {exc.args[0]!r} twice", line=i)
         if not isinstance(obj, dict):
             _fail(
                 p,
@@ -292,7 +441,11 @@ __all__ = [
     "check_readable_file",
     "dumps_json",
     "json_safe",
+    "COLUMN_KINDS",
+    "csv_records",
+    "parse_number",
     "read_preference_csv",
+    "read_table",
     "read_preference_data",
     "read_jsonl_objects",
     "read_preference_jsonl",

@@ -93,7 +93,8 @@ def test_audit_bad_tables_name_the_row(tmp_path, capsys):
     path = tmp_path / "bad.csv"
     t.to_csv(path, index=False)
     assert main(["audit", "--logps", str(path), "--out", str(tmp_path / "o")]) == 2
-    assert "row 3: weight must be" in capsys.readouterr().err
+    # pandas row 3 is file line 5 (the header is line 1)
+    assert "line 5, column 'weight': expected a number >= 0" in capsys.readouterr().err
     t = _table(np.random.default_rng(1), n=5, models=("a",)).drop(columns="ref_rejected_logps")
     t.to_csv(path, index=False)
     assert main(["audit", "--logps", str(path), "--out", str(tmp_path / "o")]) == 2
@@ -199,3 +200,44 @@ def test_audit_figure_registered():
     from rdpo_theory.figures import load_all
 
     assert "audit-tiny" in load_all()
+
+
+LOGP_HEADER = "chosen_logps,rejected_logps,ref_chosen_logps,ref_rejected_logps"
+
+
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("header-only", LOGP_HEADER + "\n", "has a header but no data rows"),
+        ("dup", LOGP_HEADER + ",chosen_logps\n1,2,3,4,5\n", "duplicate columns ['chosen_logps']"),
+        ("unknown", LOGP_HEADER + ",score\n1,2,3,4,5\n", "line 1: unknown columns ['score']"),
+        ("extra field", LOGP_HEADER + "\n-1,-2,-3,-4\n-1,-2,-3,-4,9\n", "line 3: has 5 fields"),
+        ("underscore", LOGP_HEADER + "\n-1,-2,-3,-1_000\n", "line 2, column 'ref_rejected"),
+        (
+            "after a quoted multi-line field",
+            "model," + LOGP_HEADER + '\n"a\nb",-1,-2,-3,-4\nm,-1,-2,x,-4\n',
+            "line 4, column 'ref_chosen_logps': expected a number, got 'x'",
+        ),
+        ("jsonl dup key", '{"chosen_logps": 1, "chosen_logps": 2}\n', "has the key"),
+        (
+            "jsonl unknown",
+            json.dumps(dict.fromkeys(LOGP_HEADER.split(","), -1.0) | {"extra": 1}) + "\n",
+            "line 1: unknown columns ['extra']",
+        ),
+    ],
+)
+def test_audit_logps_is_read_through_io(tmp_path, capsys, name, text, message):
+    """Issue 23: --logps went through pandas: header-only files and directories gave
+    tracebacks, duplicate and unknown columns passed, and errors named 0-based rows."""
+    path = tmp_path / ("t.jsonl" if name.startswith("jsonl") else "t.csv")
+    path.write_text(text)
+    out = tmp_path / "o"
+    assert main(["audit", "--logps", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before anything was written
+
+
+def test_audit_logps_directory_is_a_clean_error(tmp_path, capsys):
+    assert main(["audit", "--logps", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is a directory" in capsys.readouterr().err

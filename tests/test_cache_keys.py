@@ -146,3 +146,29 @@ def test_cache_clear_and_info(tmp_path, capsys):
     assert not list((tmp_path / "c").rglob("*.json"))
     assert main(["cache", "clear", "--cache", str(tmp_path / "c" / "keep.txt")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_cache_clear_removes_only_its_own_marked_entries(tmp_path, capsys):
+    """Issue 23: `rdpo cache clear` deleted user files shaped like entries and empty folders.
+    Only files the cache wrote (marked) go, with the folders that removing them emptied."""
+    root = tmp_path / "c"
+    _run(root)
+    entries = sorted(root.rglob("*.json"))
+    assert len(entries) == 2 and all(S.is_cache_entry(p) for p in entries)
+    assert json.loads(entries[0].read_text())["rdpo_cache"] == S.CACHE_MARK
+    # user files in the cache's own layout, with entry-like names, and an empty folder
+    user = root / "mine" / "ab" / ("ab" + "0" * 62 + ".json")
+    user.parent.mkdir(parents=True)
+    user.write_text('{"rows": []}')
+    tmp_like = root / "mine" / "ab" / "notes.tmp"
+    tmp_like.write_text("draft")
+    (root / "empty" / "xy").mkdir(parents=True)
+    assert not S.is_cache_entry(user) and not S.is_cache_entry(tmp_like)
+    # a torn temporary file of an entry is the cache's own
+    torn = entries[0].parent / f"{S.TMP_PREFIX}abc.tmp"
+    torn.write_text("{")
+    assert main(["cache", "clear", "--cache", str(root)]) == 0
+    assert "removed 3 cached runs" in capsys.readouterr().out
+    assert user.exists() and tmp_like.exists() and (root / "empty" / "xy").is_dir()
+    assert not (root / "t").exists()  # the namespace the entries emptied is gone
+    assert sorted(p.name for p in root.iterdir()) == ["empty", "mine"]

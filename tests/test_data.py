@@ -66,3 +66,34 @@ def test_data_does_not_import_io():
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
     assert not any(m == "io" or m.endswith(".io") for m in imported)
+
+
+def test_weights_rounded_to_three_decimals_are_accepted_and_renormalised():
+    """Issue 26: 0.333 x 3 was refused ("sum to 0.999"); the tolerance is relative."""
+    d = PreferenceData([[1.0], [2.0], [3.0]], [1, 0, 1], weights=[0.333, 0.333, 0.333])
+    np.testing.assert_allclose(d.weights, [1 / 3] * 3, rtol=1e-15)
+    with pytest.raises(InputError, match="must sum to 1"):
+        PreferenceData([[1.0], [2.0], [3.0]], [1, 0, 1], weights=[0.33, 0.33, 0.33])
+
+
+def test_csv_refuses_digit_separators(tmp_path):
+    """Issue 23: float() reads '1_000' as 1000; a CSV value never has one."""
+    from rdpo_theory.io import read_preference_csv
+
+    path = tmp_path / "d.csv"
+    path.write_text("x0,y\n1_000,1\n2,0\n")
+    with pytest.raises(InputError, match=r"line 2, column 'x0': expected a number, got '1_000'"):
+        read_preference_csv(path)
+
+
+def test_csv_lines_after_a_quoted_multiline_field(tmp_path):
+    """Issue 23: after a quoted field spanning lines, errors named the wrong line. The record
+    with the bad value starts on file line 5 (the quoted field covers lines 2-3)."""
+    from rdpo_theory.io import csv_records, read_preference_csv
+
+    path = tmp_path / "d.csv"
+    text = 'x0,y\n"1\n",1\n\n3,x\n'
+    assert [line for line, _ in csv_records(path, text)] == [1, 2, 5]
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"line 5, column 'y': expected a number, got 'x'"):
+        read_preference_csv(path)

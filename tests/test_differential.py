@@ -13,8 +13,11 @@ in ``tests/independent.py``. Asserted for every problem:
 * refusals are rare.
 
 ``METHODS`` is a table: one row per robust method (its solver call and its reference), so other
-methods join by adding a row. The default run draws ``DEFAULT`` problems per method; the full
-run (``pytest -m slow``) draws ``FULL``.
+methods join by adding a row. In the scheduled full mode (``RDPO_FULL=1``, see
+``tests/budget.py``) the default run draws ``DEFAULT`` problems per method and the slow run
+(``pytest -m slow``) ``FULL`` more; otherwise the first ``DEFAULT_REDUCED`` and ``REDUCED`` of
+them. Under ``pytest -s`` a progress
+line on stderr counts the problems.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from budget import count, progress
 from independent import kl_robust, kl_robust_grad, max_loss_value, slsqp_minimax
 
 from rdpo_theory.errors import SolverError
@@ -32,6 +36,9 @@ from rdpo_theory.exact.result import OPTIMALITY_TOL
 
 DEFAULT = 200
 FULL = 1000  # with the W rows of test_differential_w.py: ~2300 problems in all
+REDUCED = 250  # the slow run outside the full mode: the first REDUCED of the FULL problems
+#: the default run outside the full mode: the first DEFAULT_REDUCED of the DEFAULT problems
+DEFAULT_REDUCED = 100
 #: At most this share of problems may be refused by every path (an accurate SolverError).
 MAX_REFUSED = 0.03
 
@@ -132,7 +139,7 @@ def check(method: Method, seeds) -> dict:
     AssertionError on the first silent disagreement or dishonest certificate."""
     stats = {"problems": 0, "optimal": 0, "refused_by_all": 0, "separable_refused": 0}
     stats["fallbacks"] = 0
-    for seed in seeds:
+    for seed in progress(seeds, "differential", total=len(seeds)):
         case = draw(seed)
         stats["problems"] += 1
         answers = {}
@@ -177,12 +184,12 @@ def check(method: Method, seeds) -> dict:
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_differential_default(name):
-    stats = check(METHODS[name], range(DEFAULT))
+    stats = check(METHODS[name], range(count(DEFAULT, DEFAULT_REDUCED)))
     assert stats["refused_by_all"] <= MAX_REFUSED * stats["problems"], stats
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_differential_full(name):
-    stats = check(METHODS[name], range(DEFAULT, DEFAULT + FULL))
+    stats = check(METHODS[name], range(DEFAULT, DEFAULT + count(FULL, REDUCED)))
     assert stats["refused_by_all"] <= MAX_REFUSED * stats["problems"], stats

@@ -25,13 +25,22 @@ def _load_run_gpu():
 
 
 @pytest.mark.slow
-def test_memory_section_smoke(tmp_path):
+def test_memory_section_smoke(tmp_path, monkeypatch):
+    """Each row is a process that imports torch: the scheduled full mode (RDPO_FULL=1) runs
+    every method, an ordinary slow run the double-backward one (WDPO) only."""
+    from budget import FULL
+
     run_gpu = _load_run_gpu()
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import lm_memory
+
+    methods = set(lm_memory.METHODS) if FULL else {"wdpo"}
+    monkeypatch.setattr(lm_memory, "METHODS", {m: lm_memory.METHODS[m] for m in methods})
     records = run_gpu.memory_section(True, tmp_path)
     df = pd.read_csv(tmp_path / "lm_memory.csv")
-    assert len(records) == len(df) == 12
+    assert len(records) == len(df) == 3 * len(methods)
     assert "error" not in df
-    assert set(df["method"]) == {"dpo", "kldpo", "wdpo", "wdpo-fd"}
+    assert set(df["method"]) == methods
     for method, rows in df.groupby("method"):
         loss = rows.set_index("logprobs")["loss"]
         assert loss["selective"] == pytest.approx(loss["old"], rel=1e-6), method

@@ -20,10 +20,10 @@ TINY = {"world": "toy", "ns": (100, 400, 1600), "seeds": 3, "methods": ("dpo",),
 @pytest.mark.parametrize(
     "over, match",
     [
-        ({"ns": (1, 100)}, "ns must hold integers >= 2"),
+        ({"ns": (1, 100)}, "The 'ns' parameter of RatesConfig must be an int >= 2"),
         ({"ns": ()}, "ns is empty"),
         ({"ns": (100,)}, "two distinct"),
-        ({"rhos": (-0.1,)}, "'rho' parameter must be a float > 0"),
+        ({"rhos": (-0.1,)}, "The 'rho' parameter of RatesConfig must be a float > 0"),
         ({"rhos": ()}, "rhos is empty"),
         ({"seeds": 1}, "seeds"),
         ({"methods": ()}, "methods is empty"),

@@ -281,7 +281,14 @@ def _ddp_worker(rank, world, port, path, method, kw):
     acc.wait_for_everyone()
 
 
-@pytest.mark.parametrize("method,kw", [("dpo", {}), ("group_dpo", {"group_step": 1.0})])
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("dpo", {}),
+        # the same DDP path with group weights: two worker processes (~10 s CPU), in the slow set
+        pytest.param("group_dpo", {"group_step": 1.0}, marks=pytest.mark.slow),
+    ],
+)
 def test_trainer_two_gloo_workers_equal_one_worker(tok, tmp_path, method, kw):
     """Weighted rows through the trainer under DDP: 2 gloo workers with micro-batches of 2
     train the model one worker trains with micro-batches of 4 (same global batches), and both

@@ -37,7 +37,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--beta", type=float, default=0.1, help="DPO temperature (margin scale)")
     p.add_argument(
-        "--divergences", nargs="+", default=["kl", "chi2", "cvar"], choices=["kl", "chi2", "cvar"]
+        "--divergences",
+        nargs="+",
+        default=["kl", "chi2", "cvar"],
+        choices=["kl", "chi2", "cvar"],
+        help="balls to audit over: KL, chi-square, CVaR (default all three)",
     )
     p.add_argument(
         "--alphas",
@@ -55,26 +59,37 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--top-k", type=int, default=10, help="top upweighted pairs per model")
     p.add_argument("--top-alpha", type=float, default=0.1, help="share whose ball ranks them")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="--model: pairs scored per forward pass (16)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="--model: longest prompt + response in tokens; longer pairs are truncated (512)",
+    )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", type=Path, default=Path("audit_out"), help="output folder")
     p.set_defaults(func=run)
 
 
 def read_logps(path: Path):
-    """A log-prob table from CSV (``.csv``) or JSON lines (anything else)."""
+    """A log-prob table from CSV (``.csv``) or JSON lines (anything else), read and checked by
+    :func:`rdpo_theory.io.read_table` (errors name the file line and the column): the four
+    log-prob columns, optional ``model``, ``pair``, ``weight``, ``group`` and
+    ``grad_sq_norm``; nothing else."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"--logps {path} does not exist")
-    try:
-        if path.suffix == ".csv":
-            return pd.read_csv(path)
-        return pd.read_json(path, lines=True)
-    except ValueError as exc:
-        raise InputError(f"--logps {path}: cannot read a table: {exc}") from None
+    from ..audit import LOGP_COLUMNS
+    from ..io import read_table
+
+    columns = dict.fromkeys(LOGP_COLUMNS, "number")
+    columns.update(
+        model="label", pair="index", weight="nonnegative", group="label", grad_sq_norm="number"
+    )
+    table = read_table(path, columns, required=LOGP_COLUMNS, flag="--logps")
+    del table["_line"]
+    return pd.DataFrame(table)
 
 
 def run(args) -> int:
@@ -142,6 +157,7 @@ def _print_summary(table) -> None:
 
 @register(
     "audit-tiny",
+    extra="llm",
     description="robustness audit of the llm-tiny policies (DPO, KLDPO, WDPO): exact "
     "worst-case loss and error vs covered subpopulation share",
 )

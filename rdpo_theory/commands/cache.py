@@ -13,8 +13,9 @@ def add_parser(sub) -> None:
         help="show or clear the per-run cache of the studies (default .cache/rdpo)",
         description="The studies (rdpo rates) keep one JSON file per finished run, keyed by "
         "the run's parameters, seed, the package version and a hash of the package's source, "
-        "so code changes never reuse old results. `rdpo cache info` counts the files; "
-        "`rdpo cache clear` deletes them (and nothing else).",
+        "so code changes never reuse old results; each file carries a mark saying it is a cache "
+        "entry. `rdpo cache info` counts the files; `rdpo cache clear` deletes the marked "
+        "entries and the folders that leaves empty, and nothing else.",
     )
     p.add_argument("action", choices=["info", "clear"], help="info: count; clear: delete")
     p.add_argument(
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
         default=DEFAULT_CACHE_DIR,
         help=f"cache folder (default {DEFAULT_CACHE_DIR})",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_paths=False)  # `info` only reads; `clear` checks below
 
 
 def run(args) -> int:
@@ -34,6 +35,9 @@ def run(args) -> int:
     if root.exists() and not root.is_dir():
         raise InputError(f"--cache {str(root)!r} is not a directory")
     if args.action == "clear":
+        from . import checks as C
+
+        C.output_dir(root, "--cache")
         n = clear_cache(root)
         print(f"removed {n} cached runs from {root}")
         return 0

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..figures import register, write_tables
+from . import checks as C
 
 DEFAULT_OUT = Path("figures")
 
@@ -28,19 +29,44 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_config_arguments(p) -> None:
+    """Flags generated from :class:`~rdpo_theory.studies.approx_vs_exact.ApproxConfig`'s
+    command-line fields (``--seeds``, ``--max-steps``, ``--learning-rate``, ...)."""
+    from ..studies.approx_vs_exact import ApproxConfig
+
+    presets = {"": ApproxConfig.quick, "--full: ": ApproxConfig.full}
+    p.set_defaults(config_fields=tuple(C.config_arguments(p, ApproxConfig, presets=presets)))
+
+
 def run(args) -> int:
     from ..studies.approx_vs_exact import ApproxConfig
-    from . import checks as C
 
     C.jobs(args.jobs)
     C.output_dir(args.out)
-    cfg = ApproxConfig.full() if args.full else ApproxConfig.quick()
+    changes = C.config_changes(args, args.config_fields)
+    cfg = C.build_config(ApproxConfig.full if args.full else ApproxConfig.quick, **changes)
     t0 = time.perf_counter()
     paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[compare] {time.perf_counter() - t0:.1f}s")
     for p in paths:
         print(f"  {p}")
+    summary = [p for p in paths if Path(p).name == "approx_summary.csv"]
+    if summary:
+        print_summary(summary[0])
     return 0
+
+
+def print_summary(path) -> None:
+    """The study's result in a few lines, read from its table ``approx_summary.csv``: per
+    family and method, the largest parameter distance to the exact minimax solution and the
+    largest robust gap (nats) over the radii."""
+    import pandas as pd
+
+    t = pd.read_csv(path)
+    t = t[~t["method"].str.endswith("-exact")]
+    worst = t.groupby(["family", "method"], sort=False)[["param_dist", "robust_gap"]].max()
+    print(f"largest over the radii ({Path(path).name}): distance to the exact optimum, robust gap")
+    print(worst.to_string(float_format=lambda v: f"{v:.3g}"))
 
 
 @register(

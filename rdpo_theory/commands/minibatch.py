@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from ..figures import register, write_tables
+from . import checks as C
 
 DEFAULT_OUT = Path("figures")
 
@@ -31,12 +31,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_config_arguments(p) -> None:
+    """Flags generated from :class:`~rdpo_theory.studies.minibatch.MinibatchConfig`'s
+    command-line fields (``--n``, ``--batches``, ``--sets``, ``--decay``, ``--sgd-steps``, ...)."""
+    from ..studies.minibatch import MinibatchConfig
+
+    presets = {"": MinibatchConfig.quick, "--full: ": MinibatchConfig.full}
+    p.set_defaults(config_fields=tuple(C.config_arguments(p, MinibatchConfig, presets=presets)))
+
+
 def run(args) -> int:
     from ..studies.minibatch import MinibatchConfig
 
-    if args.jobs == 0:
-        raise InputError("--jobs must be nonzero (-1 = all cores)")
-    cfg = MinibatchConfig.full() if args.full else MinibatchConfig.quick()
+    C.jobs(args.jobs)
+    changes = C.config_changes(args, args.config_fields)
+    cfg = C.build_config(MinibatchConfig.full if args.full else MinibatchConfig.quick, **changes)
     t0 = time.perf_counter()
     paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[minibatch] {time.perf_counter() - t0:.1f}s")

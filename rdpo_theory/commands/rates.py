@@ -6,15 +6,13 @@ import contextlib
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from ..extras import require
 from ..figures import register, write_tables
 from ..studies.sweep import DEFAULT_CACHE_DIR
+from . import checks as C
 
 
 def add_parser(sub) -> None:
-    from ..worlds import BUILTIN_WORLDS
-
     p = sub.add_parser(
         "rates",
         help="estimation-error rates vs n against Proposition 1 and Theorems 1-2",
@@ -31,13 +29,6 @@ def add_parser(sub) -> None:
         "--full", action="store_true", help="12 n in [50, 1e6], 20 seeds, every method, two radii"
     )
     p.add_argument(
-        "--world",
-        choices=sorted(BUILTIN_WORLDS),
-        default="random",
-        help="built-in world (default random)",
-    )
-    p.add_argument("--world-seed", type=int, default=0, help="world seed")
-    p.add_argument(
         "--rho",
         type=float,
         nargs="+",
@@ -52,16 +43,8 @@ def add_parser(sub) -> None:
         metavar="NAME",
         help="method names (see --list-methods)",
     )
-    p.add_argument("--seeds", type=int, default=None, help="seeds per n (default 20)")
     p.add_argument(
         "--ns", type=int, nargs="+", default=None, metavar="N", help="explicit sample sizes"
-    )
-    p.add_argument("--delta", type=float, default=0.05, help="bound confidence (0.05)")
-    p.add_argument(
-        "--solver",
-        choices=["fast", "cvxpy"],
-        default="fast",
-        help="exact robust solver path (fast)",
     )
     p.add_argument("--jobs", type=int, default=-1, help="parallel jobs (joblib; -1 = all)")
     p.add_argument(
@@ -82,6 +65,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_config_arguments(p) -> None:
+    """Flags generated from :class:`~rdpo_theory.studies.rates.RatesConfig`'s fields (``--world``,
+    ``--world-seed``, ``--seeds``, ``--delta``, ``--solver``, ``--base-seed``, ``--n-boot``); the
+    tuple fields keep their own flags (``--ns``, ``--rho``, ``--methods``)."""
+    from ..studies import rates as R
+
+    presets = {"": R.quick_config, "--full: ": R.full_config}
+    names = C.config_arguments(p, R.RatesConfig, presets=presets)
+    p.set_defaults(config_fields=tuple(names))
+
+
 def run(args) -> int:
     from ..studies import rates as R
 
@@ -89,33 +83,19 @@ def run(args) -> int:
         for name, spec in R.METHODS.items():
             print(f"{name:18s} {spec.family:9s} {spec.description}")
         return 0
-    from . import checks as C
-
     C.jobs(args.jobs)
-    C.integer(args.world_seed, "--world-seed", minimum=0)
     C.joblib_backend(args.backend)
     C.output_dir(args.out)
     if not args.no_cache:
         C.output_dir(args.cache, "--cache")
-    if args.seeds is not None:
-        C.integer(args.seeds, "--seeds", minimum=2)
-    if args.delta is not None and not 0 < args.delta < 1:
-        raise InputError(f"--delta must lie in (0, 1), got {args.delta}")
-    over = {
-        "world": args.world,
-        "world_seed": args.world_seed,
-        "delta": args.delta,
-        "solver": args.solver,
-    }
+    over = C.config_changes(args, args.config_fields)
     if args.rho is not None:
         over["rhos"] = tuple(args.rho)
     if args.methods is not None:
         over["methods"] = tuple(args.methods)
-    if args.seeds is not None:
-        over["seeds"] = args.seeds
     if args.ns is not None:
         over["ns"] = tuple(args.ns)
-    config = R.full_config(**over) if args.full else R.quick_config(**over)
+    config = C.build_config(R.full_config if args.full else R.quick_config, **over)
     t0 = time.perf_counter()
     with cluster_client(args.backend):
         res = R.run_study(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from ..figures import register, write_tables
+from . import checks as C
 
 DEFAULT_OUT = Path("figures")  # relative to the current directory, never the package
 
@@ -24,7 +24,6 @@ def add_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small grids, 5 seeds (default)")
     size.add_argument("--full", action="store_true", help="larger worlds and grids, 10 seeds")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds S")
     p.add_argument("--jobs", type=int, default=-1, help="parallel jobs (joblib; -1 = all cores)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (figures/)")
     p.add_argument(
@@ -38,20 +37,25 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_config_arguments(p) -> None:
+    """Flags generated from :class:`~rdpo_theory.studies.shift.ShiftConfig`'s command-line
+    fields (``--seeds``, ``--n``, ``--alpha0``, ``--steps``, ...); with ``--groups`` those that
+    :class:`~rdpo_theory.studies.group_shift.GroupShiftConfig` shares apply to it."""
+    from ..studies.shift import ShiftConfig
+
+    presets = {"": ShiftConfig.quick, "--full: ": ShiftConfig.full}
+    p.set_defaults(config_fields=tuple(C.config_arguments(p, ShiftConfig, presets=presets)))
+
+
 def run(args) -> int:
     from ..studies.shift import ShiftConfig
-    from . import checks as C
 
     C.jobs(args.jobs)
     C.output_dir(args.out)
-    changes = {}
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise InputError(f"--seeds must be >= 1, got {args.seeds}")
-        changes["seeds"] = args.seeds
+    changes = C.config_changes(args, args.config_fields)
     if args.groups:
         return _run_groups(args, changes)
-    cfg = ShiftConfig.full(**changes) if args.full else ShiftConfig.quick(**changes)
+    cfg = C.build_config(ShiftConfig.full if args.full else ShiftConfig.quick, **changes)
     t0 = time.perf_counter()
     paths = make(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[shift] {time.perf_counter() - t0:.1f}s")
@@ -77,11 +81,18 @@ def make(out, *, quick: bool = True, jobs: int = -1, cfg=None, progress: bool = 
 
 
 def _run_groups(args, changes) -> int:
+    import dataclasses
+
     from ..studies.group_shift import GroupShiftConfig
 
-    cfg = GroupShiftConfig(**changes)
-    if args.full:
-        cfg = GroupShiftConfig(**{"seeds": 10, "n": 2000, "n_val": 2000, **changes})
+    shared = {f.name for f in dataclasses.fields(GroupShiftConfig)}
+    C.not_applicable(
+        args,
+        {k: "--" + k.replace("_", "-") for k in changes if k not in shared},
+        "to --groups (they set the shift families)",
+    )
+    preset = {"seeds": 10, "n": 2000, "n_val": 2000} if args.full else {}
+    cfg = C.build_config(GroupShiftConfig, **{**preset, **changes})
     t0 = time.perf_counter()
     paths = make_groups(args.out, cfg=cfg, jobs=args.jobs)
     print(f"[shift --groups] {time.perf_counter() - t0:.1f}s")

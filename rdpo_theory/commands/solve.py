@@ -3,6 +3,7 @@ certificate gap."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ def add_parser(sub) -> None:
         choices=list(SOLVER_PATHS),
         default=None,
         help="solution path: conic programs (cvxpy) or the fast exact path (fast). Default: "
-        "cvxpy, except continuous W_p with p > 1, which has only the fast path",
+        "fast where the problem has it (dpo, kldpo, continuous wdpo without --kappa), else "
+        "cvxpy",
     )
     p.add_argument(
         "--cvxpy-solver",
@@ -155,12 +157,14 @@ def solve(args, data, beta, world=None):
         cand = world.candidates()
     solver = getattr(args, "solver", None)
     if solver is None:
-        solver = "fast" if method == "wdpo" and cand is None and args.p > 1 else "cvxpy"
+        solver = default_solver(method, cand, getattr(args, "kappa", float("inf")))
     paths = {"solver": solver, "cvxpy_solver": getattr(args, "cvxpy_solver", "CLARABEL")}
     if method == "dpo":
         return dpo(data, beta=beta, radius=args.radius, **paths)
     if method == "kldpo":
-        return kldpo(data, rho=args.rho, beta=beta, radius=args.radius, **paths)
+        # the fast path certifies with the exact tilted distribution (no conic program)
+        cert = "root" if solver == "fast" else "auto"
+        return kldpo(data, rho=args.rho, beta=beta, radius=args.radius, certificate=cert, **paths)
     return wdpo(
         data,
         rho=args.rho,
@@ -171,6 +175,15 @@ def solve(args, data, beta, world=None):
         candidates=cand,
         **paths,
     )
+
+
+def default_solver(method: str, candidates, kappa: float) -> str:
+    """The fast exact path wherever the problem has one (DPO, KLDPO, continuous WDPO without
+    label flips), else the conic program: the fast path is certified the same way and starts
+    without importing cvxpy (see ``benchmarks/startup.py``)."""
+    if method == "wdpo" and (candidates is not None or math.isfinite(kappa)):
+        return "cvxpy"
+    return "fast"
 
 
 def worst_case_summary(res) -> dict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
@@ -36,6 +35,7 @@ from .. import divergences as D
 from .. import losses as L
 from ..data import as_data
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..options import NONNEGATIVE, POSITIVE, declare
 from ._common import CLARABEL_RETRIES
 from .ball import project_ball

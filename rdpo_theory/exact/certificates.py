@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import warnings
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
@@ -51,6 +50,7 @@ from ..divergences.wasserstein import (  # noqa: F401  (re-exported; one copy, w
     transport_primal_sup,
 )
 from ..errors import SolverError
+from ..lazy import cvxpy as cp
 from ..losses import (
     dpo_loss,
     kl_divergence,  # noqa: F401  (re-exported; one copy, in losses)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import warnings
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..losses import dpo_risk, dpo_risk_grad, dpo_risk_hessian
 from ..options import declare
 from .ball import on_boundary, project_ball

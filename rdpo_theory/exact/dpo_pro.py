@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
@@ -43,6 +42,7 @@ from .. import losses as L
 from .. import options as O
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..objective_kernels import label_interval
 from ._common import solve_with_retries
 from .dpo import informative_rows

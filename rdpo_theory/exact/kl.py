@@ -27,11 +27,11 @@ from __future__ import annotations
 import time
 import warnings
 
-import cvxpy as cp
 import numpy as np
 
 from ..divergences.kl import LOG2, kl_lambda_for_theta, kl_small_radius_bounds, with_zero_atom
 from ..errors import SolverError
+from ..lazy import cvxpy as cp
 from ..losses import dpo_loss
 from ..options import NONNEGATIVE, Options, declare
 from . import certificates as cert

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
@@ -38,6 +37,7 @@ from .. import losses as L
 from .. import options as O
 from ..divergences.kl import kl_lambda_for_theta, kl_tilt
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..objective_kernels import rebel_residuals, w2_rebel_value
 from ._common import solve_with_retries
 from .certificates import kl_into_ball

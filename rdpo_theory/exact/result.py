@@ -6,13 +6,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import cvxpy as cp
 import numpy as np
 
 from ..errors import SolverError
+from ..lazy import cvxpy as cp
 
 #: cvxpy statuses accepted as a certified answer.
-OK_STATUSES = (cp.OPTIMAL,)
+OK_STATUSES = ("optimal",)  # cp.OPTIMAL, without importing cvxpy
 
 
 @runtime_checkable

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import time
 
-import cvxpy as cp
 import numpy as np
 
 from .. import _validate as V
 from ..data import PreferenceData
 from ..divergences.wasserstein import default_cost  # noqa: F401  (re-exported)
 from ..errors import InputError, SolverError
+from ..lazy import cvxpy as cp
 from ..losses import dpo_loss
 from ..options import NONNEGATIVE, POSITIVE_OR_INF, Interval, declare
 from . import certificates as cert

@@ -22,11 +22,12 @@ as the non-robust reference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from .. import options as O
 from ..errors import SolverError
 from ..exact.risk import robust_risk
 from ..methods import trained_id
@@ -48,29 +49,44 @@ class ApproxConfig:
     ``rho0_ratios`` map a W radius to WDPO's ``rho0``.
     """
 
-    ns: tuple[int, ...] = (2000,)
-    seeds: int = 1
-    kl_radii: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
-    w_fractions: tuple[float, ...] = (0.05, 0.15, 0.35, 0.7)
-    rho0_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    world_seed: int = 0
-    n_contexts: int = 8
-    n_actions: int = 4
-    dim: int = 3
-    beta: float = 1.0
-    theta_norm: float = 2.0
-    alpha0: float = 0.1
-    max_steps: int = 1500
-    learning_rate: float = 0.05
-    train: dict = field(default_factory=dict)
+    ns: tuple[int, ...] = O.option((2000,), help="sample sizes n", cli=False)
+    seeds: int = O.option(1, help="seeds per n", constraints=O.POSITIVE_INT)
+    kl_radii: tuple[float, ...] = O.option(
+        (0.003, 0.01, 0.03, 0.1), help="KL radii (nats)", cli=False
+    )
+    w_fractions: tuple[float, ...] = O.option(
+        (0.05, 0.15, 0.35, 0.7), help="W_2 radii as fractions of the collapse radius", cli=False
+    )
+    rho0_ratios: tuple[float, ...] = O.option(
+        (0.5, 1.0, 2.0), help="WDPO's rho0 as multiples of the W radius", cli=False
+    )
+    world_seed: int = O.option(0, help="seed of the world", constraints=O.NONNEGATIVE_INT)
+    n_contexts: int = O.option(8, help="contexts S of the world", constraints=O.POSITIVE_INT)
+    n_actions: int = O.option(4, help="actions A per context", constraints=O.POSITIVE_INT)
+    dim: int = O.option(3, help="feature dimension d", constraints=O.POSITIVE_INT)
+    beta: float = O.option(1.0, help="DPO temperature", constraints=O.POSITIVE)
+    theta_norm: float = O.option(2.0, help="norm of the reward parameters", constraints=O.POSITIVE)
+    alpha0: float = O.option(0.1, help="training mixture weight", constraints=O.PROBABILITY)
+    max_steps: int = O.option(
+        1500, help="optimiser steps of Algorithms 1-2", constraints=O.POSITIVE_INT
+    )
+    learning_rate: float = O.option(
+        0.05, help="learning rate of Algorithms 1-2", constraints=O.POSITIVE
+    )
+    train: dict = O.option(
+        default_factory=dict, help="extra keywords of the approximate trainers", cli=False
+    )
+
+    def __post_init__(self):
+        O.validate_fields(self)
 
     @classmethod
-    def quick(cls) -> ApproxConfig:
-        return cls()
+    def quick(cls, **changes) -> ApproxConfig:
+        return cls(**changes)
 
     @classmethod
-    def full(cls) -> ApproxConfig:
-        return cls(
+    def full(cls, **changes) -> ApproxConfig:
+        base = dict(
             ns=(500, 5000, 50000),
             seeds=3,
             kl_radii=(0.001, 0.003, 0.01, 0.03, 0.06, 0.1, 0.14),
@@ -78,6 +94,7 @@ class ApproxConfig:
             rho0_ratios=(0.25, 0.5, 1.0, 2.0, 4.0),
             max_steps=3000,
         )
+        return cls(**{**base, **changes})
 
 
 # ---------------------------------------------------------------------------- the world

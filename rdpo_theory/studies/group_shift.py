@@ -27,13 +27,13 @@ seeds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .. import _validate as V
 from .. import methods as M
+from .. import options as O
 from ..audit import radius_for_subpopulation
 from ..errors import InputError, RDPOError
 from ..rng import make_rng
@@ -68,29 +68,35 @@ class GroupShiftConfig:
     base_seed : root of the random streams.
     """
 
-    n_contexts: int = 5
-    n_actions: int = 4
-    dim: int = 4
-    theta_norm: float = 3.0
-    concentration: float = 2.0
-    agreement: float = 0.5
-    beta: float = 1.0
-    n: int = 1000
-    n_val: int = 1000
-    seeds: int = 5
-    grids: dict = field(default_factory=lambda: {k: v[2] for k, v in BALLS.items()})
-    base_seed: int = 2026
+    n_contexts: int = O.option(5, help="contexts S = groups", constraints=O.POSITIVE_INT)
+    n_actions: int = O.option(4, help="actions A per context", constraints=O.POSITIVE_INT)
+    dim: int = O.option(4, help="feature dimension d", constraints=O.POSITIVE_INT)
+    theta_norm: float = O.option(
+        3.0, help="norm of every group's reward parameter", constraints=O.POSITIVE
+    )
+    concentration: float = O.option(
+        2.0, help="group shares ~ Dirichlet(concentration)", constraints=O.POSITIVE
+    )
+    agreement: float = O.option(
+        0.5,
+        help="cosine between each group's reward parameter and the shared direction",
+        constraints=[O.Interval(float, -1, 1, closed="right")],
+    )
+    beta: float = O.option(1.0, help="DPO temperature", constraints=O.POSITIVE)
+    n: int = O.option(1000, help="training pairs", constraints=O.POSITIVE_INT)
+    n_val: int = O.option(1000, help="validation pairs", constraints=O.POSITIVE_INT)
+    seeds: int = O.option(5, help="number of seeds", constraints=O.POSITIVE_INT)
+    grids: dict = O.option(
+        default_factory=lambda: {k: v[2] for k, v in BALLS.items()},
+        help="method -> grid of its ball parameter",
+        cli=False,
+    )
+    base_seed: int = O.option(
+        2026, help="root of the random streams", constraints=O.NONNEGATIVE_INT
+    )
 
     def __post_init__(self):
-        for nm in ("n_contexts", "n_actions", "dim", "n", "n_val", "seeds"):
-            v = getattr(self, nm)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise InputError(f"{nm} must be a positive integer, got {v!r}")
-        if not -1 < float(self.agreement) <= 1:
-            raise InputError(f"agreement must lie in (-1, 1], got {self.agreement}")
-        V.positive(self.theta_norm, "theta_norm")
-        V.positive(self.concentration, "concentration")
-        V.positive(self.beta, "beta")
+        O.validate_fields(self)
         for m in self.grids:
             if m not in BALLS:
                 raise InputError(f"unknown method {m!r} in grids; known: {sorted(BALLS)}")

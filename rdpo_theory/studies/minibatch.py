@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from .. import options as O
 from ..errors import InputError
 from ..methods import listed, loss_variant
 from ..minibatch import (
@@ -101,32 +102,53 @@ class MinibatchConfig:
     runs).
     """
 
-    n: int = 2000
-    data_seed: int = 0
-    kl_radii: tuple[float, ...] = (0.01,)
-    w_fractions: tuple[float, ...] = (0.15,)
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 32, 128)
-    batches: int = 200
-    sets: int = 3
-    decay: float = 0.01
-    kl_path: tuple[float, ...] = tuple(np.round(np.geomspace(1e-4, 0.06, 16), 6))
-    w1_path: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25)
-    w2_path: tuple[float, ...] = (0.05, 0.1, 0.13, 0.17, 0.2)
-    sgd_batch: int = 4
-    sgd_steps: int = 6000
-    sgd_lr: float = 0.02
-    sgd_families: tuple[str, ...] = ("kl",)
-    decays: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
-    decay_batch: int = 4
-    seed: int = 0
+    n: int = O.option(2000, help="pairs of the data set", constraints=O.POSITIVE_INT)
+    data_seed: int = O.option(0, help="seed of the data set", constraints=O.NONNEGATIVE_INT)
+    kl_radii: tuple[float, ...] = O.option((0.01,), help="intended KL radii (nats)", cli=False)
+    w_fractions: tuple[float, ...] = O.option(
+        (0.15,), help="intended W_2 radii (fractions of the collapse radius)", cli=False
+    )
+    batch_sizes: tuple[int, ...] = O.option(
+        (1, 2, 4, 32, 128), help="normalisation group sizes B (the full batch is added)", cli=False
+    )
+    batches: int = O.option(200, help="SAA batches per set", constraints=O.POSITIVE_INT)
+    sets: int = O.option(3, help="independent SAA sets", constraints=O.POSITIVE_INT)
+    decay: float = O.option(
+        0.01, help="EMA weight of the running normalisers", constraints=O.OPEN_UNIT
+    )
+    kl_path: tuple[float, ...] = O.option(
+        tuple(np.round(np.geomspace(1e-4, 0.06, 16), 6)),
+        help="radii of the exact KL path (nats)",
+        cli=False,
+    )
+    w1_path: tuple[float, ...] = O.option(
+        (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25), help="W_1 path (fractions)", cli=False
+    )
+    w2_path: tuple[float, ...] = O.option(
+        (0.05, 0.1, 0.13, 0.17, 0.2), help="W_2 path (fractions)", cli=False
+    )
+    sgd_batch: int = O.option(4, help="batch of the SGD check runs", constraints=O.POSITIVE_INT)
+    sgd_steps: int = O.option(
+        6000, help="steps of the SGD check runs (0 skips them)", constraints=O.NONNEGATIVE_INT
+    )
+    sgd_lr: float = O.option(0.02, help="step size of the SGD check runs", constraints=O.POSITIVE)
+    sgd_families: tuple[str, ...] = O.option(("kl",), help="families of the SGD check", cli=False)
+    decays: tuple[float, ...] = O.option(
+        (0.003, 0.01, 0.03, 0.1, 0.3), help="decay sweep (empty skips it)", cli=False
+    )
+    decay_batch: int = O.option(4, help="group size of the decay sweep", constraints=O.POSITIVE_INT)
+    seed: int = O.option(0, help="root of the SAA and SGD streams", constraints=O.NONNEGATIVE_INT)
+
+    def __post_init__(self):
+        O.validate_fields(self)
 
     @classmethod
-    def quick(cls) -> MinibatchConfig:
-        return cls()
+    def quick(cls, **changes) -> MinibatchConfig:
+        return cls(**changes)
 
     @classmethod
-    def full(cls) -> MinibatchConfig:
-        return cls(
+    def full(cls, **changes) -> MinibatchConfig:
+        base = dict(
             kl_radii=(0.003, 0.01, 0.03),
             w_fractions=(0.05, 0.15, 0.35),
             batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
@@ -138,6 +160,7 @@ class MinibatchConfig:
             sgd_steps=40000,
             sgd_families=("kl", "w2"),
         )
+        return cls(**{**base, **changes})
 
 
 def make_data(cfg: MinibatchConfig):

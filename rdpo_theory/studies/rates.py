@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import _validate as V
+from .. import options as O
 from .. import theory as T
 from ..data import PreferenceData
 from ..errors import InputError, SolverError
@@ -467,50 +467,48 @@ class RatesConfig:
         Bootstrap resamples for slope intervals.
     """
 
-    world: str = "random"
-    world_seed: int = 0
-    ns: tuple = QUICK_NS
-    seeds: int = 20
-    rhos: tuple = (0.005,)
-    methods: tuple = QUICK_METHODS
-    delta: float = 0.05
-    base_seed: int = 0
-    solver: str = "fast"
-    n_boot: int = 1000
+    world: str = O.option(
+        "random", help="built-in world", choices=sorted(BUILTIN_WORLDS), metavar="WORLD"
+    )
+    world_seed: int = O.option(0, help="seed of the world", constraints=O.NONNEGATIVE_INT)
+    ns: tuple = O.option(QUICK_NS, help="sample sizes (integers >= 2, two distinct)", cli=False)
+    seeds: int = O.option(20, help="seeds per n", constraints=[O.Interval(int, 2, None)])
+    rhos: tuple = O.option(
+        (0.005,), help="radii of the robust methods (nats for KL, x-distance for W)", cli=False
+    )
+    methods: tuple = O.option(QUICK_METHODS, help="names in METHODS", cli=False)
+    delta: float = O.option(
+        0.05, help="confidence of the bounds (observed quantile 1 - delta)", constraints=O.OPEN_UNIT
+    )
+    base_seed: int = O.option(0, help="root of the random streams", constraints=O.NONNEGATIVE_INT)
+    solver: str = O.option("fast", help="exact robust solver path", choices=("fast", "cvxpy"))
+    n_boot: int = O.option(
+        1000, help="bootstrap resamples for the slope intervals", constraints=O.POSITIVE_INT
+    )
 
     def __post_init__(self):
-        if self.world not in BUILTIN_WORLDS:
-            raise InputError(f"world must be one of {sorted(BUILTIN_WORLDS)}, got {self.world!r}")
+        O.validate_fields(self)
         ns = tuple(self.ns)
         if not ns:
             raise InputError("ns is empty: give at least two sample sizes")
         for n in ns:
-            if isinstance(n, bool) or int(n) != n or n < 2:
-                raise InputError(f"ns must hold integers >= 2, got {n!r}")
+            O.check("ns", n, [O.Interval(int, 2, None)], owner="RatesConfig")
         if len(set(ns)) < 2:
             raise InputError(f"ns needs at least two distinct sample sizes, got {ns}")
-        if isinstance(self.seeds, bool) or int(self.seeds) != self.seeds or self.seeds < 2:
-            raise InputError(f"seeds must be an integer >= 2, got {self.seeds!r}")
-        rhos = tuple(float(r) for r in self.rhos)
+        rhos = tuple(self.rhos)
         if not rhos:
             raise InputError("rhos is empty: give at least one radius")
         for r in rhos:
-            V.positive(r, "rho")
+            O.check("rho", r, O.POSITIVE, owner="RatesConfig")
         methods = tuple(self.methods)
         if not methods:
             raise InputError("methods is empty")
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise InputError(f"methods {unknown} are unknown; known: {sorted(METHODS)}")
-        if self.solver not in ("fast", "cvxpy"):
-            raise InputError(f"solver must be 'fast' or 'cvxpy', got {self.solver!r}")
-        if int(self.base_seed) != self.base_seed or self.base_seed < 0:
-            raise InputError(f"base_seed must be a non-negative integer, got {self.base_seed!r}")
-        T.check_delta(self.delta)
         object.__setattr__(self, "ns", tuple(sorted(int(n) for n in set(ns))))
-        object.__setattr__(self, "rhos", rhos)
+        object.__setattr__(self, "rhos", tuple(float(r) for r in rhos))
         object.__setattr__(self, "methods", methods)
-        object.__setattr__(self, "seeds", int(self.seeds))
 
     def make_world(self) -> World:
         return builtin_world(self.world, self.world_seed)

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .. import _validate as V
 from .. import methods as M
+from .. import options as O
 from ..data import PreferenceData
 from ..errors import InputError, RDPOError
 from ..rng import make_rng
@@ -69,6 +70,9 @@ METHODS: dict[str, tuple[str, list, list]] = {
 STUDIES = ("preference", "context", "behaviour", "multi")
 
 
+_AT_LEAST_2 = [O.Interval(int, 2, None)]  # K: two rewards at least
+
+
 @dataclass(frozen=True)
 class ShiftConfig:
     """Sizes and grids of the study. ``ShiftConfig.quick()`` and ``.full()`` are the presets.
@@ -92,27 +96,45 @@ class ShiftConfig:
     base_seed : root of every random stream.
     """
 
-    n_contexts: int = 8
-    n_actions: int = 4
-    dim: int = 4
-    theta_norm: float = 3.0
-    beta: float = 1.0
-    n: int = 1000
-    n_val: int = 1000
-    alpha0: float = 0.1
-    alphas: tuple = tuple(np.round(np.linspace(0, 1, 11), 2))
-    ts: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
-    cosines: dict = field(default_factory=lambda: {"orthogonal": 0.0, "opposed": -0.5})
-    geometric_label_scale: float = 4.0
-    K: int = 5
-    pairs: tuple = ((0, 1), (2, 3))
-    seeds: int = 5
-    methods: dict = field(default_factory=lambda: {k: v[1] for k, v in METHODS.items()})
-    steps: int = 1000
-    base_seed: int = 2025
+    n_contexts: int = O.option(8, help="contexts S of the worlds", constraints=O.POSITIVE_INT)
+    n_actions: int = O.option(4, help="actions A per context", constraints=O.POSITIVE_INT)
+    dim: int = O.option(4, help="feature dimension d", constraints=O.POSITIVE_INT)
+    theta_norm: float = O.option(3.0, help="norm of every reward parameter", constraints=O.POSITIVE)
+    beta: float = O.option(1.0, help="DPO temperature (the world's)", constraints=O.POSITIVE)
+    n: int = O.option(1000, help="training pairs", constraints=O.POSITIVE_INT)
+    n_val: int = O.option(1000, help="validation pairs", constraints=O.POSITIVE_INT)
+    alpha0: float = O.option(
+        0.1, help="training mixture weight (paper: 0.1)", constraints=O.PROBABILITY
+    )
+    alphas: tuple = O.option(
+        tuple(np.round(np.linspace(0, 1, 11), 2)), help="evaluation grid in [0, 1]", cli=False
+    )
+    ts: tuple = O.option((0.0, 0.25, 0.5, 0.75, 1.0), help="shift grid in [0, 1]", cli=False)
+    cosines: dict = O.option(
+        default_factory=lambda: {"orthogonal": 0.0, "opposed": -0.5},
+        help="setting name -> cos(theta1, theta2), in (-1, 1)",
+        cli=False,
+    )
+    geometric_label_scale: float = O.option(
+        4.0, help="label scale of the geometric mixture", constraints=O.POSITIVE
+    )
+    K: int = O.option(5, help="rewards of the multi-objective family", constraints=_AT_LEAST_2)
+    pairs: tuple = O.option(((0, 1), (2, 3)), help="reward pairs trained on", cli=False)
+    seeds: int = O.option(5, help="number of seeds S", constraints=O.POSITIVE_INT)
+    methods: dict = O.option(
+        default_factory=lambda: {k: v[1] for k, v in METHODS.items()},
+        help="method -> parameter grid",
+        cli=False,
+    )
+    steps: int = O.option(
+        1000, help="optimiser steps of the gradient methods (Adam)", constraints=O.POSITIVE_INT
+    )
+    base_seed: int = O.option(
+        2025, help="root of every random stream", constraints=O.NONNEGATIVE_INT
+    )
 
     def __post_init__(self):
-        V.unit_interval(self.alpha0, "alpha0")
+        O.validate_fields(self)
         for name in ("alphas", "ts"):
             grid = getattr(self, name)
             if len(grid) == 0:
@@ -124,13 +146,9 @@ class ShiftConfig:
         for k, c in self.cosines.items():
             if not -1 < float(c) < 1:
                 raise InputError(f"cosines[{k!r}] must lie in (-1, 1), got {c}")
-        if int(self.K) < 2:
-            raise InputError(f"K must be >= 2, got {self.K}")
         for pr in self.pairs:
             if len(pr) != 2 or not all(0 <= int(i) < self.K for i in pr) or pr[0] == pr[1]:
                 raise InputError(f"pairs must hold two distinct indices in [0, K), got {pr}")
-        if int(self.seeds) < 1:
-            raise InputError(f"seeds must be >= 1, got {self.seeds}")
         if not self.methods:
             raise InputError("methods is empty")
         for m, grid in self.methods.items():
@@ -138,9 +156,6 @@ class ShiftConfig:
                 raise InputError(f"unknown method {m!r}; known: {sorted(METHODS)}")
             if len(grid) == 0:
                 raise InputError(f"methods[{m!r}] is an empty grid")
-        for nm in ("n", "n_val", "steps"):
-            if int(getattr(self, nm)) < 1:
-                raise InputError(f"{nm} must be a positive integer")
 
     @classmethod
     def quick(cls, **changes) -> ShiftConfig:

@@ -64,6 +64,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -214,29 +215,59 @@ def code_fingerprint() -> str:
     return _CODE_FINGERPRINT[memo]
 
 
-def clear_cache(root: str | Path) -> int:
-    """Delete every cache file (``<namespace>/<xx>/<key>.json`` and torn ``.tmp`` files)
-    under ``root`` and the folders left empty; return the number of files deleted. Other
-    files are left alone, so pointing this at the wrong folder deletes nothing else."""
-    import re
+#: The mark every cache entry carries (key ``"rdpo_cache"`` of its JSON payload); temporary
+#: files of an entry being written are named ``TMP_PREFIX*.tmp``. Only files with the mark are
+#: cache entries: :func:`clear_cache` deletes nothing else.
+CACHE_MARK = "rdpo-run-cache-1"
+TMP_PREFIX = ".rdpo-entry-"
+#: The keys of an entry written before entries were marked (recognised as ours too).
+_LEGACY_KEYS = frozenset({"params", "seed", "rows", "version", "code", "failed", "reasons"})
+_ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
 
+
+def is_cache_entry(path: str | Path) -> bool:
+    """Whether ``path`` is a file this cache wrote: ``<namespace>/<xx>/<key>.json`` whose JSON
+    payload carries :data:`CACHE_MARK` (or every key of an older entry), or a torn temporary
+    file ``<namespace>/<xx>/TMP_PREFIX*.tmp`` of one."""
+    p = Path(path)
+    if not p.is_file() or p.is_symlink() or len(p.parent.name) != 2:
+        return False
+    if p.name.startswith(TMP_PREFIX) and p.name.endswith(".tmp"):
+        return True
+    if not _ENTRY_NAME.match(p.name) or not p.name.startswith(p.parent.name):
+        return False
+    try:
+        with open(p) as f:
+            payload = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(payload, dict):
+        return False
+    return payload.get("rdpo_cache") == CACHE_MARK or _LEGACY_KEYS <= payload.keys()
+
+
+def clear_cache(root: str | Path) -> int:
+    """Delete every cache entry under ``root`` (:func:`is_cache_entry`: a marked
+    ``<namespace>/<xx>/<key>.json`` file or a torn temporary file of one) and the folders that
+    deleting them left empty; return the number of entries deleted. Every other file and
+    folder, empty ones included, is left alone, so pointing this at the wrong folder deletes
+    nothing else."""
     root = Path(root)
     if not root.exists():
         return 0
     if not root.is_dir():
         raise InputError(f"cache folder {str(root)!r} is not a directory")
-    pattern = re.compile(r"^([0-9a-f]{64}\.json|.*\.tmp)$")
     n = 0
+    emptied: set[Path] = set()
     for p in sorted(root.glob("*/*/*")):
-        if p.is_file() and pattern.match(p.name) and len(p.parent.name) == 2:
+        if is_cache_entry(p):
             p.unlink()
             n += 1
-    for d in sorted(root.glob("*/*"), reverse=True):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-    for d in sorted(root.glob("*")):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
+            emptied.add(p.parent)
+    for d in sorted(emptied, reverse=True):  # <namespace>/<xx>, then <namespace>
+        for folder in (d, d.parent):
+            if folder != root and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     return n
 
 
@@ -275,6 +306,7 @@ class RunCache:
 
         failed = [r for r in rows if r.get("ok", True) is False]
         payload = {
+            "rdpo_cache": CACHE_MARK,
             "params": task.params,
             "seed": list(task.seed),
             "rows": rows,
@@ -283,7 +315,7 @@ class RunCache:
             "failed": bool(failed),
             "reasons": [str(r.get("reason", r.get("status", ""))) for r in failed],
         }
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=TMP_PREFIX, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(payload, f, default=_json_default)
