@@ -40,6 +40,7 @@ from . import _validate as V
 from . import divergences as D
 from . import losses as L
 from .errors import InputError
+from .options import POSITIVE_INT, check
 
 #: The divergence balls audited by default (``check_divergence`` also takes
 #: every id of :data:`rdpo_theory.divergences.DIVERGENCES` and any
@@ -218,8 +219,7 @@ def top_pairs(
         (q) and ``ratio`` (q / p), sorted by ratio then loss, decreasing; at most k rows.
     """
     lo, p = _losses_weights(losses, weights)
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise InputError(f"The 'k' parameter of top_pairs must be a positive integer. Got {k!r}.")
+    check("k", k, POSITIVE_INT, owner="top_pairs")
     q = worst_case(lo, weights=p, divergence=divergence, rho=rho)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(p > 0, q / p, 0.0)

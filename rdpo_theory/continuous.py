@@ -37,6 +37,7 @@ from scipy.special import expit, log_expit
 
 from .data import PreferenceData
 from .errors import InputError
+from .options import POSITIVE_INT, check
 from .rng import make_rng
 
 #: Feature laws, each scaled to unit variance.
@@ -277,8 +278,7 @@ class ContinuousWorld:
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, seed=0) -> PreferenceData:
         """``n`` i.i.d. pairs: x from the law, y by Bradley-Terry (X has shape (n, 1))."""
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise InputError(f"The 'n' parameter must be an int >= 1. Got {n!r} instead.")
+        check("n", n, POSITIVE_INT, owner="sample")
         rng = make_rng(seed)
         x = self.dist.rvs(size=int(n), random_state=rng)
         y = (rng.random(int(n)) < expit(self.beta * self.theta_star * x)).astype(float)

@@ -26,6 +26,7 @@ def _llm_parser():
     root = argparse.ArgumentParser(prog="rdpo")
     sub = root.add_subparsers()
     llm.add_parser(sub)
+    llm.add_config_arguments(sub.choices["llm"])
     return root, sub.choices["llm"]
 
 

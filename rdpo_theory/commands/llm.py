@@ -94,11 +94,17 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--lora-dropout", type=float, default=None, help="--model: LoRA dropout (default 0)"
     )
+    p.set_defaults(func=run)
+
+
+def add_config_arguments(p) -> None:
+    """The training flags, generated from TrainConfig (which imports torch): added by
+    :func:`rdpo_theory.cli.build_parser` only when ``rdpo llm`` runs, so that other commands
+    never import torch."""
     train = p.add_argument_group(
         "training options (--model; the fields of rdpo_theory.torch.train.TrainConfig)"
     )
     add_train_arguments(train)
-    p.set_defaults(func=run)
 
 
 #: Defaults of the --model options that are not TrainConfig fields (None in the parser, so

@@ -39,6 +39,7 @@ import pandas as pd
 from ..data import PreferenceData
 from ..errors import InputError, RDPOError
 from ..losses import dpo_risk
+from ..options import POSITIVE_INT, check
 from ..worlds import behaviour_shift, context_shift, mixture_reward, preference_shift
 from . import shift as S
 
@@ -94,8 +95,7 @@ class FrontierConfig:
     base_seed: int = 2026
 
     def __post_init__(self):
-        if int(self.seeds) < 1:
-            raise InputError(f"seeds must be >= 1, got {self.seeds}")
+        check("seeds", self.seeds, POSITIVE_INT, owner="FrontierConfig")
         for m, grid in self.methods.items():
             if m not in METHODS:
                 raise InputError(f"unknown method {m!r}; known: {sorted(METHODS)}")

@@ -47,6 +47,7 @@ from ..data import PreferenceData
 from ..errors import InputError, SolverError
 from ..exact.wasserstein import default_cost
 from ..methods import listed
+from ..options import POSITIVE_INT, check
 from ..worlds import BUILTIN_WORLDS, World, builtin_world
 from .sweep import Task, fingerprint, run_sweep
 
@@ -565,8 +566,7 @@ def slopes(
     DataFrame with ``method, rho, metric, slope, ci_lo, ci_hi, n_min, n_max, seeds,
     contains_half, contains_quarter``.
     """
-    if n_boot < 1:
-        raise InputError(f"n_boot must be >= 1, got {n_boot}")
+    check("n_boot", n_boot, POSITIVE_INT, owner="slopes")
     ok = runs[runs["ok"].astype(bool)] if "ok" in runs else runs
     if min_n is not None:
         ok = ok[ok["n"] >= min_n]

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older torch: the CPU/GPU default may l
     from contextlib import nullcontext as _math_attention
 
 from ..errors import InputError
+from ..options import POSITIVE_INT, check
 from .logprobs import head_compute_dtype, linear_selective_log_softmax, selective_log_softmax
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
@@ -408,8 +409,7 @@ def sample_completions(
 
     Prompts are left-padded for generation; the completion stops at eos or ``max_new_tokens``.
     """
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check("max_new_tokens", max_new_tokens, POSITIVE_INT, owner="sample_completions")
     m = unwrap_model(model)
     was_training = m.training
     m.eval()

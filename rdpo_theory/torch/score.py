@@ -17,6 +17,7 @@ import torch
 
 from ..audit import LOGP_COLUMNS
 from ..errors import InputError
+from ..options import POSITIVE_INT, check
 
 
 def score_pairs(
@@ -52,10 +53,7 @@ def score_pairs(
     DataFrame, one row per pair: :data:`LOGP_COLUMNS` (float64, nats) and, with ``beta``,
     ``grad_sq_norm``.
     """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(
-            f"The 'batch_size' parameter must be a positive integer. Got {batch_size}."
-        )
+    check("batch_size", batch_size, POSITIVE_INT, owner="score_pairs")
     if not rows:
         raise InputError("rows is empty: need at least one preference pair")
     device = torch.device(device) if device is not None else next(model.parameters()).device
