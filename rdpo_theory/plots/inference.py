@@ -67,7 +67,7 @@ def coverage_vs_n(cov: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("n")
         ax.set_ylabel("coverage")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     ax = axes[0][2]
     el = cov[cov["method"] == "el"]
     for k, (q, g) in enumerate(el.groupby("quantity", sort=False)):
@@ -86,7 +86,7 @@ def coverage_vs_n(cov: pd.DataFrame, path: str | Path) -> Path:
     ax.set_xscale("log")
     ax.set_title("one-sided EL upper bounds", fontsize=9)
     ax.set_xlabel("n")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1)
     lo = min(0.9, float(cov["coverage"].min()) - 0.02)
     for a in axes[0]:
         a.set_ylim(lo, 1.005)
