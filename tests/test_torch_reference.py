@@ -271,4 +271,4 @@ def test_cli_lora_and_precomputed_reference(tmp_path, capsys):
     assert json.loads((out / "dpo" / "config.json").read_text())["peft_config"]["r"] == 4
     capsys.readouterr()
     assert main(argv[:-3] + ["--lora-r", "-1"]) != 0
-    assert "--lora-r must be >= 0" in capsys.readouterr().err
+    assert "--lora-r must be an int >= 0" in capsys.readouterr().err

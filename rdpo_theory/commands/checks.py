@@ -5,13 +5,13 @@ command refuses bad arguments before it starts any work or writes any file."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..options import Interval
 
 
 def output_dir(path, flag: str = "--out") -> Path:
@@ -66,19 +66,23 @@ def jobs(n, flag: str = "--jobs") -> int:
     return n
 
 
+def _flag_check(value, flag: str, constraint: Interval):
+    """``value`` if it satisfies ``constraint`` (rdpo_theory.options), else the declared
+    message shape with the flag as the name: ``--n must be an int >= 1. Got 0 instead.``"""
+    if not constraint.holds(value):
+        raise InputError(f"{flag} must be {constraint.describe()}. Got {value!r} instead.")
+    return value
+
+
 def integer(n, flag: str, *, minimum: int) -> int:
-    if n < minimum:
-        raise InputError(f"{flag} must be >= {minimum}, got {n}")
-    return n
+    """``n`` is an int >= ``minimum``."""
+    return _flag_check(n, flag, Interval(int, minimum, None, closed="left"))
 
 
 def number(x, flag: str, *, minimum: float, strict: bool = False, allow_inf: bool = False):
     """``x`` is a number >= ``minimum`` (> with ``strict``), finite unless ``allow_inf``."""
-    if math.isnan(x) or (math.isinf(x) and not allow_inf):
-        raise InputError(f"{flag} must be a finite number, got {x}")
-    if x < minimum or (strict and x == minimum):
-        raise InputError(f"{flag} must be {'>' if strict else '>='} {minimum:g}, got {x:g}")
-    return x
+    closed = "neither" if strict else "left"
+    return _flag_check(x, flag, Interval(float, minimum, None, closed=closed, allow_inf=allow_inf))
 
 
 def not_applicable(args, options: dict[str, str], reason: str) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from ..figures import register, write_tables
+from ..options import POSITIVE_INT, check
 
 DEFAULT_OUT = Path("figures")  # relative to the current directory, never the package
 
@@ -39,8 +39,7 @@ def run(args) -> int:
     C.output_dir(args.out)
     changes = {}
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+        check("seeds", args.seeds, POSITIVE_INT, owner="rdpo frontier")
         changes["seeds"] = args.seeds
     cfg = FrontierConfig.full(**changes) if args.full else FrontierConfig.quick(**changes)
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from ..extras import require
 from ..figures import register, write_tables
 from ..io import dumps_json
 from ..methods import listed
+from ..options import POSITIVE_INT, check
 
 
 def add_parser(sub) -> None:
@@ -271,8 +272,7 @@ def _run_tiny(args) -> int:
 
     if args.dataset is not None:
         raise InputError("--dataset does not apply to --tiny (it generates its own pairs)")
-    if args.seeds < 1:
-        raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    check("seeds", args.seeds, POSITIVE_INT, owner="rdpo llm")
     C.jobs(args.jobs)
     C.output_dir(args.out)
     cfg = (
@@ -438,8 +438,9 @@ def _loss_kwargs(args, method: str) -> dict:
 
 def _lora_config(args):
     """A ``peft.LoraConfig`` from ``--lora-r/--lora-alpha/--lora-dropout`` (None for r = 0)."""
-    if args.lora_r < 0:
-        raise InputError(f"--lora-r must be >= 0, got {args.lora_r}")
+    from . import checks as C
+
+    C.integer(args.lora_r, "--lora-r", minimum=0)
     if args.lora_r == 0:
         return None
     try:

@@ -10,8 +10,8 @@ import numpy as np
 
 from .._validate import SOLVER_PATHS
 from ..data import PreferenceData
-from ..errors import InputError
 from ..io import dumps_json
+from ..options import POSITIVE_INT, check
 from ..worlds import BUILTIN_WORLDS, World, builtin_world
 
 
@@ -142,8 +142,7 @@ def load_problem(args) -> tuple[PreferenceData, float, World | None]:
     if args.n is None:
         data = world.population.data
     else:
-        if args.n < 1:
-            raise InputError(f"--n must be >= 1, got {args.n}")
+        check("n", args.n, POSITIVE_INT, owner="rdpo solve")
         data = world.empirical(args.n, seed)
     return data, (world.beta if args.beta is None else args.beta), world
 
