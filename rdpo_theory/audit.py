@@ -40,7 +40,7 @@ from . import _validate as V
 from . import divergences as D
 from . import losses as L
 from .errors import InputError
-from .options import POSITIVE_INT, check
+from .options import NONNEGATIVE, POSITIVE_INT, Interval, declare
 
 #: The divergence balls audited by default (``check_divergence`` also takes
 #: every id of :data:`rdpo_theory.divergences.DIVERGENCES` and any
@@ -91,6 +91,7 @@ def _losses_weights(losses, weights):
 
 
 @V.renamed_keyword("radius", "rho")
+@declare({"rho": NONNEGATIVE})
 def worst_case(losses, *, weights=None, divergence: str = "kl", rho: float) -> np.ndarray:
     """The adversary's law ``q`` (n,) attaining ``sup { E_q l : D(q || p) <= rho }``.
 
@@ -181,6 +182,7 @@ def profile(losses, *, weights=None, divergence: str = "kl", rhos) -> pd.DataFra
 
 
 @V.renamed_keyword("radius", "rho")
+@declare({"rho": NONNEGATIVE})
 def worst_case_error(margins, *, weights=None, divergence: str = "kl", rho: float) -> float:
     """Largest preference error rate over the ball: ``sup_q q({i : m_i < 0})``.
 
@@ -207,6 +209,7 @@ def worst_case_error(margins, *, weights=None, divergence: str = "kl", rho: floa
 
 
 @V.renamed_keyword("radius", "rho")
+@declare({"rho": NONNEGATIVE, "k": POSITIVE_INT})
 def top_pairs(
     losses, *, weights=None, divergence: str = "kl", rho: float, k: int = 10
 ) -> pd.DataFrame:
@@ -219,7 +222,6 @@ def top_pairs(
         (q) and ``ratio`` (q / p), sorted by ratio then loss, decreasing; at most k rows.
     """
     lo, p = _losses_weights(losses, weights)
-    check("k", k, POSITIVE_INT, owner="top_pairs")
     q = worst_case(lo, weights=p, divergence=divergence, rho=rho)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(p > 0, q / p, 0.0)
@@ -272,6 +274,7 @@ def group_profile(losses, groups, *, weights=None) -> pd.DataFrame:
     )
 
 
+@declare({"alpha": [Interval(float, 0, 1, closed="right")]})
 def radius_for_subpopulation(alpha: float, divergence: str = "kl") -> float:
     """The smallest ball size whose ball contains every subpopulation of mass ``>= alpha``.
 

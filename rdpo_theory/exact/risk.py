@@ -35,12 +35,21 @@ from .. import methods as M
 from ..data import PreferenceData, as_data
 from ..errors import InputError
 from ..losses import check_beta, dpo_risk
+from ..options import NONNEGATIVE, POSITIVE, Interval, declare
 
 #: The objectives ``robust_risk`` accepts by their trainer loss name (any method id or family
 #: id with an ambiguity set in :mod:`rdpo_theory.methods` is accepted too).
 RISK_METHODS = M.listed("risk")
 
 
+@declare(
+    {
+        "rho": NONNEGATIVE,
+        "beta": POSITIVE,
+        "p": [Interval(float, 1, None, closed="left")],
+        "kappa": [Interval(float, 0, None, closed="left", allow_inf=True)],
+    }
+)
 def robust_risk(
     theta,
     data,
