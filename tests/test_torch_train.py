@@ -230,7 +230,10 @@ def test_wdpo_finite_difference_through_trainer(tok):
     kw = {"rho0": 0.5}
     runs = []
     for hvp in ("double-backward", "finite-difference"):
-        cfg = _cfg(method="wdpo", loss_kwargs=kw, max_steps=2, wdpo_hvp=hvp)
+        # "batch" pinned: "auto" picks running for double backward only
+        cfg = _cfg(
+            method="wdpo", loss_kwargs=kw, max_steps=2, wdpo_hvp=hvp, robust_normalizer="batch"
+        )
         runs.append(train_preference(_model(), tok, ROWS, cfg, ref_model=_model()).metrics)
     (a1, a2), (b1, b2) = runs
     assert b1["loss"] == pytest.approx(a1["loss"], rel=1e-6)

@@ -231,3 +231,50 @@ def test_normalizer_options_are_validated(tok, tmp_path):
         _robust(tok, _args(tmp_path), "dpo", {}, "accumulated")
     with pytest.raises(InputError, match="decay"):
         _robust(tok, _args(tmp_path), "kldpo", {"tau": 1.0}, "running", robust_decay=2.0)
+
+
+def test_default_normalizer_resolves_per_method(tok, tmp_path):
+    """RobustDPOTrainer's default robust_normalizer ("auto") is running for KLDPO normalized
+    and WDPO sqrt-mean, batch for DPO, clipped KLDPO and weighted rows."""
+    kl = _pair(tok, tmp_path, robust="kldpo", robust_kwargs={"tau": 0.5})
+    assert kl.robust_normalizer == "running" and kl._running is not None
+    assert _pair(tok, tmp_path, robust="wdpo", robust_kwargs={"rho0": 0.1}).robust_normalizer == (
+        "running"
+    )
+    assert _pair(tok, tmp_path, robust="dpo").robust_normalizer == "batch"
+    clipped = {"tau": 0.5, "variant": "clipped", "clip": 2.0}
+    assert _pair(tok, tmp_path, robust="kldpo", robust_kwargs=clipped).robust_normalizer == "batch"
+    weighted = RobustDPOTrainer(
+        model=build_model(EmotionConfig.smoke(), 0),
+        ref_model=build_model(EmotionConfig.smoke(), 1),
+        args=_args(tmp_path),
+        train_dataset=Dataset.from_list([dict(r, weight=2.0) for r in ROWS]),
+        processing_class=tok,
+        robust_method="kldpo",
+        robust_kwargs={"tau": 0.5},
+    )
+    assert weighted.robust_normalizer == "batch" and weighted._running is None
+
+
+def test_nonfinite_loss_stops_training(tok, tmp_path):
+    """A NaN reference makes the training loss NaN: the trainer stops with NonFiniteError
+    naming the reference log-probs before any update (TRL alone would go on)."""
+    from rdpo_theory.errors import NonFiniteError
+
+    ref = build_model(EmotionConfig.smoke(), 1)
+    with torch.no_grad():
+        ref.lm_head.weight[0, 0] = float("nan")  # tied to the embeddings: every logit is NaN
+    policy = build_model(EmotionConfig.smoke(), 0)
+    before = _flat(policy).clone()
+    tr = RobustDPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=_args(tmp_path),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tok,
+        robust_method="kldpo",
+        robust_kwargs={"tau": 0.5},
+    )
+    with pytest.raises(NonFiniteError, match="step 1: non-finite reference_chosen_logps"):
+        tr.train()
+    torch.testing.assert_close(_flat(tr.model), before, atol=0, rtol=0)

@@ -68,7 +68,8 @@ def _cfg(out=None, **kw):
 @pytest.mark.parametrize("method,kw", [("dpo", {}), ("kldpo", {"tau": 0.5})])
 def test_nan_reference_raises_and_writes_no_model(tok, tmp_path, method, kw):
     """Issue 16 failure 1: NaN reference log-probs used to 'succeed' with NaN losses, 28
-    non-finite parameter tensors and a broken final/. Now: a clear error at step 1."""
+    non-finite parameter tensors and a broken final/. Now: a clear error at step 1. (KLDPO
+    runs with its default running normaliser, which leaves a NaN batch out of its average.)"""
     model = _model()
     before = [p.detach().clone() for p in model.parameters()]
     cfg = _cfg(tmp_path / "run", method=method, loss_kwargs=kw)
@@ -128,6 +129,30 @@ def test_skipped_step_leaves_weights_unchanged(tok, monkeypatch):
         torch.testing.assert_close(pa, pb)
 
 
+def test_skipped_step_leaves_the_running_normalizer_unchanged(tok, tmp_path, monkeypatch):
+    """KLDPO's default ("auto" -> running) folds each micro-batch's log Z into its running
+    average during the forward pass; a step whose gradient turns out non-finite and is skipped
+    must not keep that update: 2 steps with step 2 skipped leave the statistic of 1 step."""
+    kl = dict(method="kldpo", loss_kwargs={"tau": 0.5}, on_nonfinite="skip")
+    _inject_nan_at(monkeypatch, {2}, grad_only=True)
+    a = train_preference(
+        _model(), tok, ROWS, _cfg(tmp_path / "a", max_steps=2, **kl), ref_model=_model()
+    )
+    monkeypatch.undo()
+    b = train_preference(
+        _model(), tok, ROWS, _cfg(tmp_path / "b", max_steps=1, **kl), ref_model=_model()
+    )
+    assert a.robust_normalizer == b.robust_normalizer == "running"
+    assert [r["skipped"] for r in a.metrics] == [0, 1]
+
+    def saved(run, step):
+        state = json.loads((tmp_path / run / "checkpoints" / step / T.STATE_FILE).read_text())
+        return state["running"]["normalizer"]
+
+    assert saved("a", "step-2") == saved("b", "step-1")
+    assert saved("b", "step-1")["value"] is not None
+
+
 def test_nonfinite_gradient_alone_is_caught(tok, monkeypatch):
     _inject_nan_at(monkeypatch, {1}, grad_only=True)
     with pytest.raises(NonFiniteError, match="step 1: non-finite grad_norm .first non-finite"):
@@ -168,10 +193,12 @@ def test_resume_refuses_a_different_run(tok, tmp_path):
     train_preference(_model(), tok, ROWS, _cfg(tmp_path, max_steps=2), ref_model=_model())
     before = (tmp_path / "metrics.jsonl").read_text()
     other = _cfg(tmp_path, max_steps=4, resume=True, method="kldpo", loss_kwargs={"tau": 1.0})
-    with pytest.raises(InputError, match="differs in 2 field") as e:
+    with pytest.raises(InputError, match="differs in 3 field") as e:
         train_preference(_model(), tok, ROWS, other, ref_model=_model())
     assert "method: recorded 'dpo', now 'kldpo'" in str(e.value)
     assert "loss_kwargs" in str(e.value)
+    # "auto" resolves to batch for DPO and to running for KLDPO: the run block says so
+    assert "run.robust_normalizer: recorded 'batch', now 'running'" in str(e.value)
     for change, field in (
         ({"beta": 0.25}, "beta"),
         ({"batch_size": 8}, "batch_size"),

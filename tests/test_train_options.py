@@ -115,7 +115,7 @@ def test_generated_invalid_values_are_refused(name):
 
 
 def test_micro_batch_is_a_deprecated_alias_of_batch(tmp_path):
-    assert DEFAULT_TRAINER_NORMALIZER == "batch"
+    assert DEFAULT_TRAINER_NORMALIZER == "auto"
     assert TrainConfig().robust_normalizer == DEFAULT_TRAINER_NORMALIZER
     with pytest.warns(DeprecationWarning, match="'batch'"):
         cfg = TrainConfig(method="kldpo", loss_kwargs={"tau": 1.0}, robust_normalizer="micro-batch")

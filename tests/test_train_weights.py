@@ -43,6 +43,9 @@ def _cfg(**kw):
         progress=False,
         seed=3,
         max_grad_norm=None,
+        # weighted rows always train with the per-batch normaliser ("auto" picks it for them);
+        # the repeated rows they are compared with must use the same one
+        robust_normalizer="batch",
     )
     base.update(kw)
     return TrainConfig(**base)

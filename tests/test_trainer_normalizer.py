@@ -35,6 +35,7 @@ def _cfg(out=None, **kw):
         seed=3,
         output_dir=out,
         save_final_model=False,
+        robust_normalizer="batch",  # the per-micro-batch normaliser, unless a test names another
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -345,7 +346,8 @@ def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys)
     kl = json.loads((out / "kldpo" / "config.json").read_text())
     dpo = json.loads((out / "dpo" / "config.json").read_text())
     assert (kl["robust_normalizer"], kl["robust_decay"]) == ("running", 0.5)
-    assert dpo["robust_normalizer"] == "batch"
+    assert dpo["robust_normalizer"] == "auto"  # the default, resolved to batch for DPO
+    assert (kl["run"]["robust_normalizer"], dpo["run"]["robust_normalizer"]) == ("running", "batch")
     normalizers = [m["normalizer"] for m in read_metrics(out / "kldpo") if "normalizer" in m]
     assert normalizers and all(torch.isfinite(torch.tensor(normalizers)))
     capsys.readouterr()
@@ -356,3 +358,65 @@ def test_cli_robust_normalizer_reaches_the_robust_methods_only(tmp_path, capsys)
     assert main(fresh + ["--robust-decay", "2"]) != 0
     err = capsys.readouterr().err
     assert "--methods kldpo" in err and "decay" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- the "auto" default (issue 25)
+@pytest.mark.parametrize(
+    "method, kwargs, hvp, weighted, expected",
+    [
+        ("kldpo", {"tau": 0.5}, "double-backward", False, "running"),
+        ("kldpo", {"tau": 0.5, "variant": "normalized"}, "double-backward", False, "running"),
+        ("kldpo", {"tau": 0.5, "variant": "clipped"}, "double-backward", False, "batch"),
+        ("kldpo", {"tau": 0.5}, "double-backward", True, "batch"),
+        ("wdpo", {"rho0": 0.1}, "double-backward", False, "running"),
+        ("wdpo", {"rho0": 0.1}, "finite-difference", False, "batch"),
+        ("wdpo", {"rho0": 0.1, "variant": "per-pair"}, "double-backward", False, "batch"),
+        ("wdpo", {"rho0": 0.1}, "double-backward", True, "batch"),
+        ("dpo", {}, "double-backward", False, "batch"),
+        ("chi2dpo", {"rho": 0.3}, "double-backward", False, "batch"),
+    ],
+)
+def test_auto_resolves_to_running_where_it_applies(method, kwargs, hvp, weighted, expected):
+    from rdpo_theory.torch.normalizers import resolve_trainer_normalizer
+
+    got = resolve_trainer_normalizer("auto", method, kwargs, wdpo_hvp=hvp, weighted=weighted)
+    assert got == expected
+    # an explicit choice is kept as given
+    for explicit in ("batch", "accumulated", "running"):
+        assert resolve_trainer_normalizer(explicit, method, kwargs) == explicit
+
+
+@pytest.mark.parametrize("kw", [KL, W], ids=["kldpo", "wdpo"])
+def test_default_trains_with_the_running_normalizer(tok, kw, tmp_path):
+    """TrainConfig's default ("auto") is the running normaliser for KLDPO and WDPO: the same
+    parameters as an explicit robust_normalizer="running" run, recorded in config.json and in
+    the result; an explicit "batch" run differs."""
+    auto = _train(tok, _cfg(tmp_path / "auto", robust_normalizer="auto", **kw))
+    running = _train(tok, _cfg(robust_normalizer="running", **kw))
+    batch = _train(tok, _cfg(**kw))
+    assert TrainConfig().robust_normalizer == "auto"
+    assert (auto.robust_normalizer, running.robust_normalizer) == ("running", "running")
+    assert batch.robust_normalizer == "batch"
+    rec = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert (rec["robust_normalizer"], rec["run"]["robust_normalizer"]) == ("auto", "running")
+    gap = max(
+        (a - b).abs().max() for a, b in zip(auto.model.parameters(), batch.model.parameters())
+    )
+    for a, b in zip(auto.model.parameters(), running.model.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert gap > 1e-6  # the running normaliser really is another one at batch_size 4
+
+
+def test_auto_with_weighted_rows_uses_the_batch_normalizer(tok):
+    rows = [dict(r, weight=1.0 + (i % 3)) for i, r in enumerate(ROWS)]
+    cfg = _cfg(robust_normalizer="auto", **KL)
+    res = train_preference(build_model(CFG, 0), tok, rows, cfg, ref_model=build_model(CFG, 0))
+    assert res.robust_normalizer == "batch"
+    with pytest.raises(InputError, match="'weight' column"):
+        train_preference(
+            build_model(CFG, 0),
+            tok,
+            rows,
+            _cfg(robust_normalizer="running", **KL),
+            ref_model=build_model(CFG, 0),
+        )

@@ -357,6 +357,9 @@ def _train_one(cfg: EmotionConfig, seed, state, rows, prompts, mixture, spec, th
         mixed_precision="no",
         progress=False,
         output_dir=None,
+        # the committed llm-tiny tables were made with the paper's per-batch normaliser, the
+        # trainer's default before "auto"; pinned so that they reproduce
+        robust_normalizer="batch",
     )
     res = train_preference(policy, tok, rows, tc, ref_model=ref)
     if out is not None:

@@ -194,8 +194,14 @@ class TrainConfig:
           average of the statistic (:mod:`rdpo_theory.torch.normalizers`), all-reduced, saved
           in checkpoints and restored on resume.
 
-        The default is :data:`rdpo_theory.torch.normalizers.DEFAULT_TRAINER_NORMALIZER`. Rows
-        with a ``weight`` column need ``"batch"``.
+        * ``"auto"`` (the default,
+          :data:`rdpo_theory.torch.normalizers.DEFAULT_TRAINER_NORMALIZER`): ``"running"`` for
+          KLDPO ``normalized`` and WDPO ``sqrt-mean`` by double backward on unweighted rows,
+          ``"batch"`` otherwise (:func:`rdpo_theory.torch.normalizers.resolve_trainer_normalizer`;
+          the run logs which one it used). Until this release the default was ``"batch"``;
+          pass it to reproduce the paper's code.
+
+        Rows with a ``weight`` column need ``"batch"`` (``"auto"`` picks it).
     fused_head
         Compute every sequence log-prob with a fused linear head
         (:func:`rdpo_theory.torch.lm.sequence_logps`): the logits (2B, T, V) are never formed,
@@ -305,9 +311,11 @@ class TrainConfig:
     )
     robust_normalizer: str = option(
         DEFAULT_TRAINER_NORMALIZER,
-        help="which pairs normalise the KLDPO/WDPO robust weights: each micro-batch (batch), the "
-        "whole optimiser step (accumulated) or a running average (running); "
-        "docs/trainer-normalizers.md ('micro-batch' is a deprecated alias of batch)",
+        help="which pairs normalise the KLDPO/WDPO robust weights: each micro-batch (batch, the "
+        "paper's code), the whole optimiser step (accumulated) or a running average (running); "
+        "auto: running where it applies (KLDPO normalized, WDPO sqrt-mean by double backward, "
+        "unweighted rows), else batch; docs/trainer-normalizers.md ('micro-batch' is a "
+        "deprecated alias of batch)",
         constraints=[
             Options(TRAINER_NORMALIZERS, deprecated=dict.fromkeys(DEPRECATED_NORMALIZERS, "batch"))
         ],
@@ -363,7 +371,7 @@ class TrainConfig:
         self.robust_normalizer = check_trainer_normalizer(
             self.robust_normalizer, self.method, self.loss_kwargs
         )
-        if self.robust_normalizer != "batch" and self.wdpo_hvp != "double-backward":
+        if self.robust_normalizer not in ("auto", "batch") and self.wdpo_hvp != "double-backward":
             raise InputError(
                 f"robust_normalizer={self.robust_normalizer!r} needs wdpo_hvp='double-backward'"
             )

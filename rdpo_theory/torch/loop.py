@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .guards import check_finite_parameters
 from .lm import effective_max_length, encode_pairs
 from .nonfinite import diagnose_nonfinite, nonfinite_step, raise_nonfinite
-from .normalizers import RunningStatistic
+from .normalizers import RunningStatistic, resolve_trainer_normalizer
 from .reference import BATCH_REF_KEYS, row_reference_values, with_reference_logps
 from .run_config import CONFIG_FILE, check_output_dir, run_record
 from .steps import accumulated_statistic, loss_and_backward
@@ -48,14 +48,17 @@ ROW_TEXT_KEYS = ("prompt", "chosen", "rejected")
 @dataclass
 class TrainResult:
     """``model`` (the unwrapped trained policy), ``metrics`` (one dict per logged step),
-    ``output_dir``, ``steps`` (optimizer steps done, including resumed ones) and, for
-    ``group_dpo``, ``group_weights`` (``{group label: alpha}`` at the end)."""
+    ``output_dir``, ``steps`` (optimizer steps done, including resumed ones), for
+    ``group_dpo``, ``group_weights`` (``{group label: alpha}`` at the end) and
+    ``robust_normalizer``, the normaliser the run used (``"auto"`` resolved; also in
+    ``config.json`` under ``run.robust_normalizer``)."""
 
     model: torch.nn.Module
     metrics: list[dict]
     output_dir: Path | None
     steps: int
     group_weights: dict | None = None
+    robust_normalizer: str = "batch"
 
 
 def check_rows(rows) -> list[dict]:
@@ -195,6 +198,8 @@ class _Run:
     row_gi: object = None
     alpha: torch.Tensor | None = None  # group_dpo's group weights
     normalizer: RunningStatistic | None = None  # robust_normalizer="running"
+    #: the resolved ``cfg.robust_normalizer`` ("auto" resolved against the rows)
+    normalizer_mode: str = "batch"
     start: int = 0
     metrics: list = field(default_factory=list)
     running: dict = field(default_factory=lambda: {"skipped_total": 0, "truncated_total": 0})
@@ -207,11 +212,18 @@ def _row_data(rows, cfg: TrainConfig) -> dict:
     labels = sorted(set(row_g)) if row_g is not None else None
     if cfg.method == "group_dpo" and labels is None:
         raise InputError("method 'group_dpo' needs a 'group' on every dataset row")
-    if row_w is not None and cfg.robust_normalizer != "batch":
+    if row_w is not None and cfg.robust_normalizer not in ("auto", "batch"):
         raise InputError(
             f"rows with a 'weight' column cannot be trained with "
             f"robust_normalizer={cfg.robust_normalizer!r}; use robust_normalizer='batch'"
         )
+    mode = resolve_trainer_normalizer(
+        cfg.robust_normalizer,
+        cfg.method,
+        cfg.loss_kwargs,
+        wdpo_hvp=cfg.wdpo_hvp,
+        weighted=row_w is not None,
+    )
     row_gi = None
     if labels is not None:
         pos = {g: i for i, g in enumerate(labels)}
@@ -219,7 +231,7 @@ def _row_data(rows, cfg: TrainConfig) -> dict:
     alpha = None
     if cfg.method == "group_dpo":
         alpha = torch.full((len(labels),), 1.0 / len(labels), dtype=torch.float64)
-    return dict(row_w=row_w, labels=labels, row_gi=row_gi, alpha=alpha)
+    return dict(row_w=row_w, labels=labels, row_gi=row_gi, alpha=alpha, normalizer_mode=mode)
 
 
 def _setup(model, tokenizer, rows, cfg: TrainConfig, ref_model, acc) -> _Run:
@@ -233,7 +245,13 @@ def _setup(model, tokenizer, rows, cfg: TrainConfig, ref_model, acc) -> _Run:
         # the hashes are those of the weights as given: the weights the run starts from
         ref_id = ref_model if ref_model is not None else model
         record = run_record(
-            cfg, rows, model, ref_id, num_processes=acc.num_processes, tokenizer=tokenizer
+            cfg,
+            rows,
+            model,
+            ref_id,
+            num_processes=acc.num_processes,
+            tokenizer=tokenizer,
+            normalizer=data["normalizer_mode"],
         )
         ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
         check_output_dir(out_dir, record, resume=cfg.resume, has_checkpoint=ckpt is not None)
@@ -263,7 +281,7 @@ def _setup(model, tokenizer, rows, cfg: TrainConfig, ref_model, acc) -> _Run:
         run.running.update(saved)
         if run.alpha is not None:
             run.alpha = restore_group_weights(run.running, run.labels, ckpt)
-    if cfg.robust_normalizer == "running":
+    if run.normalizer_mode == "running":
         run.normalizer = RunningStatistic(cfg.robust_decay, log_space=cfg.method == "kldpo")
         if run.running.get("normalizer") is not None:
             run.normalizer.load_state_dict(run.running["normalizer"])
@@ -342,11 +360,13 @@ def _train_step(run: _Run, step: int) -> tuple[dict, int]:
     plan = _plan_step(run, step)
     batches = [b for b, _ in plan]
     step_norm, kept = run.normalizer, None
+    # a skipped step leaves the running normaliser as it was, like the weights
+    norm_start = run.normalizer.state_dict() if run.normalizer is not None else None
     for a, (batch, extra) in enumerate(plan):
         if run.alpha is not None:
             extra["group_weights"] = run.alpha  # updated by the previous micro-batch
         with acc.accumulate(run.model):
-            if a == 0 and cfg.robust_normalizer == "accumulated":
+            if a == 0 and run.normalizer_mode == "accumulated":
                 # first pass: the whole step's statistic (micro-batch 0's forward is kept)
                 step_norm, kept = accumulated_statistic(
                     cfg, run.model, run.ref_model, batches, accelerator=acc, keep_first=True
@@ -369,6 +389,8 @@ def _train_step(run: _Run, step: int) -> tuple[dict, int]:
         for k, v in {"loss": out.loss.detach(), **out.stats}.items():
             v = torch.as_tensor(v, dtype=torch.float32, device=acc.device)
             sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+    if skipped and norm_start is not None:
+        run.normalizer.load_state_dict(norm_start)
     run.sched.step()
     return sums, skipped
 
@@ -430,7 +452,8 @@ def _finish(run: _Run) -> TrainResult:
         if acc.is_main_process:
             run.tokenizer.save_pretrained(run.out_dir / "final")
     gw = None if run.alpha is None else dict(zip(run.labels, run.alpha.tolist()))
-    return TrainResult(unwrapped, run.metrics, run.out_dir, max(run.start, cfg.max_steps), gw)
+    steps = max(run.start, cfg.max_steps)
+    return TrainResult(unwrapped, run.metrics, run.out_dir, steps, gw, run.normalizer_mode)
 
 
 def train_preference(

@@ -127,9 +127,13 @@ def tokenizer_identity(tokenizer) -> dict | None:
     }
 
 
-def run_record(cfg, rows, model, ref_model, *, num_processes: int, tokenizer=None) -> dict:
+def run_record(
+    cfg, rows, model, ref_model, *, num_processes: int, tokenizer=None, normalizer=None
+) -> dict:
     """The configuration written to ``config.json``: ``cfg.to_dict()`` plus a ``run`` block.
-    Call it with the models as given to the trainer (the weights the run starts from)."""
+    Call it with the models as given to the trainer (the weights the run starts from).
+    ``normalizer``: the normaliser the run uses (``cfg.robust_normalizer`` with ``"auto"``
+    resolved), recorded as ``run.robust_normalizer``."""
     try:
         import transformers
 
@@ -145,6 +149,7 @@ def run_record(cfg, rows, model, ref_model, *, num_processes: int, tokenizer=Non
         "tokenizer": tokenizer_identity(tokenizer),
         "num_processes": int(num_processes),
         "global_batch": cfg.batch_size * cfg.grad_accum * int(num_processes),
+        "robust_normalizer": normalizer if normalizer is not None else cfg.robust_normalizer,
         "package_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "transformers_version": tf_version,

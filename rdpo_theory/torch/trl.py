@@ -23,8 +23,10 @@ as TRL does. ``padding_free`` is switched off by TRL 1.16 itself. Options that c
 itself (``loss_type`` other than ``sigmoid``, ``loss_weights``, ``f_divergence_type``,
 ``ld_alpha``) or that do not combine with a robust loss are refused with an error.
 
-``robust_normalizer`` (``"batch"``, ``"accumulated"`` or ``"running"``; ``"micro-batch"`` is a
-deprecated alias of ``"batch"``) and
+``robust_normalizer`` (``"auto"``, the default, ``"batch"``, ``"accumulated"`` or
+``"running"``; ``"micro-batch"`` is a deprecated alias of ``"batch"``; ``"auto"`` is
+``"running"`` for KLDPO ``normalized`` and WDPO ``sqrt-mean`` without per-pair weights and
+``"batch"`` otherwise, and ``trainer.robust_normalizer`` holds the resolved value) and
 ``robust_decay`` mean what they mean in :class:`rdpo_theory.torch.train.TrainConfig`
 (docs/theory.md#minibatch-fixed-point): ``"accumulated"`` normalises KLDPO's weights (or WDPO
 ``sqrt-mean``'s S) over every micro-batch of one optimiser step (``per_device_train_batch_size``
@@ -52,9 +54,10 @@ import os
 import torch
 from trl import DPOTrainer
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from . import losses as TL
 from .config import check_loss_kwargs, resolve_loss
+from .guards import first_nonfinite
 from .lm import BATCH_KEYS, pair_logps
 from .normalizers import (
     DEFAULT_DECAY,
@@ -63,6 +66,7 @@ from .normalizers import (
     check_decay,
     check_trainer_normalizer,
     normalized_loss,
+    resolve_trainer_normalizer,
     step_statistic,
 )
 
@@ -167,14 +171,18 @@ class RobustDPOTrainer(DPOTrainer):
             robust_normalizer, robust_method, self.robust_kwargs
         )
         self.robust_decay = check_decay(robust_decay, "robust_decay", owner="RobustDPOTrainer")
-        robust_normalizer = self.robust_normalizer
-        if robust_normalizer != "batch" and (
-            self.has_weights or getattr(targs, "use_weighting", False)
-        ):
+        weighted = self.has_weights or getattr(targs, "use_weighting", False)
+        if self.robust_normalizer not in ("auto", "batch") and weighted:
             raise InputError(
-                f"robust_normalizer={robust_normalizer!r} does not take per-pair weights (a "
+                f"robust_normalizer={self.robust_normalizer!r} does not take per-pair weights (a "
                 "'weight' column or args.use_weighting); use robust_normalizer='batch'"
             )
+        # "auto": running where it applies, else batch (the TRL path differentiates WDPO's
+        # penalty by double backward only)
+        robust_normalizer = resolve_trainer_normalizer(
+            self.robust_normalizer, robust_method, self.robust_kwargs, weighted=weighted
+        )
+        self.robust_normalizer = robust_normalizer
         self._running = None
         if robust_normalizer == "running":
             self._running = RunningStatistic(robust_decay, log_space=robust_method == "kldpo")
@@ -253,6 +261,8 @@ class RobustDPOTrainer(DPOTrainer):
             loss = (out.per_pair * w).mean()
         if self.aux_loss_enabled and outputs is not None:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+        if mode == "train" and not bool(torch.isfinite(loss.detach())):
+            self._raise_nonfinite(loss, pc, pr, rc, rr)
         ch, rj = beta * (pc - rc).detach(), beta * (pr - rr).detach()
         g = self.accelerator.gather
         met = self._metrics[mode]
@@ -268,6 +278,20 @@ class RobustDPOTrainer(DPOTrainer):
         if return_outputs:
             return loss, {"per_pair": out.per_pair.detach()}
         return loss
+
+    def _raise_nonfinite(self, loss, pc, pr, rc, rr):
+        """A non-finite training loss stops the run before its backward pass, naming the first
+        non-finite log-prob (or the loss): TRL itself would go on with NaN weights."""
+        names = ("policy_chosen_logps", "policy_rejected_logps")
+        names += ("reference_chosen_logps", "reference_rejected_logps")
+        what = first_nonfinite(zip(names, (pc, pr, rc, rr))) or f"loss (value {float(loss)})"
+        step = self.state.global_step + 1
+        raise NonFiniteError(
+            f"RobustDPOTrainer step {step}: non-finite {what}; training stopped before the "
+            "backward pass",
+            step=step,
+            quantity=what.split(" ")[0],
+        )
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """TRL's micro-batches of one optimiser step; with ``robust_normalizer="accumulated"``
