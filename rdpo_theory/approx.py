@@ -579,9 +579,12 @@ def _normalizer(normalizer: str, variant: str, method: str) -> str:
             f"normalizer='running' applies to variant 'normalized' (KLDPO) or 'sqrt-mean' "
             f"(WDPO), got variant {variant!r}"
         )
-    if nz == "mlmc" and (method != "kldpo" or variant != "normalized"):
+    if nz == "mlmc" and not (
+        method == "chi2dpo" or (method == "kldpo" and variant == "normalized")
+    ):
         raise InputError(
-            f"normalizer='mlmc' applies to KLDPO variant 'normalized', got {method} {variant!r}"
+            f"normalizer='mlmc' applies to KLDPO variant 'normalized' and to chi2dpo, got "
+            f"{method} {variant!r}"
         )
     return nz
 
@@ -907,6 +910,103 @@ def kldpo(
     res.weights, res.implied_rho = kl_implied(
         res.theta, data, tau=tau, beta=beta, variant=variant, clip=clip, theta_ref=theta_ref
     )
+    return res
+
+
+#: Normalisers of :func:`chi2dpo`: the batch's own best response, or the multilevel estimator.
+CHI2_NORMALIZERS = ("batch", "accumulated", "mlmc")
+
+
+@O.declare(
+    {
+        "rho": O.NONNEGATIVE,
+        "normalizer": [O.Options(CHI2_NORMALIZERS, deprecated={"micro-batch": "batch"})],
+        "levels": O.NONNEGATIVE_INT,
+    }
+)
+def chi2dpo(
+    X,
+    y=None,
+    *,
+    rho: float,
+    beta: float,
+    normalizer: str = "batch",
+    levels: int = 6,
+    weights=None,
+    theta_ref=None,
+    options: FitOptions | None = None,
+    **option_kwargs,
+) -> ApproxResult:
+    """Chi-square DPO by reweighting: each step holds the batch's worst case ``q`` fixed and
+    descends ``sum_i q_i l_i`` (Danskin's gradient of the batch's robust loss
+    ``L_b(theta) = sup {sum_i q_i l_i : 1/2 sum_i p_i (q_i / p_i - 1)^2 <= rho}``, ``p`` the
+    batch weights; docs/theory.md#baselines, docs/theory.md#minibatch-objective).
+
+    Full batch this is exact chi-square DPO (:func:`rdpo_theory.exact.chi2dpo`). On
+    minibatches of B pairs the expected step is the gradient of ``E_b L_b``, which, like
+    KLDPO's ``G_B``, lies below the full-data robust loss: with the dual
+    ``L_b = min_eta eta + sqrt(1 + 2 rho) sqrt(mean_b (l - eta)_+^2)``,
+    ``E_b min_eta <= min_eta E_b`` and the square root is concave. So a small batch optimises a
+    less robust objective than asked, and its minimiser moves with B.
+
+    Parameters
+    ----------
+    rho : float >= 0
+        Ball size of the chi-square divergence (the project's convention with the 1/2).
+    normalizer : {"batch", "mlmc"}
+        ``batch``: each minibatch's own worst case. ``mlmc``: the multilevel Monte Carlo
+        estimator of Levy, Carmon, Duchi and Sidford (2020), as in :func:`kldpo`: its expected
+        gradient is the batch gradient at groups of ``B 2^(levels+1)`` pairs exactly, at an
+        expected cost of about ``B (levels + 2)`` pairs per step. ``accumulated`` is
+        ``batch`` here (one micro-batch per step).
+    levels : int >= 0
+        Deepest level of ``normalizer="mlmc"``.
+    X, y, weights, theta_ref, beta
+        As in :func:`fit`.
+    options, **option_kwargs
+        Training options, as in :func:`dpo`.
+
+    Returns
+    -------
+    ApproxResult
+        With ``weights = q`` (n,), the full-data worst case at the final theta, and
+        ``implied_rho`` its chi-square divergence from p (``rho`` when the ball binds).
+    """
+    from .divergences import chi2 as C
+    from .losses import dpo_losses
+    from .torch.baselines import chi2_objective
+
+    rho = float(rho)
+    normalizer = _normalizer(normalizer, "chi2", "chi2dpo")
+    data = _data(X, y, weights)
+    opts = FitOptions.build(options, where="approx.chi2dpo", **option_kwargs)
+    uniform = _uniform_batches(data, opts)
+    mlmc = normalizer == "mlmc" and opts.batch_size is not None
+    sampler = mlmc_sampler(levels) if mlmc else None
+
+    def batch_loss(per):
+        return chi2_objective(per, rho=rho)[0]
+
+    def objective(per, x, w, training=False):
+        if training and mlmc:
+            return mlmc_objective(per, batch_loss, opts.batch_size, levels)
+        return chi2_objective(per, rho=rho, weights=None if uniform else w)[0]
+
+    res = fit(
+        data,
+        beta=beta,
+        objective=objective,
+        theta_ref=theta_ref,
+        options=opts,
+        input_grad=False,
+        pass_training=mlmc,
+        method="chi2dpo",
+        hyper={"rho": rho, "normalizer": normalizer},
+        sampler=sampler,
+    )
+    lo = dpo_losses(res.theta, data, beta=beta, theta_ref=theta_ref)
+    q = C.chi2_weights(lo, rho=rho, weights=data.weights)
+    res.weights, res.implied_rho = q, C.chi2_divergence(q, data.weights)
     return res
 
 

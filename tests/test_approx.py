@@ -320,3 +320,82 @@ def test_normalizer_vocabulary():
         approx.kldpo(X, y, variant="clipped", normalizer="mlmc", **kw)
     with pytest.raises(InputError, match="'tau' parameter of kldpo"):
         approx.kldpo(X, y, tau="1", beta=1.0)
+
+
+# ------------------------------------------------------------- chi-square DPO (issue 25.6)
+@pytest.mark.parametrize("rho, weighted", [(0.05, False), (0.02, True)])
+def test_chi2dpo_full_batch_is_exact_chi2dpo(rho, weighted):
+    """Full batch, the reweighting algorithm's fixed point is the exact conic answer
+    (exact.chi2dpo, a second-order-cone program), and its weights are the exact worst case."""
+    from rdpo_theory import exact
+    from rdpo_theory.losses import chi2_divergence
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 3))
+    y = (rng.random(80) < 1 / (1 + np.exp(-X @ [1.0, -0.5, 0.3]))).astype(float)
+    w = rng.uniform(0.5, 2.0, size=80) if weighted else np.ones(80)
+    w /= w.sum()
+    ex = exact.chi2dpo(X, y, rho=rho, beta=1.0, weights=w)
+    ap = approx.chi2dpo(X, y, rho=rho, beta=1.0, weights=w, max_steps=4000, gtol=1e-10)
+    assert ap.status == "converged"
+    np.testing.assert_allclose(ap.theta, ex.theta, atol=1e-6)
+    np.testing.assert_allclose(ap.weights, ex.worst_case, atol=1e-5)
+    assert ap.implied_rho == pytest.approx(rho, rel=1e-6)  # the ball binds here
+    assert chi2_divergence(ap.weights, w) == pytest.approx(rho, rel=1e-6)
+
+
+def test_chi2_mlmc_gradient_is_unbiased_for_the_deepest_group():
+    """E[grad of the multilevel surrogate] with the chi-square batch loss equals the expected
+    batch gradient at groups of B 2^(L+1) i.i.d. pairs, both by enumerating every ordered
+    tuple (an independent sum, not the surrogate's own telescoping)."""
+    import itertools
+
+    import torch
+
+    from rdpo_theory.approx import mlmc_objective
+    from rdpo_theory.torch.baselines import chi2_objective
+    from rdpo_theory.torch.losses import dpo_pair_losses
+
+    rng = np.random.default_rng(0)
+    X, y, p = rng.normal(size=(3, 2)), np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.3, 0.2])
+    sb = torch.tensor(PreferenceData(X, y, p).signed_labels)
+    Xt = torch.tensor(X)
+    rho, B, levels, th = 0.3, 1, 1, np.array([0.3, -0.7])
+
+    def loss_of(q):
+        return chi2_objective(q, rho=rho)[0]
+
+    def grad(idx, fn):
+        theta = torch.tensor(th, requires_grad=True)
+        per = dpo_pair_losses(sb[idx] * (Xt[idx] @ theta))
+        return torch.autograd.grad(fn(per), theta)[0].numpy()
+
+    pj = 0.5 ** np.arange(levels + 1) / (0.5 ** np.arange(levels + 1)).sum()
+    expected = np.zeros(2)
+    for j in range(levels + 1):
+        for t in itertools.product(range(3), repeat=B * 2 ** (j + 1)):
+            g = grad(list(t), lambda q: mlmc_objective(q, loss_of, B, levels))
+            expected += pj[j] * np.prod(p[list(t)]) * g
+    deep = B * 2 ** (levels + 1)
+    ref = sum(
+        np.prod(p[list(t)]) * grad(list(t), loss_of)
+        for t in itertools.product(range(3), repeat=deep)
+    )
+    np.testing.assert_allclose(expected, ref, atol=1e-12)
+    # and the batch gradient at B is another one: the multilevel correction matters here
+    shallow = sum(np.prod(p[[i]]) * grad([i], loss_of) for i in range(3))
+    assert np.linalg.norm(shallow - ref) > 1e-3
+
+
+def test_chi2dpo_normalizers():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(20, 2)), (rng.random(20) < 0.6).astype(float)
+    kw = dict(rho=0.2, beta=1.0, batch_size=4, max_steps=20, gtol=0.0)
+    a = approx.chi2dpo(X, y, normalizer="batch", **kw)
+    b = approx.chi2dpo(X, y, normalizer="accumulated", **kw)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert np.all(np.isfinite(approx.chi2dpo(X, y, normalizer="mlmc", levels=2, **kw).theta))
+    with pytest.raises(InputError, match="'normalizer' parameter of chi2dpo"):
+        approx.chi2dpo(X, y, normalizer="running", **kw)
+    with pytest.raises(InputError, match="'rho' parameter of chi2dpo"):
+        approx.chi2dpo(X, y, rho=-1.0, beta=1.0)
