@@ -27,8 +27,8 @@ CSV line each (quote a field that holds a comma):
     one row, and the number is the first row's value over (minus) the second's ("6 times the
     variance", "trades 0.09 nats").
 
-  Without ``agg``, a column written ``a/b`` is the ratio of two cells of the one row ("its worst
-  case is 3.7 times its mean": ``worst_loss/nominal_loss``).
+  Without ``agg``, a column written ``a/b`` (``a-b``) is the ratio (difference) of two cells of
+  the one row ("its worst case is 3.7 times its mean": ``worst_loss/nominal_loss``).
 
 The test fails when the quoted text is no longer in the page (the prose changed: update the
 line) or when the table's value, rounded with ``fmt``, is not the number written (the table
@@ -248,6 +248,9 @@ def value(quote: Quote, column: str) -> float:
     agg = quote.agg or ""
     if not agg:
         row = select(quote.table, quote.rows)
+        if column not in row and "-" in column:
+            left, right = column.split("-")
+            return float(row[left]) - float(row[right])
         num, _, den = column.partition("/")
         return float(row[num]) / (float(row[den]) if den else 1.0)
     if agg in ("ratio", "difference"):
@@ -379,9 +382,12 @@ def test_count_ratio_and_bad_aggregates(tmp_path, monkeypatch):
         with pytest.raises(AssertionError, match="unknown agg"):
             check(_q("2 seeds", "method=dpo", "y", ".0f", "avg"))
         # difference 10 - 4.5 = 5.5 (not 4.5 - 10); a column ratio in one row, 8 / 10 = 0.8
-        _tiny(tmp_path, monkeypatch, "5.5 more; 0.8 of it; -5.5 less")
+        _tiny(tmp_path, monkeypatch, "5.5 more; 0.8 of it; -5.5 less; 2.0 apart")
         check(_q("5.5 more", "method=kl / seed=2", "x", ".1f", "difference"))
         check(_q("0.8 of it", "method=kl", "y/x", ".1f"))
+        check(_q("2.0 apart", "method=kl", "x-y", ".1f"))  # a column difference, 10 - 8
+        with pytest.raises(AssertionError, match="should quote"):  # 8 - 10 = -2.0
+            check(_q("2.0 apart", "method=kl", "y-x", ".1f"))
         with pytest.raises(AssertionError, match="should quote"):
             check(_q("-5.5 less", "method=kl / seed=2", "x", ".1f", "difference"))
         with pytest.raises(AssertionError, match="should quote"):  # x / y = 1.25
