@@ -28,3 +28,16 @@ def progress(iterable, label: str, total: int | None = None):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=label, total=total, file=sys.stderr, mininterval=10, leave=False)
+
+
+def differential_count(suite: str, quantity: str) -> int:
+    """A problem count of the differential suites, from ``tests/differential_counts.csv`` (the
+    table that README.md and docs/certificates.md quote, declared in tests/doc_numbers.csv)."""
+    import csv
+    from pathlib import Path
+
+    with open(Path(__file__).with_name("differential_counts.csv"), newline="") as fh:
+        for row in csv.DictReader(fh):
+            if (row["suite"], row["quantity"]) == (suite, quantity):
+                return int(row["value"])
+    raise KeyError((suite, quantity))

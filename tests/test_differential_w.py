@@ -14,15 +14,17 @@ variables, so the reference's own tolerances are meaningful at every scale). Ass
 * and a small one (``<= tol * (1 + |value|)``).
 
 A refusal (SolverError) is allowed, never a silent disagreement. The default run draws 200
-problems (197 outside the full mode: 2 of the 5 finite-candidate ones); the full set (860, plus
+problems (197 outside the full mode: 2 of the 5 finite-candidate ones); the full set (800, plus
 4 of continuous W_p, p = 2) is marked slow and drawn in the scheduled full mode
 (``RDPO_FULL=1``, ``tests/budget.py``); outside it the slow run draws the first quarter of it
-(215, and 2 of W_p). Under ``pytest -s`` a progress line counts the problems.
+(200, and 2 of W_p). These counts are in tests/differential_counts.csv (README.md quotes them),
+and ``test_counts_are_the_tables`` keeps ``CASES`` equal to it. Under ``pytest -s`` a progress
+line counts the problems.
 """
 
 import numpy as np
 import pytest
-from budget import count, progress
+from budget import count, differential_count, progress
 from scipy.optimize import minimize
 
 from rdpo_theory.errors import SolverError
@@ -253,5 +255,12 @@ def test_differential_full(method):
 
 @pytest.mark.slow
 def test_differential_wp():
-    m = count(4, 2)
+    m = count(differential_count("w", "wp_problems"), 2)
     assert _answered(_case_wp, range(m)) >= m / 2
+
+
+def test_counts_are_the_tables():
+    """The full mode draws the counts tests/differential_counts.csv records (README quotes them)."""
+    default = sum(n for _, n in CASES.values())
+    assert default == differential_count("w", "default_problems")
+    assert 4 * default == differential_count("w", "full_problems")
