@@ -12,6 +12,7 @@ the ratios against DPO and against the same loss with the micro-batch normaliser
 the same run. Goals (issue 11): KLDPO ``running`` <= 1.02x DPO, ``accumulated`` <= 1.35x.
 
     python benchmarks/trainer_normalizer_step.py [--rounds 15] [--accum 2] [--out table.csv]
+    python benchmarks/trainer_normalizer_step.py --markdown table.csv   # the docs table
 """
 
 from __future__ import annotations
@@ -141,13 +142,36 @@ def run(sizes, rounds: int, accum: int, warmup: int = 2) -> pd.DataFrame:
     return df
 
 
+#: The docs table (docs/trainer-normalizers.md#step-time): header, then one row per CSV row.
+MARKDOWN_HEADER = (
+    "| size | method | normalizer | s/step (min) | CPU s/step (min) | time vs DPO | CPU vs DPO "
+    "| time vs same loss, batch |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The docs table of a result table (times to 3 decimals, ratios to 2)."""
+    rows = [
+        f"| {r.size} | {r.method} | {r.normalizer} | {r.sec_min:.3f} | {r.cpu_sec_min:.3f} | "
+        f"{r.time_vs_dpo:.2f} | {r.cpu_vs_dpo:.2f} | {r.time_vs_batch:.2f} |"
+        for r in df.itertuples()
+    ]
+    return "\n".join([MARKDOWN_HEADER, *rows])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15, help="timed steps per method")
     ap.add_argument("--accum", type=int, default=2, help="micro-batches per optimiser step")
     ap.add_argument("--sizes", nargs="+", default=[bench.TINY.name, bench.SMALL_CPU.name])
     ap.add_argument("--out", default=None, help="optional CSV path")
+    ap.add_argument(
+        "--markdown", default=None, metavar="CSV", help="print the docs table of CSV and exit"
+    )
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(pd.read_csv(args.markdown)))
+        return
     torch.set_num_threads(1)  # stable CPU timings on a shared machine
     known = {s.name: s for s in (bench.TINY, bench.SMALL_CPU)}
     df = run([known[s] for s in args.sizes], args.rounds, args.accum)

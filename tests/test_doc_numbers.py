@@ -469,7 +469,6 @@ NOT_YET_GUARDED = {
     "docs/benchmarks.md",
     "docs/benchmarks-exact.md",
     "docs/one-gpu-recipe.md",
-    "docs/trainer-normalizers.md",
 }
 NOT_YET_GUARDED_PARAGRAPHS = {
     ("README.md", "**One GPU.**"),
