@@ -1,7 +1,8 @@
 """Accuracy of WDPO's finite-difference penalty gradient (``TrainConfig(wdpo_hvp=
 "finite-difference")``) on the 4-layer GPT-2 of ``benchmarks/lm_bench.py`` (``SMALL_CPU``: 4
 layers, width 256, 8 pairs x 96 tokens, random weights, synthetic pairs), against the float32
-exact (double-backward) gradient (docs/language-models.md, "WDPO without double backward").
+exact (double-backward) gradient (docs/language-models.md, "WDPO without double backward";
+the penalty: docs/theory.md#algorithm-1-wdpo).
 
 For each seed (policy weights, reference weights and batch drawn from
 ``numpy.random.SeedSequence(SEED)``) the flat parameter gradient of one micro-batch is taken
