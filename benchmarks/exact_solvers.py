@@ -37,7 +37,10 @@ d in {8, 32, 256} (signal, scale, n = 1e6, rho), the subset used for the docs ta
 
 Usage: ``python benchmarks/exact_solvers.py [--quick|--families|--high-dim|--full] [--repeats 3]
 [--timeout 300]
-[--dro-path DIR] [--out benchmarks/exact_solvers.csv]``.
+[--dro-path DIR] [--out benchmarks/exact_solvers.csv] [--append]``. Every run also writes
+``<out stem>_summary.csv`` (:func:`summary`: counts of instances, ranges of passes and of the
+time ratio to the peer, over all rows and per problem and regime); ``--summarize`` rewrites it
+from the existing ``--out`` table.
 """
 
 from __future__ import annotations
@@ -378,6 +381,53 @@ COLS = [
 ]
 
 
+def summary(df):
+    """The counts and ranges the benchmark pages quote, over the rows of a benchmark table.
+
+    One row per group: ``all`` (every row), then each ``problem-regime`` (``kl-interior``,
+    ``w1-collapse``, ...; a row whose fast path failed has no regime and is in ``all`` only).
+    Columns: ``rows``; ``failed`` (rows with a ``fast_error``: the fast path raised, e.g. out of
+    memory under ``--mem-gb``); ``solved`` (``rows - failed``); ``peer_rows`` (rows where the
+    L-BFGS peer ran);
+    ``slower`` (peer rows with ``vs_lbfgs > 1``: the fast path took more CPU time than the
+    peer); ``vs_lbfgs_min`` / ``vs_lbfgs_max`` (``fast_s / lbfgs_s`` over the peer rows,
+    dimensionless); ``passes_min`` / ``passes_max`` (``fast_passes``, passes over X);
+    ``optimality_gap_max`` (the largest ``|optimality_gap|``, the certificate of
+    :func:`rdpo_theory.exact.kldpo` / :func:`rdpo_theory.exact.wdpo`).
+    """
+    import pandas as pd
+
+    groups = [("all", df)]
+    groups += [(f"{p}-{r}", g) for (p, r), g in df.groupby(["problem", "regime"], sort=True)]
+    out = []
+    for name, g in groups:
+        ratio = g["vs_lbfgs"].dropna() if "vs_lbfgs" in g else pd.Series(dtype=float)
+        failed = int(g["fast_error"].notna().sum()) if "fast_error" in g else 0
+        out.append(
+            dict(
+                group=name,
+                rows=len(g),
+                failed=failed,
+                solved=len(g) - failed,
+                peer_rows=len(ratio),
+                slower=int((ratio > 1).sum()),
+                vs_lbfgs_min=ratio.min(),
+                vs_lbfgs_max=ratio.max(),
+                passes_min=g["fast_passes"].min(),
+                passes_max=g["fast_passes"].max(),
+                optimality_gap_max=g["optimality_gap"].abs().max(),
+            )
+        )
+    return pd.DataFrame(out)
+
+
+def write_summary(df, out: Path) -> Path:
+    """Write :func:`summary` of ``df`` beside the table ``out`` as ``<out stem>_summary.csv``."""
+    from rdpo_theory.tables import write_csv
+
+    return write_csv(summary(df), out.with_name(f"{out.stem}_summary.csv"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -404,6 +454,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip the L-BFGS peer")
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
+    ap.add_argument("--append", action="store_true", help="add the rows to an existing --out table")
+    ap.add_argument(
+        "--summarize",
+        action="store_true",
+        help="only write the summary of the existing --out table (OUT_summary.csv beside it)",
+    )
     args = ap.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
@@ -415,6 +471,10 @@ def main(argv=None) -> int:
         return 0
     import pandas as pd
     from tqdm import tqdm
+
+    if args.summarize:
+        print(write_summary(pd.read_csv(args.out), args.out))
+        return 0
 
     which = (
         "quick"
@@ -453,7 +513,11 @@ def main(argv=None) -> int:
         rows.append(r)
         tqdm.write(markdown([r], COLS).splitlines()[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(args.out, index=False)
+    df = pd.DataFrame(rows)
+    if args.append and args.out.exists():
+        df = pd.concat([pd.read_csv(args.out), df], ignore_index=True)
+    df.to_csv(args.out, index=False)
+    write_summary(df, args.out)
     print(markdown(rows, COLS))
     return 0
 
