@@ -117,3 +117,28 @@ def test_committed_exact_summaries_are_computed_from_their_tables(bench, raw):
     # the hand count of the headline: instances where the fast path took longer than L-BFGS
     slower = sum(1 for v in df["fast_s"] / df["lbfgs_s"] if v > 1)
     assert got.set_index("group").loc["all", "slower"] == slower
+
+
+def test_lm_memory_counts_growth_in_logits_tensors(monkeypatch):
+    """``logits_GiB`` is 2 pairs x tokens x 50257 values of 4 bytes (2 under bf16), and the
+    committed logits-bound table's ``growth_vs_logits`` is its growth over that size."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import lm_memory
+
+    rows = pd.DataFrame(
+        dict(
+            pairs=[8, 8],
+            tokens=[512, 512],
+            precision=["no", "bf16"],
+            peak_over_start_GiB=[3.0, 3.0],
+        )
+    )
+    got = lm_memory.logits_share(rows)
+    one = 16 * 512 * 50257 * 4 / 2**30  # 1.53 GiB, the figure the one-GPU recipe derives
+    assert got["logits_GiB"].tolist() == pytest.approx([one, one / 2], rel=1e-15)
+    assert got["growth_vs_logits"].tolist() == pytest.approx([3.0 / one, 6.0 / one], rel=1e-15)
+    assert "logits_GiB" not in lm_memory.logits_share(pd.DataFrame(dict(error=["killed"])))
+    thin = pd.read_csv(ROOT / "experiments" / "lm_memory_cpu" / "lm_memory_thin.csv")
+    assert thin["growth_vs_logits"].to_numpy() == pytest.approx(
+        thin["peak_over_start_GiB"].to_numpy() / one, rel=1e-12
+    )
