@@ -4,7 +4,7 @@ hand computation on the raw rows.
 
 * ``experiments/lora_cpu/lora_times_cpu_summary.csv``: ``lm_bench.lora_summary``, the ranges
   of a step's time over full fine-tuning with a reference copy;
-* ``benchmarks/exact_solvers_{families,high_dim}_summary.csv``: ``exact_solvers.summary``,
+* ``benchmarks/exact_solvers_*_summary.csv``: ``exact_solvers.summary``,
   counts of instances, of those slower than the L-BFGS peer, and ranges of passes and ratios.
 """
 
@@ -18,7 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = ROOT / "experiments" / "lora_cpu" / "lora_times_cpu.csv"
-EXACT = [ROOT / "benchmarks" / f"exact_solvers_{name}.csv" for name in ("families", "high_dim")]
+EXACT = [
+    ROOT / "benchmarks" / f"exact_solvers_{name}.csv"
+    for name in ("families", "high_dim", "families_no_separability_check")
+]
 
 
 @pytest.fixture
