@@ -37,7 +37,10 @@ d in {8, 32, 256} (signal, scale, n = 1e6, rho), the subset used for the docs ta
 
 Usage: ``python benchmarks/exact_solvers.py [--quick|--families|--high-dim|--full] [--repeats 3]
 [--timeout 300]
-[--dro-path DIR] [--out benchmarks/exact_solvers.csv]``.
+[--dro-path DIR] [--out benchmarks/exact_solvers.csv] [--append]``. Every run also writes
+``<out stem>_summary.csv`` (:func:`summary`: counts of instances, ranges of passes and of the
+time ratio to the peer, over all rows and per problem and regime); ``--summarize`` rewrites it
+from the existing ``--out`` table.
 """
 
 from __future__ import annotations
@@ -155,14 +158,30 @@ def cpu_min(fn, repeats: int):
 
 
 def run_instance(
-    problem: str, n, d, signal, scale, rho, repeats: int, storage: str = "float64", peer=True
+    problem: str,
+    n,
+    d,
+    signal,
+    scale,
+    rho,
+    repeats: int,
+    storage: str = "float64",
+    peer=True,
+    skip_separability_check=False,
 ) -> dict:
     """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned).
 
     ``storage="float32"``: X is handed to the solvers as a float32 array (read in place
-    through the pass layer, sums in float64); the peer reads the same float32 storage."""
-    from rdpo_theory.exact import fast, kldpo, wdpo
+    through the pass layer, sums in float64); the peer reads the same float32 storage.
+    ``skip_separability_check``: a diagnostic that measures the cost of KLDPO's separability
+    check (a linear program over the rows, run without a radius) by replacing it, in this
+    process only, with a no-op; valid only on data known not to be separable (the Gaussian
+    instances here have logistic labels, so they are not)."""
+    from rdpo_theory.exact import fast, kl, kldpo, wdpo
     from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
+
+    if skip_separability_check:
+        kl.raise_if_separable = lambda *args, **kwargs: None
 
     data = make_data(n, d, signal, scale)
     X, signed, weights = data.X, data.signed_labels, data.weights
@@ -180,6 +199,8 @@ def run_instance(
 
     fn = kldpo if problem == "kl" else wdpo
     out = dict(problem=problem, n=n, d=d, signal=signal, scale=scale, rho=rho, storage=storage)
+    if skip_separability_check:
+        out["separability_check"] = "skipped"
     with blas_threads(blas_thread_limit()):
         v = np.ones(d)
         pr = Rows(X)
@@ -378,6 +399,53 @@ COLS = [
 ]
 
 
+def summary(df):
+    """The counts and ranges the benchmark pages quote, over the rows of a benchmark table.
+
+    One row per group: ``all`` (every row), then each ``problem-regime`` (``kl-interior``,
+    ``w1-collapse``, ...; a row whose fast path failed has no regime and is in ``all`` only).
+    Columns: ``rows``; ``failed`` (rows with a ``fast_error``: the fast path raised, e.g. out of
+    memory under ``--mem-gb``); ``solved`` (``rows - failed``); ``peer_rows`` (rows where the
+    L-BFGS peer ran);
+    ``slower`` (peer rows with ``vs_lbfgs > 1``: the fast path took more CPU time than the
+    peer); ``vs_lbfgs_min`` / ``vs_lbfgs_max`` (``fast_s / lbfgs_s`` over the peer rows,
+    dimensionless); ``passes_min`` / ``passes_max`` (``fast_passes``, passes over X);
+    ``optimality_gap_max`` (the largest ``|optimality_gap|``, the certificate of
+    :func:`rdpo_theory.exact.kldpo` / :func:`rdpo_theory.exact.wdpo`).
+    """
+    import pandas as pd
+
+    groups = [("all", df)]
+    groups += [(f"{p}-{r}", g) for (p, r), g in df.groupby(["problem", "regime"], sort=True)]
+    out = []
+    for name, g in groups:
+        ratio = g["vs_lbfgs"].dropna() if "vs_lbfgs" in g else pd.Series(dtype=float)
+        failed = int(g["fast_error"].notna().sum()) if "fast_error" in g else 0
+        out.append(
+            dict(
+                group=name,
+                rows=len(g),
+                failed=failed,
+                solved=len(g) - failed,
+                peer_rows=len(ratio),
+                slower=int((ratio > 1).sum()),
+                vs_lbfgs_min=ratio.min(),
+                vs_lbfgs_max=ratio.max(),
+                passes_min=g["fast_passes"].min(),
+                passes_max=g["fast_passes"].max(),
+                optimality_gap_max=g["optimality_gap"].abs().max(),
+            )
+        )
+    return pd.DataFrame(out)
+
+
+def write_summary(df, out: Path) -> Path:
+    """Write :func:`summary` of ``df`` beside the table ``out`` as ``<out stem>_summary.csv``."""
+    from rdpo_theory.tables import write_csv
+
+    return write_csv(summary(df), out.with_name(f"{out.stem}_summary.csv"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -402,8 +470,20 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", default="kl,w1")
     ap.add_argument("--dims", default=None, help="only these d (comma-separated)")
     ap.add_argument("--no-peer", action="store_true", help="skip the L-BFGS peer")
+    ap.add_argument(
+        "--skip-separability-check",
+        action="store_true",
+        help="diagnostic: KLDPO without its separability check (a linear program over the "
+        "rows), to measure what the check costs; the instances are not separable",
+    )
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
+    ap.add_argument("--append", action="store_true", help="add the rows to an existing --out table")
+    ap.add_argument(
+        "--summarize",
+        action="store_true",
+        help="only write the summary of the existing --out table (OUT_summary.csv beside it)",
+    )
     args = ap.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
@@ -415,6 +495,10 @@ def main(argv=None) -> int:
         return 0
     import pandas as pd
     from tqdm import tqdm
+
+    if args.summarize:
+        print(write_summary(pd.read_csv(args.out), args.out))
+        return 0
 
     which = (
         "quick"
@@ -434,7 +518,14 @@ def main(argv=None) -> int:
     rows = []
     for pb, inst in tqdm(jobs, desc="instances"):
         r = in_subprocess(
-            dict(kind="instance", problem=pb, repeats=args.repeats, peer=not args.no_peer, **inst),
+            dict(
+                kind="instance",
+                problem=pb,
+                repeats=args.repeats,
+                peer=not args.no_peer,
+                skip_separability_check=args.skip_separability_check,
+                **inst,
+            ),
             args.timeout,
             args.mem_gb,
         )
@@ -453,7 +544,11 @@ def main(argv=None) -> int:
         rows.append(r)
         tqdm.write(markdown([r], COLS).splitlines()[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(args.out, index=False)
+    df = pd.DataFrame(rows)
+    if args.append and args.out.exists():
+        df = pd.concat([pd.read_csv(args.out), df], ignore_index=True)
+    df.to_csv(args.out, index=False)
+    write_summary(df, args.out)
     print(markdown(rows, COLS))
     return 0
 

@@ -86,6 +86,37 @@ def vs_full(df):
     return out
 
 
+#: The ranges of ``time_vs_full`` that the one-GPU recipe quotes, as
+#: ``(quantity, methods, lora_r > 0, reference)``: LoRA with precomputed log-probs (every
+#: method), full weights with precomputed log-probs (DPO and KLDPO) and LoRA with the
+#: adapters-disabled base as the reference (every method).
+LORA_RANGES = (
+    ("lora_precomputed", None, True, "precomputed"),
+    ("full_precomputed_dpo_kldpo", ("dpo", "kldpo"), False, "precomputed"),
+    ("lora_adapters_disabled", None, True, "adapters-disabled"),
+)
+
+
+def lora_summary(df):
+    """The ranges of ``time_vs_full`` over the rows of a :func:`vs_full` table (one per
+    :data:`LORA_RANGES` quantity), rows with an ``error`` left out.
+
+    Returns a table with columns ``quantity``, ``rows`` (how many rows the range covers),
+    ``lo`` and ``hi`` (the smallest and largest ``time_vs_full``: step time over that of full
+    fine-tuning with a reference copy of the same size and method, dimensionless)."""
+    import pandas as pd
+
+    ok = df[df["error"].isna()] if "error" in df else df
+    out = []
+    for quantity, methods, lora, reference in LORA_RANGES:
+        sel = ok[((ok["lora_r"] > 0) == lora) & (ok["reference"] == reference)]
+        if methods is not None:
+            sel = sel[sel["method"].isin(methods)]
+        r = sel["time_vs_full"]
+        out.append(dict(quantity=quantity, rows=len(r), lo=r.min(), hi=r.max()))
+    return pd.DataFrame(out)
+
+
 def build(size: ModelSize, seed: int = 0):
     """A seeded random GPT-2 of ``size`` (dropout off)."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -31,6 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+#: GPT-2's vocabulary, the size every row of this benchmark uses.
+VOCAB = 50257
+
 METHODS = {
     "dpo": ({}, {}),
     "kldpo": ({"tau": 1.0}, {}),
@@ -83,7 +86,7 @@ def _measure(impl, method, pairs, length, threads, layers, width) -> dict:
     prompt = length // 4
     name = "gpt2-124M" if (layers, width) == (12, 768) else f"gpt2-{layers}L-{width}"
     size = bench.ModelSize(
-        name, layers, width, max(1, width // 64), 50257, pairs, prompt, length - prompt
+        name, layers, width, max(1, width // 64), VOCAB, pairs, prompt, length - prompt
     )
     cfg = train.TrainConfig(
         method=method.split("-")[0],
@@ -156,6 +159,20 @@ def _in_process(ctx, target, args, tail) -> dict:
     return r
 
 
+def logits_share(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``logits_GiB``, the size of one logits tensor of the step's policy forward
+    (``2 pairs x tokens x VOCAB`` values, 4 bytes each in float32, 2 under bf16 autocast; GiB),
+    and ``growth_vs_logits = peak_over_start_GiB / logits_GiB``: the step's whole memory growth
+    counted in logits tensors (rows without a measurement are left empty)."""
+    if "tokens" not in df:
+        return df
+    itemsize = df["precision"].map(lambda p: 4 if p == "no" else 2)
+    out = df.copy()
+    out["logits_GiB"] = 2 * df["pairs"] * df["tokens"] * VOCAB * itemsize / 2**30
+    out["growth_vs_logits"] = df["peak_over_start_GiB"] / out["logits_GiB"]
+    return out
+
+
 def run(methods, pairs, length, threads, impls=IMPLS, layers=12, width=768) -> pd.DataFrame:
     ctx = mp.get_context("spawn")
     rows = []
@@ -172,7 +189,7 @@ def run(methods, pairs, length, threads, impls=IMPLS, layers=12, width=768) -> p
                 f"  peak +{r['peak_over_start_GiB']:.2f} GiB  loss {r['loss']:.6f}",
                 flush=True,
             )
-    df = pd.DataFrame(rows)
+    df = logits_share(pd.DataFrame(rows))
     if "old" in impls and "peak_over_start_GiB" in df:
         old = df[df["logprobs"] == "old"].set_index("method")["peak_over_start_GiB"]
         df["peak_vs_old"] = df["peak_over_start_GiB"] / df["method"].map(old)

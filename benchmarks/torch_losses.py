@@ -14,6 +14,10 @@ memory that counts live tensors only, at the price of slower steps.
 
     python benchmarks/torch_losses.py [--steps 10] [--out bench.csv]
     python benchmarks/torch_losses.py --lora 16 --steps 2 [--sizes gpt2-124M-cpu] [--live-rss]
+    python benchmarks/torch_losses.py --summarize experiments/lora_cpu/lora_times_cpu.csv
+
+With ``--out``, ``--lora`` also writes ``<out stem>_summary.csv``: the ranges of the time ratios
+to full fine-tuning that the one-GPU recipe quotes (``lm_bench.lora_summary``).
 """
 
 from __future__ import annotations
@@ -119,6 +123,17 @@ def run_lora(sizes, steps, lora_r, threads, partial=None, methods=None):
     return df
 
 
+def write_lora_summary(df, out) -> Path:
+    """Write ``bench.lora_summary(df)`` beside the ``--lora`` table ``out``, as
+    ``<out stem>_summary.csv`` (the ranges the one-GPU recipe quotes), and return its path."""
+    import lm_bench as bench
+
+    from rdpo_theory.tables import write_csv
+
+    out = Path(out)
+    return write_csv(bench.lora_summary(df), out.with_name(f"{out.stem}_summary.csv"))
+
+
 def main():
     import lm_bench as bench
 
@@ -143,7 +158,16 @@ def main():
         help="workers run with glibc's MALLOC_MMAP_THRESHOLD_=65536: peak RSS then tracks live "
         "tensors (freed blocks leave the resident set) but steps run slower",
     )
+    ap.add_argument(
+        "--summarize",
+        default=None,
+        metavar="CSV",
+        help="only write the summary of an existing --lora table (CSV_summary.csv beside it)",
+    )
     args = ap.parse_args()
+    if args.summarize:
+        print(write_lora_summary(pd.read_csv(args.summarize), args.summarize))
+        return
     if args.live_rss:
         # glibc keeps freed heap pages resident, so a CPU peak RSS counts earlier steps'
         # temporaries too; with blocks over 64 KiB mmapped, freeing returns them. Spawned
@@ -161,6 +185,7 @@ def main():
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         if args.out:
             df.to_csv(args.out, index=False)
+            write_lora_summary(df, args.out)
         return
     sizes = [bench.TINY, bench.SMALL_CPU]
     if torch.cuda.is_available():
