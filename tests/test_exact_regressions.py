@@ -272,3 +272,67 @@ def test_finite_wdpo_on_a_1600_point_grid(seed, rho, p):
     for step in (1e-3, 3e-2):
         for _ in range(4):
             assert F(r.theta + step * rng.standard_normal(2)) >= r.value - 1e-8
+
+
+# ------------------------------------- separability: the subset certificate (benchmarks, 2026-12-08)
+def _rows(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ rng.normal(size=d)))).astype(float)
+    return (2 * y - 1)[:, None] * X, rng
+
+
+def test_subset_certificate_agrees_with_the_full_lp_and_skips_it(monkeypatch):
+    """On 20000 noisy rows an evenly spaced subset proves non-separability: the answer is the
+    full LP's (None), the full LP is never solved, and only the subset's rows are taken."""
+    import importlib
+
+    D = importlib.import_module("rdpo_theory.exact.dpo")
+    A, _ = _rows(20000, 6)
+    full = D._separability_lp(D._unit_rows(A))
+    assert -full.fun <= 1e-9 * np.abs(D._unit_rows(A)).sum()  # the full LP: not separable
+    sizes, taken = [], []
+    real = D._separability_lp
+    monkeypatch.setattr(D, "_separability_lp", lambda B: sizes.append(len(B)) or real(B))
+
+    def take(idx):
+        taken.append(len(idx))
+        return A[idx]
+
+    assert D.recession_direction(take, n=len(A)) is None
+    assert sizes == [D.SUBSET_ROWS] and max(taken) <= D.SUBSET_ROWS
+
+
+@pytest.mark.parametrize("kind", ["separable", "quasi-separable"])
+def test_subset_certificate_never_hides_a_separating_direction(kind):
+    """Separable rows make every subset separable, and quasi-separable ones (all rows but one
+    in the hyperplane v-perp) leave the subset rank-deficient: both reach the full LP, which
+    returns a direction v with A v >= 0 and sum(A v) > 0."""
+    import importlib
+
+    D = importlib.import_module("rdpo_theory.exact.dpo")
+    A, rng = _rows(5000, 5, seed=1)
+    v = rng.normal(size=5)
+    if kind == "separable":
+        A = A * np.sign(A @ v)[:, None]
+    else:
+        A = A - np.outer(A @ v, v) / (v @ v)
+        A[4321] = v
+    w = D.recession_direction(A)
+    assert w is not None
+    Aw = D._unit_rows(A) @ w
+    assert Aw.min() >= -1e-7 and Aw.sum() > 1e-6
+
+
+def test_kldpo_without_radius_refuses_separable_rows_and_solves_large_noisy_ones():
+    """The refusal of separable data is unchanged; noisy data of 20000 rows are solved and
+    certified (the subset proves they are not separable)."""
+    A, rng = _rows(20000, 4, seed=2)
+    X = A  # labels all 1: the rows sy x are the features themselves
+    y = np.ones(len(X))
+    res = kldpo(X, y, rho=0.05, beta=1.0, solver="fast")
+    assert res.status == "optimal" and res.optimality_gap <= 1e-6
+    v = rng.normal(size=4)
+    Xs = X * np.sign(X @ v)[:, None]
+    with pytest.raises(SolverError, match="separable"):
+        kldpo(Xs, y, rho=0.05, beta=1.0, solver="fast")

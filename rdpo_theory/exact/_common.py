@@ -3,8 +3,6 @@ the setup object itself is :class:`.problem.Problem`."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _validate as V
 from ..errors import SolverError
 from .dpo import recession_direction
@@ -23,16 +21,17 @@ def check_solver(
     return V.solver_path(solver, method=method, valid=valid, why=why, X=X), backend
 
 
-def separable(A: np.ndarray, *, tol: float = 1e-9) -> bool:
+def separable(A, *, tol: float = 1e-9, n: int | None = None) -> bool:
     """Whether some ``v`` with ``||v||_inf <= 1`` has ``A v >= 0`` and ``sum(A v) > 0``
-    (see :func:`.dpo.recession_direction`)."""
-    return recession_direction(A, tol=tol) is not None
+    (see :func:`.dpo.recession_direction`; ``A`` an array or a row callable with ``n``)."""
+    return recession_direction(A, tol=tol, n=n) is not None
 
 
-def raise_if_separable(A: np.ndarray, what: str) -> None:
-    """Raise SolverError when rows ``A`` (``sy_i beta x_i``) are (quasi-)separable: the robust
-    objective then decreases along a ray and its infimum is not attained."""
-    if separable(A):
+def raise_if_separable(A, what: str, *, n: int | None = None) -> None:
+    """Raise SolverError when rows ``A`` (``sy_i beta x_i``; an array, or a callable
+    ``take(idx)`` with ``n`` rows) are (quasi-)separable: the robust objective then decreases
+    along a ray and its infimum is not attained."""
+    if separable(A, n=n):
         raise SolverError(
             f"{what}: the data are separable, so the objective keeps decreasing along a ray and "
             "its infimum is not attained.",

@@ -29,25 +29,23 @@ def informative_rows(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (weights > 0) & np.any(X != 0, axis=1)
 
 
-def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | None:
-    """A direction ``v`` (``||v||_inf <= 1``) with ``A v >= 0`` and ``sum(A v) > 0``, or None.
+#: Rows of the subset that :func:`recession_direction` tries first (evenly spaced; at least
+#: ``SUBSET_ROWS_PER_DIM * d``): a subset that is provably not separable settles the question
+#: for every superset, so the LP over all n rows (and their dense copy) is needed only when the
+#: subset cannot prove it.
+SUBSET_ROWS = 256
+SUBSET_ROWS_PER_DIM = 32
 
-    ``A`` has rows ``sy_i x_i``. Such a ``v`` exists exactly when the data are (quasi-)
-    separable, i.e. the unconstrained logistic minimum is not attained (it is at infinity).
-    Solved as an LP with scipy's HiGHS (cvxpy's HiGHS interface prints a banner on stdout,
-    which would corrupt ``rdpo solve --json``).
-    """
-    if A.shape[0] == 0:
-        return None
-    from scipy.optimize import linprog
 
-    # Scale each row to max-abs 1 (a power of two, exact): positive row scales change neither
-    # the sign pattern of A v nor, hence, the answer, and the LP is then well scaled at any
-    # scale of beta and X (HiGHS fails on rows of size 1e20).
+def _unit_rows(A: np.ndarray) -> np.ndarray:
+    """Rows of ``A`` scaled to max-abs 1 by a power of two (exact), zero rows dropped.
+
+    Positive row scales change neither the sign pattern of ``A v`` nor, hence, separability,
+    and the LP is then well scaled at any scale of beta and X (HiGHS fails on rows of 1e20)."""
     amax = np.abs(A).max(axis=1)
     A = A[amax > 0]
     if A.shape[0] == 0:
-        return None
+        return A
     with np.errstate(divide="ignore"):
         A = A / (2.0 ** np.round(np.log2(amax[amax > 0])))[:, None]
     if not np.all(np.isfinite(A)):
@@ -57,11 +55,18 @@ def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | Non
             status="scale_out_of_range",
             hint="rescale X or beta so that beta * max|x| lies within about 1e-300..1e300.",
         )
+    return A
+
+
+def _separability_lp(B: np.ndarray):
+    """``max 1' B v`` over ``B v >= 0``, ``||v||_inf <= 1`` (HiGHS through scipy)."""
+    from scipy.optimize import linprog
+
     res = linprog(
-        -A.sum(axis=0),
-        A_ub=-A,
-        b_ub=np.zeros(A.shape[0]),
-        bounds=[(-1, 1)] * A.shape[1],
+        -B.sum(axis=0),
+        A_ub=-B,
+        b_ub=np.zeros(B.shape[0]),
+        bounds=[(-1, 1)] * B.shape[1],
         method="highs",
     )
     if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
@@ -70,7 +75,61 @@ def recession_direction(A: np.ndarray, *, tol: float = 1e-9) -> np.ndarray | Non
             "unit size.",
             status=f"linprog status {res.status}",
         )
-    if -float(res.fun) > tol * max(1.0, float(np.abs(A).sum())):
+    return res
+
+
+def subset_proves_nonseparable(B: np.ndarray, *, tol: float = 1e-9) -> bool:
+    """Whether unit-scaled rows ``B`` (m, d) prove that no set of unit-scaled rows containing
+    them is separable in the sense of :func:`recession_direction`.
+
+    Any ``mu >= 0`` bounds the LP ``max 1' B v`` over ``B v >= 0``, ``||v||_inf <= 1``:
+    ``1' B v <= (1 + mu)' B v <= U = ||B' (1 + mu)||_1`` (weak duality; ``mu`` is HiGHS's dual,
+    the bound is computed here, so it holds whatever the LP's accuracy). A ``v`` feasible for
+    a superset is feasible here, so ``||B v||_2 <= U`` and ``||v||_2 <= U / s_min(B)``; every
+    unit-scaled row ``b`` has ``||b||_2 <= sqrt(2 d)``, so the superset's objective is at most
+    ``n sqrt(2 d) U / s_min`` while its threshold is ``tol max(1, sum |B_all|) >= tol n /
+    sqrt(2)``. Hence ``2 sqrt(d) U / s_min(B) <= tol`` proves the answer None for every
+    superset (docs/certificates.md#separable-data)."""
+    m, d = B.shape
+    if m < d:
+        return False
+    s_min = float(np.linalg.svd(B, compute_uv=False)[-1])
+    if not s_min > 0:
+        return False
+    res = _separability_lp(B)
+    mu = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=float), 0.0)
+    bound = float(np.abs(B.T @ (1.0 + mu)).sum())
+    return 2.0 * np.sqrt(d) * bound / s_min <= tol
+
+
+def recession_direction(A, *, tol: float = 1e-9, n: int | None = None) -> np.ndarray | None:
+    """A direction ``v`` (``||v||_inf <= 1``) with ``A v >= 0`` and ``sum(A v) > 0``, or None.
+
+    ``A`` has rows ``sy_i x_i``: an array (n, d), or a callable ``take(idx)`` returning the rows
+    ``idx`` (sorted indices) as an array, with ``n`` rows in all (rows streamed from storage
+    are then densified only if the subset test below cannot decide). Such a ``v`` exists
+    exactly when the data are (quasi-)separable, i.e. the unconstrained logistic minimum is not
+    attained (it is at infinity). Solved as an LP with scipy's HiGHS (cvxpy's HiGHS interface
+    prints a banner on stdout, which would corrupt ``rdpo solve --json``), after rows are scaled
+    to max-abs 1. Large sets try an evenly spaced subset of rows first
+    (:func:`subset_proves_nonseparable`): when its dual bound proves the answer None, the LP
+    over all rows is skipped.
+    """
+    take = A if callable(A) else (lambda idx: A[idx])
+    n = int(A.shape[0]) if not callable(A) else int(n)
+    if n == 0:
+        return None
+    first = take(np.arange(min(n, 1)))
+    m = max(SUBSET_ROWS, SUBSET_ROWS_PER_DIM * first.shape[1])
+    if n > 2 * m:
+        B = _unit_rows(np.asarray(take(np.unique(np.linspace(0, n - 1, m).astype(int)))))
+        if subset_proves_nonseparable(B, tol=tol):
+            return None
+    B = _unit_rows(np.asarray(take(np.arange(n)) if callable(A) else A))
+    if B.shape[0] == 0:
+        return None
+    res = _separability_lp(B)
+    if -float(res.fun) > tol * max(1.0, float(np.abs(B).sum())):
         return np.asarray(res.x)
     return None
 

@@ -172,8 +172,8 @@ def kldpo(
         # theta_ref attains): the dual keeps decreasing along a ray, the infimum is not
         # attained. Both paths refuse here, before either runs (the fast path's Newton would
         # otherwise stop far out, where the gradient underflows, and report a finite theta).
-        keep = prob.informative
-        raise_if_separable(prob.dense_rows(keep) * prob.c[keep, None], "exact KLDPO")
+        take, n_rows = prob.informative_rows_source()
+        raise_if_separable(take, "exact KLDPO", n=n_rows)
     # the requested path first; when it ends uncertified, the other path (the cvxpy path only
     # up to cert.KL_CVXPY_MAX_ROWS rows), then an error naming both reasons
     paths = [solver]

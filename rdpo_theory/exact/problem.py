@@ -174,6 +174,18 @@ class Problem:
         """Mask (n,) of rows that move the loss: positive weight and ``x != 0``."""
         return (self.data.weights > 0) & (self.row_abs_max > 0)
 
+    def informative_rows_source(self):
+        """``(take, n)``: the informative rows ``sy_i beta x_i`` as a callable ``take(idx)``
+        (sorted indices into them; a dense copy of those rows only) and their number, for the
+        separability test (:func:`rdpo_theory.exact.dpo.recession_direction`)."""
+        keep = np.flatnonzero(self.informative)
+
+        def take(idx):
+            rows = keep[np.asarray(idx, dtype=int)]
+            return self.dense_rows(rows) * self.c[rows, None]
+
+        return take, int(keep.size)
+
     def dense_rows(self, idx) -> np.ndarray:
         """Rows ``x_i`` (``idx``: a mask or sorted indices) as an in-memory float64 array; a
         copy of those rows for :class:`RowsData` (used by the conic fallbacks only)."""

@@ -270,8 +270,8 @@ def w1_newton(prob: Problem, rho: float):
         # fires far out: the separability LP decides. (A negative margin at the returned theta
         # proves nothing: quasi-separable data, A v >= 0 with some A v = 0, keep negative
         # margins on the rows that v leaves at 0.)
-        keep = prob.informative
-        raise_if_separable(c[keep, None] * prob.dense_rows(keep), "DPO (fast)")
+        take, n_rows = prob.informative_rows_source()
+        raise_if_separable(take, "DPO (fast)", n=n_rows)
     if not ninfo["converged"]:
         fast.require_converged(ninfo, "exact WDPO (fast)")
     return th, info
