@@ -274,7 +274,7 @@ def test_finite_wdpo_on_a_1600_point_grid(seed, rho, p):
             assert F(r.theta + step * rng.standard_normal(2)) >= r.value - 1e-8
 
 
-# ------------------------------------- separability: the subset certificate (benchmarks, 2026-12-08)
+# -------------------------------- separability: the subset certificate (benchmarks, 2026-12-08)
 def _rows(n, d, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
