@@ -167,21 +167,13 @@ def run_instance(
     repeats: int,
     storage: str = "float64",
     peer=True,
-    skip_separability_check=False,
 ) -> dict:
     """Fast path and the L-BFGS peer on one instance, in this process (BLAS pinned).
 
     ``storage="float32"``: X is handed to the solvers as a float32 array (read in place
-    through the pass layer, sums in float64); the peer reads the same float32 storage.
-    ``skip_separability_check``: a diagnostic that measures the cost of KLDPO's separability
-    check (a linear program over the rows, run without a radius) by replacing it, in this
-    process only, with a no-op; valid only on data known not to be separable (the Gaussian
-    instances here have logistic labels, so they are not)."""
-    from rdpo_theory.exact import fast, kl, kldpo, wdpo
+    through the pass layer, sums in float64); the peer reads the same float32 storage."""
+    from rdpo_theory.exact import fast, kldpo, wdpo
     from rdpo_theory.exact.passes import Rows, blas_thread_limit, blas_threads
-
-    if skip_separability_check:
-        kl.raise_if_separable = lambda *args, **kwargs: None
 
     data = make_data(n, d, signal, scale)
     X, signed, weights = data.X, data.signed_labels, data.weights
@@ -199,8 +191,6 @@ def run_instance(
 
     fn = kldpo if problem == "kl" else wdpo
     out = dict(problem=problem, n=n, d=d, signal=signal, scale=scale, rho=rho, storage=storage)
-    if skip_separability_check:
-        out["separability_check"] = "skipped"
     with blas_threads(blas_thread_limit()):
         v = np.ones(d)
         pr = Rows(X)
@@ -470,12 +460,6 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", default="kl,w1")
     ap.add_argument("--dims", default=None, help="only these d (comma-separated)")
     ap.add_argument("--no-peer", action="store_true", help="skip the L-BFGS peer")
-    ap.add_argument(
-        "--skip-separability-check",
-        action="store_true",
-        help="diagnostic: KLDPO without its separability check (a linear program over the "
-        "rows), to measure what the check costs; the instances are not separable",
-    )
     ap.add_argument("--dro-path", default=None, help="folder where `dro` is installed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/exact_solvers.csv"))
     ap.add_argument("--append", action="store_true", help="add the rows to an existing --out table")
@@ -523,7 +507,6 @@ def main(argv=None) -> int:
                 problem=pb,
                 repeats=args.repeats,
                 peer=not args.no_peer,
-                skip_separability_check=args.skip_separability_check,
                 **inst,
             ),
             args.timeout,

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LORA = ROOT / "experiments" / "lora_cpu" / "lora_times_cpu.csv"
 EXACT = [
     ROOT / "benchmarks" / f"exact_solvers_{name}.csv"
-    for name in ("families", "high_dim", "families_no_separability_check")
+    for name in ("families", "high_dim", "families_dense_check")
 ]
 
 
