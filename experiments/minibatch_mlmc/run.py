@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from variance import grad_variance_row  # this folder (the script directory is on sys.path)
 
 from rdpo_theory import approx
 from rdpo_theory.approx import mlmc_objective, mlmc_sampler
@@ -47,21 +48,20 @@ def main():
     logz = float(np.log(data.weights @ np.exp(l / tau)))
     rows = []
     # gradient variance per pair, at the exact optimum
-    samp = mlmc_sampler(LEVELS)(data.weights, B, rng)
-    g, pairs = [], []
-    for _ in range(DRAWS):
-        idx = next(samp)
-        g.append(grad_of(idx, lambda p: mlmc_objective(p, kl, B, LEVELS)))
-        pairs.append(len(idx))
-    g = np.asarray(g)
+    mlmc = mlmc_sampler(LEVELS)(data.weights, B, rng)
     rows.append(
-        dict(
-            normalizer="mlmc",
-            quantity="grad_var_per_pair",
-            value=float(np.trace(np.cov(g.T)) * np.mean(pairs)),
-            pairs_per_step=float(np.mean(pairs)),
+        grad_variance_row(
+            "mlmc",
+            mlmc,
+            lambda idx: grad_of(idx, lambda p: mlmc_objective(p, kl, B, LEVELS)),
+            DRAWS,
         )
     )
+
+    def iid_batches():
+        while True:
+            yield np.minimum(np.searchsorted(cdf, rng.random(B), side="right"), data.n - 1)
+
     for name, fn in (
         (
             "running (Z exact)",
@@ -69,21 +69,8 @@ def main():
         ),
         ("batch", kl),
     ):
-        g = np.asarray(
-            [
-                grad_of(
-                    np.minimum(np.searchsorted(cdf, rng.random(B), side="right"), data.n - 1), fn
-                )
-                for _ in range(DRAWS)
-            ]
-        )
         rows.append(
-            dict(
-                normalizer=name,
-                quantity="grad_var_per_pair",
-                value=float(np.trace(np.cov(g.T)) * B),
-                pairs_per_step=float(B),
-            )
+            grad_variance_row(name, iid_batches(), lambda idx, fn=fn: grad_of(idx, fn), DRAWS)
         )
     # fixed-point bias: mlmc's expected gradient is the batch one at B 2^(LEVELS+1)
     big = B * 2 ** (LEVELS + 1)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import minimize
+from variance import grad_variance_row  # this folder (the script directory is on sys.path)
 
 from rdpo_theory import approx, exact
 from rdpo_theory.approx import mlmc_objective, mlmc_sampler
@@ -55,29 +56,22 @@ def main():
 
     rows = []
     # gradient variance per pair evaluated, at the exact optimum
-    samp = mlmc_sampler(LEVELS)(data.weights, B, rng)
-    g, pairs = [], []
-    for _ in range(DRAWS):
-        idx = next(samp)
-        g.append(grad_of(idx, lambda p: mlmc_objective(p, batch_loss, B, LEVELS)))
-        pairs.append(len(idx))
-    g = np.asarray(g)
+    mlmc = mlmc_sampler(LEVELS)(data.weights, B, rng)
     rows.append(
-        dict(
-            normalizer="mlmc",
-            quantity="grad_var_per_pair",
-            value=float(np.trace(np.cov(g.T)) * np.mean(pairs)),
-            pairs_per_step=float(np.mean(pairs)),
+        grad_variance_row(
+            "mlmc",
+            mlmc,
+            lambda idx: grad_of(idx, lambda p: mlmc_objective(p, batch_loss, B, LEVELS)),
+            DRAWS,
         )
     )
-    g = np.asarray([grad_of(draw(B), batch_loss) for _ in range(DRAWS)])
+
+    def iid_batches():
+        while True:
+            yield draw(B)
+
     rows.append(
-        dict(
-            normalizer="batch",
-            quantity="grad_var_per_pair",
-            value=float(np.trace(np.cov(g.T)) * B),
-            pairs_per_step=float(B),
-        )
+        grad_variance_row("batch", iid_batches(), lambda idx: grad_of(idx, batch_loss), DRAWS)
     )
 
     # fixed points: sample-average minimisers at group B (batch) and B 2^(L+1) (mlmc's target)
